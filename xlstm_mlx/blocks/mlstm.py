@@ -1,0 +1,132 @@
+"""The xLSTM-7B block: pre-RMSNorm mLSTM layer + residual, pre-RMSNorm SwiGLU FFN + residual.
+
+Parameter names follow the Hugging Face `xlstm` layout so that checkpoints load without renaming.
+"""
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .. import kernels
+from ..config import ModelArgs
+from ..norms import MultiHeadLayerNorm, RMSNorm
+from ..numerics_check import assert_finite
+from ..profiles import NumericsProfile
+
+F32 = mx.float32
+
+
+def soft_cap(x: mx.array, cap: float | None) -> mx.array:
+    """cap * tanh(x / cap): a smooth clamp to (-cap, cap); None means no cap."""
+    return x if cap is None else cap * mx.tanh(x / cap)
+
+
+class MLSTMLayer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        h, b = args.hidden_size, args.use_bias
+        self.args = args
+        if args.weight_mode == "single":
+            self.q = nn.Linear(h, args.qk_dim, bias=b)
+            self.k = nn.Linear(h, args.qk_dim, bias=b)
+            self.v = nn.Linear(h, args.v_dim, bias=b)
+            self.ogate_preact = nn.Linear(h, args.v_dim, bias=b)
+            self.igate_preact = nn.Linear(h, args.num_heads, bias=True)
+            self.fgate_preact = nn.Linear(h, args.num_heads, bias=True)
+        else:
+            self.qkv_opreact = nn.Linear(h, 2 * args.qk_dim + 2 * args.v_dim, bias=b)
+            self.ifgate_preact = nn.Linear(h, 2 * args.num_heads, bias=True)
+        self.multihead_norm = MultiHeadLayerNorm(args.num_heads, args.v_head_dim, args.norm_eps, b)
+        self.out_proj = nn.Linear(args.v_dim, h, bias=b)
+
+    def _project(self, x):
+        a = self.args
+        if a.weight_mode == "single":
+            q, k, v, o = self.q(x), self.k(x), self.v(x), self.ogate_preact(x)
+            i, f = self.igate_preact(x), self.fgate_preact(x)
+        else:
+            q, k, v, o = mx.split(self.qkv_opreact(x), [a.qk_dim, 2 * a.qk_dim, 2 * a.qk_dim + a.v_dim], axis=-1)
+            i, f = mx.split(self.ifgate_preact(x), [a.num_heads], axis=-1)
+        # gate math is float32 from the projection output on (docs/numerics.md)
+        i = soft_cap(i.astype(F32), a.gate_soft_cap)
+        f = soft_cap(f.astype(F32), a.gate_soft_cap)
+        return q, k, v, o, i, f
+
+    def __call__(self, x, state, mask, profile: NumericsProfile):
+        a = self.args
+        B, T, _ = x.shape
+        q, k, v, o, i, f = self._project(x)
+        kd = profile.mx_kernel_dtype
+
+        def heads(t, d):  # [B, T, NH*d] -> [B, NH, T, d]
+            return t.reshape(B, T, a.num_heads, d).transpose(0, 2, 1, 3).astype(kd)
+
+        q, k, v = heads(q, a.qk_head_dim), heads(k, a.qk_head_dim), heads(v, a.v_head_dim)
+        i, f = kernels.mask_gates(i.transpose(0, 2, 1), f.transpose(0, 2, 1), mask)
+        eps = a.eps if profile.eps is None else profile.eps
+        if T == 1:
+            if state is None:
+                state = kernels.zero_state(B, a.num_heads, a.qk_head_dim, a.v_head_dim)
+            step = kernels.get_step_kernel(profile.step_kernel)
+            h, state = step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state, eps)
+            h = h[:, :, None]
+        else:
+            seq = kernels.get_sequence_kernel(profile.prefill_kernel)
+            h, state = seq(q, k, v, i, f, state, eps=eps, chunk_size=profile.chunk_size)
+        h = self.multihead_norm(h.transpose(0, 2, 1, 3).astype(x.dtype))
+        return self.out_proj(mx.sigmoid(o) * h), state
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        h, d, b = args.hidden_size, args.ffn_dim, args.use_bias
+        self.fused = args.weight_mode == "fused"
+        if self.fused:
+            self.proj_up_gate_z = nn.Linear(h, 2 * d, bias=b)
+        else:
+            self.proj_up_gate = nn.Linear(h, d, bias=b)
+            self.proj_up = nn.Linear(h, d, bias=b)
+        self.proj_down = nn.Linear(d, h, bias=b)
+
+    def __call__(self, x):
+        if self.fused:
+            gate, z = mx.split(self.proj_up_gate_z(x), 2, axis=-1)
+        else:
+            gate, z = self.proj_up_gate(x), self.proj_up(x)
+        return self.proj_down(nn.silu(gate) * z)
+
+
+class MLSTMBlock(nn.Module):
+    block_type = "mlstm"
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.norm_mlstm = RMSNorm(args.hidden_size, args.norm_eps, args.use_bias)
+        self.mlstm_layer = MLSTMLayer(args)
+        self.norm_ffn = RMSNorm(args.hidden_size, args.norm_eps, args.use_bias)
+        self.ffn = FeedForward(args)
+
+    def make_state(self, batch_size: int):
+        a = self.args
+        return kernels.zero_state(batch_size, a.num_heads, a.qk_head_dim, a.v_head_dim)
+
+    def __call__(self, x, state, mask, profile: NumericsProfile, check: str | None = None):
+        """`check`, when given, is this block's name for the NaN locator (forces evaluation)."""
+        h = self.norm_mlstm(x)
+        if check:
+            assert_finite(f"{check}.norm_mlstm", h)
+        h, state = self.mlstm_layer(h, state, mask, profile)
+        if check:
+            assert_finite(f"{check}.mlstm_layer (state C, n, m)", *state)
+            assert_finite(f"{check}.mlstm_layer (output)", h)
+        x = x + h
+        h = self.norm_ffn(x)
+        if check:
+            assert_finite(f"{check}.norm_ffn", h)
+        h = self.ffn(h)
+        if check:
+            assert_finite(f"{check}.ffn", h)
+        return x + h, state

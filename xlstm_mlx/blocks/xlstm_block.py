@@ -1,0 +1,61 @@
+"""The official xLSTMBlock wrapper (blocks/xlstm_block.py), shared by its mLSTM and sLSTM blocks:
+
+    x = x + layer(xlstm_norm(x))
+    x = x + ffn(ffn_norm(x))              only when the block has a feed-forward (sLSTM blocks do
+                                          by default; the official mLSTM block never has one)
+
+Both norms are the official residual-weight LayerNorm (scale 1 + weight, no bias, eps 1e-5).
+"""
+
+import mlx.nn as nn
+
+from ..numerics_check import assert_finite
+from .mlstm_v1 import mLSTMLayerV1
+from .official_layers import GatedFeedForward, ResidualLayerNorm
+from .slstm import sLSTMLayer
+
+
+class xLSTMBlock(nn.Module):
+    def __init__(self, block_type: str, dims: int, layer: nn.Module, ffn: GatedFeedForward | None):
+        super().__init__()
+        self.block_type = block_type
+        self.xlstm_norm = ResidualLayerNorm(dims)
+        self.xlstm = layer
+        if ffn is not None:
+            self.ffn_norm = ResidualLayerNorm(dims)
+            self.ffn = ffn
+
+    def make_state(self, batch_size: int):
+        return self.xlstm.make_state(batch_size)
+
+    def __call__(self, x, state, mask, profile, check: str | None = None):
+        if state is None:
+            state = self.make_state(x.shape[0])
+        h, state = self.xlstm(self.xlstm_norm(x), state, mask, profile)
+        if check:
+            assert_finite(f"{check}.xlstm ({self.block_type} state)", *state)
+            assert_finite(f"{check}.xlstm ({self.block_type} output)", h)
+        x = x + h
+        if "ffn" in self:
+            h = self.ffn(self.ffn_norm(x))
+            if check:
+                assert_finite(f"{check}.ffn", h)
+            x = x + h
+        return x, state
+
+
+def make_block(block_type: str, args) -> xLSTMBlock:
+    """One block of an official stack from StackArgs (stack_config.py)."""
+    if block_type == "mlstm":
+        a = args.mlstm
+        layer = mLSTMLayerV1(args.embedding_dim, a.inner_dim, a.num_heads, a.qkv_proj_blocksize,
+                             a.conv1d_kernel_size, a.bias)
+        return xLSTMBlock("mlstm", args.embedding_dim, layer, None)
+    if block_type == "slstm":
+        a = args.slstm
+        layer = sLSTMLayer(args.embedding_dim, a.num_heads, a.conv1d_kernel_size, a.group_norm_weight)
+        ffn = None
+        if a.ffn_up_dim:
+            ffn = GatedFeedForward(args.embedding_dim, a.ffn_up_dim, a.ffn_act_fn, a.ffn_bias)
+        return xLSTMBlock("slstm", args.embedding_dim, layer, ffn)
+    raise ValueError(f"unknown block type {block_type!r} in an official xLSTM stack (known: mlstm, slstm)")

@@ -1,0 +1,68 @@
+"""mLSTM parallel (quadratic) form: the reference for the chunkwise form.
+
+For a sequence of length T starting from state (C0, n0, m0), with b_t = sum_{r<=t} lf_r:
+    log D[t, s] = b_t - b_s + i~_s            (s <= t; -inf above the diagonal)
+    m_t         = max(b_t + m0, max_s log D[t, s])       (equals the recurrent m_t)
+    h_t = [e^{b_t+m0-m_t} q^ C0 + sum_s e^{logD-m_t} (q^.k_s) v_s]
+          / (max(|e^{b_t+m0-m_t} q^.n0 + sum_s e^{logD-m_t} (q^.k_s)|, e^{-m_t}) + eps)
+
+Unlike the official parallel kernel, the m0 term is kept in the running max, so this form equals
+the recurrent and chunkwise forms exactly even when the e^{-m} lower bound is active.
+Memory is O(T^2) per head: use it for tests and as the per-chunk reference only.
+"""
+
+import mlx.core as mx
+
+from .mlstm_gates import log_sigmoid
+from .mlstm_recurrent import F32, zero_state
+
+
+def _causal(T: int) -> mx.array:
+    return mx.tril(mx.ones((T, T), dtype=mx.bool_))
+
+
+def mlstm_parallel(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_size: int = 64):
+    """q, k [B, NH, T, Dqk]; v [B, NH, T, Dv]; gates [B, NH, T]. Returns (h, final state)."""
+    B, NH, T, Dqk = q.shape
+    if state is None:
+        state = zero_state(B, NH, Dqk, v.shape[-1])
+    C0, n0, m0 = state
+    i = igate.astype(F32)
+    b = mx.cumsum(log_sigmoid(fgate.astype(F32)), axis=-1)  # [B, NH, T]
+    log_d = b[..., :, None] - b[..., None, :] + i[..., None, :]
+    log_d = mx.where(_causal(T), log_d, -mx.inf)
+    m_init = b + m0  # weight of the initial state at each t
+    m = mx.maximum(m_init, mx.max(log_d, axis=-1))  # [B, NH, T]
+
+    qf, kf, vf = q.astype(F32), k.astype(F32), v.astype(F32)
+    q_hat = qf * (Dqk**-0.5)
+    s = (q_hat @ kf.swapaxes(-1, -2)) * mx.exp(log_d - m[..., None])
+    w0 = mx.exp(m_init - m)[..., None]
+    num = w0 * (q_hat @ C0) + s @ vf
+    den = w0 * (q_hat @ n0[..., None]) + mx.sum(s, axis=-1, keepdims=True)
+    h = num / (mx.maximum(mx.abs(den), mx.exp(-m)[..., None]) + eps)
+
+    # final state at t = T: weights of C0 and of each k_s v_s^T, stabilized by m_T
+    m_T = m[..., -1:]
+    g0 = mx.exp(b[..., -1:] + m0 - m_T)  # [B, NH, 1]
+    w = mx.exp(b[..., -1:] - b + i - m_T)  # [B, NH, T]
+    kw = kf * w[..., None]
+    C_T = g0[..., None] * C0 + kw.swapaxes(-1, -2) @ vf
+    n_T = g0 * n0 + mx.sum(kw, axis=-2)
+    return h.astype(v.dtype), (C_T, n_T, m_T)
+
+
+def mlstm_chunkwise_ref(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_size: int = 64):
+    """Chunkwise reference: the parallel form applied chunk after chunk, passing the state.
+
+    Any length: whole chunks, then the remainder as one shorter chunk.
+    """
+    T = q.shape[2]
+    hs = []
+    for start in range(0, T, chunk_size):
+        sl = slice(start, min(start + chunk_size, T))
+        h, state = mlstm_parallel(
+            q[:, :, sl], k[:, :, sl], v[:, :, sl], igate[:, :, sl], fgate[:, :, sl], state, eps
+        )
+        hs.append(h)
+    return mx.concatenate(hs, axis=2), state

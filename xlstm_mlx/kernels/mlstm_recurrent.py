@@ -1,0 +1,75 @@
+"""mLSTM recurrent forms: one step (decode) and the sequence form (a loop of steps).
+
+Shapes (per call): q, k [B, NH, Dqk]; v [B, NH, Dv]; igate, fgate [B, NH] (soft-capped
+pre-activations); state (C [B, NH, Dqk, Dv], n [B, NH, Dqk], m [B, NH, 1]) in float32.
+
+Equations (per head; ../../docs/numerics.md derives them):
+    lf  = log sigmoid(f~)
+    m_t = max(lf + m_{t-1}, i~)
+    f'  = exp(lf + m_{t-1} - m_t),   i' = exp(i~ - m_t)
+    C_t = f' C_{t-1} + i' k v^T,     n_t = f' n_{t-1} + i' k
+    h_t = (q^ C_t) / (max(|q^ . n_t|, exp(-m_t)) + eps),   q^ = q / sqrt(Dqk)
+
+Everything here is float32: k v^T and the read-out q^ C_t are done on the float32 state (the
+canonical step casts C to the q/k/v dtype for the read-out; we keep float32, which is at least as
+accurate and costs nothing extra since C is read in float32 anyway). h is cast back to v's dtype.
+"""
+
+import mlx.core as mx
+
+from .mlstm_gates import log_sigmoid
+
+F32 = mx.float32
+
+
+def zero_state(batch: int, heads: int, dqk: int, dv: int):
+    return (
+        mx.zeros((batch, heads, dqk, dv), F32),
+        mx.zeros((batch, heads, dqk), F32),
+        mx.zeros((batch, heads, 1), F32),
+    )
+
+
+def mlstm_step_ref(q, k, v, igate, fgate, state, eps: float = 1e-6):
+    """One recurrent step. Returns (h [B, NH, Dv] in v.dtype, new state)."""
+    C, n, m = state
+    i = igate.astype(F32)[..., None]
+    lf = log_sigmoid(fgate.astype(F32))[..., None]
+    m_new = mx.maximum(lf + m, i)
+    f_act = mx.exp(lf + m - m_new)
+    i_act = mx.exp(i - m_new)
+    kf, vf = k.astype(F32), v.astype(F32)
+    C_new = f_act[..., None] * C + i_act[..., None] * (kf[..., :, None] * vf[..., None, :])
+    n_new = f_act * n + i_act * kf
+    q_hat = q.astype(F32) * (q.shape[-1] ** -0.5)
+    num = (q_hat[..., None, :] @ C_new).squeeze(-2)
+    qn = mx.sum(q_hat * n_new, axis=-1, keepdims=True)
+    den = mx.maximum(mx.abs(qn), mx.exp(-m_new)) + eps
+    h = num / den
+    return h.astype(v.dtype), (C_new, n_new, m_new)
+
+
+# The fast step is the same graph fused by mx.compile (one kernel launch per fused region instead of
+# one per op). It must stay numerically identical to mlstm_step_ref: tests/test_kernels.py checks it.
+_step_compiled = mx.compile(mlstm_step_ref)
+
+
+def mlstm_step(q, k, v, igate, fgate, state, eps: float = 1e-6):
+    return _step_compiled(q, k, v, igate, fgate, state, eps)
+
+
+def mlstm_sequence(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_size: int = 64):
+    """Sequence form: a loop of reference steps. q, k [B, NH, T, Dqk]; gates [B, NH, T].
+
+    `chunk_size` is accepted (and ignored) so that every sequence-level form shares one signature.
+    """
+    B, NH, T, Dqk = q.shape
+    if state is None:
+        state = zero_state(B, NH, Dqk, v.shape[-1])
+    hs = []
+    for t in range(T):
+        h, state = mlstm_step_ref(
+            q[:, :, t], k[:, :, t], v[:, :, t], igate[:, :, t], fgate[:, :, t], state, eps
+        )
+        hs.append(h)
+    return mx.stack(hs, axis=2), state
