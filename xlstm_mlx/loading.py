@@ -109,6 +109,11 @@ def load(path: str | Path, dtype: str | None = None, profile: str | NumericsProf
         if dtype is not None:
             prof = prof.replace(compute_dtype=dtype, kernel_dtype=dtype)
             prof.__post_init__()
+    from .stack_loading import is_stack_dir, load_stack  # official xLSTMLMModel stacks (mLSTM/sLSTM)
+
+    if is_stack_dir(model_dir):
+        model = load_stack(model_dir, prof, verbose=verbose, check_numerics=check_numerics)
+        return model, load_tokenizer(model_dir)
     cfg = read_config(model_dir)
     files = find_weight_files(model_dir)
     shapes, where = load_weights_index(files)
