@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
     g.add_argument("--verbose", action="store_true", help="say which backend, dtypes and kernels run")
     g.set_defaults(func=_generate_command)
+    from . import convert_official
+
+    c = sub.add_parser("convert-official", help="convert an official xlstm xLSTMLMModel (state_dict + config)")
+    convert_official.add_arguments(c)
+    c.set_defaults(func=convert_official.run)
     return p
 
 
