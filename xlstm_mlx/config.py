@@ -35,6 +35,8 @@ class ModelArgs:
     use_bias: bool = False
     tie_word_embeddings: bool = False
     add_out_norm: bool = True
+    # transformers' out_norm never has a bias, the official one has one when use_bias: the file decides
+    out_norm_bias: bool = False
     norm_eps: float = 1e-6
     norm_reduction_force_float32: bool = True
     eps: float = 1e-6
@@ -144,6 +146,7 @@ def infer_args(shapes: dict[str, tuple], cfg: dict) -> ModelArgs:
         qk_dim=qk_dim, v_dim=v_dim, ffn_dim=ffn_dim, weight_mode=weight_mode, use_bias=use_bias,
         tie_word_embeddings="lm_head.weight" not in shapes,
         add_out_norm="backbone.out_norm.weight" in shapes,
+        out_norm_bias="backbone.out_norm.bias" in shapes,
     )
     for f in ("norm_eps", "eps", "norm_reduction_force_float32", "chunk_size", "autocast_kernel_dtype",
               "inference_state_dtype", "torch_dtype", "bos_token_id", "eos_token_id", "pad_token_id"):

@@ -22,7 +22,7 @@ class Backbone(nn.Module):
         self.embeddings = nn.Embedding(args.vocab_size, args.hidden_size)
         self.blocks = [MLSTMBlock(args) for _ in range(args.num_blocks)]
         if args.add_out_norm:
-            self.out_norm = RMSNorm(args.hidden_size, args.norm_eps, args.use_bias)
+            self.out_norm = RMSNorm(args.hidden_size, args.norm_eps, args.out_norm_bias)
 
 
 class Model(nn.Module):
