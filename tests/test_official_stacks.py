@@ -181,3 +181,30 @@ def test_describe_names_blocks(mix):
     _, _, model = mix
     d = model.describe()
     assert d["block_types"] == "mlstm,slstm,slstm,mlstm" and d["architecture"] == "xLSTM[2:2]"
+
+
+def test_reference_kernels_give_the_same_logits(mix):
+    from xlstm_mlx import kernels
+
+    _, _, model = mix
+    ids = ids_for(6, 2, 70)
+    fast = logits(model, ids)
+    with kernels.use_reference():
+        ref = logits(model, ids)
+        cache = model.make_cache(2)
+        ref_steps = np.concatenate([logits(model, ids[:, t : t + 1], cache) for t in range(8)], axis=1)
+    # different float32 summation orders of the same function (chunkwise vs parallel per chunk)
+    assert np.abs(fast - ref).max() <= 5e-5
+    assert np.abs(ref_steps - ref[:, :8]).max() <= 5e-5
+
+
+def test_cache_state_dict_round_trip(mix):
+    _, _, model = mix
+    ids = ids_for(7, 2, 12)
+    cache = model.make_cache(2)
+    logits(model, ids[:, :9], cache)
+    saved = {k: mx.array(np.array(v)) for k, v in cache.state_dict().items()}
+    assert all(v.dtype == mx.float32 for v in saved.values())
+    resumed = model.make_cache(2)
+    resumed.load_state_dict(saved)
+    assert np.array_equal(logits(model, ids[:, 9:], resumed), logits(model, ids[:, 9:], cache))
