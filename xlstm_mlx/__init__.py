@@ -1,8 +1,9 @@
 """xlstm-mlx: run xLSTM language models with MLX on Metal, CUDA and CPU."""
 
+from .generate import batch_generate, generate, stream_generate
 from .loading import load
 from .model import Model
 from .profiles import NumericsProfile, load_profile
 
-__all__ = ["load", "Model", "NumericsProfile", "load_profile"]
+__all__ = ["load", "generate", "stream_generate", "batch_generate", "Model", "NumericsProfile", "load_profile"]
 __version__ = "0.1.0"

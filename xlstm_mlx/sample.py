@@ -233,6 +233,10 @@ def make_logits_processors(
 ) -> list[LogitsProcessor]:
     """The processors the options ask for (an empty list when none applies)."""
     procs: list[LogitsProcessor] = []
+    if isinstance(repetition_context_size, bool) or not isinstance(repetition_context_size, int) or (
+        repetition_context_size < 1
+    ):
+        raise ValueError(f"repetition_context_size must be an integer >= 1, got {repetition_context_size!r}")
     if logit_bias:
         procs.append(LogitBias(logit_bias))
     if repetition_penalty is not None:
