@@ -11,7 +11,7 @@ Official block codes (xlstm_block_stack.py `_block_map`): 0 = mLSTM block, 1 = s
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from .config import CheckpointError
 
@@ -55,7 +55,6 @@ class StackArgs:
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def hidden_size(self) -> int:  # the name other tools use for the residual width

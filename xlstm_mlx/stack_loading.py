@@ -74,7 +74,7 @@ def load_stack(model_dir: Path, prof: NumericsProfile, verbose: bool = False, ch
     args = infer_stack_args(shapes, cfg)
     model = StackModel(args, prof)
 
-    weights, stored = {}, set()
+    weights = {}
     for f in files:
         try:
             weights.update(mx.load(str(f)))
