@@ -121,3 +121,9 @@ def test_float16_on_disk(sharded, tmp_path):
     model, _ = xlstm_mlx.load(d, dtype="float32")
     assert model.stored_dtypes == ["float16"]
     assert np.isfinite(np.array(model(mx.array([[1, 2, 3]])))).all()
+
+
+def test_repo_id_offline_gives_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="could not be fetched from the Hugging Face Hub.*huggingface-cli download"):
+        xlstm_mlx.load("NX-AI/no-such-model-for-tests")
