@@ -174,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert-official", help="convert an official xlstm xLSTMLMModel (state_dict + config)")
     convert_official.add_arguments(c)
     c.set_defaults(func=convert_official.run)
+    from . import convert, perplexity  # issue #7: conversion/quantization and perplexity
+
+    c = sub.add_parser("convert", help="convert a checkpoint to a self-contained directory, optionally quantized")
+    convert.add_arguments(c)
+    c.set_defaults(func=convert.run)
+    c = sub.add_parser("perplexity", help="perplexity of a text file, streamed through the recurrent state")
+    perplexity.add_arguments(c)
+    c.set_defaults(func=perplexity.run)
     return p
 
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from .config import CheckpointError, infer_args
 from .model import Model
 from .profiles import NumericsProfile, default_profile, load_profile
+from .quantize import apply_quantization, logical_shapes, quantization_config
 from .safetensors_files import find_weight_files, read_header
 from .tokenizer import load_tokenizer
 
@@ -117,10 +118,12 @@ def load(path: str | Path, dtype: str | None = None, profile: str | NumericsProf
     cfg = read_config(model_dir)
     files = find_weight_files(model_dir)
     shapes, where = load_weights_index(files)
-    args = infer_args(shapes, cfg)
+    qcfg = quantization_config(cfg)  # None for a float checkpoint
+    args = infer_args(logical_shapes(shapes, where, qcfg), cfg)
     if prof.chunk_size == 64 and profile is None and args.chunk_size != 64:
         prof = prof.replace(chunk_size=args.chunk_size)
     model = Model(args, prof)
+    apply_quantization(model, qcfg)  # the quantized layers config.json records (xlstm_mlx/quantize.py)
     check_strict(model, shapes)
 
     target = prof.mx_compute_dtype
@@ -134,7 +137,8 @@ def load(path: str | Path, dtype: str | None = None, profile: str | NumericsProf
             raise CheckpointError(f"{f}: could not be read ({e}); re-download or re-convert it") from None
         for raw, arr in tensors.items():
             stored.add(str(arr.dtype).removeprefix("mlx.core."))
-            weights[_canonical_name(raw)] = arr.astype(target)
+            # packed quantized weights (uint32) stay as they are; scales and biases take the compute dtype
+            weights[_canonical_name(raw)] = arr.astype(target) if mx.issubdtype(arr.dtype, mx.floating) else arr
     model.update(tree_unflatten(list(weights.items())))
     mx.eval(model.parameters())
     model.check_numerics = check_numerics
