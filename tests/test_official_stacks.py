@@ -14,7 +14,7 @@ import xlstm_mlx
 from official_stacks import official_config, official_logits, official_model
 from xlstm_mlx.config import CheckpointError
 from xlstm_mlx.convert_official import convert_official
-from xlstm_mlx.convert_official import main as convert_main
+from xlstm_mlx.cli import main as cli_main
 
 TOL = 1e-4
 VOCAB = 61
@@ -117,8 +117,8 @@ def test_convert_from_saved_state_dict_and_yaml_config(mix, tmp_path):
                                      "feedforward": {"proj_factor": 1.3, "act_fn": "gelu"}}}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"
-    assert convert_main(["--state-dict", str(tmp_path / "ckpt.pt"), "--config", str(tmp_path / "cfg.yaml"),
-                         "--out", str(out)]) == 0
+    assert cli_main(["convert-official", "--state-dict", str(tmp_path / "ckpt.pt"),
+                     "--config", str(tmp_path / "cfg.yaml"), "--out", str(out)]) == 0
     model, _ = xlstm_mlx.load(out, dtype="float32")
     ids = ids_for(4, 2, 9)
     assert np.abs(logits(model, ids) - official_logits(tm, ids).numpy()).max() <= TOL
