@@ -43,7 +43,7 @@ def resolve_model_dir(path: str | Path) -> Path:
         except Exception as e:  # offline, unknown repo, gated repo: say what failed and what to do
             raise CheckpointError(
                 f"{text!r} is not a local directory and could not be fetched from the Hugging Face Hub "
-                f"({type(e).__name__}: {e}); download it first (huggingface-cli download {text}) and pass the directory"
+                f"({type(e).__name__}: {' '.join(str(e).split())}); download it first (huggingface-cli download {text}) and pass the directory"
             ) from None
     raise CheckpointError(f"model directory {p} does not exist")
 
