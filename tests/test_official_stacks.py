@@ -208,3 +208,27 @@ def test_cache_state_dict_round_trip(mix):
     resumed = model.make_cache(2)
     resumed.load_state_dict(saved)
     assert np.array_equal(logits(model, ids[:, 9:], resumed), logits(model, ids[:, 9:], cache))
+
+
+def test_compiled_decode_equals_plain_and_follows_weight_updates(mix):
+    _, path, _ = mix
+    model, _ = xlstm_mlx.load(path, dtype="float32")  # its own copy: the weights are edited below
+    ids = ids_for(8, 2, 6)
+
+    def decode(plain):
+        cache = model.make_cache(2)
+        out = []
+        for t in range(ids.shape[1]):
+            tok = mx.array(ids[:, t : t + 1].astype(np.int32))
+            if plain:
+                lg, states = model._forward(tok, cache.layers, None, False)
+                cache.layers[:] = states
+            else:
+                lg = model(tok, cache=cache)
+            out.append(np.array(lg))
+        return np.concatenate(out, axis=1)
+
+    assert np.array_equal(decode(False), decode(True))
+    head = model.lm_head
+    head.weight = head.weight * 2.0  # after the step was compiled: the compiled step must see it
+    assert np.array_equal(decode(False), decode(True))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from . import kernels
 from .blocks.official_layers import ResidualLayerNorm
 from .blocks.xlstm_block import make_block
 from .cache import Cache
@@ -86,16 +87,25 @@ class StackModel(nn.Module):
             raise ValueError("input_ids is empty: give at least one token")
         if cache is not None and cache.batch_size != B:
             raise ValueError(f"cache was made for batch size {cache.batch_size}, input has batch size {B}")
-        check = self.check_numerics
+        blocks = self.xlstm_block_stack.blocks
+        states = list(cache.layers) if cache is not None else [b.make_state(B) for b in blocks]
+        if T == 1 and mask is None and not self.check_numerics and not kernels.reference_forced():
+            logits, states = self._compiled_step()(input_ids, states)
+        else:
+            logits, states = self._forward(input_ids, states, mask, self.check_numerics)
+        if cache is not None:
+            cache.layers[:] = states
+            cache.offset += T
+        return logits
+
+    def _forward(self, input_ids, states, mask, check: bool):
+        """The whole model as a function of (ids, per-block states) -> (float32 logits, new states)."""
         x = self.token_embedding(input_ids)
         stack = self.xlstm_block_stack
-        for idx, block in enumerate(stack.blocks):
-            state = cache.layers[idx] if cache is not None else None
+        new_states = []
+        for idx, (block, state) in enumerate(zip(stack.blocks, states)):
             x, state = block(x, state, mask, self.profile, check=f"block {idx} ({block.block_type})" if check else None)
-            if cache is not None:
-                cache.layers[idx] = state
-        if cache is not None:
-            cache.offset += T
+            new_states.append(state)
         if self.args.add_post_blocks_norm:
             x = stack.post_blocks_norm(x)
         if self.args.tie_weights:
@@ -105,7 +115,18 @@ class StackModel(nn.Module):
         logits = logits.astype(mx.float32)
         if check:
             assert_finite("logits", logits)
-        return logits
+        return logits, new_states
+
+    def _compiled_step(self):
+        """The decode step (T = 1, no mask) as one compiled graph: a decode step is a few hundred tiny
+        ops over all blocks, so launch overhead, not arithmetic, sets its speed. The weights are
+        compile inputs (read at every call), so updating them needs no recompilation; the profile
+        is baked in at trace time, so a new profile gets a new compiled function."""
+        key = id(self.profile)
+        if getattr(self, "_step_key", None) != key:
+            self._step_fn = mx.compile(lambda ids, states: self._forward(ids, states, None, False), inputs=self)
+            self._step_key = key
+        return self._step_fn
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Official state_dict (names and layouts) -> this module tree."""
