@@ -158,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--load-state", metavar="FILE",
                    help="resume from a saved state; the prompt (may be empty) continues it")
     g.set_defaults(func=_generate_command)
+    from . import bench
+
+    b = sub.add_parser("bench", help="prefill/decode throughput, time to first token, peak memory vs hardware floors")
+    bench.add_arguments(b)
+    b.set_defaults(func=bench.main)
 
     c = sub.add_parser("chat", help="interactive multi-turn chat on the carried state (/reset, /save, /load)")
     _add_model_args(c)

@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Sequence
 
 import mlx.core as mx
 
+from .compiled_decode import decode_fn
 from .sample import LogitsProcessor, Sampler, apply_processors, make_logits_processors
 from .stopping import StopStringFilter, check_stop_strings
 
@@ -123,8 +124,10 @@ def generate_step(
     if window is not None:
         history = history[:, -window:]
 
+    decode = decode_fn(model)  # the one-token step, fused by mx.compile (compiled_decode.py)
+
     def step(tokens: mx.array) -> mx.array:
-        logits = model(tokens, cache=cache)[:, -1]
+        logits = decode(tokens, cache)[:, -1]
         if procs:
             logits = apply_processors(procs, history, logits)
         return sampler(logits)
