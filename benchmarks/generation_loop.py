@@ -71,6 +71,8 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--prompt-lengths", default="2048,16384")
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--step-sweep", default="512,1024,2048,4096",
+                   help="prefill_step_size values to time on the longest prompt length ('' to skip)")
     p.add_argument("--out")
     a = p.parse_args()
 
@@ -83,17 +85,26 @@ def main():
     prompt = mx.array([list(range(3, 259))[:64]], dtype=mx.int32)
     n = a.tokens
 
-    bare_loop(model, prompt, 8)  # warm-up: compile the step, fill the allocator
-    res["bare_sync_ms"] = 1e3 * best(lambda: bare_loop(model, prompt, n), a.repeats) / n
-    res["generate_step_ms"] = 1e3 * best(
-        lambda: timed_stream((y.tolist() for y in generate_step(model, prompt, max_tokens=n + 1)), n), a.repeats) / n
-    res["stream_generate_greedy_ms"] = 1e3 * best(
-        lambda: timed_stream(stream_generate(model, tok, prompt[0].tolist(), n + 1, stop=["never appears"],
-                                             eos_token_ids=[]), n), a.repeats) / n
     sampling = dict(temp=0.8, top_k=50, top_p=0.95, min_p=0.05, repetition_penalty=1.1, seed=0)
-    res["stream_generate_sampling_ms"] = 1e3 * best(
-        lambda: timed_stream(stream_generate(model, tok, prompt[0].tolist(), n + 1, eos_token_ids=[], **sampling),
-                             n), a.repeats) / n
+    methods = {
+        "bare_sync": lambda: bare_loop(model, prompt, n),
+        "generate_step": lambda: timed_stream(
+            (y.tolist() for y in generate_step(model, prompt, max_tokens=n + 1)), n),
+        "stream_generate_greedy": lambda: timed_stream(
+            stream_generate(model, tok, prompt[0].tolist(), n + 1, stop=["never appears"], eos_token_ids=[]), n),
+        "stream_generate_sampling": lambda: timed_stream(
+            stream_generate(model, tok, prompt[0].tolist(), n + 1, eos_token_ids=[], **sampling), n),
+    }
+    for fn in methods.values():  # warm-up: compile the step, fill the allocator
+        fn()
+    times = {k: [] for k in methods}
+    for _ in range(a.repeats):  # interleaved rounds, so that drift of the machine hits every method alike
+        for k, fn in methods.items():
+            times[k].append(1e3 * fn() / n)
+    for k, ts in times.items():
+        ts.sort()
+        res[f"{k}_ms"] = ts[0]
+        res[f"{k}_median_ms"] = round(ts[len(ts) // 2], 3)
 
     res["prefill"] = []
     for T in map(int, a.prompt_lengths.split(",")):
@@ -108,6 +119,23 @@ def main():
         res["prefill"].append({"prompt_tokens": T, "prompt_tps": round(r.prompt_tps, 1), "seconds": round(dt, 3),
                                "peak_memory_gb": round(mx.get_peak_memory() / 1e9, 3)})
 
+    # chunk size: prefill speed against activation memory (peak minus the weights), longest prompt length
+    T = max(map(int, a.prompt_lengths.split(",")))
+    ids = mx.random.randint(3, 259, (1, T)).astype(mx.int32)
+    mx.eval(ids)
+    res["prefill_step_sweep"] = []
+    for step in [int(x) for x in a.step_sweep.split(",") if x]:
+        for rep in range(2):  # the first run warms up
+            cache = model.make_cache(1)
+            mx.clear_cache()
+            active = mx.get_active_memory()
+            mx.reset_peak_memory()
+            t0 = time.perf_counter()
+            prefill(model, ids, cache, prefill_step_size=step)
+            dt = time.perf_counter() - t0
+        res["prefill_step_sweep"].append({"prefill_step_size": step, "prompt_tokens": T, "tokens_per_s": round(T / dt),
+                                          "activation_peak_gb": round((mx.get_peak_memory() - active) / 1e9, 3)})
+
     B = a.batch
     prompts = [list(range(3 + b, 3 + b + 16 + 4 * b)) for b in range(B)]
     batch_generate(model, tok, prompts, 8, eos_token_ids=[])
@@ -116,7 +144,7 @@ def main():
     res["batch_generate"] = {"batch": B, "tokens_per_row": n, "seconds": round(time.perf_counter() - t0, 3),
                              "tokens_per_s_all_rows": round(B * n / (time.perf_counter() - t0), 1)}
     for k in list(res):
-        if k.endswith("_ms"):
+        if k.endswith("_ms") and not k.endswith("median_ms"):
             res[k] = round(res[k], 3)
             res[k.replace("_ms", "_tok_s")] = round(1e3 / res[k], 1)
     text = json.dumps(res, indent=2)

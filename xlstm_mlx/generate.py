@@ -56,6 +56,7 @@ def prefill(model, tokens: mx.array, cache, mask: mx.array | None = None, prefil
         chunk_mask = None if mask is None else mask[:, s : s + prefill_step_size]
         model(tokens[:, s : s + prefill_step_size], cache=cache, mask=chunk_mask)  # logits stay unevaluated
         mx.eval(cache.arrays())
+        mx.clear_cache()  # hand the chunk's buffers back: the next chunk's sizes may differ (fragmentation)
 
 
 def make_sampling(
