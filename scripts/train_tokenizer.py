@@ -2,63 +2,21 @@
 
     python scripts/train_tokenizer.py --data data/shakespeare/train --vocab-size 4096 --out OUT_DIR
 
-Writes OUT_DIR/tokenizer.json, tokenizer_config.json and special_tokens_map.json. Special tokens take the
-first ids, matching the defaults of transformers' xLSTMConfig: <|bos|>=0, <|pad|>=1, <|eos|>=2. Encoding
-prepends <|bos|> (the post-processor does it), so any encoded prompt starts the way training samples do.
-Only the training split is read: the held-out works never influence the vocabulary.
+Writes OUT_DIR/tokenizer.json, tokenizer_config.json and special_tokens_map.json (see
+xlstm_mlx/training/bpe.py for the special tokens). Only the training split is read: the held-out works
+never influence the vocabulary.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-BOS, PAD, EOS = "<|bos|>", "<|pad|>", "<|eos|>"
-SPECIALS = [BOS, PAD, EOS]
-
-
-def text_files(data: Path) -> list[Path]:
-    files = sorted(data.rglob("*.txt")) if data.is_dir() else [data]
-    if not files:
-        raise SystemExit(f"no .txt files under {data}")
-    return files
-
-
-def build(files: list[Path], vocab_size: int) -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train([str(f) for f in files], trainer)
-    bos_id = tok.token_to_id(BOS)
-    tok.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]),
-    ])
-    for i, s in enumerate(SPECIALS):
-        assert tok.token_to_id(s) == i, (s, tok.token_to_id(s))
-    return tok
-
-
-def save(tok: Tokenizer, out: Path, model_max_length: int) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tok.save(str(out / "tokenizer.json"))
-    special = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        **special,
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": model_max_length,
-        "padding_side": "left",
-    }
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+from xlstm_mlx.training.bpe import build, save  # noqa: E402
+from xlstm_mlx.training.data import text_files  # noqa: E402
 
 
 def main(argv=None) -> None:

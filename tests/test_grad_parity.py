@@ -106,3 +106,66 @@ def test_sequence_form_grads_match_chunkwise():
     b = mlx_grads(mlstm_sequence, x, w)
     for name in ("q", "k", "v", "i", "f", "C0", "n0"):
         assert rel_err(a[name], b[name]) <= RTOL, name
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole model: transformers' xLSTMForCausalLM in train mode (its native chunkwise autograd kernel)
+
+_HF_TRAIN_GRADS = """
+import sys, numpy as np, torch
+import transformers.utils as tu, transformers.utils.import_utils as iu
+tu.is_xlstm_available = iu.is_xlstm_available = lambda: False   # hide the official package
+from transformers import xLSTMForCausalLM
+import transformers.models.xlstm.modeling_xlstm as m
+assert not m.external_xlstm, "transformers picked up the official xlstm blocks"
+path, ids_file, tgt_file, out_file = sys.argv[1:5]
+model = xLSTMForCausalLM.from_pretrained(path, dtype=torch.float32)
+assert model.config.mode == "train" and model.config.autocast_kernel_dtype == "float32"
+model.train()
+ids = torch.from_numpy(np.load(ids_file)); tgt = torch.from_numpy(np.load(tgt_file))
+logits = model(ids, use_cache=False).logits
+loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
+loss.backward()
+grads = {n: p.grad.numpy() for n, p in model.named_parameters()}
+np.savez(out_file, __loss__=loss.detach().numpy(), **grads)
+"""
+
+
+def test_model_grads_match_transformers_train_mode(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+    from oracles import make_hf_checkpoint
+
+    from xlstm_mlx import load
+
+    # random weights (gates spread open..shut), chunk 32 over 64 tokens: two chunks with a carried state
+    path = make_hf_checkpoint(tmp_path / "ckpt", seed=3, hidden=128, layers=2, heads=2, vocab=97,
+                              chunk_size=32, mode="train", autocast_kernel_dtype="float32")
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 97, (2, 64))
+    tgt = rng.integers(0, 97, (2, 64))
+    np.save(tmp_path / "ids.npy", ids.astype(np.int64))
+    np.save(tmp_path / "tgt.npy", tgt.astype(np.int64))
+    subprocess.run([sys.executable, "-c", _HF_TRAIN_GRADS, str(path), str(tmp_path / "ids.npy"),
+                    str(tmp_path / "tgt.npy"), str(tmp_path / "grads.npz")],
+                   check=True, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2")))
+    ref = dict(np.load(tmp_path / "grads.npz"))
+
+    model, _ = load(path, dtype="float32")
+    assert model.profile.prefill_kernel == "chunkwise" and model.profile.chunk_size == 32
+
+    def loss_fn(model, x, y):
+        return nn.losses.cross_entropy(model(x), y, reduction="mean")
+
+    loss, grads = nn.value_and_grad(model, loss_fn)(model, mx.array(ids.astype(np.int32)), mx.array(tgt.astype(np.int32)))
+    grads = dict(tree_flatten(grads))
+    assert abs(loss.item() - float(ref.pop("__loss__"))) <= 1e-5 * abs(loss.item())
+    assert set(grads) == set(ref), sorted(set(grads) ^ set(ref))
+    errs = {name: rel_err(np.array(g), ref[name]) for name, g in grads.items()}
+    worst = max(errs, key=errs.get)
+    print(f"worst relative gradient error {errs[worst]:.2e} ({worst})")
+    assert errs[worst] <= RTOL, f"{worst}: relative error {errs[worst]:.2e}"

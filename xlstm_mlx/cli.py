@@ -11,6 +11,10 @@ from pathlib import Path
 
 def default_model_dir() -> tuple[Path, str]:
     """The model used when --model is not given, with a label saying what it is."""
+    from .demo import DEMO_LABEL, demo_model_dir
+
+    if demo_model_dir() is not None:
+        return demo_model_dir(), DEMO_LABEL
     d = Path(tempfile.gettempdir()) / "xlstm-mlx-random-tiny"
     if not (d / "model.safetensors").exists():
         from .random_checkpoint import make_random_checkpoint
@@ -187,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("perplexity", help="perplexity of a text file, streamed through the recurrent state")
     perplexity.add_arguments(c)
     c.set_defaults(func=perplexity.run)
+    from .training import cli as train_cli  # issue #4: training
+
+    train_cli.register(sub)
     return p
 
 
