@@ -148,3 +148,44 @@ def test_cli_chat_through_stdin(ckpt, tmp_path):
     assert len(replies) == 4
     assert replies[0] == replies[2] and replies[1] == replies[3] and replies[0] != replies[1]
     assert f.exists()
+
+
+def test_cli_chat_on_a_pseudo_terminal(ckpt):
+    """Interactive mode: a prompt marker per turn and the command help, driven through a pty."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "xlstm_mlx.cli", "chat", "--model", str(ckpt), "--max-tokens", "4"],
+        stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True,
+    )
+    os.close(slave)
+    out = b""
+
+    def read_until(marker: bytes, count: int, timeout: float = 60.0):
+        nonlocal out
+        import time
+
+        end = time.time() + timeout
+        while out.count(marker) < count and time.time() < end:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    out += os.read(master, 4096)
+                except OSError:
+                    break
+
+    try:
+        read_until(b">> ", 1)
+        os.write(master, b"hello\n")
+        read_until(b">> ", 2)
+        os.write(master, b"/quit\n")
+        assert p.wait(timeout=60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+        os.close(master)
+    assert b"/reset" in out and b"/save FILE" in out  # the help line shown at start
+    assert out.count(b">> ") >= 2

@@ -128,3 +128,24 @@ def test_info_on_an_official_stack(monkeypatch, capsys, tmp_path):
     assert rc == 0
     assert "xLSTM[2:2]" in out and "blocks 1-2 (2x) sLSTM" in out and "block 0 mLSTM" in out
     assert "block 3 mLSTM" in out and "per slstm block" in out and "tokenizer" in out
+
+
+def test_generate_with_chat_template(tmp_path, monkeypatch, capsys):
+    import json
+    import shutil
+
+    d = make_random_checkpoint(tmp_path / "tmpl", "tiny", seed=23)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = "{% for m in messages %}[{{ m.role }}] {{ m.content }}<eos>{% endfor %}[assistant]"
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    model, tok = load(d)
+    rc, out, _ = run(monkeypatch, capsys, ["generate", "--model", d, "--prompt", "Hi", "--max-tokens", 8,
+                                           "--chat-template"])
+    ids = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=True)
+    assert ids[:4] == tok.encode("[use", add_special_tokens=False) and tok.eos_token_ids[0] in ids
+    assert rc == 0 and out == generate(model, tok, ids, 8) + "\n"
+    no_template = tmp_path / "plain"
+    shutil.copytree(d, no_template)
+    (no_template / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<bos>", "eos_token": "<eos>"}))
+    rc, _, err = run(monkeypatch, capsys, ["generate", "--model", no_template, "--prompt", "Hi", "--chat-template"])
+    assert rc == 2 and "no chat template" in err
