@@ -33,15 +33,17 @@ def build(shape: str, dtype: str) -> Model:
     return model
 
 
-def bare_loop(model, prompt, n):
-    """The least a decode loop can do: step, argmax, wait, hand the token to Python."""
+def bare_loop(model, prompt, n, step=None):
+    """The least a decode loop can do: step, argmax, wait, hand the token to Python (no pipelining).
+    `step(tokens, cache)` defaults to the plain model call; compiled_decode.decode_fn(model) is the fused one."""
+    step = step or (lambda t, c: model(t, cache=c))
     cache = model.make_cache(prompt.shape[0])
     prefill(model, prompt[:, :-1], cache)
-    y = mx.argmax(model(prompt[:, -1:], cache=cache)[:, -1], -1)
+    y = mx.argmax(step(prompt[:, -1:], cache)[:, -1], -1)
     mx.eval(y)
     t0 = time.perf_counter()
     for _ in range(n):
-        y = mx.argmax(model(y[:, None], cache=cache)[:, -1], -1)
+        y = mx.argmax(step(y[:, None], cache)[:, -1], -1)
         y.tolist()
     return time.perf_counter() - t0
 
@@ -86,8 +88,13 @@ def main():
     n = a.tokens
 
     sampling = dict(temp=0.8, top_k=50, top_p=0.95, min_p=0.05, repetition_penalty=1.1, seed=0)
+    from xlstm_mlx.compiled_decode import compiled_decode_enabled, decode_fn
+
+    res["compiled_decode_in_generate_step"] = compiled_decode_enabled()
+    fused = decode_fn(model, use_compiled=True)
     methods = {
         "bare_sync": lambda: bare_loop(model, prompt, n),
+        "bare_sync_compiled": lambda: bare_loop(model, prompt, n, fused),
         "generate_step": lambda: timed_stream(
             (y.tolist() for y in generate_step(model, prompt, max_tokens=n + 1)), n),
         "stream_generate_greedy": lambda: timed_stream(
