@@ -28,6 +28,11 @@ def plot(result: dict, path: str, comparators: dict | None = None) -> None:
         ax_p.axhline(result["prefill"][0]["floor_tok_s"], color="k", ls=":", label="floor (FLOPs / matmul rate)")
     ax_p.set(xscale="log", yscale="log", xlabel="prompt length (tokens)", ylabel="prefill tokens/s",
              title="Prefill")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    for ax in (ax_p, ax_d):
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax_p.legend(fontsize=7)
     dec = sorted(result["decode"], key=lambda r: r["batch"])
     if dec:
