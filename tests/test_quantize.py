@@ -21,7 +21,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten
 
 from xlstm_mlx import load
 from xlstm_mlx.cli import main as cli_main
@@ -29,7 +29,7 @@ from xlstm_mlx.config import CheckpointError
 from xlstm_mlx.convert import convert
 from xlstm_mlx.model import Model
 from xlstm_mlx.perplexity import perplexity, read_tokens
-from xlstm_mlx.quantize import parameter_bytes, plan_quantization, quantize_model
+from xlstm_mlx.quantize import dequantized_copy, parameter_bytes, plan_quantization, quantize_model
 from xlstm_mlx.random_checkpoint import make_random_checkpoint, shape_args
 
 
@@ -41,18 +41,6 @@ def src(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tokens():
     return mx.array(np.random.default_rng(7).integers(3, 259, (2, 96)), dtype=mx.int32)
-
-
-def dequantized_twin(q: Model) -> Model:
-    """A float Model whose weights are mx.dequantize of q's quantized layers (and q's other tensors)."""
-    params = dict(tree_flatten(q.parameters()))
-    for path, m in tree_flatten(q.leaf_modules(), is_leaf=nn.Module.is_module):
-        if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
-            params[f"{path}.weight"] = mx.dequantize(m.weight, m.scales, m.biases, m.group_size, m.bits)
-            del params[f"{path}.scales"], params[f"{path}.biases"]
-    twin = Model(q.args, q.profile)
-    twin.update(tree_unflatten(list(params.items())))
-    return twin
 
 
 def quantized_layers(model: Model) -> dict[str, tuple[int, int]]:
@@ -69,7 +57,7 @@ def test_each_setting_loads_and_is_its_dequantized_model(src, tmp_path, tokens, 
     assert tok is not None  # tokenizer files were copied
     assert quantized_layers(q) == {p: (s["bits"], s["group_size"]) for p, s in cfg["layers"].items()}
     assert all(b == bits for b, _ in quantized_layers(q).values())
-    a, b = q(tokens), dequantized_twin(q)(tokens)
+    a, b = q(tokens), dequantized_copy(q)(tokens)
     assert mx.abs(a - b).max().item() <= 1e-4 * mx.abs(b).max().item()
 
 
@@ -113,7 +101,7 @@ def test_fused_and_tied_models(tmp_path, tokens, overrides):
     out = convert(s, tmp_path / "q", quantize=True, bits=8, group_size=32, progress=False)["out"]
     q = load(out)[0]
     assert "backbone.blocks.0.mlstm_layer.ifgate_preact" not in quantized_layers(q) or not overrides.get("weight_mode")
-    a, b = q(tokens), dequantized_twin(q)(tokens)
+    a, b = q(tokens), dequantized_copy(q)(tokens)
     assert mx.abs(a - b).max().item() <= 1e-4 * mx.abs(b).max().item()
 
 
@@ -228,6 +216,15 @@ def test_cli_refuses_to_overwrite(src, tmp_path, capsys):
     assert "already quantized" in capsys.readouterr().err
 
 
+def test_info_describes_quantized_checkpoint(src, q4):
+    from xlstm_mlx.info import describe_checkpoint
+
+    text, float_text = describe_checkpoint(q4), describe_checkpoint(src)
+    assert "quantization       quantized" in text and "4-bit (group size 64, affine)" in text
+    params = [ln for ln in float_text.splitlines() if "parameters" in ln]
+    assert params and params[0] in text  # the float parameter count, not the packed one
+
+
 def test_float_conversion_roundtrip(src, tmp_path, tokens):
     out = convert(src, tmp_path / "f", progress=False)["out"]
     assert "quantization" not in json.loads((out / "config.json").read_text())
@@ -264,10 +261,11 @@ def test_perplexity_is_chunk_invariant_and_exact(src, text_file):
         assert math.isclose(perplexity(model, stream, bos, chunk_size=chunk).nll, full.nll, rel_tol=1e-5)
     assert full.tokens == len(stream)
     assert math.isclose(full.nll, _manual_nll(model, [bos] + list(stream[:-1]), stream), rel_tol=1e-5)
-    win = perplexity(model, stream, bos, context=100, chunk_size=32)
     manual = sum(_manual_nll(model, [bos] + list(stream[s : s + 99]), stream[s : s + 100])
                  for s in range(0, len(stream), 100))
-    assert win.tokens == len(stream) and math.isclose(win.nll, manual, rel_tol=1e-5)
+    for chunk in (32, 350):  # one window at a time in pieces; three windows side by side
+        win = perplexity(model, stream, bos, context=100, chunk_size=chunk)
+        assert win.tokens == len(stream) and math.isclose(win.nll, manual, rel_tol=1e-5)
 
 
 def test_perplexity_cli_last_line(src, text_file, capsys):

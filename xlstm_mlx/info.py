@@ -6,6 +6,7 @@ evaluated), so describing xLSTM-7B takes a fraction of a second and no memory.
 
 from __future__ import annotations
 
+import math
 from itertools import groupby
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from .config import infer_args
 from .loading import load_weights_index, read_config, resolve_model_dir
 from .model import Model
 from .profiles import default_profile
+from .quantize import logical_shapes, quantization_config, summarize
 from .safetensors_files import find_weight_files, read_header
 from .stack_loading import is_stack_dir, read_stack_config
 from .stack_config import infer_stack_args
@@ -105,6 +107,7 @@ def describe_checkpoint(path: str | Path) -> str:
     stored = sorted({_ST_DTYPES.get(e["dtype"], e["dtype"]) for e in entries})
     nbytes = sum(e["data_offsets"][1] - e["data_offsets"][0] for e in entries)
 
+    qcfg = None
     if is_stack_dir(model_dir):
         shapes = {k: tuple(e["shape"]) for h in headers for k, e in h.items()}
         args = infer_stack_args(shapes, read_stack_config(model_dir))
@@ -112,8 +115,13 @@ def describe_checkpoint(path: str | Path) -> str:
         family = f"official xLSTM stack {args.ratio()} (xlstm.xLSTMLMModel layout)"
         diagram = _stack_lines(args)
     else:
-        shapes, _ = load_weights_index(files)
-        args = infer_args(shapes, read_config(model_dir))
+        shapes, where = load_weights_index(files)
+        cfg = read_config(model_dir)
+        qcfg = quantization_config(cfg)
+        shapes = logical_shapes(shapes, where, qcfg)  # packed quantized weights -> their float shapes
+        if qcfg is not None:
+            params = sum(math.prod(s) for s in shapes.values())
+        args = infer_args(shapes, cfg)
         model = Model(args)
         family = "xLSTM-7B family (mLSTM blocks, Hugging Face xlstm / official xLSTMLarge layout)"
         diagram = _xlstm7b_lines(args)
@@ -137,6 +145,8 @@ def describe_checkpoint(path: str | Path) -> str:
                              + ", ".join(f"{_size(b)} per {t} block" for t, b in per_block.items()) + ")"),
         ("tokenizer", repr(tok) if tok is not None else "none (no tokenizer.json)"),
     ]
+    if qcfg is not None:  # issue #7: quantized checkpoints
+        rows.insert(3, ("quantization", summarize(qcfg)[0]))
     width = max(len(k) for k, _ in rows)
     lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
     return "\n".join(lines)

@@ -5,7 +5,7 @@ The choice (docs/quantization.md gives the reasons and the measurements):
                  the FFN (proj_up_gate, proj_up / proj_up_gate_z, proj_down), the token embedding and
                  lm_head (unless `embeddings=False`)
   kept float     the gate projections igate_preact / fgate_preact / ifgate_preact (NH outputs each:
-                 ~0.1 % of the weights, and their outputs are exponentiated), every norm, every bias
+                 ~0.03 % of the weights, and their outputs are exponentiated), every norm, every bias
   group size     the requested one where it divides the layer's input dimension, else the largest of
                  128, 64, 32 below it that does (xLSTM-7B: proj_down, input 10944, gets 64 under -g 128);
                  a layer that none divides stays float. Either case is recorded and reported.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 from tqdm import tqdm
 
 from .config import CheckpointError
@@ -30,7 +30,7 @@ GROUP_SIZES = (128, 64, 32)  # what MLX's affine mode supports, largest first
 MODE = "affine"
 GATE_LAYERS = ("igate_preact", "fgate_preact", "ifgate_preact")
 EMBEDDING_LAYERS = ("backbone.embeddings", "lm_head")
-GATE_REASON = ("gate pre-activation projection (num_heads outputs): ~0.1% of the weights, and its output is "
+GATE_REASON = ("gate pre-activation projection (num_heads outputs): ~0.03% of the weights, and its output is "
                "exponentiated by the gating, so it stays float")
 NORM_REASON = "norm: a 1-D weight (and bias), kept float like every bias"
 
@@ -195,6 +195,21 @@ def quantize_model(model: nn.Module, qcfg: dict, progress: bool = False, evaluat
 def apply_quantization(model: nn.Module, qcfg: dict | None) -> nn.Module:
     """Give a freshly built (lazy) model the quantized structure config.json records, before loading."""
     return model if qcfg is None else quantize_model(model, qcfg)
+
+
+def dequantized_copy(model: nn.Module) -> nn.Module:
+    """A float model of the same class holding mx.dequantize(...) of every quantized layer: it computes
+    the quantized model's function (to float32 rounding) with plain matmuls, which MLX's CPU backend runs
+    far faster than its quantized ones. For evaluation and tests; the arrays of other layers are shared."""
+    params = dict(tree_flatten(model.parameters()))
+    for path, m in _leaves(model):
+        if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            w = mx.dequantize(m.weight, m.scales, m.biases, m.group_size, m.bits, mode=m.mode)
+            params[f"{path}.weight"] = w.astype(m.scales.dtype)
+            del params[f"{path}.scales"], params[f"{path}.biases"]
+    twin = type(model)(model.args, model.profile)
+    twin.update(tree_unflatten(list(params.items())))
+    return twin
 
 
 def parameter_bytes(model: nn.Module) -> int:
