@@ -55,7 +55,9 @@ class Model(nn.Module):
         if cache is not None and cache.batch_size != B:
             raise ValueError(f"cache was made for batch size {cache.batch_size}, input has batch size {B}")
         check = self.check_numerics
-        x = self.backbone.embeddings(input_ids)
+        # the residual stream is carried in profile.residual_dtype (float32: a bf16 residual loses the
+        # small sub-layer updates against the running sum; docs/numerics.md)
+        x = self.backbone.embeddings(input_ids).astype(self.profile.mx_residual_dtype)
         if check:
             assert_finite("embeddings", x)
         for idx, block in enumerate(self.backbone.blocks):
@@ -67,6 +69,7 @@ class Model(nn.Module):
             cache.offset += T
         if self.args.add_out_norm:
             x = self.backbone.out_norm(x)
+        x = x.astype(self.profile.mx_compute_dtype)
         if self.args.tie_word_embeddings:
             logits = self.backbone.embeddings.as_linear(x)
         else:

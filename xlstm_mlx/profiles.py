@@ -1,7 +1,8 @@
 """Numerics profiles: every setting that defines a run, in one place, selectable by name.
 
 A profile fixes the compute dtype of the weights, the dtype of q/k/v inside the mLSTM kernels, the
-recurrent state dtype (float32 only: see docs/numerics.md), the chunk size of the prefill, which
+dtype of the residual stream (float32 in every shipped profile: see docs/numerics.md), the
+recurrent state dtype (float32 only), the chunk size of the prefill, which
 kernels run, and optionally overrides the checkpoint's eps / norm_eps (null = keep the checkpoint's).
 Shipped profiles live in profiles/*.json; a path to a JSON file of the same shape works too.
 """
@@ -26,6 +27,7 @@ class NumericsProfile:
     name: str
     compute_dtype: str = "float32"
     kernel_dtype: str = "float32"
+    residual_dtype: str = "float32"
     state_dtype: str = "float32"
     chunk_size: int = 64
     prefill_kernel: str = "chunkwise"
@@ -35,7 +37,7 @@ class NumericsProfile:
     description: str = ""
 
     def __post_init__(self):
-        for field in ("compute_dtype", "kernel_dtype"):
+        for field in ("compute_dtype", "kernel_dtype", "residual_dtype"):
             if getattr(self, field) not in DTYPES:
                 raise ValueError(f"profile {self.name!r}: {field} must be one of {sorted(DTYPES)}, "
                                  f"got {getattr(self, field)!r}")
@@ -54,6 +56,10 @@ class NumericsProfile:
         return DTYPES[self.compute_dtype]
 
     @property
+    def mx_residual_dtype(self):
+        return DTYPES[self.residual_dtype]
+
+    @property
     def mx_kernel_dtype(self):
         return DTYPES[self.kernel_dtype]
 
@@ -62,6 +68,7 @@ class NumericsProfile:
 
     def describe(self) -> str:
         return (f"profile={self.name} weights={self.compute_dtype} qkv={self.kernel_dtype} "
+                f"residual={self.residual_dtype} "
                 f"state={self.state_dtype} prefill={self.prefill_kernel}(chunk={self.chunk_size}) "
                 f"decode={self.step_kernel}")
 

@@ -38,15 +38,21 @@ class MLSTMLayer(nn.Module):
         self.multihead_norm = MultiHeadLayerNorm(args.num_heads, args.v_head_dim, args.norm_eps, b)
         self.out_proj = nn.Linear(args.v_dim, h, bias=b)
 
-    def _project(self, x):
+    def _project(self, x, compute_dtype):
+        """x is the normalized input in the residual dtype (float32 in the shipped profiles).
+
+        q, k, v, o take it in the compute dtype (the big matmuls at the weights' rate); the gate
+        projections (NH outputs each, negligible work) take it as it is, so with a float32 residual the
+        gate pre-activations are float32 end to end (docs/numerics.md).
+        """
         a = self.args
+        xc = x.astype(compute_dtype)
         if a.weight_mode == "single":
-            q, k, v, o = self.q(x), self.k(x), self.v(x), self.ogate_preact(x)
+            q, k, v, o = self.q(xc), self.k(xc), self.v(xc), self.ogate_preact(xc)
             i, f = self.igate_preact(x), self.fgate_preact(x)
         else:
-            q, k, v, o = mx.split(self.qkv_opreact(x), [a.qk_dim, 2 * a.qk_dim, 2 * a.qk_dim + a.v_dim], axis=-1)
+            q, k, v, o = mx.split(self.qkv_opreact(xc), [a.qk_dim, 2 * a.qk_dim, 2 * a.qk_dim + a.v_dim], axis=-1)
             i, f = mx.split(self.ifgate_preact(x), [a.num_heads], axis=-1)
-        # gate math is float32 from the projection output on (docs/numerics.md)
         i = soft_cap(i.astype(F32), a.gate_soft_cap)
         f = soft_cap(f.astype(F32), a.gate_soft_cap)
         return q, k, v, o, i, f
@@ -54,7 +60,8 @@ class MLSTMLayer(nn.Module):
     def __call__(self, x, state, mask, profile: NumericsProfile):
         a = self.args
         B, T, _ = x.shape
-        q, k, v, o, i, f = self._project(x)
+        cd = profile.mx_compute_dtype
+        q, k, v, o, i, f = self._project(x, cd)
         kd = profile.mx_kernel_dtype
 
         def heads(t, d):  # [B, T, NH*d] -> [B, NH, T, d]
@@ -72,7 +79,7 @@ class MLSTMLayer(nn.Module):
         else:
             seq = kernels.get_sequence_kernel(profile.prefill_kernel)
             h, state = seq(q, k, v, i, f, state, eps=eps, chunk_size=profile.chunk_size)
-        h = self.multihead_norm(h.transpose(0, 2, 1, 3).astype(x.dtype))
+        h = self.multihead_norm(h.transpose(0, 2, 1, 3).astype(cd))
         return self.out_proj(mx.sigmoid(o) * h), state
 
 
@@ -114,7 +121,10 @@ class MLSTMBlock(nn.Module):
         return kernels.zero_state(batch_size, a.num_heads, a.qk_head_dim, a.v_head_dim)
 
     def __call__(self, x, state, mask, profile: NumericsProfile, check: str | None = None):
-        """`check`, when given, is this block's name for the NaN locator (forces evaluation)."""
+        """x is the residual stream (profile.residual_dtype); sub-layer outputs are added to it.
+
+        `check`, when given, is this block's name for the NaN locator (forces evaluation).
+        """
         h = self.norm_mlstm(x)
         if check:
             assert_finite(f"{check}.norm_mlstm", h)
@@ -126,7 +136,7 @@ class MLSTMBlock(nn.Module):
         h = self.norm_ffn(x)
         if check:
             assert_finite(f"{check}.norm_ffn", h)
-        h = self.ffn(h)
+        h = self.ffn(h.astype(profile.mx_compute_dtype))
         if check:
             assert_finite(f"{check}.ffn", h)
         return x + h, state
