@@ -157,10 +157,15 @@ def train(data: str | Path, config: str | Path, tokenizer: str | Path, out: str 
         saved = load_trainer_state(found, model, trainer.optimizer)
         if saved["config"]["model"] != state["config"]["model"]:
             raise ValueError(f"{out} holds a run with a different model config; use another --out or --no-resume")
+        state.update({k: saved[k] for k in ("step", "history", "evals", "best", "elapsed_s")})
+        if (saved["train"].get("time_budget_s") and saved["step"] < saved["train"]["steps"] != cfg.steps):
+            # the interrupted run had fitted its length to a time budget: finish that schedule
+            cfg.steps, cfg.time_budget_s = saved["train"]["steps"], None
+            trainer.set_total_steps(cfg.steps)
         if saved["step"] >= cfg.steps:
             print(f"[xlstm-mlx train] {out} already finished {saved['step']} steps; raise --steps to go on")
-        state.update({k: saved[k] for k in ("step", "history", "evals", "best", "elapsed_s")})
-        print(f"[xlstm-mlx train] resuming {out} at step {state['step']}/{cfg.steps}")
+        else:
+            print(f"[xlstm-mlx train] resuming {out} at step {state['step']}/{cfg.steps}")
     trainer.build()
     extra = {"training": {"data": str(data), "steps": cfg.steps, "seq_len": cfg.seq_len,
                           "batch_size": cfg.batch_size, "compute_dtype": cfg.dtype}}
