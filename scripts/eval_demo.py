@@ -79,7 +79,9 @@ def main(argv=None) -> dict:
             n_tok += len(tgt)
     streamed = {"tokens": n_tok, "loss": total / n_tok, "ppl": math.exp(total / n_tok),
                 "unigram_loss": uni / n_tok, "unigram_ppl": math.exp(uni / n_tok)}
-    out = {"model": str(a.model), "seq_len": T, "windows": windows, "streamed": streamed}
+    model_name = Path(a.model).resolve()
+    model_name = model_name.relative_to(ROOT) if model_name.is_relative_to(ROOT) else model_name
+    out = {"model": str(model_name), "seq_len": T, "windows": windows, "streamed": streamed}
     print(json.dumps(out, indent=2))
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
