@@ -79,3 +79,20 @@ def test_fresh_rows_use_the_first_step_rule_per_element():
     y_mixed, _ = slstm_step_ref(wx[:2, 6], R, b, mixed)
     y_alone, _ = slstm_step_ref(wx[1:2, 6], R, b, fresh)
     assert np.abs(np.array(y_mixed[1:]) - np.array(y_alone)).max() <= 1e-7
+
+
+@pytest.mark.skipif(not mx.cuda.is_available(), reason="the fused sLSTM kernel needs MLX's CUDA backend")
+def test_fused_cuda_sequence_equals_reference():
+    from xlstm_mlx.kernels.slstm_cuda import slstm_sequence_cuda
+
+    wx, R, b = ours_from_official(*random_inputs(5))
+    mask = np.ones((B, T), bool)
+    mask[0, :4] = False
+    mask[2, [1, 7]] = False
+    for m in (None, mx.array(mask)):
+        y_ref, s_ref = slstm_sequence_ref(wx, R, b, mask=m)  # on the CPU: GPU float32 matmuls may be TF32
+        with mx.stream(mx.gpu):
+            y, s = slstm_sequence_cuda(wx, R, b, mask=m)
+        assert np.abs(np.array(y) - np.array(y_ref)).max() <= 1e-5
+        for a, c in zip(s, s_ref):
+            assert np.abs(np.array(a) - np.array(c)).max() <= 1e-5 * max(1.0, np.abs(np.array(c)).max())

@@ -18,6 +18,7 @@ from . import kernels
 from .blocks.official_layers import ResidualLayerNorm
 from .blocks.xlstm_block import make_block
 from .cache import Cache
+from .kernels.slstm import sequence_path
 from .numerics_check import assert_finite
 from .profiles import NumericsProfile, load_profile
 from .stack_config import StackArgs
@@ -67,7 +68,7 @@ class StackModel(nn.Module):
             s = a.slstm
             ffn = f"ffn={s.ffn_up_dim}({s.ffn_act_fn})" if s.ffn_up_dim else "ffn=none"
             d["slstm"] = (f"heads={s.num_heads} conv={s.conv1d_kernel_size} group_norm_weight={s.group_norm_weight} "
-                          f"{ffn} stored_layout={s.layout}")
+                          f"{ffn} stored_layout={s.layout} prefill={sequence_path()}")
         d["state_floats_per_sequence"] = a.state_floats_per_sequence()
         return d
 

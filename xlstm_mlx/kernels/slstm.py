@@ -88,6 +88,18 @@ def slstm_sequence_ref(wx, R, b, state=None, mask=None):
     return _sequence(slstm_step_ref, wx, R, b, state, mask)
 
 
+def sequence_path() -> str:
+    """Which code runs slstm_sequence here (for run descriptions)."""
+    from .slstm_cuda import available
+
+    return "fused CUDA kernel" if available() else "loop of compiled steps"
+
+
 def slstm_sequence(wx, R, b, state=None, mask=None):
-    """Same as slstm_sequence_ref with the compiled step."""
+    """Fast sequence form, same signature as slstm_sequence_ref: the whole loop as one CUDA kernel on
+    MLX's CUDA backend (kernels/slstm_cuda.py), elsewhere a loop of compiled steps."""
+    from .slstm_cuda import available, slstm_sequence_cuda  # imported here: it imports this module
+
+    if available():
+        return slstm_sequence_cuda(wx, R, b, state, mask)
     return _sequence(slstm_step, wx, R, b, state, mask)
