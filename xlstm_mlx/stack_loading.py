@@ -84,8 +84,14 @@ def load_stack(model_dir: Path, prof: NumericsProfile, verbose: bool = False, ch
     weights = model.sanitize(weights)
     check_strict(model, {k: tuple(v.shape) for k, v in weights.items()})
     target = prof.mx_compute_dtype
-    # the sLSTM recurrent kernel and bias feed float32 gate math directly: keep them float32
-    weights = {k: v.astype(mx.float32 if ".slstm_cell." in k else target) for k, v in weights.items()}
+    head = getattr(prof, "mx_head_dtype", target)  # profiles that keep the lm_head in float32
+
+    def dtype_of(k):
+        if ".slstm_cell." in k:  # the sLSTM recurrent kernel and bias feed float32 gate math directly
+            return mx.float32
+        return head if k == "lm_head.weight" else target
+
+    weights = {k: v.astype(dtype_of(k)) for k, v in weights.items()}
     model.update(tree_unflatten(list(weights.items())))
     mx.eval(model.parameters())
     model.check_numerics = check_numerics

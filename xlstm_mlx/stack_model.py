@@ -101,7 +101,8 @@ class StackModel(nn.Module):
 
     def _forward(self, input_ids, states, mask, check: bool):
         """The whole model as a function of (ids, per-block states) -> (float32 logits, new states)."""
-        x = self.token_embedding(input_ids)
+        # the residual stream is carried in profile.residual_dtype (float32 in the shipped profiles)
+        x = self.token_embedding(input_ids).astype(self.profile.mx_residual_dtype)
         stack = self.xlstm_block_stack
         new_states = []
         for idx, (block, state) in enumerate(zip(stack.blocks, states)):
@@ -109,10 +110,10 @@ class StackModel(nn.Module):
             new_states.append(state)
         if self.args.add_post_blocks_norm:
             x = stack.post_blocks_norm(x)
-        if self.args.tie_weights:
-            logits = self.token_embedding.as_linear(x)
-        else:
-            logits = self.lm_head(x)
+        head = self.token_embedding if self.args.tie_weights else self.lm_head
+        # the head takes its input in the dtype of its (float) weight, or of its scales when quantized
+        x = x.astype(head.scales.dtype if "scales" in head else head.weight.dtype)
+        logits = head.as_linear(x) if self.args.tie_weights else head(x)
         logits = logits.astype(mx.float32)
         if check:
             assert_finite("logits", logits)

@@ -59,16 +59,19 @@ class mLSTMLayerV1(nn.Module):
         return (*kernels.zero_state(batch_size, self.num_heads, dh, dh), self.conv1d.make_state(batch_size))
 
     def __call__(self, x, state, mask, profile):
-        """x [B, T, E] (already normed) -> (y [B, T, E], new state (C, n, m, conv))."""
+        """x [B, T, E] (normed, residual dtype) -> (y [B, T, E] in the compute dtype, new state (C, n, m, conv))."""
         B, T, _ = x.shape
         C, n, m, conv = state
-        x_m, z = mx.split(self.proj_up(x), 2, axis=-1)
+        cd = profile.mx_compute_dtype
+        x_m, z = mx.split(self.proj_up(x.astype(cd)), 2, axis=-1)
         x_c, conv = self.conv1d(x_m, conv, mask)
         x_c = nn.silu(x_c)
         q, k, v = self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m)
 
         cell = self.mlstm_cell
-        qkv = mx.concatenate([q, k, v], axis=-1)
+        # gate pre-activations in float32 (NH outputs each: negligible work, and exponential gating
+        # magnifies their rounding)
+        qkv = mx.concatenate([q, k, v], axis=-1).astype(F32)
         i = cell.igate(qkv).astype(F32).transpose(0, 2, 1)  # [B, NH, T]
         f = cell.fgate(qkv).astype(F32).transpose(0, 2, 1)
         i, f = kernels.mask_gates(i, f, mask)
@@ -87,6 +90,6 @@ class mLSTMLayerV1(nn.Module):
         else:
             seq = kernels.get_sequence_kernel(profile.prefill_kernel)
             h, (C, n, m) = seq(qh, kh, vh, i, f, (C, n, m), eps=eps, chunk_size=profile.chunk_size)
-        h = cell.outnorm(h.transpose(0, 2, 1, 3).astype(F32)).astype(x.dtype)  # [B, T, D]
-        h = (h + self.learnable_skip.astype(x.dtype) * x_c) * nn.silu(z)
+        h = cell.outnorm(h.transpose(0, 2, 1, 3).astype(F32)).astype(cd)  # [B, T, D]
+        h = (h + self.learnable_skip.astype(cd) * x_c) * nn.silu(z)
         return self.proj_down(h), (C, n, m, conv)

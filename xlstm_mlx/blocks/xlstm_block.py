@@ -29,6 +29,8 @@ class xLSTMBlock(nn.Module):
         return self.xlstm.make_state(batch_size)
 
     def __call__(self, x, state, mask, profile, check: str | None = None):
+        """x is the residual stream (profile.residual_dtype, float32 in the shipped profiles); sub-layer
+        outputs are added to it, big matmuls take their input in the compute dtype."""
         if state is None:
             state = self.make_state(x.shape[0])
         h, state = self.xlstm(self.xlstm_norm(x), state, mask, profile)
@@ -37,7 +39,7 @@ class xLSTMBlock(nn.Module):
             assert_finite(f"{check}.xlstm ({self.block_type} output)", h)
         x = x + h
         if "ffn" in self:
-            h = self.ffn(self.ffn_norm(x))
+            h = self.ffn(self.ffn_norm(x).astype(profile.mx_compute_dtype))
             if check:
                 assert_finite(f"{check}.ffn", h)
             x = x + h
