@@ -225,6 +225,17 @@ def test_info_describes_quantized_checkpoint(src, q4):
     assert params and params[0] in text  # the float parameter count, not the packed one
 
 
+def test_sharded_output(src, tmp_path, tokens, monkeypatch):
+    import xlstm_mlx.convert as conv
+
+    monkeypatch.setattr(conv, "SHARD_BYTES", 40_000)
+    out = convert(src, tmp_path / "q", quantize=True, bits=8, group_size=64, progress=False)["out"]
+    shards = sorted(out.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and (out / "model.safetensors.index.json").exists()
+    q = load(out)[0]
+    assert mx.allclose(q(tokens), dequantized_copy(q)(tokens), rtol=1e-4, atol=1e-4).item()
+
+
 def test_float_conversion_roundtrip(src, tmp_path, tokens):
     out = convert(src, tmp_path / "f", progress=False)["out"]
     assert "quantization" not in json.loads((out / "config.json").read_text())

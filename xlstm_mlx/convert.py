@@ -64,13 +64,13 @@ def _shards(tensors: dict[str, mx.array]) -> list[dict[str, mx.array]]:
     return shards + [current]
 
 
-def write_weights(tensors: dict[str, mx.array], out: Path) -> list[Path]:
+def write_weights(tensors: dict[str, mx.array], out: Path, progress: bool = True) -> list[Path]:
     """model.safetensors, or model-0000i-of-0000N.safetensors + index above SHARD_BYTES."""
     shards = _shards(tensors)
     names = (["model.safetensors"] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     for name, shard in tqdm(list(zip(names, shards)), desc="writing", unit="file", file=sys.stderr,
-                            disable=len(shards) < 2):
+                            disable=not progress):
         mx.save_safetensors(str(out / name), shard, metadata={"format": "pt"})
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(v.nbytes for v in tensors.values())},
@@ -105,6 +105,8 @@ def convert(src: str | Path, out: str | Path, dtype: str | None = None, quantize
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     dtype = dtype or stored_dtype(src_dir)
     model, _ = load(src_dir, dtype=dtype)
+    # every float tensor in `dtype`, whatever a loading profile keeps wider (e.g. a float32 lm_head)
+    model.set_dtype(DTYPES[dtype])
     float_bytes = parameter_bytes(model)
     qcfg = None
     if quantize:
@@ -119,7 +121,7 @@ def convert(src: str | Path, out: str | Path, dtype: str | None = None, quantize
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary directory
     try:
-        write_weights(tensors, tmp)
+        write_weights(tensors, tmp, progress)
         cfg = read_config(src_dir)
         cfg.update(model.args.to_config_dict())
         cfg["torch_dtype"] = dtype

@@ -17,6 +17,8 @@ refuses a file whose tensors disagree with it (`logical_shapes`).
 
 from __future__ import annotations
 
+import sys
+
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
@@ -176,7 +178,7 @@ def quantize_model(model: nn.Module, qcfg: dict, progress: bool = False, evaluat
         parts = p.split(".")
         key = ".".join(parts[:3]) if parts[:2] == ["backbone", "blocks"] else "other"
         groups.setdefault(key, []).append(p)
-    bar = tqdm(list(groups.values()), desc="quantizing", unit="block", disable=not progress)
+    bar = tqdm(list(groups.values()), desc="quantizing", unit="block", disable=not progress, file=sys.stderr)
     for paths in bar:
         chosen = {p: _layer_spec(qcfg, p) for p in paths}
 
