@@ -138,7 +138,13 @@ def load(path: str | Path, dtype: str | None = None, profile: str | NumericsProf
         for raw, arr in tensors.items():
             stored.add(str(arr.dtype).removeprefix("mlx.core."))
             # packed quantized weights (uint32) stay as they are; scales and biases take the compute dtype
-            weights[_canonical_name(raw)] = arr.astype(target) if mx.issubdtype(arr.dtype, mx.floating) else arr
+            name = _canonical_name(raw)
+            if not mx.issubdtype(arr.dtype, mx.floating):
+                weights[name] = arr
+            elif name == "lm_head.weight":  # an unquantized head keeps the profile's head dtype
+                weights[name] = arr.astype(prof.mx_head_dtype)
+            else:
+                weights[name] = arr.astype(target)
     model.update(tree_unflatten(list(weights.items())))
     mx.eval(model.parameters())
     model.check_numerics = check_numerics

@@ -69,12 +69,13 @@ class Model(nn.Module):
             cache.offset += T
         if self.args.add_out_norm:
             x = self.backbone.out_norm(x)
-        x = x.astype(self.profile.mx_compute_dtype)
-        if self.args.tie_word_embeddings:
-            logits = self.backbone.embeddings.as_linear(x)
-        else:
-            logits = self.lm_head(x)
-        # float32 before the cap, as transformers does (lm_head(h).float(), then soft-cap)
+        head = self.backbone.embeddings if self.args.tie_word_embeddings else self.lm_head
+        # the head's input takes the dtype of its float weight: float32 when the profile keeps the
+        # lm_head in float32 (head_dtype), the compute dtype for a tied or quantized head
+        x = x.astype(head.scales.dtype if "scales" in head else head.weight.dtype)
+        logits = head.as_linear(x) if self.args.tie_word_embeddings else head(x)
+        # float32 before the cap, as transformers does (lm_head(h).float(), then soft-cap); with a
+        # float32 head the logits are not rounded to bfloat16 first (docs/numerics.md)
         logits = soft_cap(logits.astype(mx.float32), self.args.output_logit_soft_cap)
         if check:
             assert_finite("logits", logits)

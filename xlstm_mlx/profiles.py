@@ -1,7 +1,8 @@
 """Numerics profiles: every setting that defines a run, in one place, selectable by name.
 
 A profile fixes the compute dtype of the weights, the dtype of q/k/v inside the mLSTM kernels, the
-dtype of the residual stream (float32 in every shipped profile: see docs/numerics.md), the
+dtype of the residual stream and of the lm_head (float32 in every shipped profile: see
+docs/numerics.md), the
 recurrent state dtype (float32 only), the chunk size of the prefill, which
 kernels run, and optionally overrides the checkpoint's eps / norm_eps (null = keep the checkpoint's).
 Shipped profiles live in profiles/*.json; a path to a JSON file of the same shape works too.
@@ -28,6 +29,7 @@ class NumericsProfile:
     compute_dtype: str = "float32"
     kernel_dtype: str = "float32"
     residual_dtype: str = "float32"
+    head_dtype: str = "float32"
     state_dtype: str = "float32"
     chunk_size: int = 64
     prefill_kernel: str = "chunkwise"
@@ -37,7 +39,7 @@ class NumericsProfile:
     description: str = ""
 
     def __post_init__(self):
-        for field in ("compute_dtype", "kernel_dtype", "residual_dtype"):
+        for field in ("compute_dtype", "kernel_dtype", "residual_dtype", "head_dtype"):
             if getattr(self, field) not in DTYPES:
                 raise ValueError(f"profile {self.name!r}: {field} must be one of {sorted(DTYPES)}, "
                                  f"got {getattr(self, field)!r}")
@@ -56,6 +58,10 @@ class NumericsProfile:
         return DTYPES[self.compute_dtype]
 
     @property
+    def mx_head_dtype(self):
+        return DTYPES[self.head_dtype]
+
+    @property
     def mx_residual_dtype(self):
         return DTYPES[self.residual_dtype]
 
@@ -68,7 +74,7 @@ class NumericsProfile:
 
     def describe(self) -> str:
         return (f"profile={self.name} weights={self.compute_dtype} qkv={self.kernel_dtype} "
-                f"residual={self.residual_dtype} "
+                f"residual={self.residual_dtype} head={self.head_dtype} "
                 f"state={self.state_dtype} prefill={self.prefill_kernel}(chunk={self.chunk_size}) "
                 f"decode={self.step_kernel}")
 
