@@ -149,3 +149,13 @@ def test_generate_with_chat_template(tmp_path, monkeypatch, capsys):
     (no_template / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<bos>", "eos_token": "<eos>"}))
     rc, _, err = run(monkeypatch, capsys, ["generate", "--model", no_template, "--prompt", "Hi", "--chat-template"])
     assert rc == 2 and "no chat template" in err
+
+
+def test_generate_profile_and_nan_locator_flags(ckpt, tiny, monkeypatch, capsys, tmp_path):
+    model, tok = tiny
+    rc, out, err = run(monkeypatch, capsys, ["generate", "--model", ckpt, "--prompt", "Hello", "--max-tokens", 5,
+                                            "--profile", "parity", "--check-numerics", "--verbose"])
+    assert rc == 0 and out.startswith(generate(model, tok, "Hello", 5))
+    assert "profile=parity" in err and "state=float32" in err  # verbose says which path runs
+    rc, _, err = run(monkeypatch, capsys, ["generate", "--model", ckpt, "--prompt", "x", "--profile", "turbo"])
+    assert rc != 0 and "unknown numerics profile 'turbo'" in err

@@ -30,7 +30,8 @@ def _load_model(args):
     if model_path is None:
         model_path, label = default_model_dir()
         print(label, file=sys.stderr)
-    model, tok = load(model_path, dtype=args.dtype, verbose=args.verbose)
+    model, tok = load(model_path, dtype=args.dtype, profile=args.profile, verbose=args.verbose,
+                      check_numerics=args.check_numerics)
     if tok is None:
         raise SystemExit(f"error: {model_path} has no tokenizer.json; this command needs one to encode text")
     return model, tok
@@ -133,6 +134,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint directory or Hugging Face repo id")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--profile", help="numerics profile: 'parity', 'fast' or a JSON file (docs/profiles.md)")
+    p.add_argument("--check-numerics", action="store_true",
+                   help="NaN locator: stop at the first block/sub-layer producing NaN or Inf (slow)")
     p.add_argument("--verbose", action="store_true",
                    help="say which backend, dtypes and kernels run; print speed and memory statistics")
 
