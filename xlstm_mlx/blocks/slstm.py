@@ -74,8 +74,9 @@ class sLSTMLayer(nn.Module):
         R = self.slstm_cell.recurrent_kernel.astype(mx.float32)
         b = self.slstm_cell.bias.astype(mx.float32)
         cell_state = (y0, c0, n0, m0)
-        # the sLSTM has one form (a loop of steps); kernels.use_reference() swaps the compiled step
-        # for the plain one. `profile` has nothing to choose here: gate math and state are float32.
+        # kernels.use_reference() swaps the fast forms (compiled step; the fused CUDA sequence kernel
+        # where available) for the plain loop of reference steps. `profile` has nothing to choose
+        # here: gate math and state are float32.
         ref = kernels.reference_forced()
         if x.shape[1] == 1:
             step = slstm_step_ref if ref else slstm_step
