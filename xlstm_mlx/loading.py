@@ -9,6 +9,7 @@ Weights may be float32, bfloat16 or float16 on disk, single-file or sharded, sin
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -161,6 +162,18 @@ def describe_run(model: Model) -> str:
     from .kernels import reference_forced
 
     kern = "reference kernels (forced)" if reference_forced() else "fast kernels"
-    return (f"[xlstm-mlx] backend={dev.type.name if hasattr(dev.type, 'name') else dev} "
+    backend = dev.type.name if hasattr(dev.type, "name") else str(dev)
+    if dev.type == mx.gpu:
+        backend = "cuda" if mx.cuda.is_available() else "metal"
+        if backend == "cuda":
+            tf32 = os.environ.get("MLX_ENABLE_TF32", "1") not in ("0", "")
+            backend += " (float32 matmuls: TF32)" if tf32 else " (float32 matmuls: full float32)"
+    if dev.type == mx.cpu:
+        from . import _blas
+
+        b = _blas.info()
+        backend += (f" (BLAS: {b['library']}, core {b.get('core')}, {b.get('threads')} threads)" if b["active"]
+                    else f" (BLAS: MLX's bundled reference BLAS, slow: {b['reason']}; see docs/cpu-blas.md)")
+    return (f"[xlstm-mlx] backend={backend} "
             f"stored={','.join(getattr(model, 'stored_dtypes', []))} {model.profile.describe()} "
             f"gates/state=float32 norms=mx.fast (float32 reductions) {kern}")
