@@ -41,3 +41,15 @@ class Cache:
                                      f"this model's cache needs {tuple(a.shape)}")
                 new.append(tensors[key].astype(a.dtype))
             self.layers[i] = tuple(new)
+
+
+def check_model_inputs(input_ids: mx.array, cache: "Cache | None") -> tuple[int, int]:
+    """Validate a model call's input ids against its cache; returns (B, T). Shared by every model family."""
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, time], got shape {tuple(input_ids.shape)}")
+    B, T = input_ids.shape
+    if T == 0:
+        raise ValueError("input_ids is empty: give at least one token")
+    if cache is not None and cache.batch_size != B:
+        raise ValueError(f"cache was made for batch size {cache.batch_size}, input has batch size {B}")
+    return B, T

@@ -9,7 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .blocks.mlstm import MLSTMBlock, soft_cap
-from .cache import Cache
+from .cache import Cache, check_model_inputs
 from .config import ModelArgs
 from .norms import RMSNorm
 from .numerics_check import assert_finite
@@ -47,13 +47,7 @@ class Model(nn.Module):
 
         `mask` [B, T] (True = real token) turns the other positions into identity steps on the state.
         """
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be [batch, time], got shape {tuple(input_ids.shape)}")
-        B, T = input_ids.shape
-        if T == 0:
-            raise ValueError("input_ids is empty: give at least one token")
-        if cache is not None and cache.batch_size != B:
-            raise ValueError(f"cache was made for batch size {cache.batch_size}, input has batch size {B}")
+        B, T = check_model_inputs(input_ids, cache)
         check = self.check_numerics
         # the residual stream is carried in profile.residual_dtype (float32: a bf16 residual loses the
         # small sub-layer updates against the running sum; docs/numerics.md)

@@ -17,7 +17,7 @@ import mlx.nn as nn
 from . import kernels
 from .blocks.official_layers import ResidualLayerNorm
 from .blocks.xlstm_block import make_block
-from .cache import Cache
+from .cache import Cache, check_model_inputs
 from .kernels.slstm import sequence_path
 from .numerics_check import assert_finite
 from .profiles import NumericsProfile, load_profile
@@ -81,13 +81,7 @@ class StackModel(nn.Module):
         `mask` [B, T] (True = real token) makes the other positions identity steps on every state
         (recurrent and convolution), wherever they sit in the row.
         """
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be [batch, time], got shape {tuple(input_ids.shape)}")
-        B, T = input_ids.shape
-        if T == 0:
-            raise ValueError("input_ids is empty: give at least one token")
-        if cache is not None and cache.batch_size != B:
-            raise ValueError(f"cache was made for batch size {cache.batch_size}, input has batch size {B}")
+        B, T = check_model_inputs(input_ids, cache)
         blocks = self.xlstm_block_stack.blocks
         states = list(cache.layers) if cache is not None else [b.make_state(B) for b in blocks]
         if T == 1 and mask is None and not self.check_numerics and not kernels.reference_forced():
