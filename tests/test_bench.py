@@ -1,0 +1,50 @@
+"""xlstm-mlx bench: the counts behind the hardware floors, and one end-to-end run (no timing assertions)."""
+
+import json
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_flatten
+
+from xlstm_mlx import bench_floor as floor
+from xlstm_mlx.cli import main
+from xlstm_mlx.model import Model
+from xlstm_mlx.random_checkpoint import shape_args
+
+
+def test_7b_counts_match_the_published_shape():
+    m = Model(shape_args("7b"))  # parameters stay lazy: nothing is allocated
+    params = sum(p.size for _, p in tree_flatten(m.parameters()))
+    assert abs(params - 6.865e9) < 0.01e9
+    assert floor.state_bytes_per_sequence(m.args) == 4 * 32 * 8 * (256 * 512 + 256 + 1)
+    wb = floor.weight_bytes(m)  # float32 model: 4 bytes a parameter
+    emb = 50304 * 4096 * 4
+    assert wb["total"] == 4 * params and wb["read_per_step"] == wb["total"] - emb
+    vectors = sum(p.size for _, p in tree_flatten(m.parameters()) if p.ndim == 1)  # norms, biases
+    assert floor.matmul_params(m) == params - 50304 * 4096 - vectors
+
+
+def test_floors_are_the_stated_formulas():
+    assert floor.decode_floor_tok_s(1, 10e9, 0, 2e12) == pytest.approx(200.0)
+    assert floor.decode_floor_tok_s(64, 10e9, 100e6, 2e12) == pytest.approx(64 / (22.8e9 / 2e12))
+    assert floor.prefill_floor_tok_s(14e9, 700e12) == pytest.approx(50_000)
+    a = shape_args("64m")
+    per_head = 2 * 64 * 64 + 2 * 64 * 128 + 4 * 64 * 128
+    assert floor.recurrence_flops_per_token(a, 64) == a.num_blocks * a.num_heads * per_head
+
+
+def test_bench_command_writes_every_figure(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    rc = main(["bench", "--shape", "tiny", "--cpu", "--prefill-grid", "1x70", "2x33", "--decode-batch", "1", "3",
+               "--decode-steps", "4", "--ttft-len", "40", "--reps", "1", "--budget", "0", "--json", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert [(p["batch"], p["length"]) for p in r["prefill"]] == [(1, 70), (2, 33)]
+    assert [d["batch"] for d in r["decode"]] == [1, 3]
+    for fig in r["prefill"] + r["decode"]:
+        assert fig["tok_s"] > 0 and fig["floor_tok_s"] > 0
+        assert fig["ratio_to_floor"] == pytest.approx(fig["tok_s"] / fig["floor_tok_s"])
+        assert fig["peak_memory_bytes"] >= r["weights_bytes"]
+    assert r["ttft"]["length"] == 40 and r["ttft"]["seconds"] > 0
+    assert r["bandwidth"]["bytes_per_s"] > 0 and r["matmul"]["flop_per_s"] > 0
+    assert "device" in r and r["mlx_version"] == mx.__version__
