@@ -131,3 +131,19 @@ def test_reference_switch():
         assert kernels.get_step_kernel("step") is mlstm_step_ref
     with pytest.raises(ValueError, match="unknown sequence kernel"):
         kernels.get_sequence_kernel("triton")
+
+
+@pytest.mark.parametrize("gate_scale", [1.0, 4.0])
+def test_chunkwise_multi_segment_closed_form(gate_scale):
+    """Longer than one segment of MAX_SEGMENT_CHUNKS chunks (and a remainder): the closed-form chunk scan
+    passes state across segments. Measured ~6e-6 normwise against float64 (no cumulative-sum
+    cancellation: the inter-chunk decays are segment sums)."""
+    from xlstm_mlx.kernels.mlstm_chunkwise import MAX_SEGMENT_CHUNKS
+
+    T = 4 * (2 * MAX_SEGMENT_CHUNKS + 5) + 3
+    q, k, v, i, f, state = inputs(seed=77, T=T, gate_scale=gate_scale)
+    h_ref, s_ref = mlstm_sequence_f64(q, k, v, i, f, state)
+    h, s = mlstm_chunkwise(q, k, v, i, f, state, chunk_size=4)
+    close(h, h_ref, 5e-5)
+    for a, b in zip(s, s_ref):
+        close(a, b, 1e-5)

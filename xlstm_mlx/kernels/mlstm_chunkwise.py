@@ -1,19 +1,29 @@
 """mLSTM chunkwise-parallel form (prefill): parallel inside chunks, recurrent across chunks.
 
 The sequence is cut into nc chunks of L tokens. With b the within-chunk cumulative log forget gate,
-g = b_L (a chunk's total decay) and a_s = g - b_s + i~_s (log weight of key s at the chunk's end):
+g_c = b_L of chunk c (its total log decay) and a_s = g - b_s + i~_s (log weight of key s at its chunk's end):
 
-  across chunks (a scan over nc, elementwise work only; the k v^T products of all chunks are
-  computed in one batched matmul beforehand, stabilized by their own max a*):
-      m_next = max(g + m, a*)
-      C_next = e^{g + m - m_next} C + e^{a* - m_next} sum_s e^{a_s - a*} k_s v_s^T      (same for n)
+  across chunks, the recurrence m_next = max(g + m, a*), C_next = e^{g+m-m_next} C + e^{a*-m_next} KV
+  (KV = sum_s e^{a_s - a*} k_s v_s^T, a* = max_s a_s, one batched matmul for all chunks) is unrolled
+  in closed form. Sources are s = 0 (the incoming state, log weight m0) and s = c+1 (chunk c, log weight
+  a*_c); targets are r = 0..nc-1 (chunk starts) and r = nc (the final state). With g' = [0, g]:
+      Q[r, s]  = sum_{s < j <= r} g'_j                    (decay from source s to target r)
+      logW     = Q[r, s] + base_s   for s <= r, else -inf   (base_0 = m0, base_{c+1} = a*_c)
+      m_r      = max_s logW[r, s]                          (= the recurrent stabilizer at r)
+      C_r      = sum_s e^{logW[r, s] - m_r} X_s            (X_0 = C0, X_{c+1} = KV_c; same for n)
+  i.e. one small (nc+1) x (nc+1) matmul instead of nc sequential steps (which cost ~8 kernel launches
+  each). Q is a segment sum computed by a masked cumulative sum, never as a difference of two long
+  cumulative sums, so no precision is lost to cancellation however long the segment. Whole chunks
+  are processed in segments of at most MAX_SEGMENT_CHUNKS, so the (nc+1)^2 * Dqk * Dv matmul stays a
+  small fraction of the projections' work and the per-chunk KV stays bounded.
   inside a chunk, from the chunk's start state (C, n, m):
       log D[t, s] = b_t - b_s + i~_s (s <= t),   m_t = max(b_t + m, max_s log D[t, s])
       h_t = [e^{b_t+m-m_t} q^ C + sum_s e^{logD-m_t} (q^.k_s) v_s] / (max(|den|, e^{-m_t}) + eps)
 
-m_t is exactly the recurrent stabilizer, so this equals the sequence form up to rounding.
+m_t is exactly the recurrent stabilizer, so this equals the sequence form up to rounding; its
+reference is mlstm_chunkwise_ref (the parallel form applied chunk after chunk).
 Any length works: whole chunks, then the remainder as one chunk of its own length. Memory per call:
-O(T * L) for the intra-chunk matrices and O(nc * Dqk * Dv) for the chunk start states.
+O(T * L) for the intra-chunk matrices and O(segment chunks * Dqk * Dv) for the chunk start states.
 
 Matmul inputs keep the q/k/v dtype (bfloat16 in the fast profile: the matrix units' rate); gates,
 stabilizers, states and the normalizer are float32.
@@ -24,9 +34,22 @@ import mlx.core as mx
 from .mlstm_gates import log_sigmoid
 from .mlstm_recurrent import F32, zero_state
 
+MAX_SEGMENT_CHUNKS = 32
+
+
+def _segment_sum(g):
+    """Q[..., r, s] = sum_{s < j <= r} g'_j with g' = [0, g]; shape [..., nc+1, nc+1] (0 where s >= r)."""
+    gp = mx.concatenate([mx.zeros_like(g[..., :1]), g], axis=-1)  # [..., nc+1]
+    n = gp.shape[-1]
+    j = mx.arange(n)
+    x = mx.where(j[:, None] > j[None, :], gp[..., :, None], 0.0)  # x[j, s] = g'_j for j > s
+    return mx.cumsum(x, axis=-2)
+
 
 def _chunk_start_states(kc, vc, b, i, state):
-    """Scan over chunks. Returns the state at the start of every chunk and the final state."""
+    """States at the start of every chunk and the final state, in closed form (see module doc)."""
+    B, NH, nc, L, Dqk = kc.shape
+    Dv = vc.shape[-1]
     g = b[..., -1]  # [B, NH, nc]
     a = g[..., None] - b + i  # [B, NH, nc, L]
     # Clamped so that a chunk made only of masked (identity) steps, where every a_s = -inf, gives
@@ -36,21 +59,17 @@ def _chunk_start_states(kc, vc, b, i, state):
     kv = (kw.swapaxes(-1, -2) @ vc).astype(F32)  # [B, NH, nc, Dqk, Dv]
     ksum = mx.sum(kw.astype(F32), axis=-2)  # [B, NH, nc, Dqk]
 
-    C, n, m = state
-    starts_C, starts_n, starts_m = [], [], []
-    for c in range(kc.shape[2]):
-        starts_C.append(C)
-        starts_n.append(n)
-        starts_m.append(m)
-        g_c, a_c = g[:, :, c, None], a_max[:, :, c, None]  # [B, NH, 1]
-        m_next = mx.maximum(g_c + m, a_c)
-        decay = mx.exp(g_c + m - m_next)
-        scale = mx.exp(a_c - m_next)
-        C = decay[..., None] * C + scale[..., None] * kv[:, :, c]
-        n = decay * n + scale * ksum[:, :, c]
-        m = m_next
-    starts = (mx.stack(starts_C, 2), mx.stack(starts_n, 2), mx.concatenate(starts_m, -1))
-    return starts, (C, n, m)
+    C0, n0, m0 = state
+    base = mx.concatenate([m0, a_max], axis=-1)  # [B, NH, nc+1]
+    r = mx.arange(nc + 1)
+    log_w = mx.where(r[None, :] <= r[:, None], _segment_sum(g) + base[..., None, :], -mx.inf)
+    m = mx.max(log_w, axis=-1)  # [B, NH, nc+1]
+    w = mx.exp(log_w - m[..., None])
+    X = mx.concatenate([C0[:, :, None], kv], axis=2).reshape(B, NH, nc + 1, Dqk * Dv)
+    C = (w @ X).reshape(B, NH, nc + 1, Dqk, Dv)
+    n = w @ mx.concatenate([n0[:, :, None], ksum], axis=2)  # [B, NH, nc+1, Dqk]
+    starts = (C[:, :, :nc], n[:, :, :nc], m[..., :nc])
+    return starts, (C[:, :, nc], n[:, :, nc], m[..., nc:])
 
 
 def _chunks(q, k, v, igate, fgate, state, L: int, eps: float):
@@ -87,8 +106,11 @@ def mlstm_chunkwise(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_
     if state is None:
         state = zero_state(B, NH, Dqk, v.shape[-1])
     whole = (T // chunk_size) * chunk_size
+    segment = MAX_SEGMENT_CHUNKS * chunk_size
+    pieces = [(s, min(s + segment, whole), chunk_size) for s in range(0, whole, segment)]
+    pieces.append((whole, T, T - whole))
     hs = []
-    for start, stop, L in ((0, whole, chunk_size), (whole, T, T - whole)):
+    for start, stop, L in pieces:
         if stop > start:
             sl = slice(start, stop)
             h, state = _chunks(
