@@ -109,16 +109,13 @@ def quantization_config(cfg: dict) -> dict | None:
 
 
 def _header_dtype(where: dict, key: str, cache: dict) -> str:
+    """The stored dtype (safetensors spelling) of tensor `key`, reading each file's header once."""
+    from .loading import OFFICIAL_TO_HF  # imported here: loading imports this module
+
     f = where[key]
     if f not in cache:
-        cache[f] = read_header(f)
-    return cache[f][key]["dtype"] if key in cache[f] else cache[f][_raw_name(cache[f], key)]["dtype"]
-
-
-def _raw_name(header: dict, key: str) -> str:
-    from .loading import OFFICIAL_TO_HF
-
-    return next(raw for raw, hf in OFFICIAL_TO_HF.items() if hf == key and raw in header)
+        cache[f] = {OFFICIAL_TO_HF.get(raw, raw): e["dtype"] for raw, e in read_header(f).items()}
+    return cache[f][key]
 
 
 def logical_shapes(shapes: dict[str, tuple], where: dict, qcfg: dict | None) -> dict[str, tuple]:
