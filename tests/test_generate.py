@@ -15,7 +15,7 @@ from xlstm_mlx.sample import LogitBias, Sampler
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     d = make_random_checkpoint(tmp_path_factory.mktemp("tiny"), "tiny", seed=3)
-    return load(d)
+    return load(d, dtype="float32")  # exact-state comparisons: float32 on every backend
 
 
 def ascii_only(tok):
