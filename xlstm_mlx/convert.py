@@ -133,8 +133,8 @@ def convert(src: str | Path, out: str | Path, dtype: str | None = None, quantize
             if (src_dir / name).is_file():
                 shutil.copy(src_dir / name, tmp / name)
         verify_directory(tmp)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        if out.exists():  # an empty directory, or a model directory and --force (_prepare_out)
+            shutil.rmtree(out)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

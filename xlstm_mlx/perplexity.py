@@ -66,7 +66,10 @@ def read_tokens(data: str | Path, tokenizer) -> tuple[np.ndarray, int]:
     parts, nbytes = [], 0
     eos = tokenizer.eos_token_id
     for f in text_files(data):
-        text = f.read_text(encoding="utf-8")
+        try:
+            text = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{f}: not UTF-8 text ({e})") from None
         nbytes += len(text.encode("utf-8"))
         ids = tokenizer.encode(text, add_special_tokens=False)
         parts.append(np.asarray(ids + ([eos] if eos is not None else []), dtype=np.int32))
