@@ -22,6 +22,7 @@ def test_7b_counts_match_the_published_shape():
     assert wb["total"] == 4 * params and wb["read_per_step"] == wb["total"] - emb
     vectors = sum(p.size for _, p in tree_flatten(m.parameters()) if p.ndim == 1)  # norms, biases
     assert floor.matmul_params(m) == params - 50304 * 4096 - vectors
+    assert floor.matmul_params(m, head=False) == params - 2 * 50304 * 4096 - vectors
 
 
 def test_floors_are_the_stated_formulas():

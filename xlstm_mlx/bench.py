@@ -135,7 +135,7 @@ def run(args, built: tuple | None = None) -> dict:
           file=sys.stderr)
     bw = floor.measure_bandwidth()
     mm = floor.measure_matmul_rate(prof.mx_compute_dtype)
-    flops_tok = 2 * floor.matmul_params(model) + floor.recurrence_flops_per_token(a, prof.chunk_size)
+    flops_tok = 2 * floor.matmul_params(model, head=False) + floor.recurrence_flops_per_token(a, prof.chunk_size)
     print(f"[bench] measured: read bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s, "
           f"{mm['dtype']} matmul {mm['flop_per_s'] / 1e12:.2f} TFLOP/s", file=sys.stderr)
     key = mx.random.key(args.seed)

@@ -2,7 +2,7 @@
 (bytes a decode step must move, FLOPs a prefill token must do) that turn them into best-possible times.
 
     decode floor  (tok/s) = B / ((weight bytes read + 2 * B * state bytes) / bandwidth)
-    prefill floor (tok/s) = matmul rate / FLOPs per token
+    prefill floor (tok/s) = matmul rate / FLOPs per token (blocks only: prompt positions get no logits)
 """
 
 from __future__ import annotations
@@ -68,11 +68,14 @@ def weight_bytes(model) -> dict:
     return {"total": total, "read_per_step": read}
 
 
-def matmul_params(model) -> int:
-    """Parameters used as matmul weights per token (every 2-D weight except a gather-only embedding)."""
+def matmul_params(model, head: bool = True) -> int:
+    """Parameters used as matmul weights per token (every 2-D weight except a gather-only embedding).
+    head=False leaves the output head out: a prefill computes no logits for prompt positions."""
     n = 0
+    tied = model.args.tie_word_embeddings
     for name, p in tree_flatten(model.parameters()):
-        if p.ndim == 2 and (name != "backbone.embeddings.weight" or model.args.tie_word_embeddings):
+        is_head = name == "lm_head.weight" or (tied and name == "backbone.embeddings.weight")
+        if p.ndim == 2 and (name != "backbone.embeddings.weight" or tied) and (head or not is_head):
             n += p.size
     return n
 
