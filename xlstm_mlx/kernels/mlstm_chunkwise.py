@@ -66,10 +66,13 @@ def _chunk_start_states(kc, vc, b, i, state):
     m = mx.max(log_w, axis=-1)  # [B, NH, nc+1]
     w = mx.exp(log_w - m[..., None])
     X = mx.concatenate([C0[:, :, None], kv], axis=2).reshape(B, NH, nc + 1, Dqk * Dv)
-    C = (w @ X).reshape(B, NH, nc + 1, Dqk, Dv)
-    n = w @ mx.concatenate([n0[:, :, None], ksum], axis=2)  # [B, NH, nc+1, Dqk]
-    starts = (C[:, :, :nc], n[:, :, :nc], m[..., :nc])
-    return starts, (C[:, :, nc], n[:, :, nc], m[..., nc:])
+    N = mx.concatenate([n0[:, :, None], ksum], axis=2)  # [B, NH, nc+1, Dqk]
+    # Chunk starts and the final state as separate products: a slice of one shared result would keep
+    # that whole [nc+1, Dqk, Dv] buffer alive for as long as the cache holds the final state (measured:
+    # +9 GB peak over 32 layers of the 7B shape).
+    starts = ((w[..., :nc, :] @ X).reshape(B, NH, nc, Dqk, Dv), w[..., :nc, :] @ N, m[..., :nc])
+    final = ((w[..., nc:, :] @ X).reshape(B, NH, Dqk, Dv), (w[..., nc:, :] @ N)[:, :, 0], m[..., nc:])
+    return starts, final
 
 
 def _chunks(q, k, v, igate, fgate, state, L: int, eps: float):
