@@ -29,6 +29,8 @@ import mlx.core as mx
 import numpy as np
 from tqdm import tqdm
 
+from .training.data import text_files
+
 
 @dataclass
 class PerplexityResult:
@@ -47,18 +49,6 @@ class PerplexityResult:
     @property
     def bits_per_byte(self) -> float | None:
         return None if not self.bytes else self.nll / math.log(2) / self.bytes
-
-
-def text_files(data: str | Path) -> list[Path]:
-    p = Path(data)
-    if p.is_file():
-        return [p]
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*.txt") if f.is_file())
-        if files:
-            return files
-        raise ValueError(f"{p} holds no .txt files")
-    raise ValueError(f"data {p} does not exist (give a text file or a directory of .txt files)")
 
 
 def read_tokens(data: str | Path, tokenizer) -> tuple[np.ndarray, int]:
@@ -158,7 +148,7 @@ def run(ns: argparse.Namespace) -> int:
         tokens, nbytes = read_tokens(ns.data, tok)
         r = perplexity(model, tokens, tok.bos_token_id, ns.context, ns.chunk_size, progress=ns.verbose)
         r.bytes = nbytes
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     mode = f"windows of {ns.context} tokens" if ns.context else "state carried through the whole text"

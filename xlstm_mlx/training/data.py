@@ -26,7 +26,7 @@ def text_files(data: str | Path) -> list[Path]:
         if files:
             return files
         raise FileNotFoundError(f"{p} holds no .txt files")
-    raise FileNotFoundError(f"training data {p} does not exist (give a .txt file or a directory of them)")
+    raise FileNotFoundError(f"data {p} does not exist (give a .txt file or a directory of them)")
 
 
 def encode_files(files: list[Path], tokenizer: Tokenizer, eos_id: int) -> np.ndarray:
