@@ -14,6 +14,7 @@ place, call `decode_fn(model, refresh=True)`.
 from __future__ import annotations
 
 import os
+import weakref
 
 import mlx.core as mx
 
@@ -36,8 +37,12 @@ def _eager(model):
 
 def _compiled(model):
     sizes: list[int] = []  # arrays per layer state, fixed by the first cache seen
+    # The function is stored on the model: a strong reference back would make a cycle through MLX's compiled
+    # object that Python's collector cannot see, keeping the model (and its weights) alive forever.
+    model_ref = weakref.ref(model)
 
     def step(tokens, *flat):
+        model = model_ref()
         layers, i = [], 0
         for n in sizes:
             layers.append(tuple(flat[i:i + n]))
@@ -49,6 +54,9 @@ def _compiled(model):
     fused = mx.compile(step)
 
     def call(tokens, cache):
+        model = model_ref()
+        if model is None:
+            raise RuntimeError("the model of this decode function has been freed")
         if tokens.ndim != 2 or tokens.shape[1] != 1 or cache is None:
             return model(tokens, cache=cache)
         if not sizes:
