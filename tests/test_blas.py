@@ -125,3 +125,34 @@ def test_wrong_core_detection_reloads_with_cpu_features():
         print(json.dumps(_blas.setup()))
     """, OPENBLAS_CORETYPE=None, XLSTM_MLX_BLAS="off")
     assert out["active"] and out["core"].lower() == "haswell", out
+
+
+def test_lapack_routines_through_the_redirect():
+    """Every LAPACK family libmlx imports (eigh, cholesky, qr, svd, eig, tri_inv) against numpy float64."""
+    pytest.importorskip("scipy_openblas32")
+    out = _run("""
+        import json, numpy as np
+        import xlstm_mlx
+        import mlx.core as mx
+        rng, cpu = np.random.default_rng(0), mx.cpu
+        a = rng.standard_normal((30, 30)).astype(np.float32)
+        s = a @ a.T + 30 * np.eye(30, dtype=np.float32)
+        a64, s64 = a.astype(np.float64), s.astype(np.float64)
+        w, _ = mx.linalg.eigh(mx.array(s), stream=cpu)
+        L = np.array(mx.linalg.cholesky(mx.array(s), stream=cpu), dtype=np.float64)
+        q, r = mx.linalg.qr(mx.array(a), stream=cpu)
+        sv = mx.linalg.svd(mx.array(a), compute_uv=False, stream=cpu)
+        ev = np.array(mx.linalg.eigvals(mx.array(a), stream=cpu))
+        ti = np.array(mx.linalg.tri_inv(mx.array(np.tril(s)), upper=False, stream=cpu), dtype=np.float64)
+        errs = {
+            "eigh": float(np.abs(np.sort(np.array(w)) - np.linalg.eigvalsh(s64)).max() / 100),
+            "cholesky": float(np.abs(np.einsum("ij,kj->ik", L, L) - s64).max() / 100),
+            "qr": float(np.abs(np.einsum("ij,jk->ik", np.array(q, np.float64), np.array(r, np.float64)) - a64).max()),
+            "svd": float(np.abs(np.array(sv) - np.linalg.svd(a64, compute_uv=False)).max()),
+            "eig": float(np.abs(np.sort(np.abs(ev)) - np.sort(np.abs(np.linalg.eigvals(a64)))).max()),
+            "tri_inv": float(np.abs(np.einsum("ij,jk->ik", ti, np.tril(s64)) - np.eye(30)).max()),
+        }
+        print(json.dumps({"active": xlstm_mlx._blas.info()["active"], "errs": errs}))
+    """)
+    assert out["active"]
+    assert max(out["errs"].values()) < 1e-4, out["errs"]
