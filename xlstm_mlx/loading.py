@@ -109,8 +109,7 @@ def load(path: str | Path, dtype: str | None = None, profile: str | NumericsProf
     else:
         prof = load_profile(profile)
         if dtype is not None:
-            prof = prof.replace(compute_dtype=dtype, kernel_dtype=dtype)
-            prof.__post_init__()
+            prof = prof.replace(compute_dtype=dtype, kernel_dtype=dtype)  # replace() re-validates
     from .stack_loading import is_stack_dir, load_stack  # official xLSTMLMModel stacks (mLSTM/sLSTM)
 
     if is_stack_dir(model_dir):
@@ -121,7 +120,7 @@ def load(path: str | Path, dtype: str | None = None, profile: str | NumericsProf
     shapes, where = load_weights_index(files)
     qcfg = quantization_config(cfg)  # None for a float checkpoint
     args = infer_args(logical_shapes(shapes, where, qcfg), cfg)
-    if prof.chunk_size == 64 and profile is None and args.chunk_size != 64:
+    if profile is None:  # no explicit profile: the checkpoint's own chunk size
         prof = prof.replace(chunk_size=args.chunk_size)
     model = Model(args, prof)
     apply_quantization(model, qcfg)  # the quantized layers config.json records (xlstm_mlx/quantize.py)
