@@ -22,7 +22,7 @@ import numpy as np
 info = None
 if variant.startswith("mlx"):
     if variant == "mlx-xlstm":
-        from xlstm_mlx import _blas
+        from xlstm_mlx.platform import blas as _blas
         info = _blas.setup()
     import mlx.core as mx
     mx.set_default_device(mx.cpu)

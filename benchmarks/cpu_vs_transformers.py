@@ -141,7 +141,7 @@ def main() -> None:
     out.with_suffix(".md").write_text(text)
     print(text)
     try:
-        from xlstm_mlx.bench_plot import plot
+        from xlstm_mlx.tools.bench_plot import plot
 
         plot(ours, str(out.with_suffix(".png")), comparators={"transformers": theirs})
     except SystemExit as e:

@@ -17,11 +17,11 @@ import time
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map
 
-from xlstm_mlx.generate import batch_generate, generate_step, prefill, stream_generate
-from xlstm_mlx.model import Model
+from xlstm_mlx.generation.generate import batch_generate, generate_step, prefill, stream_generate
+from xlstm_mlx.models.xlstm7b.model import Model
 from xlstm_mlx.profiles import default_profile
-from xlstm_mlx.random_checkpoint import byte_tokenizer, randomize, shape_args
-from xlstm_mlx.tokenizer import Tokenizer
+from xlstm_mlx.checkpoints.random import byte_tokenizer, randomize, shape_args
+from xlstm_mlx.generation.tokenizer import Tokenizer
 
 
 def build(shape: str, dtype: str) -> Model:
@@ -88,7 +88,7 @@ def main():
     n = a.tokens
 
     sampling = dict(temp=0.8, top_k=50, top_p=0.95, min_p=0.05, repetition_penalty=1.1, seed=0)
-    from xlstm_mlx.compiled_decode import compiled_decode_enabled, decode_fn
+    from xlstm_mlx.models.compiled import compiled_decode_enabled, decode_fn
 
     res["compiled_decode_in_generate_step"] = compiled_decode_enabled()
     fused = decode_fn(model, use_compiled=True)

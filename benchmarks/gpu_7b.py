@@ -14,7 +14,7 @@ import sys
 
 import mlx.core as mx
 
-from xlstm_mlx import bench
+from xlstm_mlx.tools import bench
 
 
 def main() -> None:
@@ -48,7 +48,7 @@ def main() -> None:
     with open(a.out + ".json", "w") as f:
         json.dump(out, f, indent=1)
     try:
-        from xlstm_mlx.bench_plot import plot
+        from xlstm_mlx.tools.bench_plot import plot
 
         plot(out, a.out + ".png")
     except SystemExit as e:

@@ -12,7 +12,8 @@ import time
 
 import mlx.core as mx
 
-from xlstm_mlx import bench, kernels
+from xlstm_mlx.tools import bench
+from xlstm_mlx import kernels
 
 old_path = sys.argv[1]
 spec = importlib.util.spec_from_file_location("xlstm_mlx.kernels._loop_scan", old_path)

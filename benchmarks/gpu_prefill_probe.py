@@ -1,8 +1,8 @@
 """Prefill levers on the GPU, one process: chunk size and mx.compile of the state-only forward (7B shape)."""
 import os, sys, time
 import mlx.core as mx
-from xlstm_mlx import bench
-from xlstm_mlx.cache import Cache
+from xlstm_mlx.tools import bench
+from xlstm_mlx.models.cache import Cache
 
 model, _ = bench.build_model(None, sys.argv[1] if len(sys.argv) > 1 else "7b", None, None, 0)
 

@@ -5,7 +5,7 @@ import json, sys, time
 import mlx.core as mx
 sys.path.insert(0, "benchmarks")
 from generation_loop import build
-from xlstm_mlx.generate import prefill
+from xlstm_mlx.generation.generate import prefill
 
 model = build(sys.argv[1], "bfloat16")
 GB = 1e9

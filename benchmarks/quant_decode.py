@@ -24,10 +24,10 @@ import time
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from xlstm_mlx.model import Model
+from xlstm_mlx.models.xlstm7b.model import Model
 from xlstm_mlx.profiles import load_profile
-from xlstm_mlx.quantize import parameter_bytes, plan_quantization, quantize_model
-from xlstm_mlx.random_checkpoint import shape_args
+from xlstm_mlx.checkpoints.quantize import parameter_bytes, plan_quantization, quantize_model
+from xlstm_mlx.checkpoints.random import shape_args
 
 
 def random_bf16_model(shape: str, seed: int = 0) -> Model:

@@ -25,10 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from xlstm_mlx.convert import convert
-from xlstm_mlx.loading import load
-from xlstm_mlx.perplexity import perplexity, read_tokens
-from xlstm_mlx.quantize import dequantized_copy, parameter_bytes
+from xlstm_mlx.checkpoints.convert import convert
+from xlstm_mlx.checkpoints.load import load
+from xlstm_mlx.tools.perplexity import perplexity, read_tokens
+from xlstm_mlx.checkpoints.quantize import dequantized_copy, parameter_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 # (label, convert options, bar: max relative perplexity increase, or None = informative only)

@@ -26,10 +26,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from xlstm_mlx.convert import convert
-from xlstm_mlx.model import Model
-from xlstm_mlx.quantize import parameter_bytes, plan_quantization, quantize_model
-from xlstm_mlx.random_checkpoint import make_random_checkpoint, shape_args
+from xlstm_mlx.checkpoints.convert import convert
+from xlstm_mlx.models.xlstm7b.model import Model
+from xlstm_mlx.checkpoints.quantize import parameter_bytes, plan_quantization, quantize_model
+from xlstm_mlx.checkpoints.random import make_random_checkpoint, shape_args
 
 DT = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 

@@ -14,7 +14,7 @@ import time
 import mlx.core as mx
 
 from xlstm_mlx.kernels.slstm import _sequence, slstm_step
-from xlstm_mlx.kernels.slstm_cuda import available, slstm_sequence_cuda
+from xlstm_mlx.kernels.slstm_cuda import cuda_available as available, slstm_sequence_cuda
 
 
 def loop(wx, R, b):

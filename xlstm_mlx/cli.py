@@ -7,24 +7,27 @@ import sys
 import tempfile
 from pathlib import Path
 
+from xlstm_mlx import platform
+from xlstm_mlx.errors import UsageError, XLSTMError
+
 
 
 def default_model_dir() -> tuple[Path, str]:
     """The model used when --model is not given, with a label saying what it is."""
-    from .demo import DEMO_LABEL, demo_model_dir
+    from xlstm_mlx.checkpoints.demo import DEMO_LABEL, demo_model_dir
 
     if demo_model_dir() is not None:
         return demo_model_dir(), DEMO_LABEL
     d = Path(tempfile.gettempdir()) / "xlstm-mlx-random-tiny"
     if not (d / "model.safetensors").exists():
-        from .random_checkpoint import make_random_checkpoint
+        from xlstm_mlx.checkpoints.random import make_random_checkpoint
 
         make_random_checkpoint(d, "tiny", seed=0)
     return d, "NOTE: no --model given; using a tiny RANDOM-WEIGHT model created on the fly (its output is noise)"
 
 
 def _load_model(args):
-    from .loading import load
+    from xlstm_mlx.checkpoints.load import load
 
     model_path = args.model
     if model_path is None:
@@ -33,13 +36,13 @@ def _load_model(args):
     model, tok = load(model_path, dtype=args.dtype, profile=args.profile, verbose=args.verbose,
                       check_numerics=args.check_numerics)
     if tok is None:
-        raise SystemExit(f"error: {model_path} has no tokenizer.json; this command needs one to encode text")
+        raise UsageError(f"{model_path} has no tokenizer.json; this command needs one to encode text")
     return model, tok
 
 
 def _sampling(args) -> dict:
     """The sampling options as stream_generate takes them, validated now (bad values exit before loading)."""
-    from .generate import make_sampling
+    from xlstm_mlx.generation.generate import make_sampling
 
     opts = dict(temp=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed,
                 repetition_penalty=args.repetition_penalty, repetition_context_size=args.repetition_context_size)
@@ -54,73 +57,65 @@ def _read_prompt(args, optional: bool) -> str:
         return sys.stdin.read()
     if optional:
         return ""
-    raise SystemExit("error: give the prompt with --prompt or pipe it on stdin")
+    raise UsageError("give the prompt with --prompt or pipe it on stdin")
 
 
 def _generate_command(args) -> int:
-    from .generate import format_stats, stream_generate
-    from .snapshot import load_snapshot, save_snapshot
+    from xlstm_mlx.generation.generate import format_stats, stream_generate
+    from xlstm_mlx.generation.snapshot import load_snapshot, save_snapshot
 
-    try:
-        sampling = _sampling(args)
-        if args.max_tokens < 0:
-            raise ValueError(f"--max-tokens must be >= 0, got {args.max_tokens}")
-        model, tok = _load_model(args)
-        prompt = _read_prompt(args, optional=args.load_state is not None)
-        if args.load_state:
-            snap = load_snapshot(args.load_state, model)
-            cache, prior = snap.cache, snap.tokens
-            ids = snap.pending + tok.encode(prompt, add_special_tokens=False)
-            if not ids:
-                raise ValueError(f"{args.load_state} has no pending token; give a --prompt to continue from it")
+    sampling = _sampling(args)
+    if args.max_tokens < 0:
+        raise UsageError(f"--max-tokens must be >= 0, got {args.max_tokens}")
+    model, tok = _load_model(args)
+    prompt = _read_prompt(args, optional=args.load_state is not None)
+    if args.load_state:
+        snap = load_snapshot(args.load_state, model)
+        cache, prior = snap.cache, snap.tokens
+        ids = snap.pending + tok.encode(prompt, add_special_tokens=False)
+        if not ids:
+            raise UsageError(f"{args.load_state} has no pending token; give a --prompt to continue from it")
+    else:
+        cache, prior = model.make_cache(1), []
+        if args.chat_template:
+            text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+            ids = tok.encode(text, add_special_tokens=False)
         else:
-            cache, prior = model.make_cache(1), []
-            if args.chat_template:
-                text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
-                ids = tok.encode(text, add_special_tokens=False)
-            else:
-                ids = tok.encode(prompt)
-            if not ids:
-                raise ValueError("the prompt encodes to no tokens; give a non-empty --prompt")
+            ids = tok.encode(prompt)
+        if not ids:
+            raise UsageError("the prompt encodes to no tokens; give a non-empty --prompt")
 
-        def save(c):
-            save_snapshot(args.save_state, model, c, prior + ids[:-1], ids[-1:])
-            print(f"[xlstm-mlx] saved the state after {len(prior) + len(ids)} prompt tokens to {args.save_state}",
-                  file=sys.stderr)
+    def save(c):
+        save_snapshot(args.save_state, model, c, prior + ids[:-1], ids[-1:])
+        print(f"[xlstm-mlx] saved the state after {len(prior) + len(ids)} prompt tokens to {args.save_state}",
+              file=sys.stderr)
 
-        last = None
-        for last in stream_generate(model, tok, ids, args.max_tokens, cache=cache, stop=args.stop,
-                                    prefill_step_size=args.prefill_step_size,
-                                    on_prefill=save if args.save_state else None, **sampling):
-            sys.stdout.write(last.text)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        if args.verbose and last is not None:
-            print(format_stats(last), file=sys.stderr)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    last = None
+    for last in stream_generate(model, tok, ids, args.max_tokens, cache=cache, stop=args.stop,
+                                prefill_step_size=args.prefill_step_size,
+                                on_prefill=save if args.save_state else None, **sampling):
+        sys.stdout.write(last.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    if args.verbose and last is not None:
+        print(format_stats(last), file=sys.stderr)
     return 0
 
 
 def _chat_command(args) -> int:
-    from .chat import ChatSession, run_chat
+    from xlstm_mlx.generation.chat import ChatSession, run_chat
 
-    try:
-        sampling = _sampling(args)
-        model, tok = _load_model(args)
-        session = ChatSession(model, tok, system=args.system, max_tokens=args.max_tokens, stop=args.stop,
-                              prefill_step_size=args.prefill_step_size, **sampling)
-        if args.load_state:
-            session.load(args.load_state)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    sampling = _sampling(args)
+    model, tok = _load_model(args)
+    session = ChatSession(model, tok, system=args.system, max_tokens=args.max_tokens, stop=args.stop,
+                          prefill_step_size=args.prefill_step_size, **sampling)
+    if args.load_state:
+        session.load(args.load_state)
     return run_chat(session, sys.stdin, sys.stdout, sys.stderr, interactive=sys.stdin.isatty(), verbose=args.verbose)
 
 
 def _info_command(args) -> int:
-    from .info import describe_checkpoint
+    from xlstm_mlx.tools.info import describe_checkpoint
 
     model_path = args.model
     if model_path is None:
@@ -166,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--load-state", metavar="FILE",
                    help="resume from a saved state; the prompt (may be empty) continues it")
     g.set_defaults(func=_generate_command)
-    from . import bench
+    from xlstm_mlx.tools import bench
 
     b = sub.add_parser("bench", help="prefill/decode throughput, time to first token, peak memory vs hardware floors")
     bench.add_arguments(b)
@@ -182,12 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe a checkpoint: blocks, dims, heads, parameters, dtypes, state size")
     i.add_argument("--model", help="checkpoint directory or Hugging Face repo id")
     i.set_defaults(func=_info_command)
-    from . import convert_official
+    from xlstm_mlx.checkpoints import convert_official
 
     c = sub.add_parser("convert-official", help="convert an official xlstm xLSTMLMModel (state_dict + config)")
     convert_official.add_arguments(c)
     c.set_defaults(func=convert_official.run)
-    from . import convert, perplexity  # issue #7: conversion/quantization and perplexity
+    from xlstm_mlx.checkpoints import convert
+    from xlstm_mlx.tools import perplexity
 
     c = sub.add_parser("convert", help="convert a checkpoint to a self-contained directory, optionally quantized")
     convert.add_arguments(c)
@@ -195,19 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("perplexity", help="perplexity of a text file, streamed through the recurrent state")
     perplexity.add_arguments(c)
     c.set_defaults(func=perplexity.run)
-    from .training import cli as train_cli  # issue #4: training
+    from xlstm_mlx.training import cli as train_cli
 
     train_cli.register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The one error path: a project error (errors.py) prints one clean line and exits 2; anything else is a
+    bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
-    from .config import CheckpointError
-
     try:
+        platform.setup()
         return args.func(args)
-    except CheckpointError as e:
+    except XLSTMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .kernels import SEQUENCE_KERNELS, STEP_KERNELS
+from xlstm_mlx.kernels import SEQUENCE_FORMS, STEP_FORMS
+from xlstm_mlx.errors import UsageError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
@@ -41,17 +42,17 @@ class NumericsProfile:
     def __post_init__(self):
         for field in ("compute_dtype", "kernel_dtype", "residual_dtype", "head_dtype"):
             if getattr(self, field) not in DTYPES:
-                raise ValueError(f"profile {self.name!r}: {field} must be one of {sorted(DTYPES)}, "
+                raise UsageError(f"profile {self.name!r}: {field} must be one of {sorted(DTYPES)}, "
                                  f"got {getattr(self, field)!r}")
         if self.state_dtype != "float32":
-            raise ValueError(f"profile {self.name!r}: state_dtype must be 'float32' (got {self.state_dtype!r}); "
+            raise UsageError(f"profile {self.name!r}: state_dtype must be 'float32' (got {self.state_dtype!r}); "
                              "the exponential-gating stabilizer m is lost in lower precision")
         if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
-            raise ValueError(f"profile {self.name!r}: chunk_size must be a positive integer, got {self.chunk_size!r}")
-        if self.prefill_kernel not in SEQUENCE_KERNELS:
-            raise ValueError(f"profile {self.name!r}: prefill_kernel must be one of {sorted(SEQUENCE_KERNELS)}")
-        if self.step_kernel not in STEP_KERNELS:
-            raise ValueError(f"profile {self.name!r}: step_kernel must be one of {sorted(STEP_KERNELS)}")
+            raise UsageError(f"profile {self.name!r}: chunk_size must be a positive integer, got {self.chunk_size!r}")
+        if self.prefill_kernel not in SEQUENCE_FORMS:
+            raise UsageError(f"profile {self.name!r}: prefill_kernel must be one of {sorted(SEQUENCE_FORMS)}")
+        if self.step_kernel not in STEP_FORMS:
+            raise UsageError(f"profile {self.name!r}: step_kernel must be one of {sorted(STEP_FORMS)}")
 
     @property
     def mx_compute_dtype(self):
@@ -91,13 +92,13 @@ def load_profile(name_or_path: str | NumericsProfile) -> NumericsProfile:
     if not path.suffix == ".json":
         path = PROFILE_DIR / f"{name_or_path}.json"
     if not path.exists():
-        raise ValueError(f"unknown numerics profile {name_or_path!r}; shipped profiles: "
+        raise UsageError(f"unknown numerics profile {name_or_path!r}; shipped profiles: "
                          f"{available_profiles()}, or give a path to a .json file")
     data = json.loads(path.read_text())
     known = {f.name for f in dataclasses.fields(NumericsProfile)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"profile {path}: unknown fields {unknown}; known fields are {sorted(known)}")
+        raise UsageError(f"profile {path}: unknown fields {unknown}; known fields are {sorted(known)}")
     data.setdefault("name", path.stem)
     return NumericsProfile(**data)
 
@@ -108,5 +109,5 @@ def default_profile(dtype: str | None = None) -> NumericsProfile:
     if dtype is None:
         return base
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise UsageError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     return base.replace(compute_dtype=dtype, kernel_dtype=dtype)

@@ -1,37 +1,65 @@
-"""All recurrence numerics, chosen by name.
+"""All recurrence numerics, in one registry chosen by name.
 
-Every fast form has a reference with the same signature beside it:
+Every entry is (fast, reference, label): the fast form, a reference with the same signature beside it,
+and what the fast form is on this backend (a string, or a function of nothing for backend-dependent forms):
 
-    name        fast                      reference
-    step        mlstm_step (mx.compile)   mlstm_step_ref
-    chunkwise   mlstm_chunkwise           mlstm_chunkwise_ref (parallel form chunk by chunk)
-    sequence    mlstm_sequence            mlstm_sequence (it is the reference for state passing)
-    parallel    mlstm_parallel            mlstm_parallel (quadratic; the reference)
+    name              fast                          reference
+    mlstm.chunkwise   mlstm_chunkwise (closed-form   mlstm_chunkwise_ref (the parallel form chunk by chunk)
+                      chunk scan)
+    mlstm.parallel    mlstm_parallel                mlstm_parallel (quadratic; the reference of all forms)
+    mlstm.sequence    mlstm_sequence                mlstm_sequence (a loop of reference steps)
+    mlstm.step        mlstm_step (mx.compile)       mlstm_step_ref
+    slstm.sequence    slstm_sequence (fused CUDA    slstm_sequence_ref (a loop of reference steps)
+                      kernel on CUDA, else compiled
+                      steps)
+    slstm.step        slstm_step (mx.compile)       slstm_step_ref
 
-`use_reference(True)` (or XLSTM_MLX_REFERENCE_KERNELS=1 in the environment) makes `get` return the
-reference of every name: tests use it to check a whole model on the slow, simple path.
+`use_reference(True)` (or XLSTM_MLX_REFERENCE_KERNELS=1) makes `get` return the reference of every name:
+tests use it to check a whole model on the slow, simple path. `describe()` says what each name runs here.
 """
 
+from __future__ import annotations
+
 import contextlib
-import os
+from typing import Callable, NamedTuple
 
-from .mlstm_chunkwise import mlstm_chunkwise
-from .mlstm_gates import log_sigmoid, mask_gates
-from .mlstm_parallel import mlstm_chunkwise_ref, mlstm_parallel
-from .mlstm_recurrent import mlstm_sequence, mlstm_step, mlstm_step_ref, zero_state
+from xlstm_mlx import env
+from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise, mlstm_chunkwise_ref
+from xlstm_mlx.kernels.mlstm_gates import log_sigmoid, mask_gates
+from xlstm_mlx.kernels.mlstm_parallel import mlstm_parallel
+from xlstm_mlx.kernels.mlstm_recurrent import mlstm_sequence, mlstm_step, mlstm_step_ref, mlstm_zero_state
+from xlstm_mlx.kernels.slstm import (sequence_path, slstm_sequence, slstm_sequence_ref, slstm_step,
+                                     slstm_step_ref, slstm_zero_state)
+from xlstm_mlx.errors import UsageError
 
-SEQUENCE_KERNELS = {
-    "chunkwise": (mlstm_chunkwise, mlstm_chunkwise_ref),
-    "sequence": (mlstm_sequence, mlstm_sequence),
-    "parallel": (mlstm_parallel, mlstm_parallel),
+
+class Kernel(NamedTuple):
+    fast: Callable
+    reference: Callable
+    label: str | Callable[[], str]
+
+    def implementation(self) -> str:
+        return self.label() if callable(self.label) else self.label
+
+
+KERNELS: dict[str, Kernel] = {
+    "mlstm.chunkwise": Kernel(mlstm_chunkwise, mlstm_chunkwise_ref, "closed-form chunk scan (MLX ops)"),
+    "mlstm.parallel": Kernel(mlstm_parallel, mlstm_parallel, "quadratic parallel form (MLX ops)"),
+    "mlstm.sequence": Kernel(mlstm_sequence, mlstm_sequence, "loop of reference steps (MLX ops)"),
+    "mlstm.step": Kernel(mlstm_step, mlstm_step_ref, "compiled step (mx.compile)"),
+    "slstm.sequence": Kernel(slstm_sequence, slstm_sequence_ref, sequence_path),
+    "slstm.step": Kernel(slstm_step, slstm_step_ref, "compiled step (mx.compile)"),
 }
-STEP_KERNELS = {"step": (mlstm_step, mlstm_step_ref)}
 
-_force_reference = os.environ.get("XLSTM_MLX_REFERENCE_KERNELS", "0") not in ("", "0")
+# mLSTM names a profile may choose for its prefill and its decode step (profiles.py)
+SEQUENCE_FORMS = ("chunkwise", "parallel", "sequence")
+STEP_FORMS = ("step",)
+
+_force_reference: bool | None = None  # None: XLSTM_MLX_REFERENCE_KERNELS decides
 
 
 def reference_forced() -> bool:
-    return _force_reference
+    return env.flag("XLSTM_MLX_REFERENCE_KERNELS") if _force_reference is None else _force_reference
 
 
 @contextlib.contextmanager
@@ -45,23 +73,23 @@ def use_reference(enabled: bool = True):
         _force_reference = previous
 
 
-def _pick(table: dict, name: str, kind: str):
-    if name not in table:
-        raise ValueError(f"unknown {kind} kernel {name!r}; choose one of {sorted(table)}")
-    fast, ref = table[name]
-    return ref if _force_reference else fast
+def get(name: str) -> Callable:
+    """The kernel registered as `name` (e.g. 'mlstm.chunkwise'): its reference when references are forced."""
+    if name not in KERNELS:
+        raise UsageError(f"unknown kernel {name!r}; registered: {sorted(KERNELS)}")
+    k = KERNELS[name]
+    return k.reference if reference_forced() else k.fast
 
 
-def get_sequence_kernel(name: str):
-    return _pick(SEQUENCE_KERNELS, name, "sequence")
-
-
-def get_step_kernel(name: str):
-    return _pick(STEP_KERNELS, name, "step")
+def describe(names: list[str] | None = None) -> dict[str, str]:
+    """What each kernel name runs on this backend now."""
+    forced = reference_forced()
+    return {n: ("reference (forced)" if forced else KERNELS[n].implementation()) for n in (names or KERNELS)}
 
 
 __all__ = [
-    "get_sequence_kernel", "get_step_kernel", "use_reference", "reference_forced", "log_sigmoid",
-    "mask_gates", "zero_state", "mlstm_chunkwise", "mlstm_chunkwise_ref", "mlstm_parallel",
-    "mlstm_sequence", "mlstm_step", "mlstm_step_ref", "SEQUENCE_KERNELS", "STEP_KERNELS",
+    "KERNELS", "Kernel", "get", "describe", "use_reference", "reference_forced", "SEQUENCE_FORMS", "STEP_FORMS",
+    "log_sigmoid", "mask_gates", "mlstm_zero_state", "slstm_zero_state", "mlstm_chunkwise", "mlstm_chunkwise_ref",
+    "mlstm_parallel", "mlstm_sequence", "mlstm_step", "mlstm_step_ref", "slstm_sequence", "slstm_sequence_ref",
+    "slstm_step", "slstm_step_ref",
 ]

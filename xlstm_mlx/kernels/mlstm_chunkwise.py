@@ -31,10 +31,19 @@ stabilizers, states and the normalizer are float32.
 
 import mlx.core as mx
 
-from .mlstm_gates import log_sigmoid
-from .mlstm_recurrent import F32, zero_state
+from xlstm_mlx.kernels.mlstm_gates import log_sigmoid
+from xlstm_mlx.kernels.mlstm_parallel import mlstm_parallel
+from xlstm_mlx.kernels.mlstm_recurrent import mlstm_zero_state
+from xlstm_mlx.errors import UsageError
 
 MAX_SEGMENT_CHUNKS = 32
+
+
+def mlstm_chunkwise_flops(dqk: int, dv: int, chunk_size: int) -> int:
+    """FLOPs per token and head of this form as implemented (dense L x L chunk matrices): q k^T, s v,
+    q C and k v^T."""
+    L = chunk_size
+    return 2 * L * dqk + 2 * L * dv + 2 * dqk * dv + 2 * dqk * dv
 
 
 def _segment_sum(g):
@@ -56,8 +65,8 @@ def _chunk_start_states(kc, vc, b, i, state):
     # e^{a - a*} = 0 instead of e^{-inf + inf} = NaN. Real gates never come near -1e30.
     a_max = mx.maximum(mx.max(a, axis=-1), -1e30)  # [B, NH, nc]
     kw = kc * mx.exp(a - a_max[..., None])[..., None].astype(kc.dtype)
-    kv = (kw.swapaxes(-1, -2) @ vc).astype(F32)  # [B, NH, nc, Dqk, Dv]
-    ksum = mx.sum(kw.astype(F32), axis=-2)  # [B, NH, nc, Dqk]
+    kv = (kw.swapaxes(-1, -2) @ vc).astype(mx.float32)  # [B, NH, nc, Dqk, Dv]
+    ksum = mx.sum(kw.astype(mx.float32), axis=-2)  # [B, NH, nc, Dqk]
 
     C0, n0, m0 = state
     base = mx.concatenate([m0, a_max], axis=-1)  # [B, NH, nc+1]
@@ -82,8 +91,8 @@ def _chunks(q, k, v, igate, fgate, state, L: int, eps: float):
     qc = q.reshape(B, NH, nc, L, Dqk)
     kc = k.reshape(B, NH, nc, L, Dqk)
     vc = v.reshape(B, NH, nc, L, Dv)
-    i = igate.astype(F32).reshape(B, NH, nc, L)
-    b = mx.cumsum(log_sigmoid(fgate.astype(F32)).reshape(B, NH, nc, L), axis=-1)
+    i = igate.astype(mx.float32).reshape(B, NH, nc, L)
+    b = mx.cumsum(log_sigmoid(fgate.astype(mx.float32)).reshape(B, NH, nc, L), axis=-1)
 
     (C_s, n_s, m_s), final = _chunk_start_states(kc, vc, b, i, state)
 
@@ -93,9 +102,9 @@ def _chunks(q, k, v, igate, fgate, state, L: int, eps: float):
     m = mx.maximum(m_inter, mx.max(log_d, axis=-1))  # [B, NH, nc, L]
 
     scale = Dqk**-0.5
-    s = (qc @ kc.swapaxes(-1, -2)).astype(F32) * (mx.exp(log_d - m[..., None]) * scale)
-    q_inter = qc.astype(F32) * (mx.exp(m_inter - m) * scale)[..., None]
-    num = q_inter @ C_s + (s.astype(vc.dtype) @ vc).astype(F32)
+    s = (qc @ kc.swapaxes(-1, -2)).astype(mx.float32) * (mx.exp(log_d - m[..., None]) * scale)
+    q_inter = qc.astype(mx.float32) * (mx.exp(m_inter - m) * scale)[..., None]
+    num = q_inter @ C_s + (s.astype(vc.dtype) @ vc).astype(mx.float32)
     den = mx.sum(q_inter * n_s[..., None, :], axis=-1) + mx.sum(s, axis=-1)
     h = num / (mx.maximum(mx.abs(den), mx.exp(-m)) + eps)[..., None]
     return h.reshape(B, NH, T, Dv).astype(v.dtype), final
@@ -104,10 +113,10 @@ def _chunks(q, k, v, igate, fgate, state, L: int, eps: float):
 def mlstm_chunkwise(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_size: int = 64):
     """q, k [B, NH, T, Dqk]; v [B, NH, T, Dv]; gates [B, NH, T]. Returns (h, final state)."""
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise UsageError(f"chunk_size must be >= 1, got {chunk_size}")
     B, NH, T, Dqk = q.shape
     if state is None:
-        state = zero_state(B, NH, Dqk, v.shape[-1])
+        state = mlstm_zero_state(B, NH, Dqk, v.shape[-1])
     whole = (T // chunk_size) * chunk_size
     segment = MAX_SEGMENT_CHUNKS * chunk_size
     pieces = [(s, min(s + segment, whole), chunk_size) for s in range(0, whole, segment)]
@@ -121,3 +130,19 @@ def mlstm_chunkwise(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_
             )
             hs.append(h)
     return (hs[0] if len(hs) == 1 else mx.concatenate(hs, axis=2)), state
+
+
+def mlstm_chunkwise_ref(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_size: int = 64):
+    """Chunkwise reference: the parallel form applied chunk after chunk, passing the state.
+
+    Any length: whole chunks, then the remainder as one shorter chunk.
+    """
+    T = q.shape[2]
+    hs = []
+    for start in range(0, T, chunk_size):
+        sl = slice(start, min(start + chunk_size, T))
+        h, state = mlstm_parallel(
+            q[:, :, sl], k[:, :, sl], v[:, :, sl], igate[:, :, sl], fgate[:, :, sl], state, eps
+        )
+        hs.append(h)
+    return mx.concatenate(hs, axis=2), state

@@ -1,4 +1,4 @@
-"""mLSTM parallel (quadratic) form: the reference for the chunkwise form.
+"""mLSTM parallel (quadratic) form: the reference every other form is checked against.
 
 For a sequence of length T starting from state (C0, n0, m0), with b_t = sum_{r<=t} lf_r:
     log D[t, s] = b_t - b_s + i~_s            (s <= t; -inf above the diagonal)
@@ -13,8 +13,8 @@ Memory is O(T^2) per head: use it for tests and as the per-chunk reference only.
 
 import mlx.core as mx
 
-from .mlstm_gates import log_sigmoid
-from .mlstm_recurrent import F32, zero_state
+from xlstm_mlx.kernels.mlstm_gates import log_sigmoid
+from xlstm_mlx.kernels.mlstm_recurrent import mlstm_zero_state
 
 
 def _causal(T: int) -> mx.array:
@@ -25,16 +25,16 @@ def mlstm_parallel(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_s
     """q, k [B, NH, T, Dqk]; v [B, NH, T, Dv]; gates [B, NH, T]. Returns (h, final state)."""
     B, NH, T, Dqk = q.shape
     if state is None:
-        state = zero_state(B, NH, Dqk, v.shape[-1])
+        state = mlstm_zero_state(B, NH, Dqk, v.shape[-1])
     C0, n0, m0 = state
-    i = igate.astype(F32)
-    b = mx.cumsum(log_sigmoid(fgate.astype(F32)), axis=-1)  # [B, NH, T]
+    i = igate.astype(mx.float32)
+    b = mx.cumsum(log_sigmoid(fgate.astype(mx.float32)), axis=-1)  # [B, NH, T]
     log_d = b[..., :, None] - b[..., None, :] + i[..., None, :]
     log_d = mx.where(_causal(T), log_d, -mx.inf)
     m_init = b + m0  # weight of the initial state at each t
     m = mx.maximum(m_init, mx.max(log_d, axis=-1))  # [B, NH, T]
 
-    qf, kf, vf = q.astype(F32), k.astype(F32), v.astype(F32)
+    qf, kf, vf = q.astype(mx.float32), k.astype(mx.float32), v.astype(mx.float32)
     q_hat = qf * (Dqk**-0.5)
     s = (q_hat @ kf.swapaxes(-1, -2)) * mx.exp(log_d - m[..., None])
     w0 = mx.exp(m_init - m)[..., None]
@@ -50,19 +50,3 @@ def mlstm_parallel(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_s
     C_T = g0[..., None] * C0 + kw.swapaxes(-1, -2) @ vf
     n_T = g0 * n0 + mx.sum(kw, axis=-2)
     return h.astype(v.dtype), (C_T, n_T, m_T)
-
-
-def mlstm_chunkwise_ref(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_size: int = 64):
-    """Chunkwise reference: the parallel form applied chunk after chunk, passing the state.
-
-    Any length: whole chunks, then the remainder as one shorter chunk.
-    """
-    T = q.shape[2]
-    hs = []
-    for start in range(0, T, chunk_size):
-        sl = slice(start, min(start + chunk_size, T))
-        h, state = mlstm_parallel(
-            q[:, :, sl], k[:, :, sl], v[:, :, sl], igate[:, :, sl], fgate[:, :, sl], state, eps
-        )
-        hs.append(h)
-    return mx.concatenate(hs, axis=2), state

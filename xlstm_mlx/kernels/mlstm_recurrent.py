@@ -17,31 +17,29 @@ accurate and costs nothing extra since C is read in float32 anyway). h is cast b
 
 import mlx.core as mx
 
-from .mlstm_gates import log_sigmoid
-
-F32 = mx.float32
+from xlstm_mlx.kernels.mlstm_gates import log_sigmoid
 
 
-def zero_state(batch: int, heads: int, dqk: int, dv: int):
+def mlstm_zero_state(batch: int, heads: int, dqk: int, dv: int):
     return (
-        mx.zeros((batch, heads, dqk, dv), F32),
-        mx.zeros((batch, heads, dqk), F32),
-        mx.zeros((batch, heads, 1), F32),
+        mx.zeros((batch, heads, dqk, dv), mx.float32),
+        mx.zeros((batch, heads, dqk), mx.float32),
+        mx.zeros((batch, heads, 1), mx.float32),
     )
 
 
 def mlstm_step_ref(q, k, v, igate, fgate, state, eps: float = 1e-6):
     """One recurrent step. Returns (h [B, NH, Dv] in v.dtype, new state)."""
     C, n, m = state
-    i = igate.astype(F32)[..., None]
-    lf = log_sigmoid(fgate.astype(F32))[..., None]
+    i = igate.astype(mx.float32)[..., None]
+    lf = log_sigmoid(fgate.astype(mx.float32))[..., None]
     m_new = mx.maximum(lf + m, i)
     f_act = mx.exp(lf + m - m_new)
     i_act = mx.exp(i - m_new)
-    kf, vf = k.astype(F32), v.astype(F32)
+    kf, vf = k.astype(mx.float32), v.astype(mx.float32)
     C_new = f_act[..., None] * C + i_act[..., None] * (kf[..., :, None] * vf[..., None, :])
     n_new = f_act * n + i_act * kf
-    q_hat = q.astype(F32) * (q.shape[-1] ** -0.5)
+    q_hat = q.astype(mx.float32) * (q.shape[-1] ** -0.5)
     num = (q_hat[..., None, :] @ C_new).squeeze(-2)
     qn = mx.sum(q_hat * n_new, axis=-1, keepdims=True)
     den = mx.maximum(mx.abs(qn), mx.exp(-m_new)) + eps
@@ -65,7 +63,7 @@ def mlstm_sequence(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_s
     """
     B, NH, T, Dqk = q.shape
     if state is None:
-        state = zero_state(B, NH, Dqk, v.shape[-1])
+        state = mlstm_zero_state(B, NH, Dqk, v.shape[-1])
     hs = []
     for t in range(T):
         h, state = mlstm_step_ref(

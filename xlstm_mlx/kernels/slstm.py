@@ -27,13 +27,12 @@ Layouts used here (the converter/loader produce them from either official backen
 
 import mlx.core as mx
 
-from .mlstm_gates import log_sigmoid
+from xlstm_mlx.kernels.slstm_cuda import cuda_available, slstm_sequence_cuda
+from xlstm_mlx.kernels.mlstm_gates import log_sigmoid
 
-F32 = mx.float32
 
-
-def zero_state(batch: int, heads: int, head_dim: int):
-    return tuple(mx.zeros((batch, heads, head_dim), F32) for _ in range(4))
+def slstm_zero_state(batch: int, heads: int, head_dim: int):
+    return tuple(mx.zeros((batch, heads, head_dim), mx.float32) for _ in range(4))
 
 
 def slstm_step_ref(wx, R, b, state, mask=None):
@@ -44,7 +43,7 @@ def slstm_step_ref(wx, R, b, state, mask=None):
     y, c, n, m = state
     # block-diagonal recurrence: one [1, DH] x [DH, 4*DH] product per head
     ry = (y[..., None, :] @ R).squeeze(-2)  # [B, NH, 4*DH]
-    raw = wx.astype(F32) + ry + b
+    raw = wx.astype(mx.float32) + ry + b
     i_raw, f_raw, z_raw, o_raw = mx.split(raw, 4, axis=-1)
     lfm = m + log_sigmoid(f_raw)
     m_new = mx.where(n == 0, i_raw, mx.maximum(i_raw, lfm))
@@ -72,7 +71,7 @@ def slstm_step(wx, R, b, state, mask=None):
 def _sequence(step, wx, R, b, state, mask):
     B, T, NH, _ = wx.shape
     if state is None:
-        state = zero_state(B, NH, R.shape[1])
+        state = slstm_zero_state(B, NH, R.shape[1])
     ys = []
     for t in range(T):
         y, state = step(wx[:, t], R, b, state, None if mask is None else mask[:, t])
@@ -89,17 +88,15 @@ def slstm_sequence_ref(wx, R, b, state=None, mask=None):
 
 
 def sequence_path() -> str:
-    """Which code runs slstm_sequence here (for run descriptions)."""
-    from .slstm_cuda import available
-
-    return "fused CUDA kernel" if available() else "loop of compiled steps"
+    """Which code runs slstm_sequence on this backend (for run descriptions)."""
+    return "fused CUDA kernel" if cuda_available() else "loop of compiled steps"
 
 
 def slstm_sequence(wx, R, b, state=None, mask=None):
     """Fast sequence form, same signature as slstm_sequence_ref: the whole loop as one CUDA kernel on
     MLX's CUDA backend (kernels/slstm_cuda.py), elsewhere a loop of compiled steps."""
-    from .slstm_cuda import available, slstm_sequence_cuda  # imported here: it imports this module
-
-    if available():
+    if cuda_available():
+        if state is None:
+            state = slstm_zero_state(wx.shape[0], wx.shape[2], R.shape[1])
         return slstm_sequence_cuda(wx, R, b, state, mask)
     return _sequence(slstm_step, wx, R, b, state, mask)

@@ -8,14 +8,12 @@ Same equations, same float32 arithmetic, as slstm_step_ref (kernels/slstm.py), w
 compare it against; only the summation order of R y differs.
 
 Signature as slstm_sequence_ref: wx [B, T, NH, 4*DH], R [NH, DH, 4*DH], b [NH, 4*DH],
-state (y, c, n, m) [B, NH, DH] float32, mask [B, T] bool or None.
+state (y, c, n, m) [B, NH, DH] float32 (required: the dispatcher in kernels/slstm.py makes a fresh
+one), mask [B, T] bool or None.
 """
 
 import mlx.core as mx
-
-from .slstm import zero_state
-
-F32 = mx.float32
+from xlstm_mlx.errors import UsageError
 
 _SOURCE = """
     const int j = threadIdx.x;              // unit inside the head
@@ -69,12 +67,12 @@ _SOURCE = """
 _kernel = None
 
 
-def available() -> bool:
+def cuda_available() -> bool:
     """True where this kernel can run: MLX's CUDA backend with the GPU as default device."""
     return mx.cuda.is_available() and mx.default_device().type == mx.gpu
 
 
-def slstm_sequence_cuda(wx, R, b, state=None, mask=None):
+def slstm_sequence_cuda(wx, R, b, state, mask=None):
     global _kernel
     if _kernel is None:
         _kernel = mx.fast.cuda_kernel(
@@ -86,16 +84,14 @@ def slstm_sequence_cuda(wx, R, b, state=None, mask=None):
     B, T, NH, G = wx.shape
     DH = G // 4
     if DH > 1024:
-        raise ValueError(f"slstm_sequence_cuda: head dim {DH} exceeds 1024 threads per block")
-    if state is None:
-        state = zero_state(B, NH, DH)
+        raise UsageError(f"slstm_sequence_cuda: head dim {DH} exceeds 1024 threads per block")
     keep = mx.ones((B, T), mx.bool_) if mask is None else mask.astype(mx.bool_)
     outs = _kernel(
-        inputs=[wx.astype(F32), R.astype(F32), b.astype(F32), *(s.astype(F32) for s in state), keep],
+        inputs=[wx.astype(mx.float32), R.astype(mx.float32), b.astype(mx.float32), *(s.astype(mx.float32) for s in state), keep],
         template=[("NH", NH), ("DH", DH)],
         grid=(B * NH * DH, 1, 1),
         threadgroup=(DH, 1, 1),
         output_shapes=[(B, T, NH, DH)] + [(B, NH, DH)] * 4,
-        output_dtypes=[F32] * 5,
+        output_dtypes=[mx.float32] * 5,
     )
     return outs[0], tuple(outs[1:])

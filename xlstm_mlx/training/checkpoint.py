@@ -20,7 +20,8 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ..saving import save_checkpoint
+from xlstm_mlx.checkpoints.save import save_checkpoint
+from xlstm_mlx.errors import UsageError
 
 TRAINER = "trainer"
 
@@ -65,7 +66,7 @@ def load_trainer_state(d: Path, model, optimizer) -> dict:
     params = mx.load(str(d / "params.safetensors"))
     expected = dict(tree_flatten(model.parameters()))
     if set(params) != set(expected) or any(params[k].shape != expected[k].shape for k in params):
-        raise ValueError(f"{d}: the saved weights do not fit the configured model; train into a new --out "
+        raise UsageError(f"{d}: the saved weights do not fit the configured model; train into a new --out "
                          "directory or pass --no-resume to start over")
     model.update(tree_unflatten(list(params.items())))
     optimizer.state = tree_unflatten(list(mx.load(str(d / "optimizer.safetensors")).items()))

@@ -40,7 +40,7 @@ OVERRIDES = ("steps", "batch_size", "seq_len", "lr", "min_lr", "warmup_steps", "
 
 
 def run(ns: argparse.Namespace) -> int:
-    from ..train import train
+    from xlstm_mlx.training.trainer import train
 
     overrides = {k: getattr(ns, k) for k in OVERRIDES}
     try:
@@ -48,9 +48,6 @@ def run(ns: argparse.Namespace) -> int:
                         resume=not ns.no_resume, progress=not ns.no_progress)
     except KeyboardInterrupt:
         return 130
-    except (FileNotFoundError, ValueError) as e:
-        print(f"xlstm-mlx train: error: {e}", file=sys.stderr)
-        return 2
     print(json.dumps(summary, indent=2))
     return 0
 

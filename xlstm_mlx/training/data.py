@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
+from xlstm_mlx.errors import MissingFileError, UsageError
 
 
 def text_files(data: str | Path) -> list[Path]:
@@ -25,8 +26,8 @@ def text_files(data: str | Path) -> list[Path]:
         files = sorted(f for f in p.rglob("*.txt") if f.is_file())
         if files:
             return files
-        raise FileNotFoundError(f"{p} holds no .txt files")
-    raise FileNotFoundError(f"data {p} does not exist (give a .txt file or a directory of them)")
+        raise MissingFileError(f"{p} holds no .txt files")
+    raise MissingFileError(f"data {p} does not exist (give a .txt file or a directory of them)")
 
 
 def encode_files(files: list[Path], tokenizer: Tokenizer, eos_id: int) -> np.ndarray:
@@ -48,9 +49,9 @@ class WindowSampler:
 
     def __init__(self, stream: np.ndarray, seq_len: int, batch_size: int, bos_id: int, seed: int = 0):
         if seq_len < 2:
-            raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+            raise UsageError(f"seq_len must be at least 2, got {seq_len}")
         if len(stream) < seq_len + 1:
-            raise ValueError(f"the training data has {len(stream)} tokens, fewer than seq_len + 1 = {seq_len + 1}")
+            raise UsageError(f"the training data has {len(stream)} tokens, fewer than seq_len + 1 = {seq_len + 1}")
         self.stream, self.T, self.B, self.bos, self.seed = stream, seq_len, batch_size, bos_id, seed
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +71,7 @@ def eval_windows(stream: np.ndarray, seq_len: int, bos_id: int, max_windows: int
     if max_windows is not None:
         n = min(n, max_windows)
     if n == 0:
-        raise ValueError(f"the evaluation data has {len(stream)} tokens, fewer than one window of {seq_len}")
+        raise UsageError(f"the evaluation data has {len(stream)} tokens, fewer than one window of {seq_len}")
     targets = stream[: n * seq_len].reshape(n, seq_len).astype(np.int32)
     inputs = np.concatenate([np.full((n, 1), bos_id, np.int32), targets[:, :-1]], axis=1)
     return inputs, targets

@@ -14,7 +14,7 @@ import math
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ..model import Model
+from xlstm_mlx.models.xlstm7b.model import Model
 
 
 def init_weights(model: Model, seed: int = 0) -> Model:

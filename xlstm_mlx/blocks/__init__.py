@@ -1,1 +1,0 @@
-"""Block types, one file each."""

@@ -1,0 +1,50 @@
+"""The one parser of every XLSTM_MLX_* environment switch.
+
+    switch                        default  meaning
+    XLSTM_MLX_REFERENCE_KERNELS   off      run the reference form of every kernel (kernels/__init__.py)
+    XLSTM_MLX_COMPILE_DECODE      on       compile the one-token decode step (models/compiled.py)
+    XLSTM_MLX_VERBOSE             off      print what the platform set-up did (the CPU BLAS) to stderr
+    XLSTM_MLX_BLAS                auto     CPU BLAS for MLX's Linux wheel: auto | off | system | a path
+                                           (platform/blas.py; not a true/false switch)
+    XLSTM_MLX_TEST_DEVICE         cpu      the device the test suite runs on: cpu | gpu (tests/conftest.py)
+
+True is any of 1, true, yes, on; false is any of 0, false, no, off or the empty string (case and
+surrounding spaces ignored). Any other value is an error that names the variable, not a silent guess.
+"""
+
+from __future__ import annotations
+
+import os
+
+from xlstm_mlx.errors import UsageError
+
+TRUE = frozenset({"1", "true", "yes", "on"})
+FALSE = frozenset({"0", "false", "no", "off", ""})
+
+SWITCHES = {
+    "XLSTM_MLX_REFERENCE_KERNELS": False,
+    "XLSTM_MLX_COMPILE_DECODE": True,
+    "XLSTM_MLX_VERBOSE": False,
+}
+
+
+def flag(name: str) -> bool:
+    """The value of an on/off switch: its default when unset, else the parsed value."""
+    if name not in SWITCHES:
+        raise KeyError(f"{name} is not a documented XLSTM_MLX_* switch (known: {sorted(SWITCHES)})")
+    raw = os.environ.get(name)
+    if raw is None:
+        return SWITCHES[name]
+    value = raw.strip().lower()
+    if value in TRUE:
+        return True
+    if value in FALSE:
+        return False
+    raise UsageError(f"environment variable {name}={raw!r} is neither true (1, true, yes, on) nor false "
+                     "(0, false, no, off, empty); set one of those or unset it")
+
+
+def choice(name: str, default: str) -> str:
+    """A switch that names a choice (e.g. XLSTM_MLX_BLAS): its stripped value, or `default` when unset."""
+    raw = os.environ.get(name)
+    return default if raw is None or not raw.strip() else raw.strip()

@@ -1,0 +1,341 @@
+"""Generation: chunked prefill, a pipelined decode loop, streaming, batches.
+
+    generate_step(model, prompt[B, T], ...)   yields sampled tokens [B] (the loop everything else uses)
+    stream_generate(model, tokenizer, prompt) yields GenerationResponse (text segment, token, statistics)
+    generate(model, tokenizer, prompt)        -> str
+    batch_generate(model, tokenizer, prompts) -> list[str] (left padding with a mask: see below)
+
+Cache semantics: a cache passed in is advanced in place. When generation ends, for whatever reason, the cache has
+consumed the prompt and every generated token except the last one (that token was sampled but never fed back):
+an EOS is therefore never in the state, and a caller continuing a conversation feeds whatever comes next.
+
+Long prompts are fed in chunks of `prefill_step_size` tokens; after each chunk only the state is evaluated
+(the logits of prompt positions are never computed), so peak memory does not grow with the prompt length.
+
+Batches: prompts are left-padded and the pad positions are masked; the model treats a masked position as an
+exact identity step on the state, so each row decodes as it would alone (equal greedy tokens, tested).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import mlx.core as mx
+
+from xlstm_mlx.models.compiled import decode_fn
+from xlstm_mlx.generation.sample import LogitsProcessor, Sampler, apply_processors, make_logits_processors
+from xlstm_mlx.generation.stopping import StopStringFilter, check_stop_strings
+from xlstm_mlx.errors import UsageError
+
+
+@dataclass
+class GenerationResponse:
+    text: str  # new text since the previous response (may be '' while a character or stop string is pending)
+    token: int  # the token sampled at this step
+    prompt_tokens: int
+    prompt_tps: float  # prompt tokens / time to the first sampled token (prefill + first step)
+    generation_tokens: int  # tokens sampled so far, this one included
+    generation_tps: float  # decode speed: tokens after the first / time since the first
+    peak_memory: float  # GB, mx.get_peak_memory() since the call started
+    finish_reason: str | None = None  # "stop" (EOS or stop string), "length" (max_tokens), None (going on)
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def prefill(model, tokens: mx.array, cache, mask: mx.array | None = None, prefill_step_size: int = 2048) -> None:
+    """Feed tokens [B, T] (and mask [B, T]) into `cache` in chunks; only the state is ever computed."""
+    _check_int("prefill_step_size", prefill_step_size, 1)
+    T = tokens.shape[1]
+    for s in range(0, T, prefill_step_size):
+        chunk_mask = None if mask is None else mask[:, s : s + prefill_step_size]
+        model(tokens[:, s : s + prefill_step_size], cache=cache, mask=chunk_mask)  # logits stay unevaluated
+        mx.eval(cache.arrays())
+        mx.clear_cache()  # hand the chunk's buffers back: the next chunk's sizes may differ (fragmentation)
+
+
+def make_sampling(
+    sampler: Sampler | Callable | None = None,
+    logits_processors: Sequence[LogitsProcessor] | None = None,
+    temp: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    seed: int | None = None,
+    repetition_penalty: float | None = None,
+    repetition_context_size: int = 20,
+    logit_bias: dict[int, float] | None = None,
+) -> tuple[Callable, list[LogitsProcessor]]:
+    """A sampler and processors from either objects or the usual options (not both for the sampler)."""
+    if sampler is None:
+        sampler = Sampler(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+    elif (temp, top_k, top_p, min_p, seed) != (0.0, 0, 1.0, 0.0, None):
+        raise UsageError("give either sampler= or temp/top_k/top_p/min_p/seed, not both")
+    procs = list(logits_processors or [])
+    procs += make_logits_processors(repetition_penalty, repetition_context_size, logit_bias)
+    return sampler, procs
+
+
+def generate_step(
+    model,
+    prompt: mx.array,
+    cache=None,
+    *,
+    mask: mx.array | None = None,
+    sampler: Callable | None = None,
+    logits_processors: Sequence[LogitsProcessor] = (),
+    max_tokens: int = 256,
+    prefill_step_size: int = 2048,
+    on_prefill: Callable | None = None,
+) -> Iterator[mx.array]:
+    """Yield sampled tokens [B] (int32) one step at a time, the next step already computing.
+
+    prompt [B, T] int32 (T >= 1), mask [B, T] (True = real token; the last position must be real in every row).
+    `on_prefill(cache)` is called once the prompt but its last token is in the state (for snapshots).
+    Close the generator to stop early: the speculative next step is then taken back out of the cache.
+    """
+    if prompt.ndim != 2 or prompt.shape[1] < 1:
+        raise UsageError(f"prompt must be [batch, time] with at least one token, got shape {tuple(prompt.shape)}")
+    _check_int("max_tokens", max_tokens, 0)
+    B = prompt.shape[0]
+    if mask is not None:
+        if tuple(mask.shape) != tuple(prompt.shape):
+            raise UsageError(f"mask shape {tuple(mask.shape)} differs from prompt shape {tuple(prompt.shape)}")
+        if not mx.all(mask[:, -1]).item():
+            raise UsageError("the last prompt position must be a real token in every row (pad on the left)")
+    if cache is None:
+        cache = model.make_cache(B)
+    sampler = sampler or Sampler()
+    procs = list(logits_processors)
+
+    prefill(model, prompt[:, :-1], cache, None if mask is None else mask[:, :-1], prefill_step_size)
+    if on_prefill is not None:
+        on_prefill(cache)
+    if max_tokens == 0:
+        return
+
+    windows = [getattr(p, "context_size", None) for p in procs]
+    window = max(windows) if procs and all(w is not None for w in windows) else None
+    history = prompt if mask is None else mx.where(mask, prompt, -1)
+    if window is not None:
+        history = history[:, -window:]
+
+    decode = decode_fn(model)  # the one-token step, fused by mx.compile (compiled_decode.py)
+
+    def step(tokens: mx.array) -> mx.array:
+        logits = decode(tokens, cache)[:, -1]
+        if procs:
+            logits = apply_processors(procs, history, logits)
+        return sampler(logits)
+
+    y = step(prompt[:, -1:])
+    mx.async_eval(y)
+    produced = 0
+    restore = None
+    try:
+        while True:
+            nxt = None
+            if produced + 1 < max_tokens:
+                restore = (list(cache.layers), cache.offset)
+                if procs:
+                    history = mx.concatenate([history, y[:, None].astype(history.dtype)], axis=1)
+                    if window is not None:
+                        history = history[:, -window:]
+                nxt = step(y[:, None])
+                mx.async_eval(nxt)
+            yield y
+            restore = None
+            produced += 1
+            if nxt is None:
+                return
+            y = nxt
+    finally:
+        if restore is not None:  # stopped while the next step was in flight: it consumed the last token
+            cache.layers, cache.offset = restore
+
+
+def _encode_prompt(tokenizer, prompt, continuing: bool) -> list[int]:
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise UsageError("a text prompt needs a tokenizer (this checkpoint has no tokenizer.json); pass ids")
+        ids = tokenizer.encode(prompt, add_special_tokens=not continuing)
+    elif isinstance(prompt, mx.array):
+        ids = prompt.reshape(-1).tolist()
+    else:
+        ids = [int(t) for t in prompt]
+    if not ids:
+        raise UsageError("the prompt encodes to no tokens; give at least one token")
+    return ids
+
+
+def stream_generate(
+    model,
+    tokenizer,
+    prompt: str | Sequence[int] | mx.array,
+    max_tokens: int = 256,
+    *,
+    cache=None,
+    stop: str | Sequence[str] | None = None,
+    eos_token_ids: Sequence[int] | None = None,
+    prefill_step_size: int = 2048,
+    on_prefill: Callable | None = None,
+    **sampling,
+) -> Iterator[GenerationResponse]:
+    """Generate from one prompt, yielding a GenerationResponse per sampled token.
+
+    prompt: text (BOS added as the tokenizer says, unless continuing a non-empty `cache`) or token ids.
+    sampling: sampler=, logits_processors=, or temp, top_k, top_p, min_p, seed, repetition_penalty,
+    repetition_context_size, logit_bias. Stops on an EOS id (tokenizer's unless `eos_token_ids`), a stop
+    string (neither is emitted) or `max_tokens`.
+    """
+    if tokenizer is None:
+        raise UsageError("stream_generate needs a tokenizer to produce text; use generate_step for token ids")
+    _check_int("max_tokens", max_tokens, 0)
+    stops = check_stop_strings(stop)
+    sampler, procs = make_sampling(**sampling)
+    continuing = cache is not None and cache.offset > 0
+    ids = _encode_prompt(tokenizer, prompt, continuing)
+    eos = set(tokenizer.eos_token_ids if eos_token_ids is None else eos_token_ids)
+    detok = tokenizer.detokenizer()
+    stopper = StopStringFilter(stops)
+
+    mx.reset_peak_memory()
+    t0 = time.perf_counter()
+    gen = generate_step(
+        model, mx.array([ids], dtype=mx.int32), cache, sampler=sampler, logits_processors=procs,
+        max_tokens=max_tokens, prefill_step_size=prefill_step_size, on_prefill=on_prefill,
+    )
+    prompt_tps, t_first = 0.0, t0
+    try:
+        for n, y in enumerate(gen, 1):
+            token = y.item()
+            now = time.perf_counter()
+            if n == 1:
+                t_first = now
+                prompt_tps = len(ids) / max(now - t0, 1e-9)
+            finish = None
+            if token in eos:
+                text, _ = stopper.feed(detok.finalize())
+                text += stopper.flush()
+                finish = "stop"
+            else:
+                text, stopped = stopper.feed(detok.add_token(token))
+                if stopped:
+                    finish = "stop"
+                elif n == max_tokens:
+                    tail, stopped = stopper.feed(detok.finalize())
+                    text += tail + stopper.flush()
+                    finish = "stop" if stopped else "length"
+            yield GenerationResponse(
+                text=text, token=token, prompt_tokens=len(ids), prompt_tps=prompt_tps, generation_tokens=n,
+                generation_tps=(n - 1) / (now - t_first) if n > 1 and now > t_first else 0.0,
+                peak_memory=mx.get_peak_memory() / 1e9, finish_reason=finish,
+            )
+            if finish is not None:
+                break
+    finally:
+        gen.close()
+
+
+def generate(model, tokenizer, prompt, max_tokens: int = 256, verbose: bool = False, **kwargs) -> str:
+    """The generated text (stop strings and EOS excluded). verbose: stream it to stdout and print statistics."""
+    pieces, last = [], None
+    for last in stream_generate(model, tokenizer, prompt, max_tokens, **kwargs):
+        pieces.append(last.text)
+        if verbose:
+            print(last.text, end="", flush=True)
+    if verbose:
+        print()
+        if last is not None:
+            print(format_stats(last), file=sys.stderr)
+    return "".join(pieces)
+
+
+def format_stats(r: GenerationResponse) -> str:
+    return (
+        f"prompt: {r.prompt_tokens} tokens, {r.prompt_tps:.1f} tokens/s | "
+        f"generation: {r.generation_tokens} tokens, {r.generation_tps:.1f} tokens/s | "
+        f"peak memory: {r.peak_memory:.3f} GB | finish: {r.finish_reason}"
+    )
+
+
+def batch_generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str | Sequence[int]],
+    max_tokens: int = 256,
+    *,
+    stop: str | Sequence[str] | None = None,
+    eos_token_ids: Sequence[int] | None = None,
+    prefill_step_size: int = 2048,
+    verbose: bool = False,
+    **sampling,
+) -> list[str]:
+    """Generate for several prompts at once (left-padded, masked); returns the texts in prompt order.
+
+    Rows that finish keep being stepped (their output is ignored) until every row has finished.
+    """
+    if tokenizer is None:
+        raise UsageError("batch_generate needs a tokenizer to produce text")
+    if not prompts:
+        raise UsageError("prompts is empty")
+    _check_int("max_tokens", max_tokens, 0)
+    stops = check_stop_strings(stop)
+    sampler, procs = make_sampling(**sampling)
+    encoded = [_encode_prompt(tokenizer, p, False) for p in prompts]
+    B, L = len(encoded), max(len(e) for e in encoded)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = mx.array([[pad] * (L - len(e)) + e for e in encoded], dtype=mx.int32)
+    mask = mx.array([[False] * (L - len(e)) + [True] * len(e) for e in encoded])
+    eos = set(tokenizer.eos_token_ids if eos_token_ids is None else eos_token_ids)
+    detoks = [tokenizer.detokenizer() for _ in range(B)]
+    stoppers = [StopStringFilter(stops) for _ in range(B)]
+    out = [[] for _ in range(B)]
+    done = [False] * B
+
+    t0 = time.perf_counter()
+    gen = generate_step(
+        model, ids, None, mask=mask, sampler=sampler, logits_processors=procs, max_tokens=max_tokens,
+        prefill_step_size=prefill_step_size,
+    )
+    n = 0
+    t_first = t0
+    try:
+        for n, y in enumerate(gen, 1):
+            if n == 1:
+                t_first = time.perf_counter()
+            for b, token in enumerate(y.tolist()):
+                if done[b]:
+                    continue
+                if token in eos:
+                    text, _ = stoppers[b].feed(detoks[b].finalize())
+                    out[b].append(text + stoppers[b].flush())
+                    done[b] = True
+                    continue
+                text, stopped = stoppers[b].feed(detoks[b].add_token(token))
+                out[b].append(text)
+                if stopped:
+                    done[b] = True
+                elif n == max_tokens:
+                    tail, _ = stoppers[b].feed(detoks[b].finalize())
+                    out[b].append(tail + stoppers[b].flush())
+                    done[b] = True
+            if all(done):
+                break
+    finally:
+        gen.close()
+    if verbose:
+        t = time.perf_counter()
+        print(
+            f"batch {B}: prompt {sum(map(len, encoded))} tokens in {t_first - t0:.3f}s, "
+            f"{n} steps, {B * max(n - 1, 0) / max(t - t_first, 1e-9):.1f} tokens/s (all rows), "
+            f"peak memory {mx.get_peak_memory() / 1e9:.3f} GB",
+            file=sys.stderr,
+        )
+    return ["".join(parts) for parts in out]

@@ -1,0 +1,181 @@
+"""The model-family protocol: what every family of xLSTM models implements, and the base class they share.
+
+A family is one subpackage of xlstm_mlx/models/ (xlstm7b/, xlstm_stack/) registered by name in
+models/__init__.py, the way mlx-lm maps a model_type to a module. The loading pipeline
+(checkpoints/load.py), convert and quantize, info, bench, perplexity, snapshots and the compiled decode step
+only ever talk to a family through this contract, so a new family gets all of them by implementing it.
+
+The family module provides:
+
+    NAME                       registry name (e.g. "xlstm7b")
+    LABEL                      one line for humans ("xLSTM-7B family (...)")
+    detect(model_dir, keys)    True if this family reads the checkpoint: `keys` are the stored tensor names
+                               (from the safetensors headers), `model_dir` the directory (for config files)
+    read_config(model_dir)     the family's config dict ({} when the checkpoint has none)
+    config_file(model_dir)     where that config lives, and where `convert` writes it
+    rename_key(key)            stored tensor name -> canonical name (before anything else sees it)
+    Args.from_checkpoint(shapes, config)
+                               dimensions from the (canonical, logical) tensor shapes, checked against the
+                               config; a disagreement is a CheckpointError naming the field and the tensor
+    Model(args, profile)       a RecurrentLM (below)
+    sanitize(weights, args)    canonical stored layout -> the module tree's layout (lazy arrays in, lazy out)
+    export(weights, args)      the inverse: the module tree's tensors -> the stored layout (convert writes it)
+    export_config(args, config)  the config dict convert writes next to exported weights
+    param_dtype(name, profile) the dtype tensor `name` is computed in: the ONE place that decides it
+    keep_float(path)           None if layer `path` may be quantized, else the reason it stays float
+    EMBEDDING_LAYERS           the token embedding and head paths (`convert -q --keep-embeddings`)
+    example_args()             a small Args for tests and examples
+
+and the model (a RecurrentLM) provides:
+
+    __call__(ids, cache=None, mask=None) -> float32 logits [B, T, V]; the cache is advanced in place
+    make_cache(batch_size)     float32 recurrent state of every block (models/cache.py)
+    forward(ids, states, mask, check) -> (logits, new states): the pure function behind __call__
+    blocks                     the block modules (each: make_state(B), block_type, recurrence_flops(L))
+    kernel_names()             the kernels/ registry names this model runs (for the verbose line)
+    describe()                 a dict for `info` and the verbose output; diagram(): the lines `info` draws
+    cost(chunk_size)           a Cost: bytes and FLOPs per token, for bench floors
+
+Masks: `mask` [B, T] (True = real token) turns every other position into an exact identity step on every
+state (left padding for batches).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from xlstm_mlx import env, kernels
+from xlstm_mlx.models.cache import Cache
+from xlstm_mlx.models.compiled import compiled_forward
+from xlstm_mlx.errors import UsageError
+
+
+def soft_cap(x: mx.array, cap: float | None) -> mx.array:
+    """cap * tanh(x / cap): a smooth clamp to (-cap, cap); None means no cap."""
+    return x if cap is None else cap * mx.tanh(x / cap)
+
+
+def check_model_inputs(input_ids: mx.array, cache: Cache | None) -> tuple[int, int]:
+    """Validate a model call's input ids against its cache; returns (B, T). Shared by every model family."""
+    if input_ids.ndim != 2:
+        raise UsageError(f"input_ids must be [batch, time], got shape {tuple(input_ids.shape)}")
+    B, T = input_ids.shape
+    if T == 0:
+        raise UsageError("input_ids is empty: give at least one token")
+    if cache is not None and cache.batch_size != B:
+        raise UsageError(f"cache was made for batch size {cache.batch_size}, input has batch size {B}")
+    return B, T
+
+
+@dataclass
+class Cost:
+    """What one token costs, for bench floors (tools/bench_floor.py)."""
+
+    weight_bytes: int  # every parameter as stored
+    decode_read_bytes: int  # bytes one decode step reads: all weights but a gather-only embedding
+    state_bytes: int  # recurrent state per sequence (float32, read and written every step)
+    matmul_flops: int  # per token, the blocks' projections (prompt positions compute no logits)
+    head_flops: int  # per token, the output head
+    recurrence_flops: int  # per token, the recurrent cells as implemented (chunkwise prefill)
+
+    @property
+    def prefill_flops(self) -> int:
+        return self.matmul_flops + self.recurrence_flops
+
+
+def linear_shape(module) -> tuple[int, int] | None:
+    """(outputs, inputs) of a Linear or QuantizedLinear-like layer (logical, unpacked), else None."""
+    if isinstance(module, nn.QuantizedLinear):
+        return module.weight.shape[0], module.scales.shape[-1] * module.group_size
+    if isinstance(module, nn.Linear):
+        return tuple(module.weight.shape)
+    return None
+
+
+class RecurrentLM(nn.Module):
+    """Shared by every family: input checks, the cache, and the one compiled decode step.
+
+    `__call__` with one token per row, a cache and no mask runs the compiled step (models/compiled.py:
+    the same `forward` fused by mx.compile); XLSTM_MLX_COMPILE_DECODE=0, forced reference kernels or the
+    NaN locator run `forward` as it is. Subclasses set `self.args`, `self.profile` and implement `forward`,
+    `blocks`, `describe`, `diagram`, `kernel_names` and `head_layer`/`embedding_layer`.
+    """
+
+    embedding_param = ""  # name of the token embedding weight (gather-only unless tied)
+
+    def __init__(self, args, profile):
+        super().__init__()
+        self.args = args
+        self.profile = profile
+        self.check_numerics = False
+
+    # -- the cache ---------------------------------------------------------------------------------
+    @property
+    def block_types(self) -> list[str]:
+        return [b.block_type for b in self.blocks]
+
+    def make_cache(self, batch_size: int = 1) -> Cache:
+        return Cache([b.make_state(batch_size) for b in self.blocks], batch_size)
+
+    # -- calls ----------------------------------------------------------------------------------------
+    def uses_compiled_step(self, T: int, mask) -> bool:
+        return (T == 1 and mask is None and not self.check_numerics and not kernels.reference_forced()
+                and env.flag("XLSTM_MLX_COMPILE_DECODE"))
+
+    def __call__(self, input_ids: mx.array, cache: Cache | None = None, mask: mx.array | None = None,
+                 compiled: bool | None = None):
+        """input_ids [B, T] -> float32 logits [B, T, V]; `cache` is advanced in place.
+
+        `compiled` forces (True) or avoids (False) the compiled one-token step; None decides as documented.
+        """
+        B, T = check_model_inputs(input_ids, cache)
+        states = list(cache.layers) if cache is not None else [b.make_state(B) for b in self.blocks]
+        use = self.uses_compiled_step(T, mask) if compiled is None else (compiled and T == 1 and mask is None)
+        if use:
+            logits, states = compiled_forward(self)(input_ids, states)
+        else:
+            logits, states = self.forward(input_ids, states, mask, self.check_numerics)
+        if cache is not None:
+            cache.layers[:] = states
+            cache.offset += T
+        return logits
+
+    def forward(self, input_ids, states, mask, check: bool):
+        raise NotImplementedError
+
+    # -- descriptions and costs -----------------------------------------------------------------------
+    def kernel_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def cost(self, chunk_size: int | None = None) -> Cost:
+        from mlx.utils import tree_flatten
+
+        L = chunk_size or self.profile.chunk_size
+        params = dict(tree_flatten(self.parameters()))
+        total = sum(p.nbytes for p in params.values())
+        tied = self.args.tie_word_embeddings
+        emb = sum(p.nbytes for k, p in params.items() if k.startswith(self.embedding_param.rsplit(".", 1)[0] + "."))
+        matmul = head = 0
+        for path, m in self.leaf_modules_flat():
+            shape = linear_shape(m)
+            if path == "lm_head":
+                head += 2 * shape[0] * shape[1]
+            elif shape is not None:
+                matmul += 2 * shape[0] * shape[1]
+            elif "weight" in m and m.weight.ndim == 3:  # block-diagonal (headwise) projections
+                matmul += 2 * m.weight.size
+        if tied:
+            V, E = self.args.vocab_size, self.args.hidden_size
+            head += 2 * V * E
+        state = sum(a.nbytes for a in self.make_cache(1).arrays())  # lazy zeros: shapes only
+        return Cost(weight_bytes=total, decode_read_bytes=total if tied else total - emb, state_bytes=state,
+                    matmul_flops=matmul, head_flops=head,
+                    recurrence_flops=sum(b.recurrence_flops(L) for b in self.blocks))
+
+    def leaf_modules_flat(self) -> list[tuple[str, nn.Module]]:
+        from mlx.utils import tree_flatten
+
+        return tree_flatten(self.leaf_modules(), is_leaf=nn.Module.is_module)

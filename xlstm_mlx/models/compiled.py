@@ -1,0 +1,62 @@
+"""The one compiled decode step, shared by every model family.
+
+`compiled_forward(model)` is `model.forward` for one token per row (no mask) fused by mx.compile: the
+elementwise chains between the matmuls become single kernels, which cuts the hundreds of small launches of a
+decode step that bound its speed at small batch. RecurrentLM.__call__ uses it for one-token calls with a cache;
+`decode_fn(model)` gives generate's loop the same step.
+
+Weight updates: the weights are *inputs* of the compiled graph, read at every call (mx.compile's `inputs=`),
+not constants captured at trace time. Updating weights in place (model.update, a training step, loading) is
+seen by the next call without recompiling. Replacing one of the model's top-level layers or its profile
+builds a new function; changing the module structure below them (e.g. quantizing a layer) changes the
+inputs' count, and MLX retraces.
+
+The captured inputs are the model's top-level children, not the model itself: the function is cached on the
+model, and a reference back to the model from MLX's compiled object would be a cycle Python's collector cannot
+see (the model and its weights would never be freed).
+
+The reference beside it is the uncompiled `model.forward`: XLSTM_MLX_COMPILE_DECODE=0 (or
+`decode_fn(model, use_compiled=False)`) runs it, and tests/models/test_compiled.py checks the two agree.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import mlx.core as mx
+
+from xlstm_mlx import env
+
+_ATTR = "_xlstm_compiled_forward"
+
+
+def compiled_decode_enabled() -> bool:
+    return env.flag("XLSTM_MLX_COMPILE_DECODE")
+
+
+def compiled_forward(model):
+    """mx.compile(model.forward) for one-token steps: f(ids [B, 1], states) -> (logits, new states)."""
+    key = (id(model.profile), tuple(id(v) for v in model.values()))
+    hit = model.__dict__.get(_ATTR)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    model_ref = weakref.ref(model)
+
+    def step(ids, states):
+        return model_ref().forward(ids, states, None, False)
+
+    fn = mx.compile(step, inputs=dict(model))
+    model.__dict__[_ATTR] = (key, fn)  # a plain attribute: nn.Module keeps it out of its parameters
+    return fn
+
+
+def decode_fn(model, use_compiled: bool | None = None):
+    """f(tokens [B, 1], cache) -> logits: the compiled step unless disabled (argument, then the environment)."""
+    if use_compiled is None:
+        use_compiled = compiled_decode_enabled()
+
+    def call(tokens, cache):
+        return model(tokens, cache=cache, compiled=use_compiled and not model.check_numerics)
+
+    call.compiled = bool(use_compiled) and not model.check_numerics
+    return call

@@ -1,0 +1,108 @@
+"""The xLSTM-7B-family language model: embedding -> blocks -> out_norm -> lm_head -> logit soft-cap.
+
+No recurrence math lives here (see kernels/); this file only wires the pieces. Parameter names follow the
+Hugging Face `xlstm` layout, so those checkpoints load without renaming.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from xlstm_mlx.models.base import RecurrentLM, soft_cap
+from xlstm_mlx.models.describe import blocks_line
+from xlstm_mlx.models.layers.norms import RMSNorm
+from xlstm_mlx.models.numerics_check import assert_finite
+from xlstm_mlx.models.xlstm7b.args import ModelArgs
+from xlstm_mlx.models.xlstm7b.block import MLSTMBlock
+from xlstm_mlx.profiles import NumericsProfile, load_profile
+
+FAMILY_LABEL = "xLSTM-7B family (mLSTM blocks, Hugging Face xlstm / official xLSTMLarge layout)"
+
+
+class Backbone(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.embeddings = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.blocks = [MLSTMBlock(args) for _ in range(args.num_blocks)]
+        if args.add_out_norm:
+            self.out_norm = RMSNorm(args.hidden_size, args.norm_eps, args.out_norm_bias)
+
+
+class Model(RecurrentLM):
+    embedding_param = "backbone.embeddings.weight"
+
+    def __init__(self, args: ModelArgs, profile: NumericsProfile | None = None):
+        super().__init__(args, profile or load_profile("parity"))
+        self.backbone = Backbone(args)
+        if not args.tie_word_embeddings:
+            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+
+    @property
+    def blocks(self) -> list:
+        return self.backbone.blocks
+
+    def forward(self, input_ids, states, mask, check: bool):
+        """(ids [B, T], per-block states) -> (float32 logits [B, T, V], new states)."""
+        # the residual stream is carried in profile.residual_dtype (float32: a bf16 residual loses the
+        # small sub-layer updates against the running sum; docs/numerics.md)
+        x = self.backbone.embeddings(input_ids).astype(self.profile.mx_residual_dtype)
+        if check:
+            assert_finite("embeddings", x)
+        new_states = []
+        for idx, (block, state) in enumerate(zip(self.backbone.blocks, states)):
+            x, state = block(x, state, mask, self.profile, check=f"block {idx}" if check else None)
+            new_states.append(state)
+        if self.args.add_out_norm:
+            x = self.backbone.out_norm(x)
+        head = self.backbone.embeddings if self.args.tie_word_embeddings else self.lm_head
+        # the head's input takes the dtype of its float weight: float32 when the profile keeps the
+        # lm_head in float32 (head_dtype), the compute dtype for a tied or quantized head
+        x = x.astype(head.scales.dtype if "scales" in head else head.weight.dtype)
+        logits = head.as_linear(x) if self.args.tie_word_embeddings else head(x)
+        # float32 before the cap, as transformers does (lm_head(h).float(), then soft-cap); with a
+        # float32 head the logits are not rounded to bfloat16 first (docs/numerics.md)
+        logits = soft_cap(logits.astype(mx.float32), self.args.output_logit_soft_cap)
+        if check:
+            assert_finite("logits", logits)
+        return logits, new_states
+
+    def kernel_names(self) -> list[str]:
+        return [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}"]
+
+    def describe(self) -> dict:
+        a = self.args
+        return {
+            "family": FAMILY_LABEL,
+            "architecture": f"{a.num_blocks} mLSTM blocks",
+            "hidden_size": a.hidden_size,
+            "num_blocks": a.num_blocks,
+            "num_heads": a.num_heads,
+            "qk_head_dim": a.qk_head_dim,
+            "v_head_dim": a.v_head_dim,
+            "ffn_dim": a.ffn_dim,
+            "vocab_size": a.vocab_size,
+            "weight_mode": a.weight_mode,
+            "use_bias": a.use_bias,
+            "tie_word_embeddings": a.tie_word_embeddings,
+            "gate_soft_cap": a.gate_soft_cap,
+            "output_logit_soft_cap": a.output_logit_soft_cap,
+            "state_floats_per_sequence": a.state_floats_per_sequence(),
+        }
+
+    def diagram(self) -> list[str]:
+        a = self.args
+        caps = f"gates soft-capped at {a.gate_soft_cap}" if a.gate_soft_cap is not None else "gates uncapped"
+        lines = [
+            f"  tokens -> embedding [{a.vocab_size} x {a.hidden_size}]",
+            "     |",
+            f"     +-- {blocks_line('mLSTM', 0, a.num_blocks - 1)}  (weights {a.weight_mode}, bias {a.use_bias})",
+            f"     |     x + mLSTM(RMSNorm(x)): {a.num_heads} heads, per head q/k {a.qk_head_dim}, v {a.v_head_dim}; {caps}",
+            f"     |     x + FFN(RMSNorm(x)):   SwiGLU FFN {a.hidden_size} -> {a.ffn_dim} -> {a.hidden_size}",
+            "     |",
+        ]
+        head = "lm_head" if not a.tie_word_embeddings else "lm_head (tied to the embedding)"
+        cap = f" -> soft-cap {a.output_logit_soft_cap}" if a.output_logit_soft_cap is not None else ""
+        norm = "out_norm RMSNorm -> " if a.add_out_norm else ""
+        lines.append(f"  {norm}{head} [{a.hidden_size} -> {a.vocab_size}]{cap} -> logits (float32)")
+        return lines

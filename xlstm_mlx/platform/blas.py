@@ -1,0 +1,245 @@
+"""Give MLX's Linux CPU backend a fast BLAS.
+
+MLX's Linux CPU wheel (`mlx-cpu`) links a reference netlib BLAS/LAPACK (`mlx_cpu.libs/libblas-*.so`):
+a 2048x2048 float32 matmul takes seconds instead of tens of milliseconds. After `mlx.core` is loaded,
+`setup()` points libmlx's imported BLAS/LAPACK functions (cblas_sgemm, sgetrf_, ...) at an optimized
+OpenBLAS by rewriting libmlx's GOT slots, checks a matmul and an inverse against numpy, and undoes
+everything if the check fails. See docs/cpu-blas.md.
+
+Library choice (env `XLSTM_MLX_BLAS`):
+  unset / "auto"   scipy-openblas32 (a PyPI dependency on Linux), else a system OpenBLAS (Debian/Ubuntu
+                   libopenblas0-*), else leave MLX as it is
+  "off" / "0"      do nothing
+  "system"         system OpenBLAS only
+  a file path      that library (unprefixed symbols, or scipy-openblas' `scipy_` prefix), LP64 only
+Core type: OpenBLAS' own detection, unless it chose a core older than the CPU's features (seen on VMs), in
+which case a second instance is loaded with OPENBLAS_CORETYPE set from /proc/cpuinfo. A user-set
+OPENBLAS_CORETYPE is always respected. `XLSTM_MLX_VERBOSE=1` prints the outcome to stderr.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import xlstm_mlx.platform.elf_got as _elf_got
+from xlstm_mlx import env
+
+log = logging.getLogger("xlstm_mlx.blas")
+
+# Imports of libmlx to redirect: CBLAS and Fortran BLAS/LAPACK names.
+_IMPORT_PATTERN = r"cblas_\w+|[sdcz][a-z0-9]+_"
+_SYSTEM_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib64/libopenblasp.so.0",
+    "/usr/lib64/libopenblas.so.0",
+)
+# OpenBLAS cores that predate AVX2: if one of these is detected on a CPU with AVX2+FMA, detection failed.
+_PRE_AVX2_CORES = {"prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "katmai", "coppermine",
+                   "northwood", "banias", "athlon", "opteron", "opteron_sse3", "barcelona", "bobcat",
+                   "sandybridge", "bulldozer", "piledriver", "steamroller", "excavator", "unknown"}
+
+_info: dict = {"active": False, "reason": "not set up"}
+
+
+def info() -> dict:
+    """What `setup()` did: {'active', 'library', 'version', 'core', 'threads', 'symbols', 'reason'}."""
+    return dict(_info)
+
+
+def _say(msg: str) -> None:
+    log.info(msg)
+    if env.flag("XLSTM_MLX_VERBOSE"):
+        print(f"xlstm-mlx: {msg}", file=sys.stderr)
+
+
+def _cpu_core_type() -> str | None:
+    """OPENBLAS_CORETYPE matching the CPU's vector features (x86_64 only)."""
+    try:
+        flags = next((ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), [])
+    except OSError:
+        return None
+    f = set(flags)
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"} <= f:
+        return "SkylakeX"
+    if {"avx2", "fma"} <= f:
+        return "Haswell"
+    return None
+
+
+class _Lib:
+    """An opened BLAS library and the symbol prefix its functions carry."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.cdll = ctypes.CDLL(path, mode=os.RTLD_LOCAL)
+        self.prefix = next((p for p in ("", "scipy_") if self._has(p + "cblas_sgemm")), None)
+        if self.prefix is None:
+            raise OSError(f"{path}: no cblas_sgemm (ILP64 '64_' builds are not usable by MLX)")
+
+    def _has(self, name: str) -> bool:
+        try:
+            getattr(self.cdll, name)
+            return True
+        except AttributeError:
+            return False
+
+    def address(self, name: str) -> int | None:
+        try:
+            return ctypes.cast(getattr(self.cdll, self.prefix + name), ctypes.c_void_p).value
+        except AttributeError:
+            return None
+
+    def _str(self, fn: str) -> str:
+        try:
+            f = getattr(self.cdll, self.prefix + fn)
+        except AttributeError:
+            return ""
+        f.restype = ctypes.c_char_p
+        return (f() or b"").decode(errors="replace")
+
+    @property
+    def core(self) -> str:
+        return self._str("openblas_get_corename")
+
+    @property
+    def config(self) -> str:
+        return self._str("openblas_get_config")
+
+    @property
+    def threads(self) -> int | None:
+        try:
+            return int(getattr(self.cdll, self.prefix + "openblas_get_num_threads")())
+        except AttributeError:
+            return None
+
+
+def _candidates(choice: str) -> list[tuple[str, str]]:
+    """[(label, path)] in order of preference."""
+    if choice not in ("auto", "system", ""):
+        return [("XLSTM_MLX_BLAS", choice)]
+    out = []
+    if choice != "system":
+        try:
+            import scipy_openblas32
+
+            lib_dir = Path(scipy_openblas32.get_lib_dir())
+            out += [("scipy-openblas32", str(p)) for p in sorted(lib_dir.glob("libscipy_openblas*.so"))]
+        except ImportError:
+            pass
+    out += [("system OpenBLAS", p) for p in _SYSTEM_CANDIDATES if os.path.exists(p)]
+    found = ctypes.util.find_library("openblas")
+    if found:
+        out.append(("system OpenBLAS", found))
+    return out
+
+
+def _open(path: str) -> _Lib:
+    """Open `path`; if OpenBLAS picked a pre-AVX2 core on an AVX2 CPU, reopen a private copy with the right one."""
+    lib = _Lib(path)
+    want = _cpu_core_type()
+    if os.environ.get("OPENBLAS_CORETYPE") or not want or lib.core.lower() not in _PRE_AVX2_CORES:
+        return lib
+    _say(f"OpenBLAS detected core '{lib.core}' on a CPU with {want} features; reloading with "
+         f"OPENBLAS_CORETYPE={want}")
+    os.environ["OPENBLAS_CORETYPE"] = want  # read by the library's constructor at load time
+    try:
+        with tempfile.TemporaryDirectory() as tmp:  # a copy, so the loader opens a second instance
+            copy = os.path.join(tmp, os.path.basename(path))
+            shutil.copy2(path, copy)
+            fixed = _Lib(copy)
+    finally:
+        del os.environ["OPENBLAS_CORETYPE"]
+    fixed.path = path
+    return fixed
+
+
+def _libmlx_path() -> str | None:
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                if line.rstrip().endswith("/libmlx.so"):
+                    return line.split(None, 5)[5].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _check() -> str | None:
+    """Compare MLX's matmul and inverse with numpy; return a description of a mismatch, else None."""
+    import numpy as np
+    import mlx.core as mx
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((67, 45)).astype(np.float32)
+    b = rng.standard_normal((45, 38)).astype(np.float32)
+    s = rng.standard_normal((24, 24)).astype(np.float32) + 8 * np.eye(24, dtype=np.float32)
+    with mx.stream(mx.cpu):
+        got = np.array(mx.array(a) @ mx.array(b))
+        inv = np.array(mx.linalg.inv(mx.array(s)))
+    def mm(x, y):  # float64 without BLAS (keeps numpy's own BLAS thread pool asleep)
+        return (x.astype(np.float64)[:, :, None] * y.astype(np.float64)[None]).sum(1)
+
+    err = float(np.abs(got - mm(a, b)).max())
+    if not err < 1e-3:
+        return f"matmul max-abs error {err:.3g}"
+    err = float(np.abs(mm(inv, s) - np.eye(24)).max())
+    if not err < 1e-3:
+        return f"inverse residual {err:.3g}"
+    return None
+
+
+def setup() -> dict:
+    """Redirect libmlx's BLAS/LAPACK to the best available library (idempotent). Returns `info()`."""
+    global _info
+    if _info.get("active") or _info.get("reason") != "not set up":
+        return info()
+    choice = env.choice("XLSTM_MLX_BLAS", "auto")
+    if sys.platform != "linux" or choice.lower() in ("off", "0", "none", "false"):
+        _info = {"active": False, "reason": "disabled" if sys.platform == "linux" else "not Linux"}
+        return info()
+    import mlx.core  # noqa: F401  (loads libmlx.so)
+
+    libmlx = _libmlx_path()
+    if libmlx is None:
+        _info = {"active": False, "reason": "libmlx.so not found in this process"}
+        return info()
+    try:
+        imports = _elf_got.read_imports(libmlx, _IMPORT_PATTERN)
+        base = _elf_got.load_base(libmlx)
+    except (OSError, ValueError, StopIteration) as e:
+        _info = {"active": False, "reason": f"cannot read libmlx imports: {e}"}
+        _say(f"CPU BLAS unchanged ({_info['reason']})")
+        return info()
+    if "cblas_sgemm" not in imports.slots:
+        _info = {"active": False, "reason": "libmlx imports no cblas_sgemm (not a netlib-linked wheel)"}
+        return info()
+    reasons = []
+    for label, path in _candidates(choice):
+        try:
+            lib = _open(path)
+        except OSError as e:
+            reasons.append(f"{label}: {e}")
+            continue
+        targets = {n: a for n in imports.slots if (a := lib.address(n)) is not None}
+        old = _elf_got.write_slots(base, imports, targets)
+        bad = _check()
+        if bad:
+            _elf_got.restore_slots(old, imports, base)
+            reasons.append(f"{label} at {path}: check failed ({bad})")
+            continue
+        _info = {"active": True, "library": label, "path": lib.path, "version": lib.config,
+                 "core": lib.core, "threads": lib.threads, "symbols": len(targets), "reason": "ok"}
+        _say(f"CPU BLAS: {label} ({lib.config or path}; core {lib.core or '?'}, {lib.threads} threads), "
+             f"{len(targets)} of libmlx's {len(imports.slots)} BLAS/LAPACK imports redirected")
+        return info()
+    _info = {"active": False, "reason": "; ".join(reasons) or "no optimized BLAS found"}
+    _say(f"CPU BLAS: MLX's bundled reference BLAS (slow). {_info['reason']}. See docs/cpu-blas.md")
+    return info()

@@ -1,0 +1,257 @@
+"""Train an xLSTM language model with MLX: gradients by MLX autodiff through our chunkwise kernel.
+
+    xlstm-mlx train --data DIR_OR_FILE --config CONFIG.json --tokenizer TOK_DIR --out OUT [--eval-data ...]
+
+AdamW (decoupled weight decay on matrices only) with linear warm-up and cosine decay, global-norm
+gradient clipping, float32 master weights and optimizer state, compute in float32 or bfloat16 (the
+recurrent state and gate math stay float32 either way). OUT is always a loadable checkpoint in the
+Hugging Face xlstm layout; OUT/trainer/ holds what resuming needs, and a run started again with the
+same OUT continues from the last saved step (Ctrl-C saves first). OUT/loss.png is the loss curve.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from xlstm_mlx.models.xlstm7b.model import Model
+from xlstm_mlx.profiles import DTYPES, load_profile
+from xlstm_mlx.training.checkpoint import export_model, find_trainer_state, load_trainer_state, save_trainer_state
+from xlstm_mlx.training.config import TrainConfig, load_config, model_args
+from xlstm_mlx.training.data import WindowSampler, eval_windows, load_stream, unigram_cross_entropy
+from xlstm_mlx.training.init import init_weights
+from xlstm_mlx.training.plot import plot_losses
+from xlstm_mlx.training.schedule import warmup_cosine
+from xlstm_mlx.errors import MissingFileError, UsageError
+
+
+def special_ids(tokenizer_dir: Path, tok: Tokenizer) -> tuple[int, int]:
+    """BOS and EOS ids from tokenizer_config.json / special_tokens_map.json."""
+    names = {}
+    for fname in ("special_tokens_map.json", "tokenizer_config.json"):
+        f = tokenizer_dir / fname
+        if f.is_file():
+            for key in ("bos_token", "eos_token"):
+                v = json.loads(f.read_text()).get(key)
+                if isinstance(v, dict):
+                    v = v.get("content")
+                if isinstance(v, str):
+                    names[key] = v
+    ids = []
+    for key in ("bos_token", "eos_token"):
+        if key not in names or tok.token_to_id(names[key]) is None:
+            raise UsageError(f"{tokenizer_dir}: tokenizer_config.json must name a {key} that is in the vocabulary")
+        ids.append(tok.token_to_id(names[key]))
+    return ids[0], ids[1]
+
+
+def fit_steps_to_budget(cfg: TrainConfig, step: int, elapsed: float, sec_per_step: float) -> int:
+    """The total step count that ends the run inside cfg.time_budget_s (5% kept for evals and saves)."""
+    left = cfg.time_budget_s * 0.95 - elapsed
+    return max(step + 1, min(cfg.steps, step + int(left / sec_per_step)))
+
+
+def build_optimizer(cfg: TrainConfig) -> optim.Optimizer:
+    sched = warmup_cosine(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.steps)
+    kw = dict(learning_rate=sched, betas=[cfg.beta1, cfg.beta2], eps=cfg.adam_eps)
+    decayed = optim.AdamW(weight_decay=cfg.weight_decay, **kw)
+    plain = optim.AdamW(weight_decay=0.0, **kw)
+    # matrices (projections, embeddings, lm_head) decay; norm weights and biases do not
+    return optim.MultiOptimizer([decayed, plain], filters=[lambda path, p: p.ndim == 2])
+
+
+class Trainer:
+    def __init__(self, model: Model, cfg: TrainConfig):
+        self.model, self.cfg = model, cfg
+        self.optimizer = build_optimizer(cfg)
+        cdt = DTYPES[cfg.dtype]
+        if cfg.dtype == "float32":
+            self.compute = model
+        else:  # a bfloat16 twin that receives casts of the float32 master weights in every step
+            self.compute = Model(model.args, model.profile)
+        self._cdt = cdt
+        self.optimizer.init(model.trainable_parameters())
+        self.step_fn = None
+
+    def set_total_steps(self, steps: int):
+        """Re-aim the cosine schedule at a new last step (recompiles the step function)."""
+        self.cfg.steps = steps
+        sched = warmup_cosine(self.cfg.lr, self.cfg.min_lr, self.cfg.warmup_steps, steps)
+        for o in self.optimizer.optimizers:
+            o._schedulers["learning_rate"] = sched
+        self.build()
+
+    def build(self):
+        """Make the step function; call after any restore (compile captures the state containers)."""
+        model, cfg = self.model, self.cfg
+        compute, grad_fn = self.compute, nn.value_and_grad(model, self._loss)
+        state = [model.state, self.optimizer.state]
+
+        def step(x, y):
+            loss, grads = grad_fn(model, compute, x, y)
+            grads, gnorm = optim.clip_grad_norm(grads, cfg.grad_clip)
+            self.optimizer.update(model, grads)
+            return loss, gnorm
+
+        self.step_fn = mx.compile(step, inputs=state, outputs=state) if cfg.compile else step
+
+    def _loss(self, model, compute, x, y):
+        if compute is not model:
+            compute.update(tree_map(lambda p: p.astype(self._cdt), model.trainable_parameters()))
+        logits = compute(x)
+        return nn.losses.cross_entropy(logits, y, reduction="mean")
+
+    def sync_compute(self):
+        if self.compute is not self.model:
+            self.compute.update(tree_map(lambda p: p.astype(self._cdt), self.model.parameters()))
+
+    def evaluate(self, inputs: np.ndarray, targets: np.ndarray) -> float:
+        """Mean cross-entropy (nats/token) over the given windows."""
+        self.sync_compute()
+        total, count, B = 0.0, 0, self.cfg.batch_size
+        for s in range(0, len(inputs), B):
+            x, y = mx.array(inputs[s:s + B]), mx.array(targets[s:s + B])
+            loss = nn.losses.cross_entropy(self.compute(x), y, reduction="sum")
+            total += loss.item()
+            count += y.size
+        return total / count
+
+
+def train(data: str | Path, config: str | Path, tokenizer: str | Path, out: str | Path,
+          eval_data: str | Path | None = None, overrides: dict | None = None, resume: bool = True,
+          progress: bool = True) -> dict:
+    """Run (or continue) a training run; returns a summary dict (also written to OUT/train_summary.json)."""
+    out, tokenizer = Path(out), Path(tokenizer)
+    if not (tokenizer / "tokenizer.json").is_file():
+        raise MissingFileError(f"{tokenizer} has no tokenizer.json (train one with scripts/train_tokenizer.py)")
+    model_cfg, cfg = load_config(config, overrides)
+    tok = Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
+    bos, eos = special_ids(tokenizer, tok)
+    args = model_args(model_cfg, tok.get_vocab_size(), cfg.dtype)
+    args.bos_token_id, args.eos_token_id = bos, eos
+
+    stream = load_stream(data, tok, eos)
+    sampler = WindowSampler(stream, cfg.seq_len, cfg.batch_size, bos, cfg.seed)
+    held = load_stream(eval_data, tok, eos) if eval_data is not None else None
+    ev = eval_windows(held, cfg.seq_len, bos, cfg.eval_windows) if held is not None else None
+
+    profile = load_profile("parity").replace(name="train", compute_dtype=cfg.dtype, kernel_dtype=cfg.dtype,
+                                            chunk_size=args.chunk_size)
+    model = init_weights(Model(args, profile), cfg.seed)
+    trainer = Trainer(model, cfg)
+    n_params = sum(v.size for _, v in tree_flatten(model.parameters()))
+
+    state = {"step": 0, "history": [], "evals": [], "best": None, "config": json.loads(Path(config).read_text()),
+             "train": cfg.__dict__, "elapsed_s": 0.0}
+    found = find_trainer_state(out) if resume else None
+    if found is not None:
+        saved = load_trainer_state(found, model, trainer.optimizer)
+        if saved["config"]["model"] != state["config"]["model"]:
+            raise UsageError(f"{out} holds a run with a different model config; use another --out or --no-resume")
+        state.update({k: saved[k] for k in ("step", "history", "evals", "best", "elapsed_s")})
+        if (saved["train"].get("time_budget_s") and saved["step"] < saved["train"]["steps"] != cfg.steps):
+            # the interrupted run had fitted its length to a time budget: finish that schedule
+            cfg.steps, cfg.time_budget_s = saved["train"]["steps"], None
+            trainer.set_total_steps(cfg.steps)
+        if saved["step"] >= cfg.steps:
+            print(f"[xlstm-mlx train] {out} already finished {saved['step']} steps; raise --steps to go on")
+        else:
+            print(f"[xlstm-mlx train] resuming {out} at step {state['step']}/{cfg.steps}")
+    trainer.build()
+    extra = {"training": {"data": str(data), "steps": cfg.steps, "seq_len": cfg.seq_len,
+                          "batch_size": cfg.batch_size, "compute_dtype": cfg.dtype}}
+
+    def save(reason: str):
+        mx.eval(model.parameters())
+        export_model(model, out, cfg.save_dtype, tokenizer, {**extra, "training_step": state["step"]})
+        save_trainer_state(out, model, trainer.optimizer, state)
+        plot_losses(state["history"], state["evals"], out / "loss.png",
+                    f"xLSTM {n_params / 1e6:.2f}M params, {reason}")
+
+    def run_eval():
+        loss = trainer.evaluate(*ev)
+        state["evals"].append({"step": state["step"], "loss": loss, "ppl": math.exp(loss)})
+        if state["best"] is None or loss < state["best"]["loss"]:
+            state["best"] = {"step": state["step"], "loss": loss, "ppl": math.exp(loss)}
+            export_model(model, out / "best", cfg.save_dtype, tokenizer, {**extra, "training_step": state["step"]})
+        return loss
+
+    print(f"[xlstm-mlx train] {n_params:,} parameters; {len(stream):,} training tokens"
+          + (f", {ev[1].size:,} held-out tokens" if ev is not None else "")
+          + f"; backend {mx.default_device()}; compute {cfg.dtype}; {cfg.steps} steps of "
+          f"{cfg.batch_size}x{cfg.seq_len} tokens")
+    start_step = state["step"]
+    bar = tqdm(total=cfg.steps, initial=state["step"], disable=not progress, unit="step", dynamic_ncols=True)
+    t_last, tokens_since, acc = time.perf_counter(), 0, []
+    t_run, budget_probe = time.perf_counter(), None
+    try:
+        while state["step"] < cfg.steps:
+            if cfg.time_budget_s is not None and state["step"] == start_step + 10:
+                mx.eval(model.parameters())
+                budget_probe = (state["step"], time.perf_counter())  # compile and warm-up are behind us
+            if budget_probe is not None and state["step"] == budget_probe[0] + 40:
+                mx.eval(model.parameters())
+                now = time.perf_counter()
+                rate = (now - budget_probe[1]) / 40
+                total = fit_steps_to_budget(cfg, state["step"], now - t_run, rate)
+                if total != cfg.steps:
+                    bar.write(f"[xlstm-mlx train] {rate * 1e3:.1f} ms/step: {total} steps fit the "
+                              f"{cfg.time_budget_s:.0f} s budget (config said {cfg.steps}); schedule re-aimed")
+                    trainer.set_total_steps(total)
+                    bar.total = total
+                budget_probe = None
+            x, y = sampler.batch(state["step"])
+            loss, gnorm = trainer.step_fn(mx.array(x), mx.array(y))
+            acc.append((loss, gnorm))
+            state["step"] += 1
+            tokens_since += x.size
+            bar.update(1)
+            s = state["step"]
+            if s % cfg.log_every == 0 or s == cfg.steps:
+                mx.eval(acc)
+                now = time.perf_counter()
+                dt = now - t_last
+                state["elapsed_s"] += dt
+                losses = [a[0].item() for a in acc]
+                rec = {"step": s, "loss": float(np.mean(losses)), "grad_norm": float(acc[-1][1].item()),
+                       "lr": float(trainer.optimizer.optimizers[0].learning_rate.item()),
+                       "tok_per_s": tokens_since / dt}
+                if not all(math.isfinite(v) for v in losses):
+                    raise FloatingPointError(f"non-finite training loss at step {s}; lower --lr or use float32")
+                state["history"].append(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tok_per_s']:.0f}")
+                t_last, tokens_since, acc = now, 0, []
+            if ev is not None and (s % cfg.eval_every == 0 or s == cfg.steps):
+                t0 = time.perf_counter()
+                loss_ev = run_eval()
+                bar.write(f"step {s}: held-out loss {loss_ev:.4f} (ppl {math.exp(loss_ev):.2f})")
+                t_last += time.perf_counter() - t0
+            if s % cfg.save_every == 0 and s < cfg.steps:
+                t0 = time.perf_counter()
+                save(f"step {s}")
+                t_last += time.perf_counter() - t0
+    except KeyboardInterrupt:
+        bar.close()
+        save(f"interrupted at step {state['step']}")
+        print(f"[xlstm-mlx train] interrupted: saved step {state['step']} to {out}; run the same command to resume")
+        raise
+    bar.close()
+    save(f"step {state['step']}")
+    summary = {"params": n_params, "steps": state["step"], "train_tokens": len(stream),
+               "final_train_loss": state["history"][-1]["loss"] if state["history"] else None,
+               "best": state["best"], "elapsed_s": state["elapsed_s"]}
+    if held is not None:
+        uni = unigram_cross_entropy(stream, ev[1].reshape(-1), args.vocab_size)
+        summary["unigram_heldout"] = {"loss": uni, "ppl": math.exp(uni)}
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
