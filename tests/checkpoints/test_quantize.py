@@ -1,4 +1,4 @@
-"""Quantized conversion and loading (xlstm_mlx/quantize.py, convert.py, loading.py), and perplexity.
+"""Quantized conversion and loading (xlstm_mlx/checkpoints/quantize.py, convert.py, loading.py), and perplexity.
 
 Tolerances, and why:
 - A quantized model must compute exactly the function of its dequantized weights: its logits are compared

@@ -169,3 +169,13 @@ def test_save_load_info_bench_quantize_perplexity(family, model, checkpoint, tmp
     assert cli_main(["perplexity", "--model", str(q), "--data", str(data), "--chunk-size", "32"]) == 0
     ppl = float(capsys.readouterr().out.strip().splitlines()[-1].split()[-1])
     assert np.isfinite(ppl) and ppl > 1
+
+
+def test_the_verbose_line_says_which_path_runs(model):
+    from xlstm_mlx.checkpoints.load import describe_run
+
+    line = describe_run(model)
+    assert model.describe()["family"] in line and "backend=cpu" in line
+    for name, label in xlstm_mlx.kernels.describe(model.kernel_names()).items():
+        assert f"{name}={label}" in line
+    assert "decode step: compiled" in line
