@@ -4,7 +4,7 @@
     python benchmarks/quant_decode.py --shape 64m --tokens 32 --bits 4   # quick check, any device
     python benchmarks/quant_decode.py --json out.json
 
-The bar (issue #7): on the H100, 4-bit decode at batch 1 >= 1.8x the bfloat16 decode. Decode at batch 1
+The bar (quantization): on the H100, 4-bit decode at batch 1 >= 1.8x the bfloat16 decode. Decode at batch 1
 reads every weight once per token, so the floor is bytes/bandwidth: bf16 13.7 GB vs 4-bit 3.9 GB
 (3.55x fewer bytes) for xLSTM-7B; the measured ratio says how much of that the quantized matmuls keep.
 

@@ -1,4 +1,4 @@
-"""Held-out perplexity of a model and of its quantized conversions: the quality bars of issue #7.
+"""Held-out perplexity of a model and of its quantized conversions: the quantization quality bars.
 
     python benchmarks/quant_quality.py                                  # the bundled demo model
     python benchmarks/quant_quality.py --model DIR --data data/shakespeare/heldout --json out.json

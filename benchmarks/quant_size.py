@@ -11,7 +11,7 @@ Three counts that must agree:
              dtypes, summed without evaluating anything
   file       (on --check-shape only) the tensor bytes of a real `convert -q` output (file size minus the
              safetensors header)
-The bar (issue #7): xLSTM-7B 4-bit weights <= 4.3 GB.
+The bar (quantization): xLSTM-7B 4-bit weights <= 4.3 GB.
 """
 
 from __future__ import annotations
