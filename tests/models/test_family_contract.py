@@ -171,11 +171,11 @@ def test_save_load_info_bench_quantize_perplexity(family, model, checkpoint, tmp
     assert np.isfinite(ppl) and ppl > 1
 
 
-def test_the_verbose_line_says_which_path_runs(model):
+def test_the_verbose_line_says_which_path_runs(family, model):
     from xlstm_mlx.checkpoints.load import describe_run
 
     line = describe_run(model)
-    assert model.describe()["family"] in line and "backend=cpu" in line
+    assert f"family={family.NAME} " in line and "backend=cpu" in line
     for name, label in xlstm_mlx.kernels.describe(model.kernel_names()).items():
         assert f"{name}={label}" in line
     assert "decode step: compiled" in line

@@ -20,7 +20,7 @@ import mlx.core as mx
 
 from xlstm_mlx.generation.generate import GenerationResponse, make_sampling, prefill, stream_generate
 from xlstm_mlx.generation.snapshot import load_snapshot, save_snapshot
-from xlstm_mlx.errors import UsageError
+from xlstm_mlx.errors import UsageError, XLSTMError
 
 PLAIN_STOP = "\nUser:"
 
@@ -171,7 +171,7 @@ def run_chat(session: ChatSession, stdin: TextIO, stdout: TextIO, stderr: TextIO
                     else:
                         session.load(arg)
                         print(f"[chat] loaded {arg} ({len(session.tokens)} tokens)", file=stderr)
-                except (OSError, ValueError) as e:
+                except (OSError, XLSTMError) as e:  # a bad path or snapshot: say so, keep the session
                     print(f"[chat] {cmd} failed: {e}", file=stderr)
             else:
                 print(f"[chat] unknown command {cmd}; {HELP}", file=stderr)
