@@ -149,6 +149,11 @@ def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--prefill-step-size", type=int, default=2048, help="prompt tokens per prefill chunk")
 
 
+def _add_tensor_parallel_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tensor-parallel", action="store_true",
+                   help="under mlx.launch: split the model's heads and FFN across the ranks (docs/distributed.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xlstm-mlx", description="Run xLSTM language models with MLX")
     sub = p.add_subparsers(dest="command", required=True)
@@ -173,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--system", help="system prompt")
     c.add_argument("--load-state", metavar="FILE", help="start from a saved chat or prompt state")
     c.set_defaults(func=_chat_command)
+
+    from xlstm_mlx.generation import batch
+
+    bt = sub.add_parser("batch", help="generate or score every row of a JSONL file (resumable; rows sharded "
+                        "over ranks under mlx.launch)")
+    _add_model_args(bt)
+    _add_sampling_args(bt, max_tokens=256)
+    batch.add_arguments(bt)
+    _add_tensor_parallel_arg(bt)
+    bt.set_defaults(func=batch.run)
 
     i = sub.add_parser("info", help="describe a checkpoint: blocks, dims, heads, parameters, dtypes, state size")
     i.add_argument("--model", help="checkpoint directory or Hugging Face repo id")
