@@ -295,16 +295,19 @@ def run(args) -> int:
     done = read_done(out, rows, args.score)
     pending = [r for r in rows if r.key not in done]
 
-    from xlstm_mlx.checkpoints.load import load
+    if tp:  # every rank holds its share of every block; unseeded sampling must draw alike everywhere
+        from xlstm_mlx.distributed.tensor_parallel import load_sharded, seed_alike
 
-    model, tok = load(args.model, dtype=args.dtype, profile=args.profile, verbose=args.verbose and R == 0,
-                      check_numerics=args.check_numerics)
+        model, tok = load_sharded(args.model, g, dtype=args.dtype, profile=args.profile, verbose=args.verbose,
+                                  check_numerics=args.check_numerics)
+        seed_alike(g)
+    else:
+        from xlstm_mlx.checkpoints.load import load
+
+        model, tok = load(args.model, dtype=args.dtype, profile=args.profile, verbose=args.verbose and R == 0,
+                          check_numerics=args.check_numerics)
     if tok is None:
         raise UsageError(f"{args.model} has no tokenizer.json; batch needs one to encode the prompts")
-    if tp:
-        from xlstm_mlx.distributed.tensor_parallel import shard_model
-
-        model = shard_model(model, g)
     encode_rows(pending, tok, args.chat_template)
     groups = buckets(pending, args.batch_size)
     mine = groups if (tp or K == 1) else groups[R::K]
