@@ -146,6 +146,13 @@ def test_two_ranks_write_what_one_process_writes(model_dir, tmp_path):
     assert not list(tmp_path.glob("two.jsonl.rank-*"))  # merged and removed
 
 
+def test_two_ranks_score_what_one_process_scores(model_dir, tmp_path):
+    inp = write_input(tmp_path / "in.jsonl", default_rows(8))
+    assert main(batch_argv(model_dir, inp, tmp_path / "one.jsonl", "--score")) == 0
+    run_ranks(batch_argv(model_dir, inp, tmp_path / "two.jsonl", "--score"), tmp_path / "ranks")
+    assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
+
+
 def _kill_when(path_glob, root, proc_list, min_lines):
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:

@@ -23,7 +23,7 @@ from xlstm_mlx.checkpoints.load import load
 from xlstm_mlx.checkpoints.random import make_random_checkpoint, shape_args
 from xlstm_mlx.cli import main
 from xlstm_mlx.distributed.launch import spawn_ranks, wait_ranks
-from xlstm_mlx.distributed.tensor_parallel import check_shardable, local_args
+from xlstm_mlx.distributed.tensor_parallel import check_quantized_groups, check_shardable, local_args
 from xlstm_mlx.errors import UsageError
 
 TIMEOUT = 240
@@ -48,9 +48,9 @@ def model_dir(request, tmp_path_factory):
     return make_random_checkpoint(tmp_path_factory.mktemp("ckpt") / request.param, args, seed=1)
 
 
-def run_ranks(argv, work):
+def run_ranks(argv, work, stdin=None):
     work.mkdir()
-    results = wait_ranks(spawn_ranks([sys.executable, *argv], 2, work), TIMEOUT)
+    results = wait_ranks(spawn_ranks([sys.executable, *argv], 2, work, stdin=stdin), TIMEOUT)
     for r, (rc, _, err) in enumerate(results):
         assert rc == 0, f"rank {r} exited {rc}:\n{err[-3000:]}"
     return results
@@ -84,7 +84,7 @@ def test_batch_under_tensor_parallel_equals_one_process(model_dir, tmp_path):
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     argv = ["batch", "--model", str(model_dir), "--input", str(tmp_path / "in.jsonl"), "--max-tokens", "10",
             "--batch-size", "2", "--no-progress"]
-    assert main([*argv[:-1], "--output", str(tmp_path / "one.jsonl"), "--no-progress"]) == 0
+    assert main([*argv, "--output", str(tmp_path / "one.jsonl")]) == 0
     run_ranks(["-m", "xlstm_mlx.cli", *argv, "--output", str(tmp_path / "tp.jsonl"), "--tensor-parallel"],
               tmp_path / "ranks")
     one = [json.loads(x) for x in (tmp_path / "one.jsonl").read_text().splitlines()]
@@ -92,6 +92,35 @@ def test_batch_under_tensor_parallel_equals_one_process(model_dir, tmp_path):
     assert [r["id"] for r in tp] == [r["id"] for r in rows]
     assert [r for r in tp if r["id"] != 9] == [r for r in one if r["id"] != 9]  # greedy rows identical
     assert not list(tmp_path.glob("tp.jsonl.rank-*"))
+
+
+def test_chat_follows_rank_0s_stdin_and_saves_one_state_per_rank(model_dir, tmp_path, capsys, monkeypatch):
+    import io
+
+    script = tmp_path / "turns.txt"
+    script.write_text(f"hello\n/save {tmp_path / 'st'}\nand again\n")
+    argv = ["chat", "--model", str(model_dir), "--max-tokens", "8"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(script.read_text().replace(f"/save {tmp_path / 'st'}\n", "")))
+    assert main(argv) == 0
+    one = capsys.readouterr().out
+    results = run_ranks(["-m", "xlstm_mlx.cli", *argv, "--tensor-parallel"], tmp_path / "ranks", stdin=script)
+    assert results[0][1] == one and results[1][1] == ""
+    assert sorted(p.name for p in tmp_path.glob("st.rank-*")) == ["st.rank-0.safetensors", "st.rank-1.safetensors"]
+
+
+def test_a_quantized_model_shards_by_whole_groups(model_dir, tmp_path, capsys):
+    q = tmp_path / "q8"
+    assert main(["convert", "--model", str(model_dir), "--out", str(q), "-q", "--bits", "8", "--group-size", "32"]) == 0
+    argv = ["generate", "--model", str(q), "--prompt", "quantized heads", "--max-tokens", "16"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    one = capsys.readouterr().out
+    results = run_ranks(["-m", "xlstm_mlx.cli", *argv, "--tensor-parallel"], tmp_path / "ranks")
+    assert results[0][1] == one
+    model, _ = load(q)
+    check_shardable(model, 2)  # v_dim 64 / 2 = 32 and ffn 192 / 2 = 96: whole groups of 32
+    with pytest.raises(UsageError, match="splits v_dim 64 into 16, not a multiple of the quantization group size 32"):
+        check_quantized_groups(model, 4)
 
 
 def test_heads_that_do_not_split_evenly_are_refused(tmp_path):

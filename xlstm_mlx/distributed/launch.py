@@ -40,8 +40,10 @@ def loopback_hostfile(n: int, path: Path) -> Path:
     return path
 
 
-def spawn_ranks(argv: list[str], n: int, workdir: Path, env: dict | None = None) -> list[subprocess.Popen]:
-    """Start rank 0..n-1 of argv, each with MLX_RANK and the hostfile; stdout/stderr go to files in workdir."""
+def spawn_ranks(argv: list[str], n: int, workdir: Path, env: dict | None = None,
+                stdin: Path | None = None) -> list[subprocess.Popen]:
+    """Start rank 0..n-1 of argv, each with MLX_RANK and the hostfile; stdout/stderr go to files in workdir.
+    `stdin` (a file) feeds rank 0; the other ranks read /dev/null (as a tensor-parallel chat expects)."""
     workdir = Path(workdir).resolve()
     hostfile = loopback_hostfile(n, workdir / "hosts.json")
     procs = []
@@ -49,7 +51,9 @@ def spawn_ranks(argv: list[str], n: int, workdir: Path, env: dict | None = None)
         e = {**os.environ, **(env or {}), "MLX_RANK": str(r), "MLX_HOSTFILE": str(hostfile)}
         out = open(workdir / f"rank{r}.out", "w")
         err = open(workdir / f"rank{r}.err", "w")
-        p = subprocess.Popen(argv, env=e, stdout=out, stderr=err, cwd=workdir)
+        src = open(stdin if (stdin is not None and r == 0) else os.devnull)
+        p = subprocess.Popen(argv, env=e, stdin=src, stdout=out, stderr=err, cwd=workdir)
+        src.close()
         p.log_files = (out, err, workdir / f"rank{r}.out", workdir / f"rank{r}.err")
         procs.append(p)
     return procs

@@ -49,6 +49,12 @@ def check_shardable(model, k: int) -> None:
         if value % k:
             raise UsageError(f"--tensor-parallel over {k} ranks needs {name} ({value}) divisible by {k}; "
                              f"launch a number of ranks that divides it")
+    check_quantized_groups(model, k)
+
+
+def check_quantized_groups(model, k: int) -> None:
+    """A quantized layer split by input must keep whole quantization groups on every rank."""
+    a = model.args
     q = model.backbone.blocks[0].ffn.proj_down
     if isinstance(q, nn.QuantizedLinear):
         for name, dim in (("v_dim", a.v_dim), ("ffn_dim", a.ffn_dim)):
