@@ -27,13 +27,13 @@ from mlx.utils import tree_flatten, tree_map
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+from xlstm_mlx.distributed import group as dist
 from xlstm_mlx.models.xlstm7b.model import Model
 from xlstm_mlx.profiles import DTYPES, load_profile
 from xlstm_mlx.training.checkpoint import export_model, find_trainer_state, load_trainer_state, save_trainer_state
 from xlstm_mlx.training.config import TrainConfig, load_config, model_args
-from xlstm_mlx.distributed import group as dist
-from xlstm_mlx.training.data_parallel import broadcast_json, broadcast_tree, check_global_batch, local_rows
 from xlstm_mlx.training.data import WindowSampler, eval_windows, load_stream, unigram_cross_entropy
+from xlstm_mlx.training.data_parallel import broadcast_json, broadcast_tree, check_global_batch, local_rows
 from xlstm_mlx.training.init import init_weights
 from xlstm_mlx.training.plot import plot_losses
 from xlstm_mlx.training.schedule import warmup_cosine
@@ -222,7 +222,8 @@ def train(data: str | Path, config: str | Path, tokenizer: str | Path, out: str 
               + (f"; data parallel over {world_size} ranks ({cfg.batch_size // world_size} rows each, gradients "
                  "averaged)" if world_size > 1 else ""))
     start_step = state["step"]
-    bar = tqdm(total=cfg.steps, initial=state["step"], disable=not (progress and lead), unit="step", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=state["step"], disable=not (progress and lead), unit="step",
+               dynamic_ncols=True)
     t_last, tokens_since, acc = time.perf_counter(), 0, []
     t_run, budget_probe = time.perf_counter(), None
     try:
@@ -238,7 +239,7 @@ def train(data: str | Path, config: str | Path, tokenizer: str | Path, out: str 
                 total = dist.broadcast_int(total, group)  # rank 0's clock decides for every rank
                 if total != cfg.steps:
                     if lead:
-                            bar.write(f"[xlstm-mlx train] {rate * 1e3:.1f} ms/step: {total} steps fit the "
+                        bar.write(f"[xlstm-mlx train] {rate * 1e3:.1f} ms/step: {total} steps fit the "
                                   f"{cfg.time_budget_s:.0f} s budget (config said {cfg.steps}); schedule re-aimed")
                     trainer.set_total_steps(total)
                     bar.total = total
