@@ -18,6 +18,7 @@ import sys
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 from xlstm_mlx.checkpoints.load import load
 from xlstm_mlx.checkpoints.random import make_random_checkpoint, shape_args
@@ -121,6 +122,31 @@ def test_a_quantized_model_shards_by_whole_groups(model_dir, tmp_path, capsys):
     check_shardable(model, 2)  # v_dim 64 / 2 = 32 and ffn 192 / 2 = 96: whole groups of 32
     with pytest.raises(UsageError, match="splits v_dim 64 into 16, not a multiple of the quantization group size 32"):
         check_quantized_groups(model, 4)
+
+
+MEMORY_SCRIPT = r"""
+import json, sys, mlx.core as mx
+from xlstm_mlx.distributed import group as dist
+from xlstm_mlx.distributed.tensor_parallel import load_sharded
+mx.reset_peak_memory()
+model, _ = load_sharded(sys.argv[1])
+print(json.dumps({"peak": mx.get_peak_memory(), "active": mx.get_active_memory()}))
+"""
+
+
+def test_a_sharded_load_never_holds_the_whole_model(tmp_path):
+    """Each block is sharded before it is evaluated and the full tensors are dropped as their shards are taken:
+    a rank's peak is its half of the blocks plus one block at full size (plus the replicated head)."""
+    args = shape_args("tiny", hidden_size=512, num_blocks=6, num_heads=4, qk_dim=256, v_dim=512, ffn_dim=1344)
+    d = make_random_checkpoint(tmp_path / "m", args, seed=1)
+    full, _ = load(d)
+    total = sum(v.nbytes for _, v in tree_flatten(full.parameters()))
+    block = sum(v.nbytes for _, v in tree_flatten(full.backbone.blocks[0].parameters()))
+    results = run_ranks(["-c", MEMORY_SCRIPT, str(d)], tmp_path / "ranks")
+    for _, out, _ in results:
+        mem = json.loads(out.splitlines()[-1])
+        assert mem["active"] < 0.55 * total  # half the blocks (the embedding and head are small here)
+        assert mem["peak"] <= total / 2 + block + 0.05 * total, (mem, total, block)
 
 
 def test_heads_that_do_not_split_evenly_are_refused(tmp_path):

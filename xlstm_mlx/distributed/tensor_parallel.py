@@ -134,6 +134,7 @@ def load_sharded(path, group=None, dtype=None, profile=None, verbose: bool = Fal
     check_shardable(model, group.size())
     weights = cast_weights(open_weights(ckpt, model), ckpt.family, prof)
     model.update(tree_unflatten(list(weights.items())))  # still lazy: nothing read yet
+    del weights  # the model holds the only references: a full tensor is freed once its shard is taken
     shard_model(model, group)
     mx.eval(model.parameters())
     model.check_numerics = check_numerics
