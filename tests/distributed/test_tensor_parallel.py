@@ -79,6 +79,15 @@ def test_generate_text_equals_one_process(model_dir, tmp_path, capsys):
     assert "tensor parallel: rank 0 of 2" in results[0][2] and "1 of 2 heads per block" in results[0][2]
 
 
+def test_without_a_launch_the_flag_says_it_splits_nothing(model_dir, capsys):
+    argv = ["generate", "--model", str(model_dir), "--prompt", "alone", "--max-tokens", "6"]
+    assert main(argv) == 0
+    plain = capsys.readouterr().out
+    assert main([*argv, "--tensor-parallel"]) == 0
+    got = capsys.readouterr()
+    assert got.out == plain and "not launched with other ranks" in got.err
+
+
 def test_batch_under_tensor_parallel_equals_one_process(model_dir, tmp_path):
     rows = [{"id": i, "prompt": p} for i, p in enumerate(["a", "bb bb", "three words here", "x" * 20])]
     rows.append({"id": 9, "prompt": "sampled", "temperature": 0.8, "max_tokens": 6})  # unseeded: ranks seeded alike

@@ -131,7 +131,11 @@ def load_sharded(path, group=None, dtype=None, profile=None, verbose: bool = Fal
     if profile is None and getattr(args, "chunk_size", None):  # as load() does
         prof = prof.replace(chunk_size=args.chunk_size)
     model = build_model(ckpt, prof)
-    check_shardable(model, group.size())
+    if group.size() == 1:  # said, not silent: the flag does nothing without a launch
+        print("[xlstm-mlx] --tensor-parallel: this process was not launched with other ranks (mlx.launch -n K); "
+              "nothing is split", file=sys.stderr)
+    else:
+        check_shardable(model, group.size())
     weights = cast_weights(open_weights(ckpt, model), ckpt.family, prof)
     model.update(tree_unflatten(list(weights.items())))  # still lazy: nothing read yet
     del weights  # the model holds the only references: a full tensor is freed once its shard is taken
@@ -142,6 +146,7 @@ def load_sharded(path, group=None, dtype=None, profile=None, verbose: bool = Fal
     model.model_dir = ckpt.model_dir
     if verbose and group.rank() == 0:
         print(describe_run(model), file=sys.stderr)
+    if verbose and group.rank() == 0 and group.size() > 1:
         print(f"[xlstm-mlx] tensor parallel: {dist.describe(group)}; each rank holds "
               f"{model.args.num_heads // group.size()} of {model.args.num_heads} heads per block and 1/"
               f"{group.size()} of the FFN; embedding and lm_head replicated; 2 all_sums per block", file=sys.stderr)
