@@ -1,12 +1,13 @@
-"""`xlstm-mlx serve`: flags, then the engine thread and uvicorn on one socket (docs/server.md).
+"""`xlstm-mlx serve`: flags, then the engine on the main thread and uvicorn on a second thread (docs/server.md).
 
-Shutdown: SIGINT/SIGTERM make uvicorn stop accepting, let open requests drain for --shutdown-timeout seconds,
-then close them; the engine thread is then stopped (every row still running is cancelled) and joined.
+The main thread loads the model and runs the engine loop (all MLX work); uvicorn serves HTTP on its own thread
+and event loop. Shutdown: SIGINT/SIGTERM (handled on the main thread) make uvicorn stop accepting and let open
+requests drain for --shutdown-timeout seconds; once the HTTP thread has ended and been joined, the engine loop
+cancels whatever is left and returns. A second signal forces uvicorn out at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import socket
 import sys
@@ -73,28 +74,6 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _server_class():
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn's server, but a SIGINT/SIGTERM ends `run()` normally instead of being re-raised after the
-        shutdown (uvicorn re-raises it: SIGTERM would then kill the process before the engine thread is joined)."""
-
-        @contextlib.contextmanager
-        def capture_signals(self):
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            old = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for sig, handler in old.items():
-                    signal.signal(sig, handler)
-
-    return Server
-
-
 def run(args, model_dir: Path) -> int:
     import uvicorn
 
@@ -108,20 +87,39 @@ def run(args, model_dir: Path) -> int:
                     max_queue=args.max_queue, state_cache_bytes=args.state_cache_bytes,
                     prefill_chunk=args.prefill_chunk, save_every=args.state_save_every, verbose=args.verbose)
     try:
-        engine.start()
+        engine.load()  # on this (the main) thread: it is the engine thread from now on
         settings = Settings(model_id=args.model_id or Path(model_dir).resolve().name, api_key=args.api_key,
                             limits=Limits(args.max_prompt_tokens, args.max_tokens_cap, args.default_max_tokens),
                             max_request_bytes=args.max_request_bytes)
-        app = create_app(engine, settings)
-        config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", lifespan="off",
-                                timeout_graceful_shutdown=args.shutdown_timeout, access_log=args.verbose)
-        host, port = sock.getsockname()[:2]
-        print(f"[xlstm-mlx serve] model {settings.model_id!r} on http://{host}:{port}/v1 "
-              f"(max batch {args.max_batch}, max queue {args.max_queue}"
-              f"{', API key required' if args.api_key else ''}); Ctrl-C stops", file=sys.stderr, flush=True)
-        _server_class()(config).run(sockets=[sock])
+        config = uvicorn.Config(create_app(engine, settings), log_level="info" if args.verbose else "warning",
+                                lifespan="off", timeout_graceful_shutdown=args.shutdown_timeout,
+                                access_log=args.verbose)
+        server = uvicorn.Server(config)  # off the main thread uvicorn installs no signal handlers: we do
+        failure: list[BaseException] = []
+
+        def serve():
+            try:
+                server.run(sockets=[sock])
+            except BaseException as e:  # reported on the main thread
+                failure.append(e)
+
+        old = {sig: signal.signal(sig, server.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        web = threading.Thread(target=serve, name="xlstm-mlx-http")
+        try:
+            web.start()
+            host, port = sock.getsockname()[:2]
+            print(f"[xlstm-mlx serve] model {settings.model_id!r} on http://{host}:{port}/v1 "
+                  f"(max batch {args.max_batch}, max queue {args.max_queue}"
+                  f"{', API key required' if args.api_key else ''}); Ctrl-C stops", file=sys.stderr, flush=True)
+            engine.run(should_stop=lambda: not web.is_alive())
+        finally:
+            server.should_exit = True
+            web.join()
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        if failure:
+            raise failure[0]
     finally:
-        engine.stop()
         sock.close()
     print("[xlstm-mlx serve] stopped", file=sys.stderr, flush=True)
     return 0

@@ -20,8 +20,8 @@ Greedy rows are exactly what `generate --temp 0` computes for the same prompt: t
 `prefill_chunk`, no mask for a group of one), the same compiled decode step, argmax per row. Rows are independent
 (batch-first states, masked padding), so other rows do not change a row's tokens (tested).
 
-Threads: every MLX call happens here, loading included (MLX arrays built on one thread cannot be evaluated on
-another). Other threads call submit/cancel/stop/health only; results go back through each request's `sink`
+Threads: every MLX call happens on the engine thread, loading included (MLX arrays built on one thread cannot be
+evaluated on another); `xlstm-mlx serve` makes the main thread the engine thread and runs uvicorn on another. Other threads call submit/cancel/stop/health only; results go back through each request's `sink`
 (a thread-safe callable the asyncio side provides) as plain tuples:
     ("admitted", cached_tokens)
     ("token", text, token_id, logprob or None, top_logprobs [(id, logprob)] or None)
@@ -127,6 +127,8 @@ class Engine:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._owner: threading.Thread | None = None
+        self._running = False
         # engine-thread state
         self._waiting: deque[_Row] = deque()
         self._group: _Group | None = None
@@ -134,9 +136,30 @@ class Engine:
         self._cache = None
 
     # ------------------------------------------------------------------ other threads
+    def load(self) -> None:
+        """Load the model on the calling thread, which becomes the engine thread (run() must run there too)."""
+        self._owner = threading.current_thread()
+        self._load()
+        with self._lock:
+            self._accepting = True
+
     def start(self, timeout: float = 600.0) -> None:
-        """Start the thread, load the model on it, return once it is ready (re-raising a load error)."""
-        self._thread = threading.Thread(target=self._run, name="xlstm-mlx-engine", daemon=False)
+        """Run the engine on a new thread (load + run there); return once it is ready, re-raising a load error.
+
+        `xlstm-mlx serve` runs the engine on the main thread instead (cli.py): MLX 0.32 can abort the process at
+        exit ("terminate called without an active exception") after a thread that ran MLX work has ended, even
+        joined; the main thread never ends before the process does."""
+        def main():
+            try:
+                self.load()
+            except BaseException as e:  # reported to start() in the calling thread
+                self._error = e
+                self._ready.set()
+                return
+            self._ready.set()
+            self.run()
+
+        self._thread = threading.Thread(target=main, name="xlstm-mlx-engine", daemon=False)
         self._thread.start()
         if not self._ready.wait(timeout):
             raise RuntimeError(f"the engine did not load the model within {timeout:.0f} s")
@@ -161,36 +184,31 @@ class Engine:
         self._inbox.put(("cancel", rid))
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Cancel everything, stop the thread and join it."""
+        """Cancel everything and stop the loop; join the engine thread when start() made one."""
         with self._lock:
             self._accepting = False
         self._inbox.put(("stop",))
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
             if self._thread.is_alive():
                 raise RuntimeError(f"the engine thread did not stop within {timeout:.0f} s")
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._running
 
     def health(self) -> dict:
         return {"active": self._active_count, "queued": self._waiting_count, "max_batch": self.max_batch,
                 "max_queue": self.max_queue}
 
     # ------------------------------------------------------------------ the engine thread
-    def _run(self) -> None:
+    def run(self, should_stop=None) -> None:
+        """The engine loop, on the thread that called load(); returns after stop() or once should_stop() is true."""
+        if threading.current_thread() is not self._owner:
+            raise RuntimeError("Engine.run must run on the thread that loaded the model (MLX arrays are per thread)")
+        self._running = True
         try:
-            self._load()
-        except BaseException as e:  # reported to start() in the calling thread
-            self._error = e
-            self._ready.set()
-            return
-        with self._lock:
-            self._accepting = True
-        self._ready.set()
-        try:
-            while self._drain_inbox():
+            while self._drain_inbox() and not (should_stop is not None and should_stop()):
                 try:
                     self._admit()
                     if self._group is not None:
@@ -213,6 +231,18 @@ class Engine:
                 if msg[0] == "submit":
                     self._send(msg[3], ("done", "cancelled", self._usage(msg[2], 0, 0)))
             self._active_count = 0
+            self._running = False
+            self._release()
+
+    def _release(self) -> None:
+        """Free the MLX objects the engine holds, on its own thread, once it stops."""
+        import gc
+
+        self.state_cache.clear()
+        self._cache = None
+        self.model = self.decode = None
+        gc.collect()
+        self._mx.synchronize()
 
     def _load(self) -> None:
         import mlx.core as mx
@@ -241,7 +271,7 @@ class Engine:
         first = True
         while True:
             try:
-                msg = self._inbox.get(timeout=0.5) if (idle and first) else self._inbox.get_nowait()
+                msg = self._inbox.get(timeout=0.1) if (idle and first) else self._inbox.get_nowait()
             except queue.Empty:
                 return True
             first = False

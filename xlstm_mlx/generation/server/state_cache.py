@@ -59,6 +59,10 @@ class PrefixStateCache:
         self.hits += 1
         return len(best_key), self._entries[best_key][0]
 
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
+
     def stats(self) -> dict[str, int]:
         return {"entries": len(self._entries), "bytes": self.bytes, "max_bytes": self.max_bytes,
                 "hits": self.hits, "misses": self.misses, "evictions": self.evictions}
