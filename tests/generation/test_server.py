@@ -72,7 +72,8 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """One row, one waiting request, an API key: for overload, disconnect, auth and shutdown."""
-    proc, url = _start(tmp_path_factory.mktemp("small"), "--max-batch", "1", "--max-queue", "1", "--api-key", API_KEY)
+    proc, url = _start(tmp_path_factory.mktemp("small"), "--max-batch", "1", "--max-queue", "1", "--api-key", API_KEY,
+                       "--shutdown-timeout", "1")
     yield proc, url
     if proc.poll() is None:
         _stop(proc)
@@ -122,6 +123,20 @@ PROMPTS = ["ROMEO:", "To be, or not to be", "KING HENRY:\nNow", "O", "My lord, t
 
 
 # ------------------------------------------------------------------------------------------------ basics
+def test_prefix_state_cache_is_lru_bounded_in_bytes():
+    from xlstm_mlx.generation.server.state_cache import PrefixStateCache
+
+    c = PrefixStateCache(max_bytes=100)
+    assert c.put([1, 2], "s12", 40) and c.put([1, 2, 3, 4], "s1234", 40)
+    assert c.longest_prefix([1, 2, 3, 4, 5]) == (4, "s1234")
+    assert c.longest_prefix([1, 2, 3, 4]) == (2, "s12")  # a proper prefix only: one token is left to feed
+    assert c.longest_prefix([9]) == (0, None)
+    assert c.put([7], "s7", 40)  # 120 bytes > 100: the least recently used entry goes
+    assert c.longest_prefix([1, 2, 3, 4, 5]) == (2, "s12") and c.stats()["bytes"] == 80
+    assert not c.put([8], "big", 101) and not c.put([], "empty", 1)
+    assert c.stats() == {"entries": 2, "bytes": 80, "max_bytes": 100, "hits": 3, "misses": 1, "evictions": 1}
+
+
 def test_models_and_health(server):
     models = _client(server).models.list()
     assert [m.id for m in models.data] == ["demo_model"]
@@ -327,9 +342,13 @@ def test_sigint_stops_the_server_within_seconds(small):
     c = _client(url, key=API_KEY)
     stream = c.completions.create(model="x", prompt="ROMEO:", max_tokens=4000, temperature=0, stream=True,
                                   logit_bias=BANNED_EOS)
-    next(iter(stream))
+    it = iter(stream)
+    next(it)
     rc, seconds = _stop(proc, signal.SIGINT)
     assert rc == 0, proc.log.read_text()
-    assert seconds < 10
+    assert seconds < 10  # the drain period (--shutdown-timeout 1) and the engine's exit
+    with pytest.raises(openai.APIError, match="shutting down"):  # the open stream was told, not cut
+        for _ in it:
+            pass
     err = proc.log.read_text()
     assert "[xlstm-mlx serve] stopped" in err and "Traceback" not in err, err

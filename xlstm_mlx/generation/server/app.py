@@ -11,8 +11,11 @@ import asyncio
 import hmac
 import json
 import time
+import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import anyio
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -35,6 +38,8 @@ class Settings:
     limits: Limits = None
     max_request_bytes: int = 1 << 20
     retry_after_s: int = 1
+    drain_s: float = 3.0  # after a shutdown signal, open requests keep going this long, then end with an error
+    draining: threading.Event = field(default_factory=threading.Event)  # set on SIGINT/SIGTERM (cli.py)
 
     def __post_init__(self):
         self.limits = self.limits or Limits()
@@ -104,6 +109,8 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
             message, param = describe_validation_error(e)
             raise RequestError(message, param) from None
         job = (chat_job if chat else completion_job)(req, tok, settings.limits)
+        if settings.draining.is_set():
+            return _error(503, "the server is shutting down", "server_error")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
@@ -120,8 +127,10 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         reply = _Reply(chat, settings.model_id, tok, job.logprobs is not None)
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return EventSourceResponse(_stream(engine, rid, events, reply, usage), ping=15)
-        return await _collect(engine, rid, events, reply, request)
+            # sse-starlette would cancel streams as soon as uvicorn is told to exit; give them the drain period
+            return EventSourceResponse(_stream(engine, rid, events, reply, usage, settings),
+                                       ping=15, shutdown_event=anyio.Event(), shutdown_grace_period=settings.drain_s + 1)
+        return await _collect(engine, rid, events, reply, request, settings)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -194,13 +203,32 @@ def _usage(u: dict) -> dict:
             "total_tokens": u["total_tokens"], "prompt_tokens_details": {"cached_tokens": u["cached_tokens"]}}
 
 
-async def _stream(engine: Engine, rid: int, events: asyncio.Queue, reply: _Reply, include_usage: bool):
+def _drained(settings: Settings, since: list) -> bool:
+    """True once the drain period after a shutdown signal is over (`since` holds when it was first seen)."""
+    if not settings.draining.is_set():
+        return False
+    if not since:
+        since.append(time.monotonic())
+    return time.monotonic() - since[0] >= settings.drain_s
+
+
+async def _stream(engine: Engine, rid: int, events: asyncio.Queue, reply: _Reply, include_usage: bool,
+                  settings: Settings):
+    """SSE data for one request. On shutdown the row keeps decoding for `drain_s` seconds; a stream still open
+    then ends with an error event (and its row is cancelled), so the response completes cleanly."""
     finished = False
+    since: list = []
     try:
         if reply.chat:
             yield json.dumps(reply.chunk(None, None, [], first=True))
         while True:
-            ev = await events.get()
+            if _drained(settings, since):
+                yield json.dumps(error_body("the server is shutting down", "server_error"))
+                return
+            try:
+                ev = await asyncio.wait_for(events.get(), timeout=0.25)
+            except asyncio.TimeoutError:
+                continue
             kind = ev[0]
             if kind == "token":
                 _, text, tid, lp, top = ev
@@ -228,11 +256,15 @@ async def _stream(engine: Engine, rid: int, events: asyncio.Queue, reply: _Reply
             engine.cancel(rid)
 
 
-async def _collect(engine: Engine, rid: int, events: asyncio.Queue, reply: _Reply, request: Request):
+async def _collect(engine: Engine, rid: int, events: asyncio.Queue, reply: _Reply, request: Request,
+                   settings: Settings):
     pieces, entries = [], []
     finished = False
+    since: list = []
     try:
         while True:
+            if _drained(settings, since):
+                return _error(503, "the server is shutting down", "server_error")
             try:
                 ev = await asyncio.wait_for(events.get(), timeout=0.25)
             except asyncio.TimeoutError:

@@ -37,7 +37,7 @@ def add_arguments(p) -> None:
                    help="max_tokens when a request gives none (default 256)")
     p.add_argument("--max-request-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
     p.add_argument("--shutdown-timeout", type=float, default=3.0,
-                   help="seconds open requests may drain after SIGINT/SIGTERM (default 3)")
+                   help="seconds open requests may go on after SIGINT/SIGTERM before they are cut (default 3)")
 
 
 def _check(args) -> None:
@@ -90,9 +90,9 @@ def run(args, model_dir: Path) -> int:
         engine.load()  # on this (the main) thread: it is the engine thread from now on
         settings = Settings(model_id=args.model_id or Path(model_dir).resolve().name, api_key=args.api_key,
                             limits=Limits(args.max_prompt_tokens, args.max_tokens_cap, args.default_max_tokens),
-                            max_request_bytes=args.max_request_bytes)
+                            max_request_bytes=args.max_request_bytes, drain_s=args.shutdown_timeout)
         config = uvicorn.Config(create_app(engine, settings), log_level="info" if args.verbose else "warning",
-                                lifespan="off", timeout_graceful_shutdown=args.shutdown_timeout,
+                                lifespan="off", timeout_graceful_shutdown=args.shutdown_timeout + 2,
                                 access_log=args.verbose)
         server = uvicorn.Server(config)  # off the main thread uvicorn installs no signal handlers: we do
         failure: list[BaseException] = []
@@ -103,7 +103,11 @@ def run(args, model_dir: Path) -> int:
             except BaseException as e:  # reported on the main thread
                 failure.append(e)
 
-        old = {sig: signal.signal(sig, server.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        def on_signal(sig, frame):
+            settings.draining.set()
+            server.handle_exit(sig, frame)  # the first stops accepting and drains; a second forces the exit
+
+        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         web = threading.Thread(target=serve, name="xlstm-mlx-http")
         try:
             web.start()

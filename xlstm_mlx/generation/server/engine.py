@@ -124,9 +124,6 @@ class Engine:
         self._waiting_count = 0
         self._active_count = 0
         self._accepting = False
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
         self._owner: threading.Thread | None = None
         self._running = False
         # engine-thread state
@@ -137,35 +134,15 @@ class Engine:
 
     # ------------------------------------------------------------------ other threads
     def load(self) -> None:
-        """Load the model on the calling thread, which becomes the engine thread (run() must run there too)."""
+        """Load the model on the calling thread, which becomes the engine thread (run() must run there too).
+
+        `xlstm-mlx serve` makes it the main thread (cli.py): MLX 0.32 can abort the process at exit ("terminate
+        called without an active exception") after a thread that ran MLX work has ended, even joined; the main
+        thread never ends before the process does."""
         self._owner = threading.current_thread()
         self._load()
         with self._lock:
             self._accepting = True
-
-    def start(self, timeout: float = 600.0) -> None:
-        """Run the engine on a new thread (load + run there); return once it is ready, re-raising a load error.
-
-        `xlstm-mlx serve` runs the engine on the main thread instead (cli.py): MLX 0.32 can abort the process at
-        exit ("terminate called without an active exception") after a thread that ran MLX work has ended, even
-        joined; the main thread never ends before the process does."""
-        def main():
-            try:
-                self.load()
-            except BaseException as e:  # reported to start() in the calling thread
-                self._error = e
-                self._ready.set()
-                return
-            self._ready.set()
-            self.run()
-
-        self._thread = threading.Thread(target=main, name="xlstm-mlx-engine", daemon=False)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError(f"the engine did not load the model within {timeout:.0f} s")
-        if self._error is not None:
-            self._thread.join()
-            raise self._error
 
     def submit(self, job: Job, sink) -> int:
         """Queue a job; returns its id. Raises QueueFull beyond max_queue waiting jobs, ShuttingDown when stopping."""
@@ -183,15 +160,11 @@ class Engine:
     def cancel(self, rid: int) -> None:
         self._inbox.put(("cancel", rid))
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Cancel everything and stop the loop; join the engine thread when start() made one."""
+    def stop(self) -> None:
+        """Cancel everything and make run() return (callable from any thread)."""
         with self._lock:
             self._accepting = False
         self._inbox.put(("stop",))
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                raise RuntimeError(f"the engine thread did not stop within {timeout:.0f} s")
 
     @property
     def alive(self) -> bool:
