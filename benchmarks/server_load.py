@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,33 +34,55 @@ PROMPTS = ["ROMEO:", "To be, or not to be", "KING HENRY:\nNow", "O", "My lord, t
            "If music be the food of love"]
 
 
-def start_server(model: str | None, max_batch: int, log: Path, env: dict) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "xlstm_mlx.cli", "serve", "--port", "0", "--max-batch", str(max_batch),
-           "--max-queue", "1024"]
-    if model:
-        cmd += ["--model", model]
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(backend: str, model: str, max_batch: int, log: Path, env: dict) -> tuple[subprocess.Popen, str]:
+    """`xlstm-mlx serve`, or mlx_lm.server driving the same checkpoint through xlstm_mlx.integrations.mlx_lm."""
+    if backend == "xlstm-mlx":
+        cmd = [sys.executable, "-m", "xlstm_mlx.cli", "serve", "--model", model, "--port", "0",
+               "--max-batch", str(max_batch), "--max-queue", "1024"]
+        ready = r"on (http://127\.0\.0\.1:\d+)/v1"
+    else:
+        port = free_port()
+        code = ("import sys, xlstm_mlx.integrations.mlx_lm; from mlx_lm.server import main; "
+                f"sys.argv = ['mlx_lm.server', '--model', {model!r}, '--port', '{port}', "
+                f"'--decode-concurrency', '{max_batch}']; main()")
+        cmd = [sys.executable, "-c", code]
+        ready = None
     f = open(log, "w")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        m = re.search(r"on (http://127\.0\.0\.1:\d+)/v1", log.read_text())
-        if m:
-            return proc, m.group(1)
+        if ready is not None:
+            m = re.search(ready, log.read_text())
+            if m:
+                return proc, m.group(1)
+        elif "Starting httpd" in log.read_text():
+            return proc, f"http://127.0.0.1:{port}"
         time.sleep(0.2)
     proc.kill()
     raise SystemExit("the server did not start:\n" + log.read_text())
 
 
-async def one(client, prompt: str, max_tokens: int, eos: dict) -> dict:
+async def one(client, prompt: str, max_tokens: int, eos: dict, model: str) -> dict:
+    import openai
+
     t0 = time.perf_counter()
-    stream = await client.completions.create(model="x", prompt=prompt, max_tokens=max_tokens, temperature=0,
-                                             stream=True, logit_bias=eos)
     times, pieces = [], []
-    async for chunk in stream:
-        for c in chunk.choices:
-            if c.text:
-                times.append(time.perf_counter())
-                pieces.append(c.text)
+    try:
+        stream = await client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0,
+                                                 stream=True, logit_bias=eos)
+        async for chunk in stream:
+            for c in chunk.choices:
+                if c.text:
+                    times.append(time.perf_counter())
+                    pieces.append(c.text)
+    except openai.APIError as e:  # counted as a failure (e.g. a refused connection)
+        return {"t0": t0, "times": [], "text": None, "error": f"{type(e).__name__}: {e}"}
     return {"t0": t0, "times": times, "text": "".join(pieces)}
 
 
@@ -71,44 +94,49 @@ def quantile(values: list[float], q: float) -> float:
 def summarize(results: list[dict], wall: float, max_tokens: int) -> dict:
     ttft = [r["times"][0] - r["t0"] for r in results if r["times"]]
     itl = [b - a for r in results for a, b in zip(r["times"], r["times"][1:])]
-    tokens = len(results) * max_tokens
+    tokens = sum(len(r["times"]) > 0 for r in results) * max_tokens
     return {"wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall,
             "ttft_p50_ms": 1e3 * quantile(ttft, 0.5), "ttft_p99_ms": 1e3 * quantile(ttft, 0.99),
             "itl_p50_ms": 1e3 * quantile(itl, 0.5), "itl_p99_ms": 1e3 * quantile(itl, 0.99)}
 
 
-async def run_level(url: str, n: int, max_tokens: int, eos: dict) -> dict:
+async def run_level(url: str, n: int, max_tokens: int, eos: dict, model: str) -> dict:
     import openai
 
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
     try:
-        await one(client, "Warm up", 4, eos)  # compile the one-row step outside the measurement
+        await one(client, "Warm up", 4, eos, model)  # compile the one-row step outside the measurement
         t = time.perf_counter()
-        serial = [await one(client, p, max_tokens, eos) for p in prompts]
+        serial = [await one(client, p, max_tokens, eos, model) for p in prompts]
         serial_wall = time.perf_counter() - t
         t = time.perf_counter()
-        concurrent = await asyncio.gather(*(one(client, p, max_tokens, eos) for p in prompts))
+        concurrent = await asyncio.gather(*(one(client, p, max_tokens, eos, model) for p in prompts))
         wall = time.perf_counter() - t
     finally:
         await client.close()
-    differ = sum(a["text"] != b["text"] for a, b in zip(serial, concurrent))
+    differ = sum(a["text"] != b["text"] for a, b in zip(serial, concurrent) if b["text"] is not None)
+    errors = sorted({r["error"] for r in concurrent + serial if r.get("error")})
     return {"clients": n, "concurrent": summarize(concurrent, wall, max_tokens),
             "serial": summarize(serial, serial_wall, max_tokens), "speedup": serial_wall / wall,
-            "texts_differing_from_serial": differ, "failures": sum(not r["times"] for r in concurrent)}
+            "texts_differing_from_serial": differ, "failures": sum(not r["times"] for r in concurrent),
+            "serial_failures": sum(not r["times"] for r in serial), "errors": errors[:3]}
 
 
 def metric(url: str, name: str) -> float | None:
     import urllib.request
 
-    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    try:
+        text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    except OSError:  # mlx_lm.server has no /metrics
+        return None
     m = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
     return float(m.group(1)) if m else None
 
 
 def markdown(record: dict) -> str:
     lines = [
-        "# `xlstm-mlx serve` under load",
+        f"# `{'xlstm-mlx serve' if record['backend'] == 'xlstm-mlx' else 'mlx_lm.server (through our adapter)'}` under load",
         "",
         f"- date: {record['date']}",
         f"- device: {record['device']}",
@@ -134,8 +162,12 @@ def markdown(record: dict) -> str:
         lines.append(f"| {r['clients']} | {c['tokens_per_s']:.1f} | {s['tokens_per_s']:.1f} | {r['speedup']:.2f}x "
                      f"| {c['ttft_p50_ms']:.0f} / {c['ttft_p99_ms']:.0f} | {c['itl_p50_ms']:.1f} / {c['itl_p99_ms']:.1f} "
                      f"| {r['texts_differing_from_serial']} | {r['failures']} |")
+    for r in record["levels"]:
+        if r.get("errors"):
+            lines.append(f"\nN={r['clients']}: failed requests said: {'; '.join(r['errors'])}")
     lines += ["", "Serial: the same requests one after another on the same server (one row decoding at a time). "
-              "TTFT counts from sending the request, queueing and prefill included."]
+              "TTFT counts from sending the request, queueing and prefill included. Throughput counts the tokens "
+              "of the requests that succeeded."]
     return "\n".join(lines) + "\n"
 
 
@@ -155,7 +187,7 @@ def plot(record: dict, path: str) -> None:
     ax[1].plot(n, [r["concurrent"]["itl_p50_ms"] for r in record["levels"]], "s-", label="inter-token p50")
     ax[1].set(xscale="log", yscale="log", xlabel="clients", ylabel="ms", title="latency (concurrent)")
     ax[1].legend()
-    fig.suptitle(f"xlstm-mlx serve, {record['model']}, {record['device']}", fontsize=9)
+    fig.suptitle(f"{record['backend']} server, {record['model']}, {record['device']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -163,6 +195,8 @@ def plot(record: dict, path: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="checkpoint directory (default: the bundled demo model)")
+    ap.add_argument("--backend", choices=["xlstm-mlx", "mlx-lm"], default="xlstm-mlx",
+                    help="xlstm-mlx serve, or mlx_lm.server on the same checkpoint through our mlx-lm adapter")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--eos-id", type=int, default=2, help="token id banned so every request runs to max-tokens")
@@ -173,14 +207,18 @@ def main() -> None:
     args = ap.parse_args()
     server_env = dict(kv.split("=", 1) for kv in args.server_env)
 
+    from xlstm_mlx.checkpoints.demo import demo_model_dir
+
+    model = args.model or str(demo_model_dir())
     max_batch = max(args.clients)
     log = Path(tempfile.mkdtemp()) / "server.log"
-    proc, url = start_server(args.model, max_batch, log, server_env)
+    proc, url = start_server(args.backend, model, max_batch, log, server_env)
+    request_model = model if args.backend == "mlx-lm" else "x"  # mlx_lm.server loads the model a request names
     eos = {str(args.eos_id): -100}
     try:
         levels = []
         for n in args.clients:
-            r = asyncio.run(run_level(url, n, args.max_tokens, eos))
+            r = asyncio.run(run_level(url, n, args.max_tokens, eos, request_model))
             levels.append(r)
             c = r["concurrent"]
             print(f"N={n:3d}: {c['tokens_per_s']:7.1f} tok/s concurrent, {r['serial']['tokens_per_s']:6.1f} serial, "
@@ -189,12 +227,16 @@ def main() -> None:
         mean_rows = metric(url, "xlstm_mlx_decode_batch_rows_mean")
     finally:
         proc.send_signal(signal.SIGINT)
-        rc = proc.wait(60)
-    from xlstm_mlx.checkpoints.demo import demo_model_dir
+        try:
+            rc = proc.wait(30)
+        except subprocess.TimeoutExpired:  # mlx_lm.server does not stop on SIGINT while serving
+            proc.kill()
+            rc = proc.wait()
 
     record = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores ({platform.system()})",
+        "backend": args.backend,
         "model": args.model or f"bundled demo model ({demo_model_dir()})",
         "command": "python " + " ".join(sys.argv),
         "max_tokens": args.max_tokens, "max_batch": max_batch, "levels": levels,

@@ -10,7 +10,9 @@ Loop, one iteration at a time:
      rows join the decode batch;
   4. one decode step for every decoding row: feed each row's pending token, sample each row with its own sampler
      and logits processors, emit text; a finished or cancelled row leaves by dropping its state rows (rows.py),
-     nothing else is recomputed.
+     nothing else is recomputed. A batch of plain greedy rows is pipelined like generate_step (the next step is
+     started on the still-lazy tokens before they are read back); rows that become ready meanwhile join at the
+     next step that is not speculative.
 
 Cache semantics are generate.py's: a row's state has consumed its prompt and every generated token but the last
 (sampled, never fed back). That state is stored in the prefix cache when the row ends, with the prompt-boundary
@@ -84,6 +86,7 @@ class _Row:
     generated: list[int] = field(default_factory=list)
     next_token: int = -1
     t_first: float | None = None
+    cancelled: bool = False
     last_saved: int = 0  # prompt tokens in the last stored prefix state
 
 
@@ -131,6 +134,8 @@ class Engine:
         self._group: _Group | None = None
         self._active: list[_Row] = []
         self._cache = None
+        self._inflight = None  # (tokens [B], state after) of a pipelined greedy step still computing
+        self._pending: list = []  # (row, one-row cache) that joined while a step was in flight
 
     # ------------------------------------------------------------------ other threads
     def load(self) -> None:
@@ -191,7 +196,8 @@ class Engine:
                 except Exception as e:  # a bug: fail the rows in flight, keep serving the others
                     traceback.print_exc(file=sys.stderr)
                     self._fail_all(f"internal error in the engine: {type(e).__name__}: {e}")
-                self._active_count = len(self._active) + (len(self._group.rows) if self._group else 0)
+                self._active_count = (len(self._active) + len(self._pending)
+                                      + (len(self._group.rows) if self._group else 0))
         finally:
             with self._lock:
                 self._accepting = False
@@ -212,7 +218,7 @@ class Engine:
         import gc
 
         self.state_cache.clear()
-        self._cache = None
+        self._cache = self._inflight = None
         self.model = self.decode = None
         gc.collect()
         self._mx.synchronize()
@@ -278,8 +284,15 @@ class Engine:
                 self._group = _Group([g.rows[i] for i in kept], rows.keep(g.cache, kept),
                                      [g.tokens[i] for i in kept], [g.pads[i] for i in kept], g.pos)
             return
+        for r in [r for r, _ in self._pending]:
+            if r.rid == rid:
+                r.cancelled = True  # left out when the pending rows join
+                return
         for b, r in enumerate(self._active):
             if r.rid == rid:
+                if self._inflight is not None:  # its next step is computing: the decode step drops it
+                    r.cancelled = True
+                    return
                 self._save_row(r, b)
                 self._finish(r, "cancelled")
                 self._drop_active({b})
@@ -289,7 +302,7 @@ class Engine:
     def _admit(self) -> None:
         if self._group is not None or not self._waiting:
             return
-        free = self.max_batch - len(self._active)
+        free = self.max_batch - len(self._active) - len(self._pending)
         if free <= 0:
             return
         from xlstm_mlx.generation.server import rows
@@ -364,11 +377,82 @@ class Engine:
     def _join_active(self, new_rows: list, caches: list) -> None:
         from xlstm_mlx.generation.server import rows
 
+        if self._inflight is not None:  # a speculative step is computing for the current rows: join after it
+            cache = rows.join(caches)
+            self._pending.extend((r, rows.row(cache, b)) for b, r in enumerate(new_rows))
+            return
         self._cache = rows.join(([self._cache] if self._active else []) + caches)
         self._active.extend(new_rows)
 
+    def _merge_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        live = []
+        for r, cache in pending:
+            if r.cancelled:
+                self._finish(r, "cancelled")
+            else:
+                live.append((r, cache))
+        if live:
+            self._join_active([r for r, _ in live], [c for _, c in live])
+
     # -- decoding -----------------------------------------------------------------------------------------
+    def _launch(self, tokens, cache):
+        """Start one greedy decode step for every row of `cache` (left untouched): (tokens [B], state after)."""
+        from xlstm_mlx.models.cache import Cache
+
+        mx = self._mx
+        after = Cache(list(cache.layers), cache.batch_size)
+        y = mx.argmax(self.decode(tokens, after)[:, -1], axis=-1).astype(mx.int32)
+        return y, after
+
     def _decode_step(self) -> None:
+        """One decode step. Greedy rows without processors or logprobs (`plain`) are pipelined as generate_step
+        is: the next step is built on the still-lazy tokens and started before they are read back, so the
+        Python work of a step overlaps the next step's compute. A row that ends was stepped once more for
+        nothing: its stored state is the one before that step, and the step's output for it is dropped."""
+        from xlstm_mlx.generation.server import rows
+
+        act = self._active
+        plain = all(r.sampler.greedy and not r.procs and r.job.logprobs is None for r in act)
+        if self._inflight is None and not plain:
+            return self._decode_step_sync()
+        mx = self._mx
+        t0 = time.perf_counter()
+        if self._inflight is None:
+            tokens = mx.array([[r.next_token] for r in act], dtype=mx.int32)
+            self._inflight = self._launch(tokens, self._cache)
+        y, state = self._inflight
+        speculate = plain and not self._pending and not any(r.cancelled for r in act)
+        nxt = None
+        if speculate:
+            nxt = self._launch(y[:, None], state)
+            mx.async_eval(nxt[0], nxt[1].arrays())
+        else:
+            mx.eval(y, state.arrays())
+        ys = y.tolist()
+        now = time.perf_counter()
+        self._count_step(t0, now, len(act))
+        gone = set()
+        for b, (r, token) in enumerate(zip(act, ys)):
+            if r.cancelled:  # cancelled while this step computed: nothing more is sent or stored
+                self._finish(r, "cancelled")
+                gone.add(b)
+            elif self._emit(r, b, token, None, now, state):
+                gone.add(b)
+        kept = [b for b in range(len(act)) if b not in gone]
+        self._active = [act[b] for b in kept]
+        self._cache = rows.keep(state, kept)
+        if nxt is not None and kept:
+            ny, ncache = nxt
+            self._inflight = (ny[mx.array(kept, dtype=mx.int32)] if gone else ny, rows.keep(ncache, kept))
+        else:
+            self._inflight = None
+            for b in kept:
+                act[b].next_token = ys[b]
+            self._merge_pending()
+
+    def _decode_step_sync(self) -> None:
+        """One decode step with per-row samplers, processors or logprobs: computed and read back at once."""
         mx = self._mx
         from xlstm_mlx.generation.sample import apply_processors
 
@@ -376,59 +460,64 @@ class Engine:
         act = self._active
         tokens = mx.array([[r.next_token] for r in act], dtype=mx.int32)
         logits = self.decode(tokens, self._cache)[:, -1]
-        plain = all(r.sampler.greedy and not r.procs for r in act)
-        if plain:
-            y = mx.argmax(logits, axis=-1).astype(mx.int32)
-            row_logits = [logits[b : b + 1] for b in range(len(act))]
-        else:
-            row_logits, ys = [], []
-            for b, r in enumerate(act):
-                lb = logits[b : b + 1]
-                if r.procs:
-                    hist = (r.job.prompt + r.generated)[-max(r.job.repetition_context_size, 1):]
-                    lb = apply_processors(r.procs, mx.array([hist], dtype=mx.int32), lb)
-                row_logits.append(lb)
-                ys.append(r.sampler(lb))
-            y = mx.concatenate(ys, axis=0)
-        lp_rows = [b for b, r in enumerate(act) if r.job.logprobs is not None]
+        row_logits, ys = [], []
+        for b, r in enumerate(act):
+            lb = logits[b : b + 1]
+            if r.procs:
+                hist = (r.job.prompt + r.generated)[-max(r.job.repetition_context_size, 1):]
+                lb = apply_processors(r.procs, mx.array([hist], dtype=mx.int32), lb)
+            row_logits.append(lb)
+            ys.append(r.sampler(lb))
+        y = mx.concatenate(ys, axis=0)
         lp_out = {}
-        for b in lp_rows:  # log-probabilities of the processed logits (before temperature), as mlx-lm reports
-            lp = row_logits[b][0] - mx.logsumexp(row_logits[b][0])
-            k = act[b].job.logprobs
-            top = mx.argsort(-lp)[:k] if k else None
-            lp_out[b] = (lp, top)
+        for b, r in enumerate(act):  # log-probabilities of the processed logits (before temperature), as mlx-lm
+            if r.job.logprobs is not None:
+                lp = row_logits[b][0] - mx.logsumexp(row_logits[b][0])
+                k = r.job.logprobs
+                lp_out[b] = (lp, mx.argsort(-lp)[:k] if k else None)
         mx.eval(y, self._cache.arrays(), *[v for pair in lp_out.values() for v in pair if v is not None])
         ys = y.tolist()
         now = time.perf_counter()
-        self.metrics.decode_steps += 1
-        self.metrics.decode_seconds += now - t0
-        self.metrics.batch_rows += len(act)
-        finished = set()
+        self._count_step(t0, now, len(act))
+        gone = set()
         for b, (r, token) in enumerate(zip(act, ys)):
-            if r.t_first is None:
-                r.t_first = now
-                self.metrics.ttft.observe(now - r.t_submit)
-            r.generated.append(token)
-            self.metrics.generated_tokens += 1
-            text, finish = r.text.add(token)
-            chosen = top = None
+            if r.cancelled:  # (cancelled rows are dropped at once when no step is in flight; kept for safety)
+                self._finish(r, "cancelled")
+                gone.add(b)
+                continue
+            logprobs = None
             if b in lp_out:
                 lp, idx = lp_out[b]
-                chosen = lp[token].item()
-                if idx is not None:
-                    ids = idx.tolist()
-                    top = list(zip(ids, lp[idx].tolist()))
-                else:
-                    top = []
-            self._send(r.sink, ("token", text, token, chosen, top))
-            if finish is not None:
-                self._save_row(r, b)
-                self._finish(r, finish)
-                finished.add(b)
+                logprobs = (lp[token].item(), list(zip(idx.tolist(), lp[idx].tolist())) if idx is not None else [])
+            if self._emit(r, b, token, logprobs, now, self._cache):
+                gone.add(b)
             else:
                 r.next_token = token
-        if finished:
-            self._drop_active(finished)
+        if gone:
+            self._drop_active(gone)
+        self._merge_pending()
+
+    def _count_step(self, t0: float, now: float, n_rows: int) -> None:
+        self.metrics.decode_steps += 1
+        self.metrics.decode_seconds += now - t0
+        self.metrics.batch_rows += n_rows
+
+    def _emit(self, r, b: int, token: int, logprobs, now: float, state) -> bool:
+        """Hand one sampled token of row `b` to its request; True when the row has ended (its state, row `b` of
+        `state`, stored first)."""
+        if r.t_first is None:
+            r.t_first = now
+            self.metrics.ttft.observe(now - r.t_submit)
+        r.generated.append(token)
+        self.metrics.generated_tokens += 1
+        text, finish = r.text.add(token)
+        chosen, top = logprobs if logprobs is not None else (None, None)
+        self._send(r.sink, ("token", text, token, chosen, top))
+        if finish is None:
+            return False
+        self._save_row(r, b, state)
+        self._finish(r, finish)
+        return True
 
     def _drop_active(self, gone: set) -> None:
         from xlstm_mlx.generation.server import rows
@@ -447,11 +536,12 @@ class Engine:
         self._mx.eval(one.arrays())
         self.state_cache.put(tokens, one, rows.nbytes(one))
 
-    def _save_row(self, r: _Row, b: int) -> None:
-        """Store the state of an ending row: it consumed the prompt and every generated token but the last."""
+    def _save_row(self, r: _Row, b: int, state=None) -> None:
+        """Store the state of an ending row (row `b` of `state`, default the batch's): it consumed the prompt and
+        every generated token but the last."""
         consumed = r.job.prompt + r.generated[:-1] if r.generated else r.job.prompt[:-1]
         if len(consumed) > r.last_saved:
-            self._store(consumed, self._cache, b)
+            self._store(consumed, self._cache if state is None else state, b)
 
     def _usage(self, job: Job, completion: int, cached: int) -> dict:
         return {"prompt_tokens": len(job.prompt), "completion_tokens": completion,
@@ -462,7 +552,8 @@ class Engine:
         self._send(r.sink, ("done", reason, self._usage(r.job, len(r.generated), r.cached)))
 
     def _fail_all(self, message: str, finish: str | None = None) -> None:
-        everyone = list(self._waiting) + (self._group.rows if self._group else []) + list(self._active)
+        everyone = (list(self._waiting) + (self._group.rows if self._group else []) + list(self._active)
+                    + [r for r, _ in self._pending])
         for r in everyone:
             if finish is None:
                 self._send(r.sink, ("error", message))
@@ -474,6 +565,8 @@ class Engine:
         self._group = None
         self._active = []
         self._cache = None
+        self._inflight = None
+        self._pending = []
 
     def _send(self, sink, event: tuple) -> None:
         try:
