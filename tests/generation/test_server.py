@@ -239,6 +239,23 @@ def test_prefix_state_gives_the_same_text_as_a_fresh_prefill(server, reference):
     assert r.choices[0].text == reference(extended, 16)
 
 
+def test_disconnects_while_greedy_batches_are_pipelined(server, reference):
+    """Plain greedy rows run pipelined (the next step starts before the tokens are read): streams closed
+    mid-flight are dropped, a request joining meanwhile still gets its solo text, the rows all come back."""
+    c = _client(server)
+    streams = [c.completions.create(model="x", prompt=p, max_tokens=1500, temperature=0, stream=True)
+               for p in ("ROMEO:", "HAMLET:")]  # greedy, no EOS within 1500 tokens on the demo model
+    iters = [iter(s) for s in streams]
+    for it in iters:
+        next(it), next(it)
+    assert _get(server + "/health")["active"] == 2
+    r = c.completions.create(model="x", prompt=PROMPTS[6], max_tokens=20, temperature=0)
+    assert r.choices[0].text == reference(PROMPTS[6], 20)
+    for s in streams:
+        s.close()
+    assert _wait_for(lambda: _get(server + "/health")["active"] == 0, timeout=5), _get(server + "/health")
+
+
 def test_logprobs(server):
     c = _client(server)
     r = c.chat.completions.create(model="x", messages=[{"role": "user", "content": "Speak"}], max_tokens=6,
