@@ -133,6 +133,16 @@ def _info_command(args) -> int:
     return 0
 
 
+def _serve_command(args) -> int:
+    from xlstm_mlx.generation.server import cli as serve_cli
+
+    model_path = args.model
+    if model_path is None:
+        model_path, label = default_model_dir()
+        print(label, file=sys.stderr)
+    return serve_cli.run(args, model_path)
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint directory or Hugging Face repo id")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
@@ -198,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_arguments(bt)
     _add_tensor_parallel_arg(bt)
     bt.set_defaults(func=batch.run)
+
+    from xlstm_mlx.generation.server import cli as serve_cli
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching (docs/server.md)")
+    _add_model_args(s)
+    serve_cli.add_arguments(s)
+    s.set_defaults(func=_serve_command)
 
     i = sub.add_parser("info", help="describe a checkpoint: blocks, dims, heads, parameters, dtypes, state size")
     i.add_argument("--model", help="checkpoint directory or Hugging Face repo id")
