@@ -6,6 +6,7 @@ import argparse
 import errno
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from xlstm_mlx import platform
@@ -271,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     if sys.stdout is None:  # started with stdout closed (`>&-`)
         print("error: stdout is closed; redirect it to a file or /dev/null", file=sys.stderr)
         return 2
+    # library warnings (an unknown config key, invalid UTF-8) read as one line each, not as source locations
+    warnings.formatwarning = lambda message, category, filename, lineno, line=None: f"warning: {message}\n"
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="surrogateescape")  # invalid UTF-8 reaches textinput.clean_text, not a crash
     try:

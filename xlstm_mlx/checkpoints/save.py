@@ -12,6 +12,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from xlstm_mlx import atomic
 from xlstm_mlx.models.xlstm7b.model import Model
 from xlstm_mlx.profiles import DTYPES
 
@@ -22,18 +23,19 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def save_checkpoint(model: Model, out_dir: str | Path, dtype: str | None = None,
                     tokenizer_dir: str | Path | None = None, extra_config: dict | None = None) -> Path:
-    """Save weights (cast to `dtype`, default: as they are) and config; copy tokenizer files if given."""
+    """Save weights (cast to `dtype`, default: as they are) and config; copy tokenizer files if given.
+    Each file is written atomically (atomic.py)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights = dict(tree_flatten(model.parameters()))
     if dtype is not None:
         weights = {k: v.astype(DTYPES[dtype]) for k, v in weights.items()}
-    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "pt"})
+    atomic.save_safetensors(out / "model.safetensors", weights, metadata={"format": "pt"})
     cfg = model.args.to_config_dict()
     stored = {str(v.dtype).removeprefix("mlx.core.") for v in weights.values()}
     cfg["torch_dtype"] = stored.pop() if len(stored) == 1 else "float32"
     cfg.update(extra_config or {})
-    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    atomic.write_text(out / "config.json", json.dumps(cfg, indent=2) + "\n")
     if tokenizer_dir is not None:
         for name in TOKENIZER_FILES:
             src = Path(tokenizer_dir) / name

@@ -20,7 +20,8 @@ import mlx.core as mx
 
 from xlstm_mlx.generation.generate import GenerationResponse, make_sampling, prefill, stream_generate
 from xlstm_mlx.generation.snapshot import load_snapshot, save_snapshot
-from xlstm_mlx.errors import UsageError
+from xlstm_mlx.errors import UsageError, XLSTMError
+from xlstm_mlx.textinput import clean_text
 
 PLAIN_STOP = "\nUser:"
 
@@ -74,8 +75,23 @@ class ChatSession:
             body = render_plain(self.messages, add_generation_prompt)
         return self.preamble + body
 
+    def _checkpoint(self) -> tuple:
+        """What a turn changes, to put back if it is interrupted before the reply starts."""
+        return (list(self.cache.layers), self.cache.offset, self.cache, list(self.tokens), self.consumed_text,
+                [dict(m) for m in self.messages], self.preamble, self.rebuilds)
+
+    def _restore(self, saved: tuple) -> None:
+        layers, offset, self.cache, self.tokens, self.consumed_text, self.messages, self.preamble, \
+            self.rebuilds = saved
+        self.cache.layers[:], self.cache.offset = layers, offset
+
     def send(self, text: str) -> Iterator[GenerationResponse]:
-        """Add a user turn and stream the reply; the state carries over to the next turn."""
+        """Add a user turn and stream the reply; the state carries over to the next turn.
+
+        Stopped early (the generator closed, Ctrl-C, an error), the session stays consistent: a reply that had
+        begun is kept as far as it went (the state holds exactly its text); a turn stopped before its first
+        token is taken back entirely (state, tokens and messages as before the turn)."""
+        saved = self._checkpoint()
         self.messages.append({"role": "user", "content": text})
         full = self.render(True)
         if self.tokens and not full.startswith(self.consumed_text):
@@ -86,18 +102,30 @@ class ChatSession:
                 full = self.render(True)
         delta = full[len(self.consumed_text):]
         ids = self.tokenizer.encode(delta, add_special_tokens=not self.tokens and not self.templated)
+        start = self.cache.offset
         generated, pieces = [], []
-        for r in stream_generate(
-            self.model, self.tokenizer, ids, self.max_tokens, cache=self.cache, stop=self.stop,
-            sampler=self.sampler, logits_processors=self.processors, prefill_step_size=self.prefill_step_size,
-        ):
-            generated.append(r.token)
-            pieces.append(r.text)
-            yield r
-        # the state consumed the delta and every generated token but the last (see generate.py)
-        self.tokens += ids + generated[:-1]
-        self.consumed_text = full + self.tokenizer.decode(generated[:-1])
-        self.messages.append({"role": "assistant", "content": "".join(pieces)})
+        finished = False
+        try:
+            for r in stream_generate(
+                self.model, self.tokenizer, ids, self.max_tokens, cache=self.cache, stop=self.stop,
+                sampler=self.sampler, logits_processors=self.processors, prefill_step_size=self.prefill_step_size,
+            ):
+                generated.append(r.token)
+                pieces.append(r.text)
+                yield r
+            finished = True
+        finally:
+            # the state consumed the delta and the generated tokens but (normally) the last, see generate.py; an
+            # interruption can land on either side of that, so the cache's own count decides
+            fed = self.cache.offset - start - len(ids)
+            if not finished and (not generated or not 0 <= fed <= len(generated)):
+                self._restore(saved)
+            else:
+                fed = len(generated) - 1 if finished else fed
+                self.tokens += ids + generated[:fed]
+                self.consumed_text = full + self.tokenizer.decode(generated[:fed])
+                self.messages.append({"role": "assistant", "content": self.tokenizer.decode(generated[:fed])
+                                      if not finished else "".join(pieces)})
 
     def save(self, path: str | Path) -> Path:
         extra = {
@@ -140,14 +168,24 @@ def run_chat(session: ChatSession, stdin: TextIO, stdout: TextIO, stderr: TextIO
 
     if interactive:
         print(f"[chat] {HELP}", file=stderr)
+    if not session.templated:
+        print(f"[chat] this model has no chat template; the conversation is a plain transcript "
+              f"('User: ...' / 'Assistant: ...')", file=stderr)
     while True:
-        if interactive:
-            stdout.write(">> ")
-            stdout.flush()
-        line = stdin.readline()
-        if not line:
+        try:
+            if interactive:
+                line = input(">> ")  # readline's line editing and history where the CLI could import it
+            else:
+                line = stdin.readline()
+                if not line:
+                    return 0
+        except EOFError:  # Ctrl-D at the prompt
+            stdout.write("\n")
             return 0
-        line = line.rstrip("\r\n")
+        except KeyboardInterrupt:  # Ctrl-C at the prompt: leave
+            stdout.write("\n")
+            return 0
+        line = clean_text(line.rstrip("\r\n"), "the chat input")
         if not line.strip():
             continue
         if line.startswith("/"):
@@ -171,15 +209,23 @@ def run_chat(session: ChatSession, stdin: TextIO, stdout: TextIO, stderr: TextIO
                     else:
                         session.load(arg)
                         print(f"[chat] loaded {arg} ({len(session.tokens)} tokens)", file=stderr)
-                except (OSError, ValueError) as e:
+                except (OSError, XLSTMError) as e:  # the session goes on as it was
                     print(f"[chat] {cmd} failed: {e}", file=stderr)
             else:
                 print(f"[chat] unknown command {cmd}; {HELP}", file=stderr)
             continue
         last = None
-        for last in session.send(line):
-            stdout.write(last.text)
-            stdout.flush()
+        reply = session.send(line)
+        try:
+            for last in reply:
+                stdout.write(last.text)
+                stdout.flush()
+        except KeyboardInterrupt:  # Ctrl-C during a reply: stop it, keep the conversation
+            reply.close()
+            stdout.write("\n")
+            print("[chat] reply stopped (Ctrl-C); the conversation goes on (Ctrl-C at the prompt or /quit "
+                  "leaves)", file=stderr)
+            last = None
         stdout.write("\n")
         stdout.flush()
         if verbose and last is not None:
