@@ -128,10 +128,12 @@ def _generate_command(args) -> int:
                                     on_prefill=save if args.save_state else None, **sampling):
             sys.stdout.write(last.text)
             sys.stdout.flush()
-    finally:
-        if last is not None or args.max_tokens == 0:
+    finally:  # also when interrupted: the text so far ends its line
+        if last is not None:
             sys.stdout.write("\n")
             sys.stdout.flush()
+    if last is None:
+        sys.stdout.write("\n")
     if args.verbose and last is not None:
         print(format_stats(last), file=sys.stderr)
     return 0

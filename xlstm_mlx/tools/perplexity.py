@@ -78,11 +78,11 @@ def read_tokens(data: str | Path, tokenizer) -> tuple[np.ndarray, int]:
     return stream, nbytes
 
 
-def _score(model, inputs: np.ndarray, targets: np.ndarray, chunk_size: int, bar) -> float:
-    """Summed NLL of targets [B, T] given inputs [B, T]: B independent sequences (each from a fresh state),
-    fed `chunk_size` time steps at a time through one cache."""
+def _score(model, inputs: np.ndarray, targets: np.ndarray, chunk_size: int, bar, acc: "PerplexityResult") -> None:
+    """Add the NLL of targets [B, T] given inputs [B, T] to `acc`, chunk by chunk (so an interrupted run still
+    has every finished chunk): B independent sequences (each from a fresh state), fed `chunk_size` time steps at
+    a time through one cache."""
     cache = model.make_cache(inputs.shape[0])
-    total = 0.0
     for s in range(0, inputs.shape[1], chunk_size):
         x = mx.array(inputs[:, s : s + chunk_size])
         y = mx.array(targets[:, s : s + chunk_size])
@@ -94,9 +94,9 @@ def _score(model, inputs: np.ndarray, targets: np.ndarray, chunk_size: int, bar)
         if not math.isfinite(value):  # finite logits give a finite NLL: the sum is the one isfinite check
             raise NumericsError(f"the model produced NaN or Inf logits within tokens {s}..{s + y.shape[1]} of "
                                 f"the text; {NUMERICS_FIX}")
-        total += value
+        acc.nll += value
+        acc.tokens += y.size
         bar.update(y.size)
-    return total
 
 
 def _windows(tokens: np.ndarray, bos_id: int | None, span: int):
@@ -120,7 +120,7 @@ def perplexity(model, tokens: np.ndarray, bos_id: int | None, context: int = 0, 
     tokens = np.asarray(tokens, dtype=np.int32)
     windows = list(_windows(tokens, bos_id, context or len(tokens)))
     per_call = max(1, chunk_size // context) if context else 1
-    nll, count = 0.0, 0
+    acc = PerplexityResult(0.0, 0)
     with tqdm(total=len(tokens), desc="scoring", unit="tok", unit_scale=True, disable=not progress,
               file=sys.stderr, delay=PROGRESS_DELAY_S, leave=False) as bar:
         i = 0
@@ -129,15 +129,14 @@ def perplexity(model, tokens: np.ndarray, bos_id: int | None, context: int = 0, 
                 n = len(windows[i][1])  # windows of one length go together (all but possibly the last)
                 group = [w for w in windows[i : i + per_call] if len(w[1]) == n]
                 inputs, targets = np.stack([w[0] for w in group]), np.stack([w[1] for w in group])
-                nll += _score(model, inputs, targets, chunk_size, bar)
-                count += targets.size
+                _score(model, inputs, targets, chunk_size, bar, acc)
                 i += len(group)
-        except KeyboardInterrupt as e:  # the caller can still report the windows scored so far
-            e.partial = PerplexityResult(nll, count)
+        except KeyboardInterrupt as e:  # the caller can still report the chunks scored so far
+            e.partial = acc
             raise
-    if count == 0:
+    if acc.tokens == 0:
         raise UsageError("nothing to score: the text has one token and the tokenizer no BOS")
-    return PerplexityResult(nll, count)
+    return acc
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -151,6 +150,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "changes memory and speed, not the result")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--profile", help="numerics profile: 'parity', 'fast' or a JSON file (docs/profiles.md)")
+    p.add_argument("--check-numerics", action="store_true",
+                   help="NaN locator: stop at the first block/sub-layer producing NaN or Inf (slow)")
     p.add_argument("--verbose", action="store_true", help="say which path runs")
 
 
@@ -159,7 +161,8 @@ def run(ns: argparse.Namespace) -> int:
         raise UsageError(f"--context must be >= 0 and --chunk-size >= 1 (got {ns.context}, {ns.chunk_size})")
     text_files(ns.data)  # a missing --data is said before the model loads
     model_path = model_or_default(ns.model, sys.stderr)
-    model, tok = load(model_path, dtype=ns.dtype, verbose=ns.verbose)
+    model, tok = load(model_path, dtype=ns.dtype, profile=ns.profile, verbose=ns.verbose,
+                      check_numerics=ns.check_numerics)
     if tok is None:
         raise UsageError(f"{model_path} has no tokenizer.json; perplexity needs one to encode the text")
     tokens, nbytes = read_tokens(ns.data, tok)
