@@ -27,16 +27,22 @@ def _describe(e: OSError) -> str:
     return e.strerror or str(e)
 
 
+def _check_parent(p: Path, what: str) -> Path:
+    """The first existing directory above `p` (the ones below it would be created); a file there is an error."""
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{what} {p}: {parent} is a file, not a directory")
+    return parent
+
+
 def check_writable(path: str | Path, what: str = "output file") -> Path:
     """`path` can be written as a file (its directory exists or can be made, and is writable); else UsageError."""
     p = Path(path).expanduser()
     if p.is_dir():
         raise UsageError(f"{what} {p} is a directory; give a file name")
-    parent = p.parent
-    while not parent.exists():  # the directories that would be created: the first existing one must be writable
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"{what} {p}: {parent} is a file, not a directory")
+    parent = _check_parent(p, what)  # the directories that would be created: the first existing one is probed
     try:  # a real probe: os.access says yes to root even on read-only file systems (/proc, a ro mount)
         fd, probe = tempfile.mkstemp(prefix=".xlstm-mlx-write-test.", dir=parent)
         os.close(fd)
@@ -56,6 +62,7 @@ def replacing(path: str | Path, suffix: str = ""):
     An OSError (permission, full disk) becomes a UsageError naming `path`.
     """
     p = Path(path).expanduser()
+    _check_parent(p, "cannot write")
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp" + suffix, dir=p.parent)
@@ -101,6 +108,7 @@ def staged_directory(out: str | Path):
     """Yield a fresh directory beside `out`; on success it takes `out`'s place (an existing `out` is removed
     only then), on failure it is deleted and `out` stays as it was."""
     out = Path(out).expanduser()
+    _check_parent(out, "cannot write")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
