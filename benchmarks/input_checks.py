@@ -8,7 +8,7 @@
 
     python benchmarks/input_checks.py --shape 64m --out benchmarks/results/input_checks_cpu.json [--cpu]
 
-Best of several repetitions; timing noise on a shared machine is larger than some of the differences, so the
+Best of several repetitions, the two variants alternating; timing noise on a shared machine is larger than some of the differences, so the
 script prints both numbers and the difference, and the JSON keeps every figure.
 """
 
@@ -50,13 +50,15 @@ def shipped_loop(model, prompt, steps):
         y.tolist()
 
 
-def best(fn, reps):
-    times = []
+def best_pair(fa, fb, reps):
+    """Best time of each of two functions, run alternately (a shared machine's drift hits both alike)."""
+    ta, tb = [], []
     for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        for fn, times in ((fa, ta), (fb, tb)):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return min(ta), min(tb)
 
 
 def main() -> None:
@@ -81,8 +83,9 @@ def main() -> None:
         prompt = mx.random.randint(0, V, (B, 16), key=mx.random.key(1)).astype(mx.int32)
         for fn in (shipped_loop, loop_without_finite_check):
             fn(model, prompt, 4)  # warm-up: compile, allocator
-        with_check = best(lambda: shipped_loop(model, prompt, a.steps), a.reps) / a.steps
-        without = best(lambda: loop_without_finite_check(model, prompt, a.steps), a.reps) / a.steps
+        with_check, without = (t / a.steps for t in best_pair(lambda: shipped_loop(model, prompt, a.steps),
+                                                              lambda: loop_without_finite_check(model, prompt, a.steps),
+                                                              a.reps))
         r = {"batch": B, "ms_per_step_with_check": with_check * 1e3, "ms_per_step_without": without * 1e3,
              "overhead_pct": (with_check / without - 1) * 100}
         res["decode"].append(r)
@@ -97,7 +100,7 @@ def main() -> None:
             mx.eval(model(ids, cache=cache, check_ids=check), *cache.arrays())
 
         call(True), call(False)
-        on, off = best(lambda: call(True), a.reps), best(lambda: call(False), a.reps)
+        on, off = best_pair(lambda: call(True), lambda: call(False), a.reps)
         r = {"batch": B, "tokens": T, "ms_with_check": on * 1e3, "ms_without": off * 1e3,
              "overhead_ms": (on - off) * 1e3}
         res["ids"].append(r)

@@ -22,9 +22,11 @@ def _load_model(args):
     if model_path is None:
         model_path, label = default_model_dir()
         print(label, file=sys.stderr)
-        if model_path == demo_model_dir() and getattr(args, "repetition_penalty", 0) is None:
-            args.repetition_penalty = DEMO_REPETITION_PENALTY  # the bundled model's default (checkpoints/demo.py)
-            print(f"NOTE: --repetition-penalty {DEMO_REPETITION_PENALTY} (the bundled model's default; "
+        if (model_path == demo_model_dir() and getattr(args, "repetition_penalty", 0) is None
+                and getattr(args, "temp", None) == 0):
+            # the bundled model's greedy default (checkpoints/demo.py); sampled runs stay as given
+            args.repetition_penalty = DEMO_REPETITION_PENALTY
+            print(f"NOTE: greedy with --repetition-penalty {DEMO_REPETITION_PENALTY} (the bundled model's default; "
                   "--repetition-penalty 1 turns it off)", file=sys.stderr)
     model, tok = load(model_path, dtype=args.dtype, profile=args.profile, verbose=args.verbose,
                       check_numerics=args.check_numerics)
@@ -191,7 +193,8 @@ def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]; 1 = off")
     p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability; 0 = off")
     p.add_argument("--repetition-penalty", type=float,
-                   help="penalize recent tokens (> 1 discourages repeats; default off, 1.2 for the bundled model)")
+                   help="penalize recent tokens (> 1 discourages repeats; default off; 1.2 for greedy runs of the "
+                        "bundled model)")
     p.add_argument("--repetition-context-size", type=int, default=20, help="tokens the penalty looks back over")
     p.add_argument("--seed", type=int, help="seed for reproducible sampling")
     p.add_argument("--stop", action="append", help="stop string (not printed); repeat for several")

@@ -11,9 +11,10 @@ DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "demo_model"
 DEMO_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 DEMO_LABEL = ("NOTE: no --model given; using the bundled demo model (6.1M-parameter xLSTM trained on "
               "Shakespeare's works; it writes pseudo-Shakespeare, nothing more)")
-# The CLI's sampling default for the bundled model when --repetition-penalty is not given: its plain greedy
-# output loops within 60 tokens ("FALSTAFF. I will not say so." twice); a penalty of 1.2 over the last 20
-# tokens keeps greedy decoding deterministic and reads like a scene (docs/demo_model.md).
+# The CLI's default for greedy runs (--temp 0) of the bundled model when --repetition-penalty is not given: its
+# plain greedy output loops within 60 tokens ("FALSTAFF. I will not say so." twice); a penalty of 1.2 over the
+# last 20 tokens keeps greedy decoding deterministic and reads like a scene (docs/demo_model.md). Sampled runs
+# (--temp > 0) are left as given.
 DEMO_REPETITION_PENALTY = 1.2
 RANDOM_LABEL = "NOTE: no --model given; using a tiny RANDOM-WEIGHT model created on the fly (its output is noise)"
 
