@@ -152,7 +152,7 @@ def _chat_command(args) -> int:
     sampling = _sampling(args)
     session = ChatSession(model, tok, system=clean_text(args.system or args.system_prompt or "", "--system") or None,
                           max_tokens=args.max_tokens, stop=args.stop, prefill_step_size=args.prefill_step_size,
-                          **sampling)
+                          progress=True, **sampling)
     if args.load_state:
         session.load(args.load_state)
     interactive = sys.stdin is not None and sys.stdin.isatty()

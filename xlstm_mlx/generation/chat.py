@@ -45,7 +45,7 @@ def render_plain(messages: list[dict], add_generation_prompt: bool) -> str:
 
 class ChatSession:
     def __init__(self, model, tokenizer, system: str | None = None, max_tokens: int = 512, stop=None,
-                 prefill_step_size: int = 2048, **sampling):
+                 prefill_step_size: int = 2048, progress: bool = False, **sampling):
         if tokenizer is None:
             raise UsageError("chat needs a tokenizer (the checkpoint has no tokenizer.json)")
         self.model, self.tokenizer = model, tokenizer
@@ -56,6 +56,7 @@ class ChatSession:
         self.templated = tokenizer.chat_template is not None
         self.stop = ([] if self.templated else [PLAIN_STOP]) + ([stop] if isinstance(stop, str) else list(stop or []))
         self.prefill_step_size = prefill_step_size
+        self.progress = progress  # a progress bar on stderr for a long turn's prefill (generate.prefill)
         self.sampler, self.processors = make_sampling(**sampling)
         self.rebuilds = 0
         self.reset()
@@ -109,6 +110,7 @@ class ChatSession:
             for r in stream_generate(
                 self.model, self.tokenizer, ids, self.max_tokens, cache=self.cache, stop=self.stop,
                 sampler=self.sampler, logits_processors=self.processors, prefill_step_size=self.prefill_step_size,
+                progress=self.progress,
             ):
                 generated.append(r.token)
                 pieces.append(r.text)
