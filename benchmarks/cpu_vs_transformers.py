@@ -93,7 +93,7 @@ def main() -> None:
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "ckpt"
-        subprocess.run([py, "-c", "import sys; from xlstm_mlx.random_checkpoint import make_random_checkpoint; "
+        subprocess.run([py, "-c", "import sys; from xlstm_mlx.checkpoints.random import make_random_checkpoint; "
                         "make_random_checkpoint(sys.argv[1], sys.argv[2])", str(ckpt), args.shape],
                        check=True, env=env)
         ours_runs, theirs_runs = [], []

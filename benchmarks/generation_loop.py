@@ -1,6 +1,6 @@
 """What the generation loop costs on top of the model: decode through generate_step / stream_generate
 against a bare synchronous loop of model steps, chunked prefill speed and peak memory against prompt length,
-and batch_generate throughput. Random weights of a named shape (xlstm_mlx.random_checkpoint.SHAPES).
+and batch_generate throughput. Random weights of a named shape (xlstm_mlx.checkpoints.random.SHAPES).
 
     python benchmarks/generation_loop.py --shape 7b --dtype bfloat16 --out results.json
 

@@ -35,7 +35,7 @@ def main() -> None:
     model, source = bench.build_model(None, args.shape, None, None, args.seed)
     out = bench.run(args, (model, source))
     out["command"] = " ".join(sys.argv)
-    out["decode_step"] = "compiled (compiled_decode.py)"
+    out["decode_step"] = "compiled (models/compiled.py)"
     if not a.skip_reference:
         os.environ["XLSTM_MLX_COMPILE_DECODE"] = "0"
         key = mx.random.key(args.seed)

@@ -1,6 +1,6 @@
 """Measure the float32 logits error of xlstm-mlx against the canonical implementations, per case.
 
-The same cases as tests/test_parity_canonical.py, printed as a Markdown table (the tests assert the
+The same cases as tests/models/test_parity_canonical.py, printed as a Markdown table (the tests assert the
 bound; this records the numbers). Run from the repo root:  python benchmarks/parity_report.py
 """
 

@@ -4,12 +4,12 @@
     python benchmarks/quant_decode.py --shape 64m --tokens 32 --bits 4   # quick check, any device
     python benchmarks/quant_decode.py --json out.json
 
-The bar (issue #7): on the H100, 4-bit decode at batch 1 >= 1.8x the bfloat16 decode. Decode at batch 1
+The bar (quantization): on the H100, 4-bit decode at batch 1 >= 1.8x the bfloat16 decode. Decode at batch 1
 reads every weight once per token, so the floor is bytes/bandwidth: bf16 13.7 GB vs 4-bit 3.9 GB
 (3.55x fewer bytes) for xLSTM-7B; the measured ratio says how much of that the quantized matmuls keep.
 
 The bfloat16 weights are drawn in bfloat16 one tensor at a time (no float32 copy of 7B is ever made);
-each quantized model is quantized from those same arrays with xlstm_mlx.quantize (the code path of
+each quantized model is quantized from those same arrays with xlstm_mlx.checkpoints.quantize (the code path of
 `xlstm-mlx convert -q`, group size 64 by default, embeddings and lm_head included), then timed with the
 same loop: prefill a short prompt, then greedy decode, one token per step, the next step's graph queued
 before the previous token is read (as generate.py does).

@@ -1,10 +1,10 @@
-"""Held-out perplexity of a model and of its quantized conversions: the quality bars of issue #7.
+"""Held-out perplexity of a model and of its quantized conversions: the quantization quality bars.
 
     python benchmarks/quant_quality.py                                  # the bundled demo model
     python benchmarks/quant_quality.py --model DIR --data data/shakespeare/heldout --json out.json
 
-Each variant is written with xlstm_mlx.convert (the code of `xlstm-mlx convert`) into a temporary
-directory, loaded back with xlstm_mlx.load and scored with xlstm_mlx.perplexity on the held-out split,
+Each variant is written with xlstm_mlx.checkpoints.convert (the code of `xlstm-mlx convert`) into a temporary
+directory, loaded back with xlstm_mlx.load and scored with xlstm_mlx.tools.perplexity on the held-out split,
 twice: with the state carried through the whole text (--context 0) and in fresh windows of the training
 length (--context 256). Bars: 8-bit within 0.5 % of the float model, 4-bit within 5 % (both settings).
 Prints a Markdown table (for README / docs/quantization.md) and exits 1 if a bar is missed.

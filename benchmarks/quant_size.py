@@ -7,11 +7,11 @@ Three counts that must agree:
   analytic   per layer: out*in*bits/8 + 2*out*(in/group)*scale_bytes for a quantized matrix (packed
              weights + one scale and one bias per group), out*in*dtype_bytes for a float one, plus the
              norms and biases; group sizes as the plan picks them (fallbacks included)
-  lazy       the model built with xlstm_mlx.quantize on lazily created weights: MLX's own shapes and
+  lazy       the model built with xlstm_mlx.checkpoints.quantize on lazily created weights: MLX's own shapes and
              dtypes, summed without evaluating anything
   file       (on --check-shape only) the tensor bytes of a real `convert -q` output (file size minus the
              safetensors header)
-The bar (issue #7): xLSTM-7B 4-bit weights <= 4.3 GB.
+The bar (quantization): xLSTM-7B 4-bit weights <= 4.3 GB.
 """
 
 from __future__ import annotations

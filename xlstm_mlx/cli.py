@@ -28,8 +28,16 @@ def _load_model(args):
             args.repetition_penalty = DEMO_REPETITION_PENALTY
             print(f"NOTE: greedy with --repetition-penalty {DEMO_REPETITION_PENALTY} (the bundled model's default; "
                   "--repetition-penalty 1 turns it off)", file=sys.stderr)
-    model, tok = load(model_path, dtype=args.dtype, profile=args.profile, verbose=args.verbose,
-                      check_numerics=args.check_numerics)
+    if getattr(args, "tensor_parallel", False):  # under mlx.launch: this rank's share of every block
+        from xlstm_mlx.distributed import rank_io
+        from xlstm_mlx.distributed.tensor_parallel import load_sharded
+
+        model, tok = load_sharded(model_path, dtype=args.dtype, profile=args.profile, verbose=args.verbose,
+                                  check_numerics=args.check_numerics)
+        rank_io.setup(args)
+    else:
+        model, tok = load(model_path, dtype=args.dtype, profile=args.profile, verbose=args.verbose,
+                          check_numerics=args.check_numerics)
     if tok is None:
         raise UsageError(f"{model_path} has no tokenizer.json; this command needs one to encode text")
     return model, tok
@@ -208,6 +216,9 @@ def _version() -> str:
         return version("xlstm-mlx")
     except PackageNotFoundError:
         return "unknown (not installed)"
+def _add_tensor_parallel_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tensor-parallel", action="store_true",
+                   help="under mlx.launch: split the model's heads and FFN across the ranks (docs/distributed.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-state", metavar="FILE", help="save the state after the prompt (safetensors) to resume later")
     g.add_argument("--load-state", metavar="FILE",
                    help="resume from a saved state; the prompt (may be empty) continues it")
+    _add_tensor_parallel_arg(g)
     g.set_defaults(func=_generate_command)
     from xlstm_mlx.tools import bench
 
@@ -236,7 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--system", help="system prompt")
     c.add_argument("--system-prompt", help="the same as --system (mlx-lm's name)")
     c.add_argument("--load-state", metavar="FILE", help="start from a saved chat or prompt state")
+    _add_tensor_parallel_arg(c)
     c.set_defaults(func=_chat_command)
+
+    from xlstm_mlx.generation import batch
+
+    bt = sub.add_parser("batch", help="generate or score every row of a JSONL file (resumable; rows sharded "
+                        "over ranks under mlx.launch)")
+    _add_model_args(bt)
+    _add_sampling_args(bt, max_tokens=256)
+    batch.add_arguments(bt)
+    _add_tensor_parallel_arg(bt)
+    bt.set_defaults(func=batch.run)
 
     i = sub.add_parser("info", help="describe a checkpoint: blocks, dims, heads, parameters, dtypes, state size")
     i.add_argument("-m", "--model", help="checkpoint directory or Hugging Face repo id (default: the bundled model)")

@@ -1,4 +1,4 @@
-"""Quantized conversion and loading (xlstm_mlx/quantize.py, convert.py, loading.py), and perplexity.
+"""Quantized conversion and loading (xlstm_mlx/checkpoints/quantize.py, convert.py, loading.py), and perplexity.
 
 Tolerances, and why:
 - A quantized model must compute exactly the function of its dequantized weights: its logits are compared
@@ -288,7 +288,7 @@ def test_perplexity_cli_last_line(src, text_file, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-# ---- the quality bars on the bundled demo model (issue #7), on the committed held-out excerpt ----------
+# ---- the quality bars on the bundled demo model, on the committed held-out excerpt ----------
 
 DEMO = Path(__file__).resolve().parents[2] / "xlstm_mlx" / "demo_model"
 EXCERPT = Path(__file__).resolve().parents[1] / "data" / "heldout_excerpt.txt"

@@ -96,3 +96,13 @@ def test_fused_cuda_sequence_equals_reference():
         assert np.abs(np.array(y) - np.array(y_ref)).max() <= 1e-5
         for a, c in zip(s, s_ref):
             assert np.abs(np.array(a) - np.array(c)).max() <= 1e-5 * max(1.0, np.abs(np.array(c)).max())
+
+
+@pytest.mark.parametrize("layout", ["vanilla", "cuda"])
+def test_stored_layout_round_trips(layout):
+    """convert writes stacks back in their own stored layout: _slstm_cell_to_stored inverts _slstm_cell_to_engine."""
+    rng = np.random.default_rng(3)
+    shape = (NH, 4 * DH, DH) if layout == "vanilla" else (NH, DH, 4 * DH)
+    R, b = mx.array(rng.standard_normal(shape).astype(np.float32)), mx.array(rng.standard_normal(4 * NH * DH).astype(np.float32))
+    R2, b2 = _slstm_cell_to_stored(*_slstm_cell_to_engine(R, b, layout, NH), layout, NH)
+    assert np.array_equal(np.array(R2), np.array(R)) and np.array_equal(np.array(b2), np.array(b))

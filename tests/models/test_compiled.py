@@ -1,4 +1,4 @@
-"""The compiled decode step (compiled_decode.py) against its reference, the model's own call."""
+"""The compiled decode step (models/compiled.py) against its reference, the model's own call."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Training (xlstm_mlx/train.py): loss goes down, checkpoints load, resuming is exact, options are checked.
+"""Training (xlstm_mlx/training/trainer.py): loss goes down, checkpoints load, resuming is exact, options are checked.
 
 Everything runs on a tiny model (1 block, hidden 128) with a tiny BPE tokenizer, on CPU, in seconds.
 """

@@ -26,7 +26,7 @@ from xlstm_mlx.checkpoints.quantize import apply_quantization, logical_shapes, q
 from xlstm_mlx.checkpoints.safetensors import dtype_name, find_weight_files, read_header
 from xlstm_mlx.errors import CheckpointError
 from xlstm_mlx.generation.tokenizer import load_tokenizer
-from xlstm_mlx.models import detect_family
+from xlstm_mlx.models import detect_family, family_of
 from xlstm_mlx.models.compiled import compiled_decode_enabled
 from xlstm_mlx.profiles import NumericsProfile, default_profile, load_profile
 
@@ -178,6 +178,6 @@ def describe_run(model) -> str:
     kern = " ".join(f"{n}={label}" for n, label in kernels.describe(model.kernel_names()).items())
     decode = ("compiled (mx.compile, weights as inputs)" if compiled_decode_enabled() and not kernels.reference_forced()
               else "plain model call")
-    return (f"[xlstm-mlx] family={model.describe()['family']} backend={platform.describe()} "
+    return (f"[xlstm-mlx] family={family_of(model).NAME} backend={platform.describe()} "
             f"stored={','.join(getattr(model, 'stored_dtypes', []))} {model.profile.describe()} "
             f"gates/state=float32 norms=mx.fast (float32 reductions) kernels: {kern}; decode step: {decode}")

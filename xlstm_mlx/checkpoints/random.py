@@ -73,12 +73,19 @@ def byte_tokenizer() -> Tokenizer:
 
 def make_random_checkpoint(out_dir: str | Path, shape: str | ModelArgs = "tiny", seed: int = 0,
                            dtype: str = "float32") -> Path:
-    """Write a random-weight checkpoint (HF xlstm layout) with a byte-level tokenizer when vocab allows."""
+    """Write a random-weight xLSTM-7B-family checkpoint (HF xlstm layout) with a byte-level tokenizer when the
+    vocabulary allows (any family: `randomize(family.Model(args))` + save.save_checkpoint)."""
     args = shape_args(shape) if isinstance(shape, str) else shape
     model = randomize(Model(args), seed)
     out = save_checkpoint(model, out_dir, dtype=dtype, extra_config={"random_weights": True})
     if args.vocab_size >= 259:
-        byte_tokenizer().save(str(out / "tokenizer.json"))
-        (out / "tokenizer_config.json").write_text(json.dumps(
-            {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "add_bos_token": True}))
+        write_byte_tokenizer(out)
     return out
+
+
+def write_byte_tokenizer(out_dir: str | Path) -> None:
+    """tokenizer.json + tokenizer_config.json of `byte_tokenizer()` (needs a vocabulary of >= 259)."""
+    out = Path(out_dir)
+    byte_tokenizer().save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "add_bos_token": True}))

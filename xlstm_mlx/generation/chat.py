@@ -211,7 +211,7 @@ def run_chat(session: ChatSession, stdin: TextIO, stdout: TextIO, stderr: TextIO
                     else:
                         session.load(arg)
                         print(f"[chat] loaded {arg} ({len(session.tokens)} tokens)", file=stderr)
-                except (OSError, XLSTMError) as e:  # the session goes on as it was
+                except (OSError, XLSTMError) as e:  # a bad path or snapshot: say so, keep the session
                     print(f"[chat] {cmd} failed: {e}", file=stderr)
             else:
                 print(f"[chat] unknown command {cmd}; {HELP}", file=stderr)

@@ -163,7 +163,7 @@ def generate_step(
     if window is not None:
         history = history[:, -window:]
 
-    decode = decode_fn(model)  # the one-token step, fused by mx.compile (compiled_decode.py)
+    decode = decode_fn(model)  # the one-token step, fused by mx.compile (models/compiled.py)
 
     def step(tokens: mx.array) -> tuple[mx.array, mx.array]:
         logits = decode(tokens, cache)[:, -1]

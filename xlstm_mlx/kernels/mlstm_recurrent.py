@@ -48,7 +48,7 @@ def mlstm_step_ref(q, k, v, igate, fgate, state, eps: float = 1e-6):
 
 
 # The fast step is the same graph fused by mx.compile (one kernel launch per fused region instead of
-# one per op). It must stay numerically identical to mlstm_step_ref: tests/test_kernels.py checks it.
+# one per op). It must stay numerically identical to mlstm_step_ref: tests/kernels/test_mlstm.py checks it.
 _step_compiled = mx.compile(mlstm_step_ref)
 
 

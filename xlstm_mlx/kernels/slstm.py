@@ -60,7 +60,7 @@ def slstm_step_ref(wx, R, b, state, mask=None):
 
 
 # The fast step is the same graph fused by mx.compile (fewer kernel launches per step); it must stay
-# numerically identical to slstm_step_ref (tests/test_slstm_kernels.py checks it).
+# numerically identical to slstm_step_ref (tests/kernels/test_slstm.py checks it).
 _step_compiled = mx.compile(slstm_step_ref)
 
 

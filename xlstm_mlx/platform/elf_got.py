@@ -1,6 +1,6 @@
 """Find and rewrite the GOT slots through which a loaded shared object calls imported functions.
 
-Used by `_blas.py` to point MLX's BLAS/LAPACK imports at a fast library after `libmlx.so` was loaded.
+Used by `platform/blas.py` to point MLX's BLAS/LAPACK imports at a fast library after `libmlx.so` was loaded.
 Pure stdlib + numpy, ELF64 little-endian only (x86_64, aarch64 Linux).
 """
 

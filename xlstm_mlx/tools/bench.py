@@ -1,5 +1,5 @@
 """`xlstm-mlx bench`: prefill throughput over a (batch, length) grid, decode throughput per batch size,
-time to first token and peak memory, each next to its hardware floor (xlstm_mlx/bench_floor.py).
+time to first token and peak memory, each next to its hardware floor (xlstm_mlx/tools/bench_floor.py).
 
     xlstm-mlx bench --shape 64m                     # random weights of a named shape, no files needed
     xlstm-mlx bench --model DIR --json out.json --plot out.png

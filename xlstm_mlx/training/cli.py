@@ -50,7 +50,10 @@ def run(ns: argparse.Namespace) -> int:
                         resume=not ns.no_resume, progress=not ns.no_progress, force=ns.force)
     except KeyboardInterrupt:  # the trainer saved the step it reached and said so
         return 130
-    print(json.dumps(summary, indent=2))
+    from xlstm_mlx.distributed import group as dist
+
+    if dist.rank() == 0:  # data parallel: one summary, from the rank that wrote OUT
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -7,6 +7,9 @@ gradient clipping, float32 master weights and optimizer state, compute in float3
 recurrent state and gate math stay float32 either way). OUT is always a loadable checkpoint in the
 Hugging Face xlstm layout; OUT/trainer/ holds what resuming needs, and a run started again with the
 same OUT continues from the last saved step (Ctrl-C saves first). OUT/loss.png is the loss curve.
+
+Under `mlx.launch -n K` the run is data parallel (data_parallel.py): --batch-size is the global batch, each
+rank computes its share, the gradients are averaged, and rank 0 alone writes OUT.
 """
 
 from __future__ import annotations
@@ -26,11 +29,13 @@ from tqdm import tqdm
 
 from xlstm_mlx import atomic
 from xlstm_mlx.atomic import check_writable
+from xlstm_mlx.distributed import group as dist
 from xlstm_mlx.models.xlstm7b.model import Model
 from xlstm_mlx.profiles import DTYPES, load_profile
 from xlstm_mlx.training.checkpoint import export_model, find_trainer_state, load_trainer_state, save_trainer_state
 from xlstm_mlx.training.config import TrainConfig, load_config, model_args
 from xlstm_mlx.training.data import WindowSampler, eval_windows, load_stream, unigram_cross_entropy
+from xlstm_mlx.training.data_parallel import broadcast_json, broadcast_tree, check_global_batch, local_rows
 from xlstm_mlx.training.init import init_weights
 from xlstm_mlx.training.plot import plot_losses
 from xlstm_mlx.training.schedule import warmup_cosine
@@ -73,8 +78,9 @@ def build_optimizer(cfg: TrainConfig) -> optim.Optimizer:
 
 
 class Trainer:
-    def __init__(self, model: Model, cfg: TrainConfig):
+    def __init__(self, model: Model, cfg: TrainConfig, group=None):
         self.model, self.cfg = model, cfg
+        self.group = group  # None or one rank: no communication
         self.optimizer = build_optimizer(cfg)
         cdt = DTYPES[cfg.dtype]
         if cfg.dtype == "float32":
@@ -99,8 +105,13 @@ class Trainer:
         compute, grad_fn = self.compute, nn.value_and_grad(model, self._loss)
         state = [model.state, self.optimizer.state]
 
+        group = self.group if self.group is not None and self.group.size() > 1 else None
+
         def step(x, y):
             loss, grads = grad_fn(model, compute, x, y)
+            if group is not None:  # the mean of the ranks' local-mean gradients = the global-batch gradient
+                grads = nn.average_gradients(grads, group=group)
+                loss = mx.distributed.all_sum(loss, group=group) / group.size()
             grads, gnorm = optim.clip_grad_norm(grads, cfg.grad_clip)
             self.optimizer.update(model, grads)
             return loss, gnorm
@@ -156,6 +167,10 @@ def train(data: str | Path, config: str | Path, tokenizer: str | Path, out: str 
     if not (tokenizer / "tokenizer.json").is_file():
         raise MissingFileError(f"{tokenizer} has no tokenizer.json (train one with scripts/train_tokenizer.py)")
     model_cfg, cfg = load_config(config, overrides)
+    group = dist.world()
+    rank, world_size = group.rank(), group.size()
+    check_global_batch(cfg.batch_size, world_size)
+    lead = rank == 0  # the one rank that reads a run to resume and writes OUT
     tok = Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
     bos, eos = special_ids(tokenizer, tok)
     args = model_args(model_cfg, tok.get_vocab_size(), cfg.dtype)
@@ -169,14 +184,18 @@ def train(data: str | Path, config: str | Path, tokenizer: str | Path, out: str 
     profile = load_profile("parity").replace(name="train", compute_dtype=cfg.dtype, kernel_dtype=cfg.dtype,
                                             chunk_size=args.chunk_size)
     model = init_weights(Model(args, profile), cfg.seed)
-    trainer = Trainer(model, cfg)
+    trainer = Trainer(model, cfg, group)
     n_params = sum(v.size for _, v in tree_flatten(model.parameters()))
 
     state = {"step": 0, "history": [], "evals": [], "best": None, "config": json.loads(Path(config).read_text()),
              "train": cfg.__dict__, "elapsed_s": 0.0}
-    found = find_trainer_state(out) if resume else None
+    found = find_trainer_state(out) if resume and lead else None
+    if world_size > 1:  # rank 0 decides; the others take its weights, optimizer state and history
+        found = broadcast_json(str(found) if found is not None else None, group)
     if found is not None:
-        saved = load_trainer_state(found, model, trainer.optimizer)
+        saved = load_trainer_state(Path(found), model, trainer.optimizer) if lead else None
+        if world_size > 1:
+            saved = broadcast_json(saved, group)
         if saved["config"]["model"] != state["config"]["model"]:
             raise UsageError(f"{out} holds a run with a different model config; use another --out or --no-resume")
         state.update({k: saved[k] for k in ("step", "history", "evals", "best", "elapsed_s")})
@@ -184,16 +203,25 @@ def train(data: str | Path, config: str | Path, tokenizer: str | Path, out: str 
             # the interrupted run had fitted its length to a time budget: finish that schedule
             cfg.steps, cfg.time_budget_s = saved["train"]["steps"], None
             trainer.set_total_steps(cfg.steps)
-        if saved["step"] >= cfg.steps:
+        if lead and saved["step"] >= cfg.steps:
             print(f"[xlstm-mlx train] {out} already finished {saved['step']} steps; raise --steps to go on")
-        else:
-            print(f"[xlstm-mlx train] resuming {out} at step {state['step']}/{cfg.steps}")
+        elif lead:
+            print(f"[xlstm-mlx train] resuming {out} at step {state['step']}/{cfg.steps}"
+                  + (f" (saved under {saved.get('world_size', 1)} rank(s), now {world_size})" if world_size > 1
+                     or saved.get("world_size", 1) > 1 else ""))
+    if world_size > 1:  # one set of starting weights everywhere, whatever each rank drew or read
+        model.update(broadcast_tree(model.parameters(), group))
+        trainer.optimizer.state = broadcast_tree(trainer.optimizer.state, group)
+        mx.eval(model.parameters(), trainer.optimizer.state)
+    state["world_size"] = world_size
     trainer.build()
     extra = {"training": {"data": str(data), "steps": cfg.steps, "seq_len": cfg.seq_len,
                           "batch_size": cfg.batch_size, "compute_dtype": cfg.dtype}}
 
     def save(reason: str):
         mx.eval(model.parameters())
+        if not lead:
+            return
         export_model(model, out, cfg.save_dtype, tokenizer, {**extra, "training_step": state["step"]})
         save_trainer_state(out, model, trainer.optimizer, state)
         plot_losses(state["history"], state["evals"], out / "loss.png",
@@ -207,12 +235,16 @@ def train(data: str | Path, config: str | Path, tokenizer: str | Path, out: str 
             export_model(model, out / "best", cfg.save_dtype, tokenizer, {**extra, "training_step": state["step"]})
         return loss
 
-    print(f"[xlstm-mlx train] {n_params:,} parameters; {len(stream):,} training tokens"
-          + (f", {ev[1].size:,} held-out tokens" if ev is not None else "")
-          + f"; backend {mx.default_device()}; compute {cfg.dtype}; {cfg.steps} steps of "
-          f"{cfg.batch_size}x{cfg.seq_len} tokens")
+    if lead:
+        print(f"[xlstm-mlx train] {n_params:,} parameters; {len(stream):,} training tokens"
+              + (f", {ev[1].size:,} held-out tokens" if ev is not None else "")
+              + f"; backend {mx.default_device()}; compute {cfg.dtype}; {cfg.steps} steps of "
+              f"{cfg.batch_size}x{cfg.seq_len} tokens"
+              + (f"; data parallel over {world_size} ranks ({cfg.batch_size // world_size} rows each, gradients "
+                 "averaged)" if world_size > 1 else ""))
     start_step = state["step"]
-    bar = tqdm(total=cfg.steps, initial=state["step"], disable=not progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=state["step"], disable=not (progress and lead), unit="step",
+               dynamic_ncols=True)
     t_last, tokens_since, acc = time.perf_counter(), 0, []
     t_run, budget_probe = time.perf_counter(), None
     try:
@@ -225,17 +257,21 @@ def train(data: str | Path, config: str | Path, tokenizer: str | Path, out: str 
                 now = time.perf_counter()
                 rate = (now - budget_probe[1]) / 40
                 total = fit_steps_to_budget(cfg, state["step"], now - t_run, rate)
+                total = dist.broadcast_int(total, group)  # rank 0's clock decides for every rank
                 if total != cfg.steps:
-                    bar.write(f"[xlstm-mlx train] {rate * 1e3:.1f} ms/step: {total} steps fit the "
-                              f"{cfg.time_budget_s:.0f} s budget (config said {cfg.steps}); schedule re-aimed")
+                    if lead:
+                        bar.write(f"[xlstm-mlx train] {rate * 1e3:.1f} ms/step: {total} steps fit the "
+                                  f"{cfg.time_budget_s:.0f} s budget (config said {cfg.steps}); schedule re-aimed")
                     trainer.set_total_steps(total)
                     bar.total = total
                 budget_probe = None
-            x, y = sampler.batch(state["step"])
+            x, y = sampler.batch(state["step"])  # the global batch; this rank keeps its share
+            if world_size > 1:
+                x, y = local_rows(x, rank, world_size), local_rows(y, rank, world_size)
             loss, gnorm = trainer.step_fn(mx.array(x), mx.array(y))
             acc.append((loss, gnorm))
             state["step"] += 1
-            tokens_since += x.size
+            tokens_since += x.size * world_size
             bar.update(1)
             s = state["step"]
             if s % cfg.log_every == 0 or s == cfg.steps:
@@ -253,7 +289,7 @@ def train(data: str | Path, config: str | Path, tokenizer: str | Path, out: str 
                 state["history"].append(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tok_per_s']:.0f}")
                 t_last, tokens_since, acc = now, 0, []
-            if ev is not None and (s % cfg.eval_every == 0 or s == cfg.steps):
+            if lead and ev is not None and (s % cfg.eval_every == 0 or s == cfg.steps):
                 t0 = time.perf_counter()
                 loss_ev = run_eval()
                 bar.write(f"step {s}: held-out loss {loss_ev:.4f} (ppl {math.exp(loss_ev):.2f})")
@@ -265,15 +301,18 @@ def train(data: str | Path, config: str | Path, tokenizer: str | Path, out: str 
     except KeyboardInterrupt:
         bar.close()
         save(f"interrupted at step {state['step']}")
-        print(f"[xlstm-mlx train] interrupted: saved step {state['step']} to {out}; run the same command to resume")
+        if lead:
+            print(f"[xlstm-mlx train] interrupted: saved step {state['step']} to {out}; run the same command to resume")
         raise
     bar.close()
     save(f"step {state['step']}")
     summary = {"params": n_params, "steps": state["step"], "train_tokens": len(stream),
                "final_train_loss": state["history"][-1]["loss"] if state["history"] else None,
-               "best": state["best"], "elapsed_s": state["elapsed_s"]}
+               "best": state["best"], "elapsed_s": state["elapsed_s"], "world_size": world_size,
+               "global_batch_size": cfg.batch_size}
     if held is not None:
         uni = unigram_cross_entropy(stream, ev[1].reshape(-1), args.vocab_size)
         summary["unigram_heldout"] = {"loss": uni, "ppl": math.exp(uni)}
-    atomic.write_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+    if lead:
+        atomic.write_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -74,4 +74,4 @@ def keep_float(path: str) -> str | None:
 
 
 def example_args() -> Args:
-    return Args(vocab_size=64, hidden_size=32, num_blocks=2, num_heads=2, qk_dim=16, v_dim=32, ffn_dim=64)
+    return Args(vocab_size=259, hidden_size=32, num_blocks=2, num_heads=2, qk_dim=16, v_dim=32, ffn_dim=64)

@@ -60,7 +60,9 @@ def rename_key(key: str) -> str:
 
 
 def export_config(args: Args, config: dict) -> dict:
-    return dict(config)  # the official config describes the stack; its dimensions were checked against it
+    """The source's official config as it is (its dimensions were checked against the tensors); the fields
+    `args` imply fill in what it leaves out."""
+    return {**args.to_config_dict(), **config}
 
 
 def param_dtype(name: str, profile) -> mx.Dtype:
@@ -75,7 +77,7 @@ def keep_float(path: str) -> str | None:
 
 def example_args() -> Args:
     """A two-block [1:1] stack: one mLSTM block, one sLSTM block with a feed-forward."""
-    return Args(vocab_size=64, embedding_dim=32, num_blocks=2, block_types=["mlstm", "slstm"],
+    return Args(vocab_size=259, embedding_dim=32, num_blocks=2, block_types=["mlstm", "slstm"],
                 mlstm=MLSTMV1Args(inner_dim=64, num_heads=2, qkv_proj_blocksize=4, conv1d_kernel_size=4, bias=False),
                 slstm=SLSTMArgs(num_heads=2, conv1d_kernel_size=4, group_norm_weight=True, ffn_up_dim=48,
                                 ffn_act_fn="gelu", ffn_bias=False, layout="vanilla"))

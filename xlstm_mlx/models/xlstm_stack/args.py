@@ -90,6 +90,28 @@ class StackArgs:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def to_config_dict(self) -> dict:
+        """The official xLSTMLMModelConfig fields these args imply (what xlstm_config.json holds)."""
+        d = {"vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim, "num_blocks": self.num_blocks,
+             "context_length": self.context_length, "tie_weights": self.tie_weights,
+             "add_post_blocks_norm": self.add_post_blocks_norm,
+             "slstm_at": [i for i, t in enumerate(self.block_types) if t == "slstm"],
+             "mlstm_block": None, "slstm_block": None}
+        if self.mlstm is not None:
+            m = self.mlstm
+            d["mlstm_block"] = {"mlstm": {"num_heads": m.num_heads, "qkv_proj_blocksize": m.qkv_proj_blocksize,
+                                          "conv1d_kernel_size": m.conv1d_kernel_size, "_inner_embedding_dim": m.inner_dim}}
+            d["bias"] = m.bias
+        if self.slstm is not None:
+            s = self.slstm
+            d["slstm_block"] = {"slstm": {"num_heads": s.num_heads, "conv1d_kernel_size": s.conv1d_kernel_size,
+                                          "group_norm_weight": s.group_norm_weight},
+                                "feedforward": ({"act_fn": s.ffn_act_fn} if s.ffn_up_dim else None)}
+        for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        return d
+
 
 _INT, _BOOL, _STR, _NUM = (int,), (bool,), (str,), (int, float)
 # the official xLSTMLMModelConfig fields (and nested block configs) with the JSON types they may have

@@ -32,27 +32,6 @@ def _slstm_cell_to_engine(R: mx.array, b: mx.array, layout: str, num_heads: int)
     return R, b.reshape(num_heads, -1)
 
 
-def sanitize(weights: dict[str, mx.array], args: StackArgs) -> dict[str, mx.array]:
-    out = {}
-    for k, v in weights.items():
-        if k.endswith("conv1d.conv.weight"):  # torch depthwise [F, 1, KS] -> [KS, F]
-            out[k.replace("conv1d.conv.weight", "conv1d.weight")] = v[:, 0, :].T
-        elif k.endswith("conv1d.conv.bias"):
-            out[k.replace("conv1d.conv.bias", "conv1d.bias")] = v
-        elif k.endswith("slstm_cell._recurrent_kernel_"):
-            pre = k[: -len("_recurrent_kernel_")]
-            R, b = _slstm_cell_to_engine(v, weights[pre + "_bias_"], args.slstm.layout, args.slstm.num_heads)
-            out[pre + "recurrent_kernel"] = R
-            out[pre + "bias"] = b
-        elif k.endswith("slstm_cell._bias_"):
-            continue  # converted with its recurrent kernel
-        elif k == "lm_head.weight" and args.tie_weights:
-            continue  # the state_dict of a tied model lists the embedding twice
-        else:
-            out[k] = v
-    return out
-
-
 def _slstm_cell_to_stored(R: mx.array, b: mx.array, layout: str, num_heads: int):
     """The inverse of _slstm_cell_to_engine: our R [NH, DH, 4*DH], b [NH, 4*DH] -> the stored layout."""
     if layout == "vanilla":
@@ -62,21 +41,41 @@ def _slstm_cell_to_stored(R: mx.array, b: mx.array, layout: str, num_heads: int)
     return R, b.reshape(-1)
 
 
-def export(weights: dict[str, mx.array], args: StackArgs) -> dict[str, mx.array]:
-    """This module tree's tensors -> the official state_dict names and layouts (what `sanitize` reads)."""
+def _convert(weights: dict, cell: tuple, cell_fn, renames: tuple, skip: frozenset = frozenset()) -> dict:
+    """Rename/re-lay the tensors that differ: `cell` = ((R, b) names in, (R, b) names out) of the sLSTM cell,
+    converted together by cell_fn(R, b); `renames` = (suffix in, suffix out, layout fn or None)."""
+    (r_in, b_in), (r_out, b_out) = cell
     out = {}
     for k, v in weights.items():
-        if k.endswith("conv1d.weight"):
-            out[k.replace("conv1d.weight", "conv1d.conv.weight")] = v.T[:, None, :]
-        elif k.endswith("conv1d.bias"):
-            out[k.replace("conv1d.bias", "conv1d.conv.bias")] = v
-        elif k.endswith("slstm_cell.recurrent_kernel"):
-            pre = k[: -len("recurrent_kernel")]
-            R, b = _slstm_cell_to_stored(v, weights[pre + "bias"], args.slstm.layout, args.slstm.num_heads)
-            out[pre + "_recurrent_kernel_"] = R
-            out[pre + "_bias_"] = b
-        elif k.endswith("slstm_cell.bias"):
-            continue  # converted with its recurrent kernel
-        else:
-            out[k] = v
+        if k in skip or k.endswith(f"slstm_cell.{b_in}"):  # a bias is converted with its recurrent kernel
+            continue
+        if k.endswith(f"slstm_cell.{r_in}"):
+            pre = k[: -len(r_in)]
+            out[pre + r_out], out[pre + b_out] = cell_fn(v, weights[pre + b_in])
+            continue
+        for src, dst, fn in renames:
+            if k.endswith(src):
+                k, v = k[: -len(src)] + dst, (fn(v) if fn else v)
+                break
+        out[k] = v
     return out
+
+
+def sanitize(weights: dict[str, mx.array], args: StackArgs) -> dict[str, mx.array]:
+    """Official state_dict (names and layouts) -> this module tree. The state_dict of a tied model lists the
+    embedding twice (as lm_head.weight): that copy is dropped."""
+    s = args.slstm
+    return _convert(weights, (("_recurrent_kernel_", "_bias_"), ("recurrent_kernel", "bias")),
+                    lambda R, b: _slstm_cell_to_engine(R, b, s.layout, s.num_heads),
+                    (("conv1d.conv.weight", "conv1d.weight", lambda w: w[:, 0, :].T),  # torch [F, 1, KS] -> [KS, F]
+                     ("conv1d.conv.bias", "conv1d.bias", None)),
+                    frozenset({"lm_head.weight"}) if args.tie_weights else frozenset())
+
+
+def export(weights: dict[str, mx.array], args: StackArgs) -> dict[str, mx.array]:
+    """This module tree's tensors -> the official state_dict names and layouts (what `sanitize` reads)."""
+    s = args.slstm
+    return _convert(weights, (("recurrent_kernel", "bias"), ("_recurrent_kernel_", "_bias_")),
+                    lambda R, b: _slstm_cell_to_stored(R, b, s.layout, s.num_heads),
+                    (("conv1d.weight", "conv1d.conv.weight", lambda w: w.T[:, None, :]),
+                     ("conv1d.bias", "conv1d.conv.bias", None)))

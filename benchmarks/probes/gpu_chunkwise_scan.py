@@ -1,6 +1,6 @@
 """Prefill on the GPU: the closed-form inter-chunk scan against the per-chunk loop it replaced (7B shape).
 
-    python benchmarks/gpu_chunkwise_scan.py OLD_KERNEL_FILE      (MLX CUDA; one device call)
+    python benchmarks/probes/gpu_chunkwise_scan.py OLD_KERNEL_FILE      (MLX CUDA; one device call)
 
 OLD_KERNEL_FILE is xlstm_mlx/kernels/mlstm_chunkwise.py as of commit 4f27d0e^ (the loop version), taken
 from git history; both run in the same process on the same weights, alternating, best of 3.

@@ -1,6 +1,6 @@
 """sLSTM sequence form: fused CUDA kernel vs the loop of compiled steps (prefill of one sLSTM layer).
 
-    python benchmarks/slstm_sequence.py          (on a machine with MLX's CUDA backend; MLX_ENABLE_TF32=0)
+    python benchmarks/probes/slstm_sequence.py          (on a machine with MLX's CUDA backend; MLX_ENABLE_TF32=0)
 
 Recorded on an H100 (MLX 0.32.4 CUDA), float32, NH=4, DH=256 (E=1024), T=2048, 2026-11-23:
     B=1  fused 72.1 ms (28.4k tok/s)   loop 188.7 ms (10.9k tok/s)
