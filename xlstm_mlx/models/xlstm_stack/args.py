@@ -130,6 +130,10 @@ NESTED_TYPES = {("mlstm_block", "mlstm"): {f: _INT for f in ("num_heads", "qkv_p
                 ("slstm_block", "feedforward"): {"act_fn": _STR}}
 
 
+# keys `convert` and `train` add next to the official fields (the stored dtype, the quantization section, ...)
+WRITTEN_BY_US = {"torch_dtype", "quantization", "training", "training_step", "model_type", "architectures"}
+
+
 def _bad_type(where: str, v, want: tuple) -> CheckpointError:
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
              dict: "an object"}
@@ -160,7 +164,7 @@ def check_stack_config(cfg: dict) -> None:
         if not isinstance(sub, dict):
             raise _bad_type(f"{block}.{part}", sub, (dict,))
         _check_types(sub, table, f"{block}.{part}.")
-    unknown = sorted(set(cfg) - set(TOP_TYPES))
+    unknown = sorted(set(cfg) - set(TOP_TYPES) - WRITTEN_BY_US)
     if unknown:
         warnings.warn(f"xlstm_config.json: ignoring unknown keys {unknown} (not xLSTMLMModelConfig fields; "
                       "misspelled?)", stacklevel=2)
