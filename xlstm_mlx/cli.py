@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
-import tempfile
+import warnings
 from pathlib import Path
 
 from xlstm_mlx import platform
-from xlstm_mlx.errors import UsageError, XLSTMError
-
-
-
-def default_model_dir() -> tuple[Path, str]:
-    """The model used when --model is not given, with a label saying what it is."""
-    from xlstm_mlx.checkpoints.demo import DEMO_LABEL, demo_model_dir
-
-    if demo_model_dir() is not None:
-        return demo_model_dir(), DEMO_LABEL
-    d = Path(tempfile.gettempdir()) / "xlstm-mlx-random-tiny"
-    if not (d / "model.safetensors").exists():
-        from xlstm_mlx.checkpoints.random import make_random_checkpoint
-
-        make_random_checkpoint(d, "tiny", seed=0)
-    return d, "NOTE: no --model given; using a tiny RANDOM-WEIGHT model created on the fly (its output is noise)"
+from xlstm_mlx.checkpoints.demo import DEMO_REPETITION_PENALTY, default_model_dir, demo_model_dir  # noqa: F401
+from xlstm_mlx.errors import MissingFileError, UsageError, XLSTMError
+from xlstm_mlx.textinput import clean_text, decode_bytes
 
 
 def _load_model(args):
@@ -33,6 +22,12 @@ def _load_model(args):
     if model_path is None:
         model_path, label = default_model_dir()
         print(label, file=sys.stderr)
+        if (model_path == demo_model_dir() and getattr(args, "repetition_penalty", 0) is None
+                and getattr(args, "temp", None) == 0):
+            # the bundled model's greedy default (checkpoints/demo.py); sampled runs stay as given
+            args.repetition_penalty = DEMO_REPETITION_PENALTY
+            print(f"NOTE: greedy with --repetition-penalty {DEMO_REPETITION_PENALTY} (the bundled model's default; "
+                  "--repetition-penalty 1 turns it off)", file=sys.stderr)
     if getattr(args, "tensor_parallel", False):  # under mlx.launch: this rank's share of every block
         from xlstm_mlx.distributed import rank_io
         from xlstm_mlx.distributed.tensor_parallel import load_sharded
@@ -58,25 +53,61 @@ def _sampling(args) -> dict:
     return opts
 
 
+def _read_stdin() -> str:
+    """All of stdin as text; invalid UTF-8 replaced (with a warning), whatever the locale says."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is not None:
+        return decode_bytes(buffer.read(), "stdin")
+    return clean_text(sys.stdin.read(), "stdin")
+
+
 def _read_prompt(args, optional: bool) -> str:
+    if args.prompt is not None and args.prompt_file is not None:
+        raise UsageError("give the prompt with --prompt or --prompt-file, not both")
+    if args.prompt_file is not None:
+        path = Path(args.prompt_file).expanduser()
+        if not path.is_file():
+            raise MissingFileError(f"--prompt-file {path} " + ("is a directory" if path.is_dir() else "does not exist"))
+        try:
+            return decode_bytes(path.read_bytes(), f"--prompt-file {path}")
+        except OSError as e:
+            raise UsageError(f"--prompt-file {path} cannot be read ({e.strerror})") from None
+    if args.prompt == "-":
+        return _read_stdin()
     if args.prompt is not None:
-        return args.prompt
-    if not sys.stdin.isatty():
-        return sys.stdin.read()
+        return clean_text(args.prompt, "--prompt")
+    if sys.stdin is not None and not sys.stdin.isatty():
+        return _read_stdin()
     if optional:
         return ""
-    raise UsageError("give the prompt with --prompt or pipe it on stdin")
+    raise UsageError("give the prompt with --prompt TEXT, --prompt-file FILE, or pipe it on stdin (--prompt -)")
+
+
+def _check_state_paths(args) -> None:
+    """--load-state must be a file and --save-state writable: found before the model loads and the prompt runs."""
+    from xlstm_mlx.atomic import check_writable
+
+    if getattr(args, "load_state", None):
+        p = Path(args.load_state).expanduser()
+        if p.is_dir():
+            raise UsageError(f"--load-state {p} is a directory; give the snapshot file (.safetensors)")
+        if not p.is_file():
+            raise MissingFileError(f"--load-state {p} does not exist")
+    if getattr(args, "save_state", None):
+        check_writable(args.save_state, "--save-state")
 
 
 def _generate_command(args) -> int:
-    from xlstm_mlx.generation.generate import format_stats, stream_generate
+    from xlstm_mlx.generation.generate import format_stats, stream_generate, warm_up_decode
     from xlstm_mlx.generation.snapshot import load_snapshot, save_snapshot
 
-    sampling = _sampling(args)
     if args.max_tokens < 0:
         raise UsageError(f"--max-tokens must be >= 0, got {args.max_tokens}")
-    model, tok = _load_model(args)
+    _sampling(args)  # bad values exit before anything loads
+    _check_state_paths(args)
     prompt = _read_prompt(args, optional=args.load_state is not None)
+    model, tok = _load_model(args)
+    sampling = _sampling(args)  # again: the bundled model brings its own default
     if args.load_state:
         snap = load_snapshot(args.load_state, model)
         cache, prior = snap.cache, snap.tokens
@@ -98,13 +129,21 @@ def _generate_command(args) -> int:
         print(f"[xlstm-mlx] saved the state after {len(prior) + len(ids)} prompt tokens to {args.save_state}",
               file=sys.stderr)
 
+    if args.verbose and args.max_tokens > 0:
+        warm_up_decode(model, 1)  # the one-time compile stays out of the prompt speed
     last = None
-    for last in stream_generate(model, tok, ids, args.max_tokens, cache=cache, stop=args.stop,
-                                prefill_step_size=args.prefill_step_size,
-                                on_prefill=save if args.save_state else None, **sampling):
-        sys.stdout.write(last.text)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+    try:
+        for last in stream_generate(model, tok, ids, args.max_tokens, cache=cache, stop=args.stop,
+                                    prefill_step_size=args.prefill_step_size, progress=True,
+                                    on_prefill=save if args.save_state else None, **sampling):
+            sys.stdout.write(last.text)
+            sys.stdout.flush()
+    finally:  # also when interrupted: the text so far ends its line
+        if last is not None:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+    if last is None:
+        sys.stdout.write("\n")
     if args.verbose and last is not None:
         print(format_stats(last), file=sys.stderr)
     return 0
@@ -113,13 +152,24 @@ def _generate_command(args) -> int:
 def _chat_command(args) -> int:
     from xlstm_mlx.generation.chat import ChatSession, run_chat
 
-    sampling = _sampling(args)
+    if args.system is not None and args.system_prompt is not None:
+        raise UsageError("give --system or --system-prompt, not both (they are the same option)")
+    _sampling(args)
+    _check_state_paths(args)
     model, tok = _load_model(args)
-    session = ChatSession(model, tok, system=args.system, max_tokens=args.max_tokens, stop=args.stop,
-                          prefill_step_size=args.prefill_step_size, **sampling)
+    sampling = _sampling(args)
+    session = ChatSession(model, tok, system=clean_text(args.system or args.system_prompt or "", "--system") or None,
+                          max_tokens=args.max_tokens, stop=args.stop, prefill_step_size=args.prefill_step_size,
+                          progress=True, **sampling)
     if args.load_state:
         session.load(args.load_state)
-    return run_chat(session, sys.stdin, sys.stdout, sys.stderr, interactive=sys.stdin.isatty(), verbose=args.verbose)
+    interactive = sys.stdin is not None and sys.stdin.isatty()
+    if interactive:
+        try:
+            import readline  # noqa: F401  line editing and history for input(), where the platform has it
+        except ImportError:
+            pass
+    return run_chat(session, sys.stdin, sys.stdout, sys.stderr, interactive=interactive, verbose=args.verbose)
 
 
 def _info_command(args) -> int:
@@ -144,7 +194,7 @@ def _serve_command(args) -> int:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="checkpoint directory or Hugging Face repo id")
+    p.add_argument("-m", "--model", help="checkpoint directory or Hugging Face repo id (default: the bundled model)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--profile", help="numerics profile: 'parity', 'fast' or a JSON file (docs/profiles.md)")
@@ -160,13 +210,22 @@ def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]; 1 = off")
     p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability; 0 = off")
-    p.add_argument("--repetition-penalty", type=float, help="penalize recent tokens (> 1 discourages repeats)")
+    p.add_argument("--repetition-penalty", type=float,
+                   help="penalize recent tokens (> 1 discourages repeats; default off; 1.2 for greedy runs of the "
+                        "bundled model)")
     p.add_argument("--repetition-context-size", type=int, default=20, help="tokens the penalty looks back over")
     p.add_argument("--seed", type=int, help="seed for reproducible sampling")
     p.add_argument("--stop", action="append", help="stop string (not printed); repeat for several")
     p.add_argument("--prefill-step-size", type=int, default=2048, help="prompt tokens per prefill chunk")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("xlstm-mlx")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 def _add_tensor_parallel_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensor-parallel", action="store_true",
                    help="under mlx.launch: split the model's heads and FFN across the ranks (docs/distributed.md)")
@@ -174,10 +233,12 @@ def _add_tensor_parallel_arg(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xlstm-mlx", description="Run xLSTM language models with MLX")
+    p.add_argument("--version", action="version", version=f"xlstm-mlx {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate text from a prompt")
     _add_model_args(g)
-    g.add_argument("--prompt", help="prompt text (default: read stdin)")
+    g.add_argument("-p", "--prompt", help="prompt text; '-' reads stdin (default: stdin when it is not a terminal)")
+    g.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a file (any length)")
     _add_sampling_args(g, max_tokens=100)
     g.add_argument("--chat-template", action="store_true", help="wrap the prompt as a user turn in the chat template")
     g.add_argument("--save-state", metavar="FILE", help="save the state after the prompt (safetensors) to resume later")
@@ -195,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(c)
     _add_sampling_args(c, max_tokens=512)
     c.add_argument("--system", help="system prompt")
+    c.add_argument("--system-prompt", help="the same as --system (mlx-lm's name)")
     c.add_argument("--load-state", metavar="FILE", help="start from a saved chat or prompt state")
     _add_tensor_parallel_arg(c)
     c.set_defaults(func=_chat_command)
@@ -217,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_serve_command)
 
     i = sub.add_parser("info", help="describe a checkpoint: blocks, dims, heads, parameters, dtypes, state size")
-    i.add_argument("--model", help="checkpoint directory or Hugging Face repo id")
+    i.add_argument("-m", "--model", help="checkpoint directory or Hugging Face repo id (default: the bundled model)")
     i.set_defaults(func=_info_command)
     from xlstm_mlx.checkpoints import convert_official
 
@@ -239,15 +301,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush cannot fail again (a closed pipe)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """The one error path: a project error (errors.py) prints one clean line and exits 2; anything else is a
-    bug and keeps its traceback."""
-    args = build_parser().parse_args(argv)
+    bug and keeps its traceback. Ctrl-C exits 130 (what was printed stays printed), a closed pipe (`| head`)
+    ends quietly with 141 (128 + SIGPIPE, as the shell reports it), a full disk gets a message."""
+    if sys.stdout is None:  # started with stdout closed (`>&-`)
+        print("error: stdout is closed; redirect it to a file or /dev/null", file=sys.stderr)
+        return 2
+    # library warnings (an unknown config key, invalid UTF-8) read as one line each, not as source locations
+    warnings.formatwarning = lambda message, category, filename, lineno, line=None: f"warning: {message}\n"
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")  # invalid UTF-8 reaches textinput.clean_text, not a crash
     try:
+        args = build_parser().parse_args(argv)
         platform.setup()
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()
+        return rc
     except XLSTMError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        try:
+            sys.stdout.flush()
+        except OSError:
+            _silence_stdout()
+        print("[xlstm-mlx] interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise
+        _silence_stdout()
+        where = f" writing {e.filename}" if e.filename else " writing the output"
+        print(f"error: no space left on the device{where}; free some space or write elsewhere", file=sys.stderr)
         return 2
 
 

@@ -115,7 +115,8 @@ def test_chat_follows_rank_0s_stdin_and_saves_one_state_per_rank(model_dir, tmp_
     one = capsys.readouterr().out
     results = run_ranks(["-m", "xlstm_mlx.cli", *argv, "--tensor-parallel"], tmp_path / "ranks", stdin=script)
     assert results[0][1] == one and results[1][1] == ""
-    assert sorted(p.name for p in tmp_path.glob("st.rank-*")) == ["st.rank-0.safetensors", "st.rank-1.safetensors"]
+    # snapshots are written to exactly the path named (atomic.save_safetensors), so /load FILE finds them again
+    assert sorted(p.name for p in tmp_path.glob("st.rank-*")) == ["st.rank-0", "st.rank-1"]
 
 
 def test_a_quantized_model_shards_by_whole_groups(model_dir, tmp_path, capsys):

@@ -24,7 +24,9 @@ from tqdm import tqdm
 from xlstm_mlx.checkpoints.load import load, open_checkpoint, open_weights, build_model, resolve_model_dir
 from xlstm_mlx.checkpoints.quantize import (GROUP_SIZES, parameter_bytes, plan_quantization, quantize_model,
                                             summarize)
-from xlstm_mlx.checkpoints.safetensors import dtype_name
+from xlstm_mlx.checkpoints.demo import model_or_default
+from xlstm_mlx.checkpoints.outdir import prepare_out
+from xlstm_mlx.checkpoints.safetensors import DTYPES as SAFETENSORS_DTYPES, dtype_name
 from xlstm_mlx.checkpoints.save import TOKENIZER_FILES
 from xlstm_mlx.errors import CheckpointError, UsageError
 from xlstm_mlx.profiles import DTYPES, default_profile
@@ -38,15 +40,15 @@ def stored_dtype(ckpt) -> str:
     return seen.pop() if len(seen) == 1 and next(iter(seen)) in DTYPES else "float32"
 
 
-def _prepare_out(src: Path, out: Path, force: bool) -> None:
-    if out.resolve() == src.resolve():
-        raise UsageError(f"--out {out} is the source directory; write the conversion somewhere else")
-    if out.exists() and (out.is_file() or any(out.iterdir())):
-        if not force:
-            raise UsageError(f"{out} already exists; pass --force to replace it")
-        if out.is_file() or not ((out / "config.json").exists() or any(out.glob("*.safetensors"))):
-            raise UsageError(f"{out} exists and is not a model directory (no config.json, no *.safetensors); "
-                             "refusing to delete it even with --force")
+def source_bytes(ckpt) -> int:
+    """Bytes of tensor data the checkpoint stores (from the headers: shape x element size)."""
+    total = 0
+    for key, shape in ckpt.shapes.items():
+        n = 1
+        for d in shape:
+            n *= d
+        total += n * SAFETENSORS_DTYPES.get(ckpt.dtypes[key], (None, 0))[1]
+    return total
 
 
 def _shards(tensors: dict[str, mx.array]) -> list[dict[str, mx.array]]:
@@ -86,7 +88,7 @@ def convert(src: str | Path, out: str | Path, dtype: str | None = None, quantize
             group_size: int = 64, embeddings: bool = True, force: bool = False, progress: bool = True) -> dict:
     """Convert `src` into `out`. Returns a summary: dtype, bytes before/after, the quantization section."""
     src_dir, out = resolve_model_dir(src), Path(out).expanduser()
-    _prepare_out(src_dir, out, force)
+    prepare_out(src_dir, out, force)
     ckpt = open_checkpoint(src_dir)
     if ckpt.quantization is not None:
         raise UsageError(f"{src_dir} is already quantized; convert from the float checkpoint")
@@ -128,11 +130,12 @@ def convert(src: str | Path, out: str | Path, dtype: str | None = None, quantize
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"out": out, "dtype": dtype, "float_bytes": float_bytes, "bytes": parameter_bytes(model),
-            "quantization": qcfg}
+            "source_bytes": source_bytes(ckpt), "source_dtype": stored_dtype(ckpt), "quantization": qcfg}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="source checkpoint directory (or Hugging Face repo id)")
+    p.add_argument("-m", "--model", help="source checkpoint directory or Hugging Face repo id (default: the bundled "
+                   "model)")
     p.add_argument("--out", required=True, help="output directory (refused if it exists, unless --force)")
     p.add_argument("--dtype", choices=sorted(DTYPES),
                    help="dtype of every float tensor (and of the quantization scales/biases); default: as stored")
@@ -148,10 +151,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(ns: argparse.Namespace) -> int:
     if not ns.quantize and (ns.keep_embeddings or ns.bits is not None or ns.group_size is not None):
         raise UsageError("--bits, --group-size and --keep-embeddings only apply with -q/--quantize")
-    s = convert(ns.model, ns.out, dtype=ns.dtype, quantize=ns.quantize, bits=ns.bits or 4,
+    s = convert(model_or_default(ns.model, sys.stderr), ns.out, dtype=ns.dtype, quantize=ns.quantize, bits=ns.bits or 4,
                 group_size=ns.group_size or 64, embeddings=not ns.keep_embeddings, force=ns.force)
     if s["quantization"] is not None:
         print("\n".join(summarize(s["quantization"])))
-    print(f"weights: {s['float_bytes'] / 1e6:,.1f} MB in {s['dtype']} -> {s['bytes'] / 1e6:,.1f} MB")
+    print(f"weights: {s['source_bytes'] / 1e6:,.1f} MB stored ({s['source_dtype']}) -> {s['bytes'] / 1e6:,.1f} MB "
+          f"({s['dtype']}{', quantized' if s['quantization'] is not None else ''})")
     print(f"wrote {s['out']}")
     return 0

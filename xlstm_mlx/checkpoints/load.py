@@ -44,11 +44,10 @@ def resolve_model_dir(path: str | Path) -> Path:
 
         try:
             return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt"]))
-        except Exception as e:  # offline, unknown repo, gated repo: say what failed and what to do
+        except Exception as e:  # offline, unknown repo, gated repo: one line saying what to do, not the Hub's wall
             raise CheckpointError(
                 f"{text!r} is not a local directory and could not be fetched from the Hugging Face Hub "
-                f"({type(e).__name__}: {' '.join(str(e).split())}); download it first (hf download {text} "
-                f"--local-dir DIR) and pass the directory"
+                f"({type(e).__name__}); download it with `hf download {text} --local-dir DIR` and pass --model DIR"
             ) from None
     raise CheckpointError(f"model directory {p} does not exist")
 

@@ -20,7 +20,7 @@ SHARD = re.compile(r"^(?P<stem>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.safetensors$")
 # safetensors dtype code -> (our name, bytes per element): the one table of them
 DTYPES = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
           "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1), "U8": ("uint8", 1),
-          "BOOL": ("bool", 1), "U32": ("uint32", 4)}
+          "BOOL": ("bool", 1), "U16": ("uint16", 2), "U32": ("uint32", 4), "U64": ("uint64", 8)}
 
 
 def dtype_name(code: str) -> str:
@@ -43,7 +43,12 @@ def read_header(path: Path) -> dict[str, dict]:
             header = json.loads(fh.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path}: header is not valid JSON ({e}); the file is corrupt; {fix}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: header is not a JSON object (found {type(header).__name__}); the file is "
+                              f"corrupt; {fix}")
     header.pop("__metadata__", None)
+    for name, t in header.items():
+        _check_entry(path, name, t, fix)
     data_size = size - 8 - n
     end = max((t["data_offsets"][1] for t in header.values()), default=0)
     if end > data_size:
@@ -52,7 +57,7 @@ def read_header(path: Path) -> dict[str, dict]:
             f"{data_size} are present; {fix}"
         )
     for name, t in header.items():
-        want = DTYPES.get(t["dtype"], (None, 0))[1]
+        want = DTYPES[t["dtype"]][1]
         count = 1
         for d in t["shape"]:
             count *= d
@@ -60,6 +65,27 @@ def read_header(path: Path) -> dict[str, dict]:
             raise CheckpointError(f"{path}: tensor {name!r} has shape {t['shape']} ({t['dtype']}) but "
                                   f"{t['data_offsets'][1] - t['data_offsets'][0]} bytes; the file is corrupt; {fix}")
     return header
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_entry(path: Path, name: str, t, fix: str) -> None:
+    """A tensor entry has a known dtype code, a shape of non-negative ints and data_offsets [begin, end]."""
+    where = f"{path}: header entry {name!r}"
+    if not isinstance(t, dict):
+        raise CheckpointError(f"{where} is not an object with dtype, shape and data_offsets; {fix}")
+    missing = [k for k in ("dtype", "shape", "data_offsets") if k not in t]
+    if missing:
+        raise CheckpointError(f"{where} has no {', '.join(missing)}; the file is corrupt; {fix}")
+    if not isinstance(t["dtype"], str) or t["dtype"] not in DTYPES:
+        raise CheckpointError(f"{where} has dtype {t['dtype']!r}; known: {sorted(DTYPES)}; {fix}")
+    if not isinstance(t["shape"], list) or not all(_is_int(d) for d in t["shape"]):
+        raise CheckpointError(f"{where} has shape {t['shape']!r}, not a list of non-negative integers; {fix}")
+    off = t["data_offsets"]
+    if not (isinstance(off, list) and len(off) == 2 and all(_is_int(o) for o in off) and off[0] <= off[1]):
+        raise CheckpointError(f"{where} has data_offsets {off!r}, not [begin, end] with 0 <= begin <= end; {fix}")
 
 
 def find_weight_files(model_dir: Path) -> list[Path]:

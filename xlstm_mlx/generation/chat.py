@@ -21,6 +21,7 @@ import mlx.core as mx
 from xlstm_mlx.generation.generate import GenerationResponse, make_sampling, prefill, stream_generate
 from xlstm_mlx.generation.snapshot import load_snapshot, save_snapshot
 from xlstm_mlx.errors import UsageError, XLSTMError
+from xlstm_mlx.textinput import clean_text
 
 PLAIN_STOP = "\nUser:"
 
@@ -44,7 +45,7 @@ def render_plain(messages: list[dict], add_generation_prompt: bool) -> str:
 
 class ChatSession:
     def __init__(self, model, tokenizer, system: str | None = None, max_tokens: int = 512, stop=None,
-                 prefill_step_size: int = 2048, **sampling):
+                 prefill_step_size: int = 2048, progress: bool = False, **sampling):
         if tokenizer is None:
             raise UsageError("chat needs a tokenizer (the checkpoint has no tokenizer.json)")
         self.model, self.tokenizer = model, tokenizer
@@ -55,6 +56,7 @@ class ChatSession:
         self.templated = tokenizer.chat_template is not None
         self.stop = ([] if self.templated else [PLAIN_STOP]) + ([stop] if isinstance(stop, str) else list(stop or []))
         self.prefill_step_size = prefill_step_size
+        self.progress = progress  # a progress bar on stderr for a long turn's prefill (generate.prefill)
         self.sampler, self.processors = make_sampling(**sampling)
         self.rebuilds = 0
         self.reset()
@@ -74,8 +76,23 @@ class ChatSession:
             body = render_plain(self.messages, add_generation_prompt)
         return self.preamble + body
 
+    def _checkpoint(self) -> tuple:
+        """What a turn changes, to put back if it is interrupted before the reply starts."""
+        return (list(self.cache.layers), self.cache.offset, self.cache, list(self.tokens), self.consumed_text,
+                [dict(m) for m in self.messages], self.preamble, self.rebuilds)
+
+    def _restore(self, saved: tuple) -> None:
+        layers, offset, self.cache, self.tokens, self.consumed_text, self.messages, self.preamble, \
+            self.rebuilds = saved
+        self.cache.layers[:], self.cache.offset = layers, offset
+
     def send(self, text: str) -> Iterator[GenerationResponse]:
-        """Add a user turn and stream the reply; the state carries over to the next turn."""
+        """Add a user turn and stream the reply; the state carries over to the next turn.
+
+        Stopped early (the generator closed, Ctrl-C, an error), the session stays consistent: a reply that had
+        begun is kept as far as it went (the state holds exactly its text); a turn stopped before its first
+        token is taken back entirely (state, tokens and messages as before the turn)."""
+        saved = self._checkpoint()
         self.messages.append({"role": "user", "content": text})
         full = self.render(True)
         if self.tokens and not full.startswith(self.consumed_text):
@@ -86,18 +103,31 @@ class ChatSession:
                 full = self.render(True)
         delta = full[len(self.consumed_text):]
         ids = self.tokenizer.encode(delta, add_special_tokens=not self.tokens and not self.templated)
+        start = self.cache.offset
         generated, pieces = [], []
-        for r in stream_generate(
-            self.model, self.tokenizer, ids, self.max_tokens, cache=self.cache, stop=self.stop,
-            sampler=self.sampler, logits_processors=self.processors, prefill_step_size=self.prefill_step_size,
-        ):
-            generated.append(r.token)
-            pieces.append(r.text)
-            yield r
-        # the state consumed the delta and every generated token but the last (see generate.py)
-        self.tokens += ids + generated[:-1]
-        self.consumed_text = full + self.tokenizer.decode(generated[:-1])
-        self.messages.append({"role": "assistant", "content": "".join(pieces)})
+        finished = False
+        try:
+            for r in stream_generate(
+                self.model, self.tokenizer, ids, self.max_tokens, cache=self.cache, stop=self.stop,
+                sampler=self.sampler, logits_processors=self.processors, prefill_step_size=self.prefill_step_size,
+                progress=self.progress,
+            ):
+                generated.append(r.token)
+                pieces.append(r.text)
+                yield r
+            finished = True
+        finally:
+            # the state consumed the delta and the generated tokens but (normally) the last, see generate.py; an
+            # interruption can land on either side of that, so the cache's own count decides
+            fed = self.cache.offset - start - len(ids)
+            if not finished and (not generated or not 0 <= fed <= len(generated)):
+                self._restore(saved)
+            else:
+                fed = len(generated) - 1 if finished else fed
+                self.tokens += ids + generated[:fed]
+                self.consumed_text = full + self.tokenizer.decode(generated[:fed])
+                self.messages.append({"role": "assistant", "content": self.tokenizer.decode(generated[:fed])
+                                      if not finished else "".join(pieces)})
 
     def save(self, path: str | Path) -> Path:
         extra = {
@@ -140,14 +170,24 @@ def run_chat(session: ChatSession, stdin: TextIO, stdout: TextIO, stderr: TextIO
 
     if interactive:
         print(f"[chat] {HELP}", file=stderr)
+    if not session.templated:
+        print(f"[chat] this model has no chat template; the conversation is a plain transcript "
+              f"('User: ...' / 'Assistant: ...')", file=stderr)
     while True:
-        if interactive:
-            stdout.write(">> ")
-            stdout.flush()
-        line = stdin.readline()
-        if not line:
+        try:
+            if interactive:
+                line = input(">> ")  # readline's line editing and history where the CLI could import it
+            else:
+                line = stdin.readline()
+                if not line:
+                    return 0
+        except EOFError:  # Ctrl-D at the prompt
+            stdout.write("\n")
             return 0
-        line = line.rstrip("\r\n")
+        except KeyboardInterrupt:  # Ctrl-C at the prompt: leave
+            stdout.write("\n")
+            return 0
+        line = clean_text(line.rstrip("\r\n"), "the chat input")
         if not line.strip():
             continue
         if line.startswith("/"):
@@ -177,9 +217,17 @@ def run_chat(session: ChatSession, stdin: TextIO, stdout: TextIO, stderr: TextIO
                 print(f"[chat] unknown command {cmd}; {HELP}", file=stderr)
             continue
         last = None
-        for last in session.send(line):
-            stdout.write(last.text)
-            stdout.flush()
+        reply = session.send(line)
+        try:
+            for last in reply:
+                stdout.write(last.text)
+                stdout.flush()
+        except KeyboardInterrupt:  # Ctrl-C during a reply: stop it, keep the conversation
+            reply.close()
+            stdout.write("\n")
+            print("[chat] reply stopped (Ctrl-C); the conversation goes on (Ctrl-C at the prompt or /quit "
+                  "leaves)", file=stderr)
+            last = None
         stdout.write("\n")
         stdout.flush()
         if verbose and last is not None:

@@ -28,7 +28,12 @@ import mlx.core as mx
 from xlstm_mlx.models.compiled import decode_fn
 from xlstm_mlx.generation.sample import LogitsProcessor, Sampler, apply_processors, make_logits_processors
 from xlstm_mlx.generation.stopping import StopStringFilter, check_stop_strings
-from xlstm_mlx.errors import UsageError
+from xlstm_mlx.errors import NumericsError, UsageError
+
+# a prefill still running after this many seconds shows a progress bar (tokens/s) on stderr; shorter ones none
+PROGRESS_DELAY_S = 2.0
+NUMERICS_FIX = ("run with --check-numerics to find the first block producing it, and try --dtype float32 or "
+                "--profile parity (a precision problem goes away in float32; see docs/troubleshooting.md)")
 
 
 @dataclass
@@ -49,15 +54,40 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
-def prefill(model, tokens: mx.array, cache, mask: mx.array | None = None, prefill_step_size: int = 2048) -> None:
-    """Feed tokens [B, T] (and mask [B, T]) into `cache` in chunks; only the state is ever computed."""
+def prefill(model, tokens: mx.array, cache, mask: mx.array | None = None, prefill_step_size: int = 2048,
+            progress: bool = False) -> None:
+    """Feed tokens [B, T] (and mask [B, T]) into `cache` in chunks; only the state is ever computed.
+
+    progress: a tqdm bar on stderr (tokens/s) once the prefill has run for PROGRESS_DELAY_S seconds."""
     _check_int("prefill_step_size", prefill_step_size, 1)
     T = tokens.shape[1]
-    for s in range(0, T, prefill_step_size):
-        chunk_mask = None if mask is None else mask[:, s : s + prefill_step_size]
-        model(tokens[:, s : s + prefill_step_size], cache=cache, mask=chunk_mask)  # logits stay unevaluated
-        mx.eval(cache.arrays())
-        mx.clear_cache()  # hand the chunk's buffers back: the next chunk's sizes may differ (fragmentation)
+    if T == 0:
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=T * tokens.shape[0], desc="prompt", unit="tok", unit_scale=True, file=sys.stderr,
+              delay=PROGRESS_DELAY_S, disable=not progress or T <= prefill_step_size, leave=False) as bar:
+        for s in range(0, T, prefill_step_size):
+            chunk_mask = None if mask is None else mask[:, s : s + prefill_step_size]
+            chunk = tokens[:, s : s + prefill_step_size]
+            model(chunk, cache=cache, mask=chunk_mask)  # logits stay unevaluated
+            mx.eval(cache.arrays())
+            mx.clear_cache()  # hand the chunk's buffers back: the next chunk's sizes may differ (fragmentation)
+            bar.update(chunk.size)
+
+
+def check_state_finite(cache) -> None:
+    """One isfinite reduction over the whole state; a NumericsError naming the fix if it holds NaN/Inf."""
+    arrays = cache.arrays()
+    if arrays and not mx.all(mx.stack([mx.all(mx.isfinite(a)) for a in arrays])).item():
+        raise NumericsError(f"the recurrent state holds NaN or Inf after the prompt; {NUMERICS_FIX}")
+
+
+def warm_up_decode(model, batch_size: int = 1) -> None:
+    """Run the (compiled) decode step once on a throwaway state, so that its one-time trace and compile are
+    not counted in a timed run (--verbose prompt speed)."""
+    cache = model.make_cache(batch_size)
+    mx.eval(decode_fn(model)(mx.zeros((batch_size, 1), dtype=mx.int32), cache))
 
 
 def make_sampling(
@@ -93,12 +123,16 @@ def generate_step(
     max_tokens: int = 256,
     prefill_step_size: int = 2048,
     on_prefill: Callable | None = None,
+    progress: bool = False,
 ) -> Iterator[mx.array]:
     """Yield sampled tokens [B] (int32) one step at a time, the next step already computing.
 
     prompt [B, T] int32 (T >= 1), mask [B, T] (True = real token; the last position must be real in every row).
     `on_prefill(cache)` is called once the prompt but its last token is in the state (for snapshots).
     Close the generator to stop early: the speculative next step is then taken back out of the cache.
+    Token ids outside the vocabulary are refused (UsageError); non-finite logits stop the loop with a
+    NumericsError (one isfinite reduction per step, read with the sampled token: docs/troubleshooting.md).
+    progress: show a progress bar for a long prefill (see prefill).
     """
     if prompt.ndim != 2 or prompt.shape[1] < 1:
         raise UsageError(f"prompt must be [batch, time] with at least one token, got shape {tuple(prompt.shape)}")
@@ -109,12 +143,15 @@ def generate_step(
             raise UsageError(f"mask shape {tuple(mask.shape)} differs from prompt shape {tuple(prompt.shape)}")
         if not mx.all(mask[:, -1]).item():
             raise UsageError("the last prompt position must be a real token in every row (pad on the left)")
+    check_token_ids(prompt, model.args.vocab_size, "prompt")
     if cache is None:
         cache = model.make_cache(B)
     sampler = sampler or Sampler()
     procs = list(logits_processors)
 
-    prefill(model, prompt[:, :-1], cache, None if mask is None else mask[:, :-1], prefill_step_size)
+    prefill(model, prompt[:, :-1], cache, None if mask is None else mask[:, :-1], prefill_step_size, progress)
+    if max_tokens == 0 and prompt.shape[1] > 1:
+        check_state_finite(cache)  # no logits will be computed: the state itself is checked, once
     if on_prefill is not None:
         on_prefill(cache)
     if max_tokens == 0:
@@ -128,14 +165,15 @@ def generate_step(
 
     decode = decode_fn(model)  # the one-token step, fused by mx.compile (models/compiled.py)
 
-    def step(tokens: mx.array) -> mx.array:
+    def step(tokens: mx.array) -> tuple[mx.array, mx.array]:
         logits = decode(tokens, cache)[:, -1]
+        finite = mx.all(mx.isfinite(logits))  # one reduction per step: NaN never passes as a token
         if procs:
             logits = apply_processors(procs, history, logits)
-        return sampler(logits)
+        return sampler(logits), finite
 
-    y = step(prompt[:, -1:])
-    mx.async_eval(y)
+    y, finite = step(prompt[:, -1:])
+    mx.async_eval(y, finite)
     produced = 0
     restore = None
     try:
@@ -147,17 +185,27 @@ def generate_step(
                     history = mx.concatenate([history, y[:, None].astype(history.dtype)], axis=1)
                     if window is not None:
                         history = history[:, -window:]
-                nxt = step(y[:, None])
-                mx.async_eval(nxt)
+                nxt, nxt_finite = step(y[:, None])
+                mx.async_eval(nxt, nxt_finite)
+            if not finite.item():  # read after the next step is queued: the pipeline keeps running
+                raise NumericsError(f"the model produced NaN or Inf logits at generated token {produced + 1}; "
+                                    f"{NUMERICS_FIX}")
             yield y
             restore = None
             produced += 1
             if nxt is None:
                 return
-            y = nxt
+            y, finite = nxt, nxt_finite
     finally:
         if restore is not None:  # stopped while the next step was in flight: it consumed the last token
             cache.layers, cache.offset = restore
+
+
+def check_token_ids(ids: mx.array, vocab_size: int, what: str = "token ids") -> None:
+    """Every id in [0, vocab_size): one min/max reduction (an id outside would read outside the embedding)."""
+    from xlstm_mlx.models.base import check_token_range
+
+    check_token_range(ids, vocab_size, what)
 
 
 def _encode_prompt(tokenizer, prompt, continuing: bool) -> list[int]:
@@ -169,6 +217,8 @@ def _encode_prompt(tokenizer, prompt, continuing: bool) -> list[int]:
         ids = prompt.reshape(-1).tolist()
     else:
         ids = [int(t) for t in prompt]
+    if ids and (min(ids) < 0 or max(ids) >= 2**31):  # would wrap around in int32 and pass the vocabulary check
+        raise UsageError(f"token ids must be in [0, vocab_size), got {min(ids)} ... {max(ids)}")
     if not ids:
         raise UsageError("the prompt encodes to no tokens; give at least one token")
     return ids
@@ -185,6 +235,7 @@ def stream_generate(
     eos_token_ids: Sequence[int] | None = None,
     prefill_step_size: int = 2048,
     on_prefill: Callable | None = None,
+    progress: bool = False,
     **sampling,
 ) -> Iterator[GenerationResponse]:
     """Generate from one prompt, yielding a GenerationResponse per sampled token.
@@ -192,7 +243,7 @@ def stream_generate(
     prompt: text (BOS added as the tokenizer says, unless continuing a non-empty `cache`) or token ids.
     sampling: sampler=, logits_processors=, or temp, top_k, top_p, min_p, seed, repetition_penalty,
     repetition_context_size, logit_bias. Stops on an EOS id (tokenizer's unless `eos_token_ids`), a stop
-    string (neither is emitted) or `max_tokens`.
+    string (neither is emitted) or `max_tokens`. progress: a progress bar on stderr for a long prefill.
     """
     if tokenizer is None:
         raise UsageError("stream_generate needs a tokenizer to produce text; use generate_step for token ids")
@@ -209,7 +260,7 @@ def stream_generate(
     t0 = time.perf_counter()
     gen = generate_step(
         model, mx.array([ids], dtype=mx.int32), cache, sampler=sampler, logits_processors=procs,
-        max_tokens=max_tokens, prefill_step_size=prefill_step_size, on_prefill=on_prefill,
+        max_tokens=max_tokens, prefill_step_size=prefill_step_size, on_prefill=on_prefill, progress=progress,
     )
     prompt_tps, t_first = 0.0, t0
     try:

@@ -129,8 +129,8 @@ class Sampler:
         self.top_k = check_top_k(top_k)
         self.top_p = check_top_p(top_p)
         self.min_p = check_min_p(min_p)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+            raise UsageError(f"seed must be an integer in [0, 2**64) (MLX's random key is 64 bits), got {seed!r}")
         self.seed = seed
         self._key = mx.random.key(seed) if seed is not None else None
 

@@ -28,6 +28,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
+from xlstm_mlx import atomic
 from xlstm_mlx.errors import MissingFileError, SnapshotError, UsageError
 
 FORMAT = "xlstm-mlx-state"
@@ -108,18 +109,18 @@ def save_snapshot(
     tensors = {f"state.{k}": v for k, v in cache.state_dict().items()}
     tensors["tokens"] = mx.array(tokens, dtype=mx.int32)
     tensors["pending"] = mx.array(pending, dtype=mx.int32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(path), tensors, metadata=meta)
-    return path
+    return atomic.save_safetensors(path, tensors, metadata=meta)  # a failed write leaves any old file intact
 
 
 def load_snapshot(path: str | Path, model) -> Snapshot:
     """Read a snapshot for `model`; refuses one made by another model or at another dtype."""
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise SnapshotError(f"state snapshot {path} is a directory; give the snapshot file (.safetensors)")
     if not path.is_file():
         raise MissingFileError(f"state snapshot {path} does not exist")
     try:
-        tensors, meta = mx.load(str(path), return_metadata=True)
+        tensors, meta = mx.load(str(path), format="safetensors", return_metadata=True)
     except Exception as e:
         raise SnapshotError(f"{path} is not a readable safetensors file ({e})") from None
     if meta.get("format") != FORMAT:

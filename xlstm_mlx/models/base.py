@@ -58,8 +58,28 @@ def soft_cap(x: mx.array, cap: float | None) -> mx.array:
     return x if cap is None else cap * mx.tanh(x / cap)
 
 
-def check_model_inputs(input_ids: mx.array, cache: Cache | None) -> tuple[int, int]:
-    """Validate a model call's input ids against its cache; returns (B, T). Shared by every model family."""
+def check_token_range(input_ids: mx.array, vocab_size: int | None, what: str = "input_ids") -> None:
+    """Integer ids in [0, vocab_size): an id outside would gather outside the embedding table (on CPU, a
+    segmentation fault). One min/max reduction, read on the host (docs/troubleshooting.md has its cost)."""
+    if not mx.issubdtype(input_ids.dtype, mx.integer):
+        raise UsageError(f"{what} must be integer token ids, got dtype {input_ids.dtype}")
+    if vocab_size is None or input_ids.size == 0:
+        return
+    try:
+        lo, hi = mx.stack([mx.min(input_ids), mx.max(input_ids)]).tolist()
+    except ValueError as e:
+        if "transformation" not in str(e):
+            raise
+        return  # inside mx.compile / vmap the ids are placeholders without values: the caller's inputs decide
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise UsageError(f"{what} holds token id {bad}, outside this model's vocabulary [0, {vocab_size}); "
+                         "encode the text with this model's tokenizer")
+
+
+def check_model_inputs(input_ids: mx.array, cache: Cache | None, vocab_size: int | None = None) -> tuple[int, int]:
+    """Validate a model call's input ids against its cache (and, given `vocab_size`, their range); returns
+    (B, T). Shared by every model family."""
     if input_ids.ndim != 2:
         raise UsageError(f"input_ids must be [batch, time], got shape {tuple(input_ids.shape)}")
     B, T = input_ids.shape
@@ -67,6 +87,7 @@ def check_model_inputs(input_ids: mx.array, cache: Cache | None) -> tuple[int, i
         raise UsageError("input_ids is empty: give at least one token")
     if cache is not None and cache.batch_size != B:
         raise UsageError(f"cache was made for batch size {cache.batch_size}, input has batch size {B}")
+    check_token_range(input_ids, vocab_size)
     return B, T
 
 
@@ -126,12 +147,14 @@ class RecurrentLM(nn.Module):
                 and env.flag("XLSTM_MLX_COMPILE_DECODE"))
 
     def __call__(self, input_ids: mx.array, cache: Cache | None = None, mask: mx.array | None = None,
-                 compiled: bool | None = None):
+                 compiled: bool | None = None, check_ids: bool = True):
         """input_ids [B, T] -> float32 logits [B, T, V]; `cache` is advanced in place.
 
         `compiled` forces (True) or avoids (False) the compiled one-token step; None decides as documented.
+        `check_ids=False` skips the vocabulary range check (one host read): generate's decode loop feeds the
+        sampler's own tokens, which are in range by construction, and must not wait for them.
         """
-        B, T = check_model_inputs(input_ids, cache)
+        B, T = check_model_inputs(input_ids, cache, self.args.vocab_size if check_ids else None)
         states = list(cache.layers) if cache is not None else [b.make_state(B) for b in self.blocks]
         use = self.uses_compiled_step(T, mask) if compiled is None else (compiled and T == 1 and mask is None)
         if use:

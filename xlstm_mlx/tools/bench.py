@@ -16,7 +16,10 @@ import time
 
 import mlx.core as mx
 
+from xlstm_mlx import atomic
+from xlstm_mlx.atomic import check_writable
 from xlstm_mlx.checkpoints.load import load
+from xlstm_mlx.errors import UsageError
 from xlstm_mlx.checkpoints.random import SHAPES, randomize, shape_args
 from xlstm_mlx.generation.generate import generate_step, prefill
 from xlstm_mlx.models.xlstm7b.model import Model
@@ -123,8 +126,50 @@ def bench_ttft(model, length, reps, budget, rng_key, step_size):
     return {"length": length, "seconds": t, "reps": n, "peak_memory_bytes": mx.get_peak_memory()}
 
 
-def run(args, built: tuple | None = None) -> dict:
-    """All figures for the parsed `args`; `built` = (model, description) reuses a model already built."""
+def parse_grid(pairs: list[str]) -> list[tuple[int, int]]:
+    """'BxT' strings -> (batch, length) pairs, each >= 1; a UsageError names a malformed one."""
+    grid = []
+    for g in pairs:
+        parts = g.lower().split("x")
+        try:
+            b, t = (int(v) for v in parts)
+        except ValueError:
+            raise UsageError(f"--prefill-grid entry {g!r} is not BATCHxLENGTH (e.g. 1x2048)") from None
+        if b < 1 or t < 1:
+            raise UsageError(f"--prefill-grid entry {g!r}: batch and length must be >= 1")
+        grid.append((b, t))
+    return grid
+
+
+def validate(args) -> None:
+    """Every option checked before the model is built or anything is timed (the output paths too)."""
+    for name in ("prefill_batch", "prefill_len", "decode_batch"):
+        bad = [v for v in getattr(args, name) if v < 1]
+        if bad:
+            raise UsageError(f"--{name.replace('_', '-')} values must be >= 1, got {bad}")
+    if args.prefill_grid:
+        parse_grid(args.prefill_grid)
+    if args.decode_batch and args.decode_steps < 1:
+        raise UsageError(f"--decode-steps must be >= 1, got {args.decode_steps} (or give no --decode-batch)")
+    for name, low in (("reps", 1), ("prefill_step_size", 1), ("ttft_len", 0)):
+        if getattr(args, name) < low:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    if not args.budget >= 0:
+        raise UsageError(f"--budget must be >= 0 seconds, got {args.budget}")
+    if getattr(args, "json", None):
+        check_writable(args.json, "--json")
+    if getattr(args, "plot", None):
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install 'xlstm-mlx[plot]' (or leave out --plot)") from None
+        check_writable(args.plot, "--plot")
+
+
+def run(args, built: tuple | None = None, out: dict | None = None) -> dict:
+    """All figures for the parsed `args`; `built` = (model, description) reuses a model already built.
+    `out`: the dict to fill (the caller keeps what was measured if the run is interrupted)."""
+    validate(args)
     if args.cpu:
         mx.set_default_device(mx.cpu)
     model, source = built or build_model(args.model, args.shape, args.dtype, args.profile, args.seed)
@@ -139,15 +184,16 @@ def run(args, built: tuple | None = None) -> dict:
     print(f"[bench] measured: read bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s, "
           f"{mm['dtype']} matmul {mm['flop_per_s'] / 1e12:.2f} TFLOP/s", file=sys.stderr)
     key = mx.random.key(args.seed)
-    out = {"device": device_description(), "mlx_version": mx.__version__, "date": time.strftime(
+    out = {} if out is None else out
+    out.update({"device": device_description(), "mlx_version": mx.__version__, "date": time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv), "model": source,
         "profile": prof.describe(), "weights_bytes": cost.weight_bytes, "decode_read_bytes": cost.decode_read_bytes,
         "state_bytes_per_sequence": state_b, "flops_per_token": flops_tok, "bandwidth": bw, "matmul": mm,
-        "prefill": [], "decode": [], "ttft": None}
+        "prefill": [], "decode": [], "ttft": None})
     if args.cpu_blas_info and sys.platform == "linux":
         out["cpu_blas"] = blas.info()
     pf_floor = floor.prefill_floor_tok_s(flops_tok, mm["flop_per_s"])
-    grid = ([tuple(int(v) for v in g.lower().split("x")) for g in args.prefill_grid] if args.prefill_grid
+    grid = (parse_grid(args.prefill_grid) if args.prefill_grid
             else [(b, t) for b in args.prefill_batch for t in args.prefill_len])
     for b, t in grid:
         r = bench_prefill(model, b, t, args.reps, args.budget, key, args.prefill_step_size)
@@ -197,16 +243,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(cpu_blas_info=True)
 
 
+def _write(out: dict, path: str | None) -> None:
+    text = json.dumps(out, indent=1)
+    if path:
+        atomic.write_text(path, text + "\n")
+    else:
+        print(text)
+
+
 def main(args) -> int:
     if not args.model and not args.shape:
         args.shape = "64m"
-    out = run(args)
-    text = json.dumps(out, indent=1)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
-    else:
-        print(text)
+    out: dict = {}
+    try:
+        run(args, out=out)
+    except KeyboardInterrupt:  # keep what was measured: the JSON so far, marked as interrupted
+        if out.get("prefill") or out.get("decode"):
+            out["interrupted"] = True
+            _write(out, args.json)
+            print("[bench] interrupted: the figures measured so far are written above"
+                  + (f" ({args.json})" if args.json else ""), file=sys.stderr)
+        raise
+    _write(out, args.json)
     if args.plot:
         from xlstm_mlx.tools.bench_plot import plot
 

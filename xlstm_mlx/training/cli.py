@@ -18,7 +18,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory: checkpoint (HF xlstm layout), trainer state, "
                    "loss.png; an existing run there is resumed")
     p.add_argument("--eval-data", help="held-out .txt file or directory, evaluated every eval_every steps")
-    p.add_argument("--no-resume", action="store_true", help="start from scratch even if OUT holds a run")
+    p.add_argument("--no-resume", action="store_true", help="start from scratch even if OUT holds a run (with --force)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite a model or run in OUT (without it, OUT must be new, empty or this command's run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("overrides of the config's \"train\" section")
     for name, typ in (("steps", int), ("batch_size", int), ("seq_len", int), ("lr", float), ("min_lr", float),
@@ -45,8 +47,8 @@ def run(ns: argparse.Namespace) -> int:
     overrides = {k: getattr(ns, k) for k in OVERRIDES}
     try:
         summary = train(ns.data, ns.config, ns.tokenizer, ns.out, eval_data=ns.eval_data, overrides=overrides,
-                        resume=not ns.no_resume, progress=not ns.no_progress)
-    except KeyboardInterrupt:
+                        resume=not ns.no_resume, progress=not ns.no_progress, force=ns.force)
+    except KeyboardInterrupt:  # the trainer saved the step it reached and said so
         return 130
     from xlstm_mlx.distributed import group as dist
 

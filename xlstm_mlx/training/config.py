@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,14 +46,74 @@ class TrainConfig:
 
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "time_budget_s" and value is None:
+                continue
+            want = _FIELD_TYPES[f.name]
+            if isinstance(value, bool) != (want is bool) or not isinstance(value, want):
+                kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[
+                    want if isinstance(want, type) else float]
+                raise UsageError(f"train.{f.name} must be {kind}, got {value!r} ({type(value).__name__})")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UsageError(f"train.{f.name} must be finite, got {value}")
+        if self.lr <= 0:
+            raise UsageError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise UsageError(f"train.min_lr must be in [0, lr] (lr={self.lr}), got {self.min_lr}")
+        for f in ("beta1", "beta2"):
+            if not 0 <= getattr(self, f) < 1:
+                raise UsageError(f"train.{f} must be in [0, 1), got {getattr(self, f)}")
+        for f in ("adam_eps", "grad_clip"):
+            if getattr(self, f) <= 0:
+                raise UsageError(f"train.{f} must be > 0, got {getattr(self, f)}")
+        if self.weight_decay < 0:
+            raise UsageError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.seed < 2**63:
+            raise UsageError(f"train.seed must be in [0, 2**63), got {self.seed}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise UsageError(f"train.time_budget_s (--time-budget) must be > 0 seconds, got {self.time_budget_s}")
         for f in ("dtype", "save_dtype"):
             if getattr(self, f) not in ("float32", "bfloat16"):
                 raise UsageError(f"train.{f} must be 'float32' or 'bfloat16', got {getattr(self, f)!r}")
-        for f in ("seq_len", "batch_size", "steps", "eval_every", "save_every", "log_every"):
+        for f in ("seq_len", "batch_size", "steps", "eval_every", "eval_windows", "save_every", "log_every"):
             if getattr(self, f) < 1:
                 raise UsageError(f"train.{f} must be at least 1, got {getattr(self, f)}")
         if not 0 <= self.warmup_steps < self.steps:
             raise UsageError(f"train.warmup_steps must be in [0, steps), got {self.warmup_steps} (steps={self.steps})")
+
+
+_NUMBER = (int, float)
+_FIELD_TYPES = {f: int for f in ("seq_len", "batch_size", "steps", "warmup_steps", "eval_every", "eval_windows",
+                                 "save_every", "log_every", "seed")}
+_FIELD_TYPES.update({f: _NUMBER for f in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "adam_eps", "grad_clip",
+                                          "time_budget_s")})
+_FIELD_TYPES.update(dtype=str, save_dtype=str, compile=bool)
+
+# the "model" section's JSON types (bool is not a number here; null is allowed where the canonical config has it)
+_MODEL_TYPES = {**{f: int for f in ("vocab_size", "hidden_size", "embedding_dim", "num_blocks", "num_hidden_layers",
+                                    "num_heads", "ffn_round_up_to_multiple_of", "chunk_size", "bos_token_id",
+                                    "eos_token_id", "pad_token_id")},
+                **{f: _NUMBER for f in ("qk_dim_factor", "v_dim_factor", "ffn_proj_factor", "norm_eps", "eps")},
+                **{f: bool for f in ("use_bias", "add_out_norm", "tie_word_embeddings")},
+                "gate_soft_cap": (int, float, type(None)), "output_logit_soft_cap": (int, float, type(None)),
+                "weight_mode": str}
+
+
+def _check_model_types(c: dict) -> None:
+    for k, v in c.items():
+        want = _MODEL_TYPES.get(k)
+        if want is None:
+            continue
+        bad_bool = isinstance(v, bool) and want is not bool
+        if bad_bool or not isinstance(v, want):
+            names = {int: "an integer", bool: "true or false", str: "a string"}
+            kind = names.get(want, "a number" + (" or null" if isinstance(want, tuple) and type(None) in want else ""))
+            raise UsageError(f"model.{k} in the training config must be {kind}, got {v!r}")
+        if want in (int, _NUMBER) and k not in ("bos_token_id", "eos_token_id", "pad_token_id") and v <= 0:
+            raise UsageError(f"model.{k} in the training config must be > 0, got {v}")
+    if c.get("weight_mode", "single") not in ("single", "fused"):
+        raise UsageError(f"model.weight_mode must be 'single' or 'fused', got {c['weight_mode']!r}")
 
 
 def _round_up(x: float, multiple: int) -> int:
@@ -68,6 +129,7 @@ def model_args(model_cfg: dict, vocab_size: int, compute_dtype: str) -> ModelArg
     unknown = sorted(set(model_cfg) - known)
     if unknown:
         raise UsageError(f"unknown keys in the config's \"model\" section: {unknown}; known: {sorted(known)}")
+    _check_model_types(model_cfg)
     c = dict(model_cfg)
     hidden = c.get("hidden_size", c.get("embedding_dim"))
     blocks = c.get("num_blocks", c.get("num_hidden_layers"))
@@ -106,11 +168,16 @@ def load_config(path: str | Path, overrides: dict | None = None) -> tuple[dict, 
     if not p.is_file():
         raise MissingFileError(f"training config {p} does not exist")
     try:
-        raw = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{p} is not valid JSON: {e}") from e
-    if not isinstance(raw, dict) or "model" not in raw:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{p} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
         raise UsageError(f"{p} must be a JSON object with a \"model\" section (and optionally \"train\")")
+    if not isinstance(raw.get("train", {}), dict):
+        raise UsageError(f"{p}: the \"train\" section must be a JSON object")
+    unknown = sorted(set(raw) - {"model", "train"})
+    if unknown:
+        raise UsageError(f"{p}: unknown top-level keys {unknown}; a training config has \"model\" and \"train\"")
     train = dict(raw.get("train", {}))
     train.update({k: v for k, v in (overrides or {}).items() if v is not None})
     fields = {f.name for f in dataclasses.fields(TrainConfig)}

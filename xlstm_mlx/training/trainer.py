@@ -27,6 +27,8 @@ from mlx.utils import tree_flatten, tree_map
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+from xlstm_mlx import atomic
+from xlstm_mlx.atomic import check_writable
 from xlstm_mlx.distributed import group as dist
 from xlstm_mlx.models.xlstm7b.model import Model
 from xlstm_mlx.profiles import DTYPES, load_profile
@@ -37,7 +39,7 @@ from xlstm_mlx.training.data_parallel import broadcast_json, broadcast_tree, che
 from xlstm_mlx.training.init import init_weights
 from xlstm_mlx.training.plot import plot_losses
 from xlstm_mlx.training.schedule import warmup_cosine
-from xlstm_mlx.errors import MissingFileError, UsageError
+from xlstm_mlx.errors import MissingFileError, NumericsError, UsageError
 
 
 def special_ids(tokenizer_dir: Path, tok: Tokenizer) -> tuple[int, int]:
@@ -138,11 +140,30 @@ class Trainer:
         return total / count
 
 
+def check_out_dir(out: Path, resume: bool, force: bool) -> None:
+    """OUT may be new, empty, or this command's own run (resumed); a model or run there is never overwritten
+    without `force`; a file is refused. Checked before any data is read or step taken."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a directory for the checkpoint")
+    has_run = find_trainer_state(out) is not None if out.is_dir() else False
+    has_model = out.is_dir() and ((out / "config.json").exists() or any(out.glob("*.safetensors")))
+    if has_run and not resume and not force:
+        raise UsageError(f"--out {out} holds a training run; --no-resume would overwrite it: pass --force as well, "
+                         "or train into another --out")
+    if has_model and not has_run and not force:
+        raise UsageError(f"--out {out} already holds a model that is not a training run of `xlstm-mlx train`; "
+                         "choose another --out, or pass --force to overwrite it")
+    check_writable(out / "config.json", "--out")
+
+
 def train(data: str | Path, config: str | Path, tokenizer: str | Path, out: str | Path,
           eval_data: str | Path | None = None, overrides: dict | None = None, resume: bool = True,
-          progress: bool = True) -> dict:
-    """Run (or continue) a training run; returns a summary dict (also written to OUT/train_summary.json)."""
-    out, tokenizer = Path(out), Path(tokenizer)
+          progress: bool = True, force: bool = False) -> dict:
+    """Run (or continue) a training run; returns a summary dict (also written to OUT/train_summary.json).
+
+    OUT is refused when it is a file, or holds a model or run this call would overwrite, unless `force`."""
+    out, tokenizer = Path(out).expanduser(), Path(tokenizer)
+    check_out_dir(out, resume, force)
     if not (tokenizer / "tokenizer.json").is_file():
         raise MissingFileError(f"{tokenizer} has no tokenizer.json (train one with scripts/train_tokenizer.py)")
     model_cfg, cfg = load_config(config, overrides)
@@ -263,7 +284,8 @@ def train(data: str | Path, config: str | Path, tokenizer: str | Path, out: str 
                        "lr": float(trainer.optimizer.optimizers[0].learning_rate.item()),
                        "tok_per_s": tokens_since / dt}
                 if not all(math.isfinite(v) for v in losses):
-                    raise FloatingPointError(f"non-finite training loss at step {s}; lower --lr or use float32")
+                    raise NumericsError(f"non-finite training loss at step {s}; lower --lr or use --dtype float32 "
+                                        "(the last saved step is kept in --out)")
                 state["history"].append(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tok_per_s']:.0f}")
                 t_last, tokens_since, acc = now, 0, []
@@ -292,5 +314,5 @@ def train(data: str | Path, config: str | Path, tokenizer: str | Path, out: str 
         uni = unigram_cross_entropy(stream, ev[1].reshape(-1), args.vocab_size)
         summary["unigram_heldout"] = {"loss": uni, "ppl": math.exp(uni)}
     if lead:
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic.write_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

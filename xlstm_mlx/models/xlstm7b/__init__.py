@@ -7,6 +7,7 @@ Weights single or fused, with or without biases, tied or not; config.json in eit
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import mlx.core as mx
@@ -37,7 +38,13 @@ def config_file(model_dir: Path) -> Path:
 
 def read_config(model_dir: Path) -> dict:
     f = config_file(model_dir)
-    return read_json_object(f) if f.exists() else {}
+    if not f.exists():
+        warnings.warn(f"{model_dir} has no config.json: the dimensions come from the tensors, everything else "
+                      "(eps and norm_eps 1e-6, gate_soft_cap 15, output_logit_soft_cap 30, chunk_size 64, "
+                      "bos/pad/eos ids 0/1/2) is the xLSTM-7B default; add the checkpoint's config.json if it "
+                      "differs", stacklevel=2)
+        return {}
+    return read_json_object(f)
 
 
 def rename_key(key: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from dataclasses import dataclass
 
 from xlstm_mlx.errors import CheckpointError
@@ -106,12 +107,79 @@ def _round_up(x: float, multiple: int) -> int:
 
 BLOCK_KEY = re.compile(r"^backbone\.blocks\.(\d+)\.")
 
+_INT, _NUM, _BOOL, _STR, _NULL = (int,), (int, float), (bool,), (str,), (type(None),)
+# config.json fields this reader uses, with the JSON types each may have (null is "not given" unless listed)
+CONFIG_TYPES = {
+    **{f: _INT for f in ("vocab_size", "hidden_size", "embedding_dim", "num_hidden_layers", "num_blocks", "num_heads",
+                         "chunk_size", "ffn_round_up_to_multiple_of", "bos_token_id", "pad_token_id")},
+    "eos_token_id": (int, list),
+    **{f: _NUM for f in ("norm_eps", "eps", "qk_dim_factor", "v_dim_factor", "ffn_proj_factor")},
+    **{f: _NUM + _NULL for f in ("gate_soft_cap", "output_logit_soft_cap")},
+    **{f: _BOOL for f in ("norm_reduction_force_float32", "use_bias", "tie_word_embeddings", "add_out_norm")},
+    **{f: _STR for f in ("weight_mode", "autocast_kernel_dtype", "inference_state_dtype", "torch_dtype")},
+}
+POSITIVE = ("vocab_size", "hidden_size", "embedding_dim", "num_hidden_layers", "num_blocks", "num_heads", "chunk_size",
+            "ffn_round_up_to_multiple_of", "norm_eps", "eps", "qk_dim_factor", "v_dim_factor", "ffn_proj_factor",
+            "gate_soft_cap", "output_logit_soft_cap")
+# keys a config.json may hold that this reader does not need: transformers' xLSTMConfig (kernel names, cache and
+# output switches) and PretrainedConfig bookkeeping, and what `convert` / `train` add
+KNOWN_UNUSED = {
+    "architectures", "model_type", "transformers_version", "_name_or_path", "dtype", "use_cache", "return_dict",
+    "output_hidden_states", "output_attentions", "return_last_states", "mode", "chunkwise_kernel", "sequence_kernel",
+    "step_kernel", "max_inference_chunksize", "force_bos_token_insert", "chunk_size_feed_forward",
+    "is_encoder_decoder", "is_decoder", "id2label", "label2id", "problem_type", "tokenizer_class", "torchscript",
+    "use_bfloat16", "pruned_heads", "tie_encoder_decoder", "add_cross_attention", "cross_attention_hidden_size",
+    "finetuning_task", "task_specific_params", "prefix", "sep_token_id", "decoder_start_token_id", "max_length",
+    "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups", "diversity_penalty", "temperature",
+    "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "output_scores",
+    "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
+    "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens", "tf_legacy_loss",
+    "_attn_implementation_autoset", "auto_map", "out_norm_bias", "quantization", "training", "training_step",
+    "random_weights",
+}
+
+
+def _type_name(types: tuple) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
+             type(None): "null"}
+    if types == _NUM or types == _NUM + _NULL:
+        return "a number" + (" or null" if type(None) in types else "")
+    return " or ".join(names[t] for t in types)
+
+
+def check_config_types(cfg: dict, source: str = "config.json") -> None:
+    """Every field this reader uses has its JSON type (bool is no number) and a sane value; unknown keys are
+    named in a warning (a misspelled field would otherwise be ignored without a word)."""
+    for k, want in CONFIG_TYPES.items():
+        if k not in cfg or (cfg[k] is None and k not in ("gate_soft_cap", "output_logit_soft_cap")):
+            continue
+        v = cfg[k]
+        if (isinstance(v, bool) and bool not in want) or not isinstance(v, want):
+            raise CheckpointError(f"{source}: {k} must be {_type_name(want)}, got {v!r} ({type(v).__name__}); "
+                                  f"fix it in {source}")
+        if k == "eos_token_id" and isinstance(v, list) and not all(isinstance(i, int) and not isinstance(i, bool)
+                                                                   for i in v):
+            raise CheckpointError(f"{source}: eos_token_id must be an integer or a list of integers, got {v!r}")
+        if k in POSITIVE and v is not None and not v > 0:
+            raise CheckpointError(f"{source}: {k} must be > 0, got {v!r}; fix it in {source}")
+    if cfg.get("weight_mode") not in (None, "single", "fused"):
+        raise CheckpointError(f"{source}: weight_mode must be 'single' or 'fused', got {cfg['weight_mode']!r}")
+    if cfg.get("autocast_kernel_dtype") not in (None, "float32", "bfloat16", "float16"):
+        raise CheckpointError(f"{source}: autocast_kernel_dtype must be float32, bfloat16 or float16, got "
+                              f"{cfg['autocast_kernel_dtype']!r}")
+    unknown = sorted(set(cfg) - set(CONFIG_TYPES) - KNOWN_UNUSED)
+    if unknown:
+        warnings.warn(f"{source}: ignoring unknown keys {unknown} (misspelled? the fields read are listed in "
+                      "xlstm_mlx/models/xlstm7b/args.py)", stacklevel=2)
+
 
 def infer_args(shapes: dict[str, tuple], cfg: dict) -> ModelArgs:
     """Build ModelArgs from tensor shapes (canonical key names) and check config.json against them.
 
     `shapes` maps Hugging Face key names to shapes; `cfg` is config.json (possibly empty).
     """
+    check_config_types(cfg)
     def shape(key):
         if key not in shapes:
             raise CheckpointError(f"checkpoint has no tensor {key!r}, which every xLSTM checkpoint needs")

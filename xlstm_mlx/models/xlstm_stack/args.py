@@ -11,6 +11,7 @@ Official block codes (xlstm_block_stack.py `_block_map`): 0 = mLSTM block, 1 = s
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import asdict, dataclass
 
 from xlstm_mlx.errors import CheckpointError
@@ -110,6 +111,63 @@ class StackArgs:
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
         return d
+
+
+_INT, _BOOL, _STR, _NUM = (int,), (bool,), (str,), (int, float)
+# the official xLSTMLMModelConfig fields (and nested block configs) with the JSON types they may have
+TOP_TYPES = {**{f: _INT for f in ("num_blocks", "embedding_dim", "vocab_size", "context_length", "bos_token_id",
+                                  "eos_token_id", "pad_token_id")},
+             **{f: _BOOL for f in ("tie_weights", "add_post_blocks_norm", "bias", "add_embedding_dropout",
+                                   "weight_decay_on_embedding")},
+             "dropout": _NUM, "_block_map": _STR, "slstm_at": (list, str), "mlstm_block": (dict,),
+             "slstm_block": (dict,)}
+NESTED_TYPES = {("mlstm_block", "mlstm"): {f: _INT for f in ("num_heads", "qkv_proj_blocksize", "conv1d_kernel_size",
+                                                              "_inner_embedding_dim", "embedding_dim", "num_blocks",
+                                                              "context_length")}
+                                           | {"proj_factor": _NUM},
+                ("slstm_block", "slstm"): {"num_heads": _INT, "conv1d_kernel_size": _INT, "group_norm_weight": _BOOL,
+                                           "function": _STR},
+                ("slstm_block", "feedforward"): {"act_fn": _STR}}
+
+
+# keys `convert` and `train` add next to the official fields (the stored dtype, the quantization section, ...)
+WRITTEN_BY_US = {"torch_dtype", "quantization", "training", "training_step", "model_type", "architectures"}
+
+
+def _bad_type(where: str, v, want: tuple) -> CheckpointError:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
+             dict: "an object"}
+    kind = "a number" if want == _NUM else " or ".join(names[t] for t in want)
+    return CheckpointError(f"xlstm_config.json: {where} must be {kind}, got {v!r}; fix it in xlstm_config.json")
+
+
+def _check_types(cfg: dict, table: dict, prefix: str) -> None:
+    for k, want in table.items():
+        v = cfg.get(k)
+        if v is None:
+            continue
+        if (isinstance(v, bool) and bool not in want) or not isinstance(v, want):  # -1 = "unset" is fine
+            raise _bad_type(prefix + k, v, want)
+
+
+def check_stack_config(cfg: dict) -> None:
+    """The official config's fields have their JSON types (the field named); unknown top-level keys warned about."""
+    _check_types(cfg, TOP_TYPES, "")
+    at = cfg.get("slstm_at")
+    if isinstance(at, str) and at != "all" or isinstance(at, list) and not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in at):
+        raise CheckpointError(f"xlstm_config.json: slstm_at must be a list of block indices or \"all\", got {at!r}")
+    for (block, part), table in NESTED_TYPES.items():
+        sub = (cfg.get(block) or {}).get(part)
+        if sub is None:
+            continue
+        if not isinstance(sub, dict):
+            raise _bad_type(f"{block}.{part}", sub, (dict,))
+        _check_types(sub, table, f"{block}.{part}.")
+    unknown = sorted(set(cfg) - set(TOP_TYPES) - WRITTEN_BY_US)
+    if unknown:
+        warnings.warn(f"xlstm_config.json: ignoring unknown keys {unknown} (not xLSTMLMModelConfig fields; "
+                      "misspelled?)", stacklevel=2)
 
 
 def _sub(cfg: dict, *path):
@@ -265,6 +323,7 @@ def _slstm_args(shapes, idx, E, cfg) -> SLSTMArgs:
 
 def infer_stack_args(shapes: dict[str, tuple], cfg: dict) -> StackArgs:
     """shapes: state_dict key -> shape (official names); cfg: the official config dict (may be partial)."""
+    check_stack_config(cfg)
     if "token_embedding.weight" not in shapes:
         raise CheckpointError("no token_embedding.weight: not an official xLSTMLMModel state_dict")
     V, E = shapes["token_embedding.weight"]
