@@ -31,7 +31,7 @@ stabilizers, states and the normalizer are float32.
 
 import mlx.core as mx
 
-from xlstm_mlx.kernels.mlstm_gates import log_sigmoid
+from xlstm_mlx.kernels.mlstm_gates import exp, log_sigmoid, state_dtype
 from xlstm_mlx.kernels.mlstm_parallel import mlstm_parallel
 from xlstm_mlx.kernels.mlstm_recurrent import mlstm_zero_state
 from xlstm_mlx.errors import UsageError
@@ -64,16 +64,17 @@ def _chunk_start_states(kc, vc, b, i, state):
     # Clamped so that a chunk made only of masked (identity) steps, where every a_s = -inf, gives
     # e^{a - a*} = 0 instead of e^{-inf + inf} = NaN. Real gates never come near -1e30.
     a_max = mx.maximum(mx.max(a, axis=-1), -1e30)  # [B, NH, nc]
-    kw = kc * mx.exp(a - a_max[..., None])[..., None].astype(kc.dtype)
-    kv = (kw.swapaxes(-1, -2) @ vc).astype(mx.float32)  # [B, NH, nc, Dqk, Dv]
-    ksum = mx.sum(kw.astype(mx.float32), axis=-2)  # [B, NH, nc, Dqk]
+    kw = kc * exp(a - a_max[..., None])[..., None].astype(kc.dtype)
+    sd = b.dtype
+    kv = (kw.swapaxes(-1, -2) @ vc).astype(sd)  # [B, NH, nc, Dqk, Dv]
+    ksum = mx.sum(kw.astype(sd), axis=-2)  # [B, NH, nc, Dqk]
 
     C0, n0, m0 = state
     base = mx.concatenate([m0, a_max], axis=-1)  # [B, NH, nc+1]
     r = mx.arange(nc + 1)
     log_w = mx.where(r[None, :] <= r[:, None], _segment_sum(g) + base[..., None, :], -mx.inf)
     m = mx.max(log_w, axis=-1)  # [B, NH, nc+1]
-    w = mx.exp(log_w - m[..., None])
+    w = exp(log_w - m[..., None])
     X = mx.concatenate([C0[:, :, None], kv], axis=2).reshape(B, NH, nc + 1, Dqk * Dv)
     N = mx.concatenate([n0[:, :, None], ksum], axis=2)  # [B, NH, nc+1, Dqk]
     # Chunk starts and the final state as separate products: a slice of one shared result would keep
@@ -91,8 +92,9 @@ def _chunks(q, k, v, igate, fgate, state, L: int, eps: float):
     qc = q.reshape(B, NH, nc, L, Dqk)
     kc = k.reshape(B, NH, nc, L, Dqk)
     vc = v.reshape(B, NH, nc, L, Dv)
-    i = igate.astype(mx.float32).reshape(B, NH, nc, L)
-    b = mx.cumsum(log_sigmoid(fgate.astype(mx.float32)).reshape(B, NH, nc, L), axis=-1)
+    sd = state_dtype(igate)  # float32; float64 in the exact profile
+    i = igate.astype(sd).reshape(B, NH, nc, L)
+    b = mx.cumsum(log_sigmoid(fgate.astype(sd)).reshape(B, NH, nc, L), axis=-1)
 
     (C_s, n_s, m_s), final = _chunk_start_states(kc, vc, b, i, state)
 
@@ -102,11 +104,11 @@ def _chunks(q, k, v, igate, fgate, state, L: int, eps: float):
     m = mx.maximum(m_inter, mx.max(log_d, axis=-1))  # [B, NH, nc, L]
 
     scale = Dqk**-0.5
-    s = (qc @ kc.swapaxes(-1, -2)).astype(mx.float32) * (mx.exp(log_d - m[..., None]) * scale)
-    q_inter = qc.astype(mx.float32) * (mx.exp(m_inter - m) * scale)[..., None]
-    num = q_inter @ C_s + (s.astype(vc.dtype) @ vc).astype(mx.float32)
+    s = (qc @ kc.swapaxes(-1, -2)).astype(sd) * (exp(log_d - m[..., None]) * scale)
+    q_inter = qc.astype(sd) * (exp(m_inter - m) * scale)[..., None]
+    num = q_inter @ C_s + (s.astype(vc.dtype) @ vc).astype(sd)
     den = mx.sum(q_inter * n_s[..., None, :], axis=-1) + mx.sum(s, axis=-1)
-    h = num / (mx.maximum(mx.abs(den), mx.exp(-m)) + eps)[..., None]
+    h = num / (mx.maximum(mx.abs(den), exp(-m)) + eps)[..., None]
     return h.reshape(B, NH, T, Dv).astype(v.dtype), final
 
 
@@ -116,7 +118,7 @@ def mlstm_chunkwise(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_
         raise UsageError(f"chunk_size must be >= 1, got {chunk_size}")
     B, NH, T, Dqk = q.shape
     if state is None:
-        state = mlstm_zero_state(B, NH, Dqk, v.shape[-1])
+        state = mlstm_zero_state(B, NH, Dqk, v.shape[-1], state_dtype(igate))
     whole = (T // chunk_size) * chunk_size
     segment = MAX_SEGMENT_CHUNKS * chunk_size
     pieces = [(s, min(s + segment, whole), chunk_size) for s in range(0, whole, segment)]

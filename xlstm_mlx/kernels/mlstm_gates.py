@@ -1,19 +1,55 @@
-"""Gate helpers shared by every mLSTM form.
+"""Gate helpers shared by every mLSTM form, and the float64 elementwise functions of the exact profile.
 
-All gate math is float32: the exponential gating of the mLSTM subtracts large log-values
-(up to the soft cap of 15 per step, accumulated over thousands of steps) and bfloat16's 8-bit
-mantissa would lose the stabilizer m entirely.
+All gate math is float32 in the shipped profiles: the exponential gating of the mLSTM subtracts large
+log-values (up to the soft cap of 15 per step, accumulated over thousands of steps) and bfloat16's 8-bit
+mantissa would lose the stabilizer m entirely. The `exact` profile (profiles/exact.json) runs them in
+float64: `state_dtype(x)` is float64 when its input is, float32 otherwise, so every kernel follows the
+gates' dtype and the shipped profiles' float32 arithmetic is unchanged.
+
+Why `exp` and `sigmoid` here: MLX's CPU exp (and so sigmoid, logaddexp, silu) is a float32-accurate
+approximation even on float64 arrays (measured relative error ~1e-6 on float64, mlx 0.32), while
+power, log1p, tanh, sqrt and the matmuls are float64-accurate. On float64 arrays these helpers use
+e**x (mx.power: relative error ~1e-16 for |x| < 50, ~4e-14 at |x| = 700). On every other dtype they are
+the plain MLX ops, bit for bit.
 """
 
+import math
+
 import mlx.core as mx
+import mlx.nn as nn
+
+_E64 = mx.array(math.e, dtype=mx.float64)
+
+
+def state_dtype(x: mx.array):
+    """dtype of the gates, stabilizers, states and normalizer for inputs like `x`: float64 if x is, else float32."""
+    return mx.float64 if x.dtype == mx.float64 else mx.float32
+
+
+def exp(x: mx.array) -> mx.array:
+    """e**x: float64-accurate on float64 (see module doc), mx.exp otherwise."""
+    return mx.power(_E64, x) if x.dtype == mx.float64 else mx.exp(x)
+
+
+def sigmoid(x: mx.array) -> mx.array:
+    """1 / (1 + e**-x): float64-accurate on float64, mx.sigmoid otherwise."""
+    return 1.0 / (1.0 + exp(-x)) if x.dtype == mx.float64 else mx.sigmoid(x)
+
+
+def silu(x: mx.array) -> mx.array:
+    """x * sigmoid(x) (SwiGLU's activation): float64-accurate on float64, nn.silu's arithmetic otherwise."""
+    return x * sigmoid(x) if x.dtype == mx.float64 else nn.silu(x)
 
 
 def log_sigmoid(x: mx.array) -> mx.array:
     """log(sigmoid(x)) = -softplus(-x), written so that +inf -> 0 and -inf -> -inf exactly.
 
     logaddexp(0, -x) is the overflow-safe softplus; an identity step (see `mask_gates`) relies on
-    log_sigmoid(+inf) being exactly 0.
+    log_sigmoid(+inf) being exactly 0. On float64: min(x, 0) - log1p(e**-|x|), the same function with
+    float64-accurate pieces (+inf -> 0 - log1p(0) = 0, -inf -> -inf - 0).
     """
+    if x.dtype == mx.float64:
+        return mx.minimum(x, 0.0) - mx.log1p(exp(-mx.abs(x)))
     return -mx.logaddexp(mx.zeros_like(x), -x)
 
 

@@ -13,7 +13,7 @@ Memory is O(T^2) per head: use it for tests and as the per-chunk reference only.
 
 import mlx.core as mx
 
-from xlstm_mlx.kernels.mlstm_gates import log_sigmoid
+from xlstm_mlx.kernels.mlstm_gates import exp, log_sigmoid, state_dtype
 from xlstm_mlx.kernels.mlstm_recurrent import mlstm_zero_state
 
 
@@ -25,27 +25,28 @@ def mlstm_parallel(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_s
     """q, k [B, NH, T, Dqk]; v [B, NH, T, Dv]; gates [B, NH, T]. Returns (h, final state)."""
     B, NH, T, Dqk = q.shape
     if state is None:
-        state = mlstm_zero_state(B, NH, Dqk, v.shape[-1])
+        state = mlstm_zero_state(B, NH, Dqk, v.shape[-1], state_dtype(igate))
     C0, n0, m0 = state
-    i = igate.astype(mx.float32)
-    b = mx.cumsum(log_sigmoid(fgate.astype(mx.float32)), axis=-1)  # [B, NH, T]
+    sd = state_dtype(igate)  # float32; float64 in the exact profile
+    i = igate.astype(sd)
+    b = mx.cumsum(log_sigmoid(fgate.astype(sd)), axis=-1)  # [B, NH, T]
     log_d = b[..., :, None] - b[..., None, :] + i[..., None, :]
     log_d = mx.where(_causal(T), log_d, -mx.inf)
     m_init = b + m0  # weight of the initial state at each t
     m = mx.maximum(m_init, mx.max(log_d, axis=-1))  # [B, NH, T]
 
-    qf, kf, vf = q.astype(mx.float32), k.astype(mx.float32), v.astype(mx.float32)
+    qf, kf, vf = q.astype(sd), k.astype(sd), v.astype(sd)
     q_hat = qf * (Dqk**-0.5)
-    s = (q_hat @ kf.swapaxes(-1, -2)) * mx.exp(log_d - m[..., None])
-    w0 = mx.exp(m_init - m)[..., None]
+    s = (q_hat @ kf.swapaxes(-1, -2)) * exp(log_d - m[..., None])
+    w0 = exp(m_init - m)[..., None]
     num = w0 * (q_hat @ C0) + s @ vf
     den = w0 * (q_hat @ n0[..., None]) + mx.sum(s, axis=-1, keepdims=True)
-    h = num / (mx.maximum(mx.abs(den), mx.exp(-m)[..., None]) + eps)
+    h = num / (mx.maximum(mx.abs(den), exp(-m)[..., None]) + eps)
 
     # final state at t = T: weights of C0 and of each k_s v_s^T, stabilized by m_T
     m_T = m[..., -1:]
-    g0 = mx.exp(b[..., -1:] + m0 - m_T)  # [B, NH, 1]
-    w = mx.exp(b[..., -1:] - b + i - m_T)  # [B, NH, T]
+    g0 = exp(b[..., -1:] + m0 - m_T)  # [B, NH, 1]
+    w = exp(b[..., -1:] - b + i - m_T)  # [B, NH, T]
     kw = kf * w[..., None]
     C_T = g0[..., None] * C0 + kw.swapaxes(-1, -2) @ vf
     n_T = g0 * n0 + mx.sum(kw, axis=-2)
