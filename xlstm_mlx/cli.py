@@ -129,7 +129,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint directory or Hugging Face repo id")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
-    p.add_argument("--profile", help="numerics profile: 'parity', 'fast' or a JSON file (docs/profiles.md)")
+    p.add_argument("--profile", help="numerics profile: 'parity', 'fast', 'exact' (float64, CPU only) or a JSON "
+                   "file (docs/profiles.md)")
     p.add_argument("--check-numerics", action="store_true",
                    help="NaN locator: stop at the first block/sub-layer producing NaN or Inf (slow)")
     p.add_argument("--verbose", action="store_true",

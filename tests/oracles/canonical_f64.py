@@ -93,3 +93,47 @@ def hf_logits(path: Path, ids: np.ndarray, workdir: Path, dtype: str = "float64"
     subprocess.run([sys.executable, "-c", _SCRIPT, str(path), str(ids_file), str(out_file), dtype, str(prefill)],
                    check=True, env=env)
     return np.load(out_file)
+
+
+def official_steps_logits(path: Path, ids: np.ndarray, prefill: int) -> np.ndarray:
+    """float32 logits of the official xlstm package's xLSTMLarge on a transformers checkpoint: `prefill` tokens
+    in one call, then one token per call through its state.
+
+    The canonical prefill + steps: transformers' own cache path fails on these checkpoints (its chunkwise
+    kernel is handed a [B, NH, Dv, Dv] initial state when qk_dim != v_dim, transformers 5.x), so the official
+    package, whose inference kernels transformers' native code copies, stands in for it.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+    from xlstm.xlstm_large.model import xLSTMLarge, xLSTMLargeConfig
+
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    sd = load_file(str(Path(path) / "model.safetensors"))
+    sd = {("embedding.weight" if k == "backbone.embeddings.weight" else k): v.float() for k, v in sd.items()}
+    if "lm_head.weight" not in sd:  # tied
+        sd["lm_head.weight"] = sd["embedding.weight"]
+    oc = xLSTMLargeConfig(
+        embedding_dim=cfg["hidden_size"], num_heads=cfg["num_heads"], num_blocks=cfg["num_hidden_layers"],
+        vocab_size=cfg["vocab_size"], use_bias=cfg["use_bias"], add_out_norm=cfg.get("add_out_norm", True),
+        weight_mode=cfg["weight_mode"], chunk_size=cfg.get("chunk_size", 64), norm_eps=cfg["norm_eps"],
+        eps=cfg["eps"], gate_soft_cap=cfg["gate_soft_cap"], output_logit_soft_cap=cfg["output_logit_soft_cap"],
+        qk_dim_factor=cfg["qk_dim_factor"], v_dim_factor=cfg["v_dim_factor"], ffn_proj_factor=cfg["ffn_proj_factor"],
+        ffn_round_up_to_multiple_of=cfg["ffn_round_up_to_multiple_of"],
+        chunkwise_kernel="chunkwise--native_autograd", sequence_kernel="native_sequence__native",
+        step_kernel="native", mode="inference", return_last_states=True, autocast_kernel_dtype="float32",
+    )
+    model = xLSTMLarge(oc).eval()
+    for k, v in model.state_dict().items():  # transformers' out_norm has no bias where the official has one
+        if k == "backbone.out_norm.bias" and k not in sd:
+            sd[k] = torch.zeros_like(v)
+    model.load_state_dict(sd, strict=True)
+    x = torch.from_numpy(ids.astype(np.int64))
+    with torch.no_grad():
+        z, state = model(x[:, :prefill])
+        outs = [z]
+        for t in range(prefill, x.shape[1]):
+            zt, state = model(x[:, t:t + 1], state)
+            outs.append(zt)
+    return torch.cat(outs, dim=1).float().numpy()

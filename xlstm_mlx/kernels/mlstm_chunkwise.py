@@ -2,6 +2,9 @@
 
 The sequence is cut into nc chunks of L tokens. With b the within-chunk cumulative log forget gate,
 g_c = b_L of chunk c (its total log decay) and a_s = g - b_s + i~_s (log weight of key s at its chunk's end):
+(every difference of cumulative sums here, b_t - b_s and g - b_s, is summed over its own segment instead:
+mlstm_gates.log_decay_matrix says why; this is what makes the float32 logits at least as close to float64
+as the canonical's, docs/numerics.md)
 
   across chunks, the recurrence m_next = max(g + m, a*), C_next = e^{g+m-m_next} C + e^{a*-m_next} KV
   (KV = sum_s e^{a_s - a*} k_s v_s^T, a* = max_s a_s, one batched matmul for all chunks) is unrolled
@@ -31,7 +34,7 @@ stabilizers, states and the normalizer are float32.
 
 import mlx.core as mx
 
-from xlstm_mlx.kernels.mlstm_gates import exp, log_sigmoid, state_dtype
+from xlstm_mlx.kernels.mlstm_gates import exp, log_decay_matrix, log_decay_to_end, log_sigmoid, state_dtype
 from xlstm_mlx.kernels.mlstm_parallel import mlstm_parallel
 from xlstm_mlx.kernels.mlstm_recurrent import mlstm_zero_state
 from xlstm_mlx.errors import UsageError
@@ -55,12 +58,15 @@ def _segment_sum(g):
     return mx.cumsum(x, axis=-2)
 
 
-def _chunk_start_states(kc, vc, b, i, state):
-    """States at the start of every chunk and the final state, in closed form (see module doc)."""
+def _chunk_start_states(kc, vc, b, i, to_end, state):
+    """States at the start of every chunk and the final state, in closed form (see module doc).
+
+    to_end [B, NH, nc, L] = g - b_s, the log decay from step s to its chunk's end, summed directly.
+    """
     B, NH, nc, L, Dqk = kc.shape
     Dv = vc.shape[-1]
     g = b[..., -1]  # [B, NH, nc]
-    a = g[..., None] - b + i  # [B, NH, nc, L]
+    a = to_end + i  # [B, NH, nc, L]
     # Clamped so that a chunk made only of masked (identity) steps, where every a_s = -inf, gives
     # e^{a - a*} = 0 instead of e^{-inf + inf} = NaN. Real gates never come near -1e30.
     a_max = mx.maximum(mx.max(a, axis=-1), -1e30)  # [B, NH, nc]
@@ -94,12 +100,13 @@ def _chunks(q, k, v, igate, fgate, state, L: int, eps: float):
     vc = v.reshape(B, NH, nc, L, Dv)
     sd = state_dtype(igate)  # float32; float64 in the exact profile
     i = igate.astype(sd).reshape(B, NH, nc, L)
-    b = mx.cumsum(log_sigmoid(fgate.astype(sd)).reshape(B, NH, nc, L), axis=-1)
+    lf = log_sigmoid(fgate.astype(sd)).reshape(B, NH, nc, L)
+    b = mx.cumsum(lf, axis=-1)  # from the chunk's start
 
-    (C_s, n_s, m_s), final = _chunk_start_states(kc, vc, b, i, state)
+    (C_s, n_s, m_s), final = _chunk_start_states(kc, vc, b, i, log_decay_to_end(lf), state)
 
-    log_d = b[..., :, None] - b[..., None, :] + i[..., None, :]  # [B, NH, nc, L, L]
-    log_d = mx.where(mx.tril(mx.ones((L, L), dtype=mx.bool_)), log_d, -mx.inf)
+    # log D[t, s] = (b_t - b_s) + i~_s with b_t - b_s summed over the segment (mlstm_gates.log_decay_matrix)
+    log_d = log_decay_matrix(lf) + i[..., None, :]  # [B, NH, nc, L, L], -inf above the diagonal
     m_inter = b + m_s[..., None]  # weight of the chunk's start state
     m = mx.maximum(m_inter, mx.max(log_d, axis=-1))  # [B, NH, nc, L]
 

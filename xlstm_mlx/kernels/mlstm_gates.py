@@ -53,6 +53,28 @@ def log_sigmoid(x: mx.array) -> mx.array:
     return -mx.logaddexp(mx.zeros_like(x), -x)
 
 
+def log_decay_matrix(lf: mx.array) -> mx.array:
+    """D[..., t, s] = sum_{s < j <= t} lf_j for s <= t (0 on the diagonal), -inf above it; lf [..., L].
+
+    The log decay from step s to step t, summed over the segment itself (a masked cumulative sum) rather than
+    formed as b_t - b_s of one running sum b: the difference carries the rounding of the whole prefix,
+    ~|b_t| * 2^-24 in float32, and |b| reaches hundreds within a chunk when forget gates shut (|log f| up to
+    the soft cap of 15), while the segment's own sum is as exact as its length allows. Same trick as the
+    segment sum across chunks (mlstm_chunkwise._segment_sum). Costs one L x L cumulative sum.
+    """
+    L = lf.shape[-1]
+    t = mx.arange(L)
+    below = t[:, None] > t[None, :]
+    d = mx.cumsum(mx.where(below, lf[..., :, None], 0.0), axis=-2)  # d[t, s] = sum_{s < j <= t} lf_j
+    return mx.where(below | (t[:, None] == t[None, :]), d, -mx.inf)
+
+
+def log_decay_to_end(lf: mx.array) -> mx.array:
+    """sum_{j > s} lf_j along the last axis (the log decay from step s to the end): a reverse exclusive
+    cumulative sum, not the difference b_L - b_s of one running sum (see log_decay_matrix)."""
+    return mx.cumsum(lf, axis=-1, reverse=True, inclusive=False)
+
+
 def mask_gates(igate: mx.array, fgate: mx.array, mask: mx.array | None):
     """Turn masked positions into exact identity steps on the state.
 
