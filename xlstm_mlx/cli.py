@@ -192,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("perplexity", help="perplexity of a text file, streamed through the recurrent state")
     perplexity.add_arguments(c)
     c.set_defaults(func=perplexity.run)
+    from xlstm_mlx.tools import drift
+
+    c = sub.add_parser("drift", help="precision drift along a long text: float32 and bfloat16 against float64")
+    drift.add_arguments(c)
+    c.set_defaults(func=drift.run)
     from xlstm_mlx.training import cli as train_cli
 
     train_cli.register(sub)
