@@ -2,11 +2,11 @@
 
 "before" is the chunkwise and parallel kernels as of commit aba2d04 (b_t - b_s as a difference of one running
 sum), read from git; "after" is the working tree (segment sums, mlstm_gates.log_decay_matrix). Both run
-interleaved, several rounds, best time kept (the machine is shared).
+alternately, round after round, best time of each kept (the machine is shared: a busy spell hits both).
 Measured: the kernel alone at the xLSTM-7B head shape and at a small shape, and a whole-model prefill of the
 random "64m" shape through the kernel registry.
 
-    python benchmarks/precision_speed.py [--rounds 5] [--out benchmarks/results/precision_speed]
+    python benchmarks/precision_speed.py [--rounds 7] [--out benchmarks/results/precision_speed]
 """
 
 from __future__ import annotations
@@ -44,19 +44,23 @@ def old_kernels(tmp: Path):
     return mods["mlstm_chunkwise"], mods["mlstm_parallel"]
 
 
-def best_time(fn, rounds: int) -> float:
-    mx.eval(fn())  # warm up
-    times = []
+def paired_times(before, after, rounds: int) -> tuple[float, float]:
+    """Best time of each, the two run alternately round after round so that a busy spell of the shared
+    machine hits both alike."""
+    mx.eval(before())  # warm up
+    mx.eval(after())
+    tb, ta = [], []
     for _ in range(rounds):
-        t = time.perf_counter()
-        mx.eval(fn())
-        times.append(time.perf_counter() - t)
-    return min(times)
+        for fn, times in ((before, tb), (after, ta)):
+            t = time.perf_counter()
+            mx.eval(fn())
+            times.append(time.perf_counter() - t)
+    return min(tb), min(ta)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/precision_speed"))
     args = ap.parse_args()
@@ -81,8 +85,8 @@ def main():
                                         ("parallel", old_par.mlstm_parallel, mlstm_parallel)):
                 if name == "parallel" and T * T * NH * B * Dv > 2**30:  # the quadratic form at the 7B shape: minutes on CPU
                     continue
-                tb = min(best_time(lambda: before(q, kk, v, i, f)[0], args.rounds) for _ in range(2))
-                ta = min(best_time(lambda: after(q, kk, v, i, f)[0], args.rounds) for _ in range(2))
+                tb, ta = paired_times(lambda: before(q, kk, v, i, f)[0], lambda: after(q, kk, v, i, f)[0],
+                                      args.rounds)
                 rows.append({"what": f"{name} kernel, {label}", "before_ms": 1e3 * tb, "after_ms": 1e3 * ta})
                 print(rows[-1], file=sys.stderr, flush=True)
 
@@ -90,14 +94,16 @@ def main():
         model, _ = xlstm_mlx.load(path, profile="parity")
         ids = mx.random.randint(0, 50000, (1, 1024), key=k[0])
         entry = kernels.KERNELS["mlstm.chunkwise"]
-        timings = {"before": [], "after": []}
-        for _ in range(2):
-            for which, fn in (("before", old_chunk.mlstm_chunkwise), ("after", mlstm_chunkwise)):
+
+        def with_kernel(fn):
+            def call():
                 kernels.KERNELS["mlstm.chunkwise"] = Kernel(fn, entry.reference, entry.label)
-                timings[which].append(best_time(lambda: model(ids), args.rounds))
+                return model(ids)
+            return call
+
+        tb, ta = paired_times(with_kernel(old_chunk.mlstm_chunkwise), with_kernel(mlstm_chunkwise), args.rounds)
         kernels.KERNELS["mlstm.chunkwise"] = entry
-        rows.append({"what": "64m model prefill, T=1024 (parity profile)",
-                     "before_ms": 1e3 * min(timings["before"]), "after_ms": 1e3 * min(timings["after"])})
+        rows.append({"what": "64m model prefill, T=1024 (parity profile)", "before_ms": 1e3 * tb, "after_ms": 1e3 * ta})
         print(rows[-1], file=sys.stderr, flush=True)
 
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
