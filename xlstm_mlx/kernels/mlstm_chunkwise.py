@@ -29,7 +29,7 @@ Any length works: whole chunks, then the remainder as one chunk of its own lengt
 O(T * L) for the intra-chunk matrices and O(segment chunks * Dqk * Dv) for the chunk start states.
 
 Matmul inputs keep the q/k/v dtype (bfloat16 in the fast profile: the matrix units' rate); gates,
-stabilizers, states and the normalizer are float32.
+stabilizers, states and the normalizer are float32 (float64 when the gates are: the exact profile).
 """
 
 import mlx.core as mx

@@ -11,7 +11,7 @@ Equations (per head; ../../docs/numerics.md derives them):
     C_t = f' C_{t-1} + i' k v^T,     n_t = f' n_{t-1} + i' k
     h_t = (q^ C_t) / (max(|q^ . n_t|, exp(-m_t)) + eps),   q^ = q / sqrt(Dqk)
 
-Everything here is float32: k v^T and the read-out q^ C_t are done on the float32 state (the
+Everything here is float32 (float64 in the exact profile): k v^T and the read-out q^ C_t are done on the float32 state (the
 canonical step casts C to the q/k/v dtype for the read-out; we keep float32, which is at least as
 accurate and costs nothing extra since C is read in float32 anyway). h is cast back to v's dtype.
 """
