@@ -197,7 +197,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", help="checkpoint directory or Hugging Face repo id (default: the bundled model)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
-    p.add_argument("--profile", help="numerics profile: 'parity', 'fast' or a JSON file (docs/profiles.md)")
+    p.add_argument("--profile", help="numerics profile: 'parity', 'fast', 'exact' (float64, CPU only) or a JSON "
+                   "file (docs/profiles.md)")
     p.add_argument("--check-numerics", action="store_true",
                    help="NaN locator: stop at the first block/sub-layer producing NaN or Inf (slow)")
     p.add_argument("--verbose", action="store_true",
@@ -295,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("perplexity", help="perplexity of a text file, streamed through the recurrent state")
     perplexity.add_arguments(c)
     c.set_defaults(func=perplexity.run)
+    from xlstm_mlx.tools import drift
+
+    c = sub.add_parser("drift", help="precision drift along a long text: float32 and bfloat16 against float64")
+    drift.add_arguments(c)
+    c.set_defaults(func=drift.run)
     from xlstm_mlx.training import cli as train_cli
 
     train_cli.register(sub)

@@ -3,10 +3,12 @@
 Errors are normwise: max|a - b| / max(max|b|, 1). Tolerances (float32):
 - states C, n, m: 1e-5 (measured <= 5e-6).
 - h, sequence form: 5e-5 (measured ~1e-5).
-- h, parallel/chunkwise forms: 3e-4 (measured ~1.1e-4). These forms use b_t - b_s of a float32
-  cumulative sum of log forget gates; with the harsh gates drawn here (|log f| up to 15) |b| reaches
-  hundreds inside a chunk, so each exp weight carries ~|b| * 2^-24 relative error, which the
-  normalizer amplifies where |q.n| is small. The canonical chunkwise kernels share this property.
+- h, parallel/chunkwise forms: 8e-5 (measured <= 3.2e-5 parallel, <= 2.3e-5 chunkwise). These forms
+  used to form b_t - b_s as the difference of one float32 cumulative sum of log forget gates: with the
+  harsh gates drawn here (|log f| up to 15) |b| reaches hundreds inside a chunk, so each exp weight
+  carried ~|b| * 2^-24 relative error, which the normalizer amplifies where |q.n| is small (measured
+  1.1e-4; the canonical chunkwise kernels still do this). They now sum each segment on its own
+  (kernels/mlstm_gates.log_decay_matrix), and 8e-5 fails the old formulation.
 """
 
 from oracles.mlstm_f64 import mlstm_sequence_f64
@@ -39,7 +41,7 @@ def inputs(seed, B=2, NH=3, T=45, Dqk=8, Dv=12, gate_scale=4.0, with_state=True)
     return q, kk, v, i, f, state
 
 
-H_TOL = {mlstm_sequence: 5e-5, mlstm_parallel: 3e-4, mlstm_chunkwise: 3e-4, mlstm_chunkwise_ref: 3e-4}
+H_TOL = {mlstm_sequence: 5e-5, mlstm_parallel: 8e-5, mlstm_chunkwise: 8e-5, mlstm_chunkwise_ref: 8e-5}
 
 
 def close(a, b, tol):

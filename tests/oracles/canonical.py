@@ -50,8 +50,10 @@ def hf_config(hidden=64, layers=2, heads=2, vocab=101, weight_mode="single", use
                        use_cache=False, **extra)
 
 
-def make_hf_checkpoint(path: Path, seed: int = 0, dtype: torch.dtype = torch.float32, **cfg) -> Path:
-    """xLSTMForCausalLM.save_pretrained of a fully random model."""
+def make_hf_checkpoint(path: Path, seed: int = 0, dtype: torch.dtype = torch.float32, gate_bias_scale: float = 3.0,
+                       **cfg) -> Path:
+    """xLSTMForCausalLM.save_pretrained of a fully random model (gate_bias_scale: see randomize_torch; ~10
+    saturates the gates)."""
     from transformers import xLSTMForCausalLM
     from transformers.models.xlstm import modeling_xlstm
 
@@ -64,7 +66,7 @@ def make_hf_checkpoint(path: Path, seed: int = 0, dtype: torch.dtype = torch.flo
         model = xLSTMForCausalLM(hf_config(**cfg)).eval()
     finally:
         modeling_xlstm.xLSTMPreTrainedModel._init_weights = saved
-    randomize_torch(model, seed)
+    randomize_torch(model, seed, gate_bias_scale)
     model.to(dtype).save_pretrained(path)
     return Path(path)
 

@@ -2,6 +2,9 @@
 
 The sequence is cut into nc chunks of L tokens. With b the within-chunk cumulative log forget gate,
 g_c = b_L of chunk c (its total log decay) and a_s = g - b_s + i~_s (log weight of key s at its chunk's end):
+(every difference of cumulative sums here, b_t - b_s and g - b_s, is summed over its own segment instead:
+mlstm_gates.log_decay_matrix says why; this is what makes the float32 logits at least as close to float64
+as the canonical's, docs/numerics.md)
 
   across chunks, the recurrence m_next = max(g + m, a*), C_next = e^{g+m-m_next} C + e^{a*-m_next} KV
   (KV = sum_s e^{a_s - a*} k_s v_s^T, a* = max_s a_s, one batched matmul for all chunks) is unrolled
@@ -26,12 +29,12 @@ Any length works: whole chunks, then the remainder as one chunk of its own lengt
 O(T * L) for the intra-chunk matrices and O(segment chunks * Dqk * Dv) for the chunk start states.
 
 Matmul inputs keep the q/k/v dtype (bfloat16 in the fast profile: the matrix units' rate); gates,
-stabilizers, states and the normalizer are float32.
+stabilizers, states and the normalizer are float32 (float64 when the gates are: the exact profile).
 """
 
 import mlx.core as mx
 
-from xlstm_mlx.kernels.mlstm_gates import log_sigmoid
+from xlstm_mlx.kernels.mlstm_gates import exp, log_decay_matrix, log_decay_to_end, log_sigmoid, state_dtype
 from xlstm_mlx.kernels.mlstm_parallel import mlstm_parallel
 from xlstm_mlx.kernels.mlstm_recurrent import mlstm_zero_state
 from xlstm_mlx.errors import UsageError
@@ -55,25 +58,29 @@ def _segment_sum(g):
     return mx.cumsum(x, axis=-2)
 
 
-def _chunk_start_states(kc, vc, b, i, state):
-    """States at the start of every chunk and the final state, in closed form (see module doc)."""
+def _chunk_start_states(kc, vc, b, i, to_end, state):
+    """States at the start of every chunk and the final state, in closed form (see module doc).
+
+    to_end [B, NH, nc, L] = g - b_s, the log decay from step s to its chunk's end, summed directly.
+    """
     B, NH, nc, L, Dqk = kc.shape
     Dv = vc.shape[-1]
     g = b[..., -1]  # [B, NH, nc]
-    a = g[..., None] - b + i  # [B, NH, nc, L]
+    a = to_end + i  # [B, NH, nc, L]
     # Clamped so that a chunk made only of masked (identity) steps, where every a_s = -inf, gives
     # e^{a - a*} = 0 instead of e^{-inf + inf} = NaN. Real gates never come near -1e30.
     a_max = mx.maximum(mx.max(a, axis=-1), -1e30)  # [B, NH, nc]
-    kw = kc * mx.exp(a - a_max[..., None])[..., None].astype(kc.dtype)
-    kv = (kw.swapaxes(-1, -2) @ vc).astype(mx.float32)  # [B, NH, nc, Dqk, Dv]
-    ksum = mx.sum(kw.astype(mx.float32), axis=-2)  # [B, NH, nc, Dqk]
+    kw = kc * exp(a - a_max[..., None])[..., None].astype(kc.dtype)
+    sd = b.dtype
+    kv = (kw.swapaxes(-1, -2) @ vc).astype(sd)  # [B, NH, nc, Dqk, Dv]
+    ksum = mx.sum(kw.astype(sd), axis=-2)  # [B, NH, nc, Dqk]
 
     C0, n0, m0 = state
     base = mx.concatenate([m0, a_max], axis=-1)  # [B, NH, nc+1]
     r = mx.arange(nc + 1)
     log_w = mx.where(r[None, :] <= r[:, None], _segment_sum(g) + base[..., None, :], -mx.inf)
     m = mx.max(log_w, axis=-1)  # [B, NH, nc+1]
-    w = mx.exp(log_w - m[..., None])
+    w = exp(log_w - m[..., None])
     X = mx.concatenate([C0[:, :, None], kv], axis=2).reshape(B, NH, nc + 1, Dqk * Dv)
     N = mx.concatenate([n0[:, :, None], ksum], axis=2)  # [B, NH, nc+1, Dqk]
     # Chunk starts and the final state as separate products: a slice of one shared result would keep
@@ -91,22 +98,24 @@ def _chunks(q, k, v, igate, fgate, state, L: int, eps: float):
     qc = q.reshape(B, NH, nc, L, Dqk)
     kc = k.reshape(B, NH, nc, L, Dqk)
     vc = v.reshape(B, NH, nc, L, Dv)
-    i = igate.astype(mx.float32).reshape(B, NH, nc, L)
-    b = mx.cumsum(log_sigmoid(fgate.astype(mx.float32)).reshape(B, NH, nc, L), axis=-1)
+    sd = state_dtype(igate)  # float32; float64 in the exact profile
+    i = igate.astype(sd).reshape(B, NH, nc, L)
+    lf = log_sigmoid(fgate.astype(sd)).reshape(B, NH, nc, L)
+    b = mx.cumsum(lf, axis=-1)  # from the chunk's start
 
-    (C_s, n_s, m_s), final = _chunk_start_states(kc, vc, b, i, state)
+    (C_s, n_s, m_s), final = _chunk_start_states(kc, vc, b, i, log_decay_to_end(lf), state)
 
-    log_d = b[..., :, None] - b[..., None, :] + i[..., None, :]  # [B, NH, nc, L, L]
-    log_d = mx.where(mx.tril(mx.ones((L, L), dtype=mx.bool_)), log_d, -mx.inf)
+    # log D[t, s] = (b_t - b_s) + i~_s with b_t - b_s summed over the segment (mlstm_gates.log_decay_matrix)
+    log_d = log_decay_matrix(lf) + i[..., None, :]  # [B, NH, nc, L, L], -inf above the diagonal
     m_inter = b + m_s[..., None]  # weight of the chunk's start state
     m = mx.maximum(m_inter, mx.max(log_d, axis=-1))  # [B, NH, nc, L]
 
     scale = Dqk**-0.5
-    s = (qc @ kc.swapaxes(-1, -2)).astype(mx.float32) * (mx.exp(log_d - m[..., None]) * scale)
-    q_inter = qc.astype(mx.float32) * (mx.exp(m_inter - m) * scale)[..., None]
-    num = q_inter @ C_s + (s.astype(vc.dtype) @ vc).astype(mx.float32)
+    s = (qc @ kc.swapaxes(-1, -2)).astype(sd) * (exp(log_d - m[..., None]) * scale)
+    q_inter = qc.astype(sd) * (exp(m_inter - m) * scale)[..., None]
+    num = q_inter @ C_s + (s.astype(vc.dtype) @ vc).astype(sd)
     den = mx.sum(q_inter * n_s[..., None, :], axis=-1) + mx.sum(s, axis=-1)
-    h = num / (mx.maximum(mx.abs(den), mx.exp(-m)) + eps)[..., None]
+    h = num / (mx.maximum(mx.abs(den), exp(-m)) + eps)[..., None]
     return h.reshape(B, NH, T, Dv).astype(v.dtype), final
 
 
@@ -116,7 +125,7 @@ def mlstm_chunkwise(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_
         raise UsageError(f"chunk_size must be >= 1, got {chunk_size}")
     B, NH, T, Dqk = q.shape
     if state is None:
-        state = mlstm_zero_state(B, NH, Dqk, v.shape[-1])
+        state = mlstm_zero_state(B, NH, Dqk, v.shape[-1], state_dtype(igate))
     whole = (T // chunk_size) * chunk_size
     segment = MAX_SEGMENT_CHUNKS * chunk_size
     pieces = [(s, min(s + segment, whole), chunk_size) for s in range(0, whole, segment)]

@@ -1,7 +1,8 @@
 """mLSTM recurrent forms: one step (decode) and the sequence form (a loop of steps).
 
 Shapes (per call): q, k [B, NH, Dqk]; v [B, NH, Dv]; igate, fgate [B, NH] (soft-capped
-pre-activations); state (C [B, NH, Dqk, Dv], n [B, NH, Dqk], m [B, NH, 1]) in float32.
+pre-activations); state (C [B, NH, Dqk, Dv], n [B, NH, Dqk], m [B, NH, 1]) in float32 (float64 in the
+exact profile: the state dtype follows the gates', mlstm_gates.state_dtype).
 
 Equations (per head; ../../docs/numerics.md derives them):
     lf  = log sigmoid(f~)
@@ -10,39 +11,40 @@ Equations (per head; ../../docs/numerics.md derives them):
     C_t = f' C_{t-1} + i' k v^T,     n_t = f' n_{t-1} + i' k
     h_t = (q^ C_t) / (max(|q^ . n_t|, exp(-m_t)) + eps),   q^ = q / sqrt(Dqk)
 
-Everything here is float32: k v^T and the read-out q^ C_t are done on the float32 state (the
+Everything here is float32 (float64 in the exact profile): k v^T and the read-out q^ C_t are done on the float32 state (the
 canonical step casts C to the q/k/v dtype for the read-out; we keep float32, which is at least as
 accurate and costs nothing extra since C is read in float32 anyway). h is cast back to v's dtype.
 """
 
 import mlx.core as mx
 
-from xlstm_mlx.kernels.mlstm_gates import log_sigmoid
+from xlstm_mlx.kernels.mlstm_gates import exp, log_sigmoid, state_dtype
 
 
-def mlstm_zero_state(batch: int, heads: int, dqk: int, dv: int):
+def mlstm_zero_state(batch: int, heads: int, dqk: int, dv: int, dtype=mx.float32):
     return (
-        mx.zeros((batch, heads, dqk, dv), mx.float32),
-        mx.zeros((batch, heads, dqk), mx.float32),
-        mx.zeros((batch, heads, 1), mx.float32),
+        mx.zeros((batch, heads, dqk, dv), dtype),
+        mx.zeros((batch, heads, dqk), dtype),
+        mx.zeros((batch, heads, 1), dtype),
     )
 
 
 def mlstm_step_ref(q, k, v, igate, fgate, state, eps: float = 1e-6):
     """One recurrent step. Returns (h [B, NH, Dv] in v.dtype, new state)."""
     C, n, m = state
-    i = igate.astype(mx.float32)[..., None]
-    lf = log_sigmoid(fgate.astype(mx.float32))[..., None]
+    sd = state_dtype(igate)
+    i = igate.astype(sd)[..., None]
+    lf = log_sigmoid(fgate.astype(sd))[..., None]
     m_new = mx.maximum(lf + m, i)
-    f_act = mx.exp(lf + m - m_new)
-    i_act = mx.exp(i - m_new)
-    kf, vf = k.astype(mx.float32), v.astype(mx.float32)
+    f_act = exp(lf + m - m_new)
+    i_act = exp(i - m_new)
+    kf, vf = k.astype(sd), v.astype(sd)
     C_new = f_act[..., None] * C + i_act[..., None] * (kf[..., :, None] * vf[..., None, :])
     n_new = f_act * n + i_act * kf
-    q_hat = q.astype(mx.float32) * (q.shape[-1] ** -0.5)
+    q_hat = q.astype(sd) * (q.shape[-1] ** -0.5)
     num = (q_hat[..., None, :] @ C_new).squeeze(-2)
     qn = mx.sum(q_hat * n_new, axis=-1, keepdims=True)
-    den = mx.maximum(mx.abs(qn), mx.exp(-m_new)) + eps
+    den = mx.maximum(mx.abs(qn), exp(-m_new)) + eps
     h = num / den
     return h.astype(v.dtype), (C_new, n_new, m_new)
 
@@ -63,7 +65,7 @@ def mlstm_sequence(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_s
     """
     B, NH, T, Dqk = q.shape
     if state is None:
-        state = mlstm_zero_state(B, NH, Dqk, v.shape[-1])
+        state = mlstm_zero_state(B, NH, Dqk, v.shape[-1], state_dtype(igate))
     hs = []
     for t in range(T):
         h, state = mlstm_step_ref(

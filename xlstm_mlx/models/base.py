@@ -138,8 +138,14 @@ class RecurrentLM(nn.Module):
     def block_types(self) -> list[str]:
         return [b.block_type for b in self.blocks]
 
+    def fresh_states(self, batch_size: int) -> list:
+        """Every block's zero state: float32; float64 in the exact profile (its blocks take a dtype)."""
+        if self.profile.exact:
+            return [b.make_state(batch_size, self.profile.mx_state_dtype) for b in self.blocks]
+        return [b.make_state(batch_size) for b in self.blocks]
+
     def make_cache(self, batch_size: int = 1) -> Cache:
-        return Cache([b.make_state(batch_size) for b in self.blocks], batch_size)
+        return Cache(self.fresh_states(batch_size), batch_size)
 
     # -- calls ----------------------------------------------------------------------------------------
     def uses_compiled_step(self, T: int, mask) -> bool:
@@ -155,7 +161,7 @@ class RecurrentLM(nn.Module):
         sampler's own tokens, which are in range by construction, and must not wait for them.
         """
         B, T = check_model_inputs(input_ids, cache, self.args.vocab_size if check_ids else None)
-        states = list(cache.layers) if cache is not None else [b.make_state(B) for b in self.blocks]
+        states = list(cache.layers) if cache is not None else self.fresh_states(B)
         use = self.uses_compiled_step(T, mask) if compiled is None else (compiled and T == 1 and mask is None)
         if use:
             logits, states = compiled_forward(self)(input_ids, states)

@@ -7,10 +7,19 @@ residual_weight=True) multiply by 1 + `weight`, the stored weight being the offs
 Canonical order: normalize (in float32), cast back to the input dtype, multiply the weight, add the
 bias when use_bias is set. mx.fast.rms_norm folds the weight in before the cast; in float32 that is
 the same arithmetic, in bfloat16 it rounds once instead of twice.
+
+float64 (the exact profile): MLX's fused norms reduce in float32 even on float64 input (measured ~2e-6
+relative error, mlx 0.32), so float64 input takes the plain formulas, which are float64 throughout.
 """
 
 import mlx.core as mx
 import mlx.nn as nn
+
+
+def layer_norm_f64(x, eps: float):
+    """(x - mean) / sqrt(biased var + eps) over the last axis, in x's dtype (float64 for the exact profile)."""
+    d = x - mx.mean(x, axis=-1, keepdims=True)
+    return d * mx.rsqrt(mx.mean(mx.square(d), axis=-1, keepdims=True) + eps)
 
 
 class RMSNorm(nn.Module):
@@ -24,7 +33,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def __call__(self, x):
-        y = mx.fast.rms_norm(x, self.weight, self.eps)
+        if x.dtype == mx.float64:
+            y = x * mx.rsqrt(mx.mean(mx.square(x), axis=-1, keepdims=True) + self.eps) * self.weight
+        else:
+            y = mx.fast.rms_norm(x, self.weight, self.eps)
         return y + self.bias if "bias" in self else y
 
 
@@ -41,7 +53,8 @@ class HeadwiseLayerNorm(nn.Module):
 
     def __call__(self, x):
         B, T, NH, DH = x.shape
-        y = mx.fast.layer_norm(x, None, None, self.eps).reshape(B, T, NH * DH) * self.weight
+        y = layer_norm_f64(x, self.eps) if x.dtype == mx.float64 else mx.fast.layer_norm(x, None, None, self.eps)
+        y = y.reshape(B, T, NH * DH) * self.weight
         return y + self.bias if "bias" in self else y
 
 

@@ -8,6 +8,7 @@ import mlx.nn as nn
 
 from xlstm_mlx import kernels
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise_flops
+from xlstm_mlx.kernels.mlstm_gates import sigmoid, silu
 from xlstm_mlx.models.xlstm7b.args import ModelArgs
 from xlstm_mlx.models.base import soft_cap
 from xlstm_mlx.models.layers.norms import HeadwiseLayerNorm, RMSNorm
@@ -33,12 +34,12 @@ class MLSTMLayer(nn.Module):
         self.multihead_norm = HeadwiseLayerNorm(args.num_heads, args.v_head_dim, args.norm_eps, b)
         self.out_proj = nn.Linear(args.v_dim, h, bias=b)
 
-    def _project(self, x, compute_dtype):
+    def _project(self, x, compute_dtype, state_dtype=mx.float32):
         """x is the normalized input in the residual dtype (float32 in the shipped profiles).
 
         q, k, v, o take it in the compute dtype (the big matmuls at the weights' rate); the gate
         projections (NH outputs each, negligible work) take it as it is, so with a float32 residual the
-        gate pre-activations are float32 end to end (docs/numerics.md).
+        gate pre-activations are float32 end to end (docs/numerics.md); float64 in the exact profile.
         """
         a = self.args
         xc = x.astype(compute_dtype)
@@ -48,15 +49,15 @@ class MLSTMLayer(nn.Module):
         else:
             q, k, v, o = mx.split(self.qkv_opreact(xc), [a.qk_dim, 2 * a.qk_dim, 2 * a.qk_dim + a.v_dim], axis=-1)
             i, f = mx.split(self.ifgate_preact(x), [a.num_heads], axis=-1)
-        i = soft_cap(i.astype(mx.float32), a.gate_soft_cap)
-        f = soft_cap(f.astype(mx.float32), a.gate_soft_cap)
+        i = soft_cap(i.astype(state_dtype), a.gate_soft_cap)
+        f = soft_cap(f.astype(state_dtype), a.gate_soft_cap)
         return q, k, v, o, i, f
 
     def __call__(self, x, state, mask, profile: NumericsProfile):
         a = self.args
         B, T, _ = x.shape
         cd = profile.mx_compute_dtype
-        q, k, v, o, i, f = self._project(x, cd)
+        q, k, v, o, i, f = self._project(x, cd, profile.mx_state_dtype)
         kd = profile.mx_kernel_dtype
 
         def heads(t, d):  # [B, T, NH*d] -> [B, NH, T, d]
@@ -67,7 +68,7 @@ class MLSTMLayer(nn.Module):
         eps = a.eps if profile.eps is None else profile.eps
         if T == 1:
             if state is None:
-                state = kernels.mlstm_zero_state(B, a.num_heads, a.qk_head_dim, a.v_head_dim)
+                state = kernels.mlstm_zero_state(B, a.num_heads, a.qk_head_dim, a.v_head_dim, profile.mx_state_dtype)
             step = kernels.get(f"mlstm.{profile.step_kernel}")
             h, state = step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state, eps)
             h = h[:, :, None]
@@ -75,7 +76,7 @@ class MLSTMLayer(nn.Module):
             seq = kernels.get(f"mlstm.{profile.prefill_kernel}")
             h, state = seq(q, k, v, i, f, state, eps=eps, chunk_size=profile.chunk_size)
         h = self.multihead_norm(h.transpose(0, 2, 1, 3).astype(cd))
-        return self.out_proj(mx.sigmoid(o) * h), state
+        return self.out_proj(sigmoid(o) * h), state
 
 
 class FeedForward(nn.Module):
@@ -97,7 +98,7 @@ class FeedForward(nn.Module):
             gate, z = mx.split(self.proj_up_gate_z(x), 2, axis=-1)
         else:
             gate, z = self.proj_up_gate(x), self.proj_up(x)
-        return self.proj_down(nn.silu(gate) * z)
+        return self.proj_down(silu(gate) * z)
 
 
 class MLSTMBlock(nn.Module):
@@ -111,9 +112,9 @@ class MLSTMBlock(nn.Module):
         self.norm_ffn = RMSNorm(args.hidden_size, args.norm_eps, args.use_bias)
         self.ffn = FeedForward(args)
 
-    def make_state(self, batch_size: int):
+    def make_state(self, batch_size: int, dtype=mx.float32):
         a = self.args
-        return kernels.mlstm_zero_state(batch_size, a.num_heads, a.qk_head_dim, a.v_head_dim)
+        return kernels.mlstm_zero_state(batch_size, a.num_heads, a.qk_head_dim, a.v_head_dim, dtype)
 
     def recurrence_flops(self, chunk_size: int) -> int:
         a = self.args

@@ -62,7 +62,9 @@ class Model(RecurrentLM):
         logits = head.as_linear(x) if self.args.tie_word_embeddings else head(x)
         # float32 before the cap, as transformers does (lm_head(h).float(), then soft-cap); with a
         # float32 head the logits are not rounded to bfloat16 first (docs/numerics.md)
-        logits = soft_cap(logits.astype(mx.float32), self.args.output_logit_soft_cap)
+        # (float64 in the exact profile: its logits are the oracle's)
+        logits = soft_cap(logits.astype(mx.float64 if self.profile.exact else mx.float32),
+                          self.args.output_logit_soft_cap)
         if check:
             assert_finite("logits", logits)
         return logits, new_states

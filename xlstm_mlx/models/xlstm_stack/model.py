@@ -12,6 +12,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from xlstm_mlx.errors import UsageError
 from xlstm_mlx.models.base import RecurrentLM
 from xlstm_mlx.models.describe import blocks_line, runs
 from xlstm_mlx.models.layers.norms import ResidualLayerNorm
@@ -36,6 +37,9 @@ class StackModel(RecurrentLM):
 
     def __init__(self, args: StackArgs, profile: NumericsProfile | None = None):
         super().__init__(args, profile or load_profile("parity"))
+        if self.profile.exact:  # its sLSTM cells, convolutions and norms compute in float32 (kernels/slstm.py)
+            raise UsageError(f"profile {self.profile.name!r} (float64) supports the xLSTM-7B family only; this "
+                             "checkpoint is an official xLSTM stack: use 'parity' (float32)")
         self.token_embedding = nn.Embedding(args.vocab_size, args.embedding_dim)
         self.xlstm_block_stack = XLSTMBlockStack(args)
         if not args.tie_weights:
