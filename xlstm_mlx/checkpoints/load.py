@@ -179,6 +179,8 @@ def describe_run(model) -> str:
     kern = " ".join(f"{n}={label}" for n, label in kernels.describe(model.kernel_names()).items())
     decode = ("compiled (mx.compile, weights as inputs)" if compiled_decode_enabled() and not kernels.reference_forced()
               else "plain model call")
-    return (f"[xlstm-mlx] family={model.describe()['family']} backend={platform.describe()} "
+    about = model.describe()
+    proj = f" projections: {about['projections']};" if "projections" in about else ""
+    return (f"[xlstm-mlx] family={about['family']} backend={platform.describe()} "
             f"stored={','.join(getattr(model, 'stored_dtypes', []))} {model.profile.describe()} "
-            f"gates/state=float32 norms=mx.fast (float32 reductions) kernels: {kern}; decode step: {decode}")
+            f"gates/state=float32 norms=mx.fast (float32 reductions){proj} kernels: {kern}; decode step: {decode}")

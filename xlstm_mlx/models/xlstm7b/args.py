@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 from xlstm_mlx.errors import CheckpointError
+from xlstm_mlx.models.xlstm7b.fuse import fusing_enabled
 
 
 @dataclass
@@ -29,7 +30,9 @@ class ModelArgs:
     qk_dim: int
     v_dim: int
     ffn_dim: int
-    weight_mode: str = "single"  # "single" or "fused"
+    weight_mode: str = "single"  # "single" or "fused": the module tree's layout
+    # the layout the checkpoint stores, when it differs (a stored-single checkpoint fused at load: fuse.py)
+    stored_weight_mode: str | None = None
     use_bias: bool = False
     tie_word_embeddings: bool = False
     add_out_norm: bool = True
@@ -70,7 +73,7 @@ class ModelArgs:
     def to_config_dict(self) -> dict:
         """config.json in the Hugging Face xlstm layout (both dimension spellings, for both readers)."""
         d = dataclasses.asdict(self)
-        for name in ("qk_dim", "v_dim", "ffn_dim", "num_blocks"):
+        for name in ("qk_dim", "v_dim", "ffn_dim", "num_blocks", "stored_weight_mode"):
             d.pop(name)
         d.update(
             architectures=["xLSTMForCausalLM"],
@@ -165,6 +168,9 @@ def infer_args(shapes: dict[str, tuple], cfg: dict) -> ModelArgs:
             "'float32' in config.json."
         )
     _check_config(args, cfg, shapes)
+    # fuse the projections at load (fuse.py) unless the file is quantized: its config names the stored layers
+    if args.weight_mode == "single" and fusing_enabled() and not cfg.get("quantization"):
+        args.stored_weight_mode, args.weight_mode = "single", "fused"
     return args
 
 

@@ -14,7 +14,8 @@ from xlstm_mlx.models.describe import blocks_line
 from xlstm_mlx.models.layers.norms import RMSNorm
 from xlstm_mlx.models.numerics_check import assert_finite
 from xlstm_mlx.models.xlstm7b.args import ModelArgs
-from xlstm_mlx.models.xlstm7b.block import MLSTMBlock
+from xlstm_mlx.models.xlstm7b.block import MLSTMBlock, linear
+from xlstm_mlx.models.xlstm7b.fuse import describe as describe_projections
 from xlstm_mlx.profiles import NumericsProfile, load_profile
 
 FAMILY_LABEL = "xLSTM-7B family (mLSTM blocks, Hugging Face xlstm / official xLSTMLarge layout)"
@@ -59,7 +60,7 @@ class Model(RecurrentLM):
         # the head's input takes the dtype of its float weight: float32 when the profile keeps the
         # lm_head in float32 (head_dtype), the compute dtype for a tied or quantized head
         x = x.astype(head.scales.dtype if "scales" in head else head.weight.dtype)
-        logits = head.as_linear(x) if self.args.tie_word_embeddings else head(x)
+        logits = head.as_linear(x) if self.args.tie_word_embeddings else linear(head, x)
         # float32 before the cap, as transformers does (lm_head(h).float(), then soft-cap); with a
         # float32 head the logits are not rounded to bfloat16 first (docs/numerics.md)
         logits = soft_cap(logits.astype(mx.float32), self.args.output_logit_soft_cap)
@@ -68,7 +69,10 @@ class Model(RecurrentLM):
         return logits, new_states
 
     def kernel_names(self) -> list[str]:
-        return [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}"]
+        names = [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}"]
+        if self.args.weight_mode == "fused":
+            names.append("mlstm.decode_step")
+        return names + ["matmul.skinny"]
 
     def describe(self) -> dict:
         a = self.args
@@ -83,6 +87,7 @@ class Model(RecurrentLM):
             "ffn_dim": a.ffn_dim,
             "vocab_size": a.vocab_size,
             "weight_mode": a.weight_mode,
+            "projections": describe_projections(a),
             "use_bias": a.use_bias,
             "tie_word_embeddings": a.tie_word_embeddings,
             "gate_soft_cap": a.gate_soft_cap,
