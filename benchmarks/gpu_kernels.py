@@ -17,7 +17,8 @@ Sections (each one's failure is recorded and the rest still run):
      views such as reshape/transpose/slice counted apart since they launch nothing by themselves), single vs
      fused projections, reference vs fast kernels;
   5. the whole 7B-shape decode step (random bf16 weights, generate_step's loop as `xlstm-mlx bench` times it) at
-     batch 1/16/64 with each kernel on and off, single vs fused projections at batch 1.
+     batch 1/16/64 with each kernel on and off, single vs fused projections at batch 1; each variant in a fresh
+     process (in one process, two runs of the same path were seen 15% apart: allocator and compile-cache state).
 A short table is printed last; all numbers go to --json.
 """
 
@@ -34,6 +35,7 @@ from collections import Counter
 from pathlib import Path
 
 import mlx.core as mx
+from mlx.utils import tree_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -82,16 +84,16 @@ def copy_bandwidth() -> dict:
 
 def skinny_section(rows_list, dtypes, variants) -> list[dict]:
     res = []
-    key = mx.random.key(13)
+    seed = 13
     for K, N in MATRICES:
         for dtype in dtypes:
             if dtype == mx.float32 and N != 50304:
                 continue  # float32 weights: only the lm_head (the profiles keep it float32)
-            ws = [(mx.random.normal((N, K), key=mx.random.fold_in(key, i)) * K**-0.5).astype(dtype) for i in range(3)]
+            ws = [(mx.random.normal((N, K), key=mx.random.key(seed + i)) * K**-0.5).astype(dtype) for i in range(3)]
             mx.eval(ws)
             for M in rows_list:
-                x = mx.random.normal((M, K), key=mx.random.fold_in(key, 100 + M)).astype(dtype)
-                b = (mx.random.normal((N,), key=mx.random.fold_in(key, 7)) * 0.1).astype(dtype)
+                x = mx.random.normal((M, K), key=mx.random.key(seed + 100 + M)).astype(dtype)
+                b = (mx.random.normal((N,), key=mx.random.key(seed + 7)) * 0.1).astype(dtype)
                 with mx.stream(mx.cpu):
                     xf, wf = x.astype(mx.float32), ws[0].astype(mx.float32)
                     ref = xf @ wf.T
@@ -107,7 +109,7 @@ def skinny_section(rows_list, dtypes, variants) -> list[dict]:
                     row["k_default_bias_err"] = rel_err(skinny_matmul.skinny_matmul_cuda(x, ws[0], b), ref_b)
                 except Exception as e:
                     row["k_default_bias_error"] = f"{type(e).__name__}: {e}"[:400]
-                cfgs = [None] + (variants if M in (1, 8) else [])
+                cfgs = [None] + (variants if M in (1, 8, 16) else [])
                 for cfg in cfgs:
                     name = "default" if cfg is None else "R{R}_K{KSPLIT}_U{UNROLL}".format(**cfg)
                     try:
@@ -128,12 +130,11 @@ def decode_step_section(batches) -> list[dict]:
     a = shape_args("7b")
     NH, qk, v = a.num_heads, a.qk_dim, a.v_dim
     dqk, dv = qk // NH, v // NH
-    key = mx.random.key(5)
     res = []
     ref_c = mx.compile(lambda qkvo, g, C, n, m: mlstm_decode.mlstm_decode_step_ref(
         qkvo, g, (C, n, m), NH, qk, v, a.gate_soft_cap, a.eps))
     for B in batches:
-        ks = [mx.random.fold_in(key, 10 * B + i) for i in range(6)]
+        ks = [mx.random.key(5000 + 10 * B + i) for i in range(6)]
         qkvo = mx.random.normal((B, 2 * qk + 2 * v), key=ks[0]).astype(mx.bfloat16)
         gates = mx.random.normal((B, 2 * NH), key=ks[1]) * 4.0
         C = mx.random.normal((B, NH, dqk, dv), key=ks[2])
@@ -144,17 +145,19 @@ def decode_step_section(batches) -> list[dict]:
             h_ref, s_ref = mlstm_decode.mlstm_decode_step_ref(qkvo, gates, (C, n, m), NH, qk, v, a.gate_soft_cap, a.eps)
             mx.eval(h_ref, *s_ref)
         row = {"batch": B, "state_bytes": 2 * (C.nbytes + n.nbytes + m.nbytes)}
-        try:
-            h, s = mlstm_decode.mlstm_decode_step_cuda(qkvo, gates, (C, n, m), NH, qk, v, a.gate_soft_cap, a.eps)
-            mx.eval(h, *s)
-            row.update(h_err=rel_err(h, h_ref), C_err=rel_err(s[0], s_ref[0]), n_err=rel_err(s[1], s_ref[1]),
-                       m_err=rel_err(s[2], s_ref[2]))
-            t = chain_time(lambda: [mlstm_decode.mlstm_decode_step_cuda(qkvo, gates, (C, n, m), NH, qk, v,
-                                                                        a.gate_soft_cap, a.eps)[1][0]
-                                    for _ in range(10)])
-            row["kernel_s"], row["kernel_TBps"] = t, row["state_bytes"] / t / 1e12
-        except Exception as e:
-            row["kernel_error"] = f"{type(e).__name__}: {e}"[:600]
+        for tj in (64, 32):
+            sfx = "" if tj == mlstm_decode.TJ else f"_tj{tj}"
+            try:
+                h, s = mlstm_decode.mlstm_decode_step_cuda(qkvo, gates, (C, n, m), NH, qk, v, a.gate_soft_cap, a.eps,
+                                                           tj=tj)
+                mx.eval(h, *s)
+                row.update({f"h_err{sfx}": rel_err(h, h_ref), f"C_err{sfx}": rel_err(s[0], s_ref[0]),
+                            f"n_err{sfx}": rel_err(s[1], s_ref[1]), f"m_err{sfx}": rel_err(s[2], s_ref[2])})
+                t = chain_time(lambda: [mlstm_decode.mlstm_decode_step_cuda(
+                    qkvo, gates, (C, n, m), NH, qk, v, a.gate_soft_cap, a.eps, tj=tj)[1][0] for _ in range(10)])
+                row[f"kernel_s{sfx}"], row[f"kernel_TBps{sfx}"] = t, row["state_bytes"] / t / 1e12
+            except Exception as e:
+                row[f"kernel_error{sfx}"] = f"{type(e).__name__}: {e}"[:600]
         h2, s2 = ref_c(qkvo, gates, C, n, m)
         row["ref_gpu_C_err"] = rel_err(s2[0], s_ref[0])
         t = chain_time(lambda: [ref_c(qkvo, gates, C, n, m)[1][0] for _ in range(10)])
@@ -203,7 +206,13 @@ def count_section(shape: str) -> list[dict]:
     res = []
     prof = load_profile("fast")
     for wm in ("single", "fused"):
-        model = Model(shape_args(shape, weight_mode=wm), prof)  # structure only: the graph needs no real weights
+        model = Model(shape_args(shape, weight_mode=wm), prof)
+        # evaluated weights of the profile's dtypes (zeros: the graph's structure is all that is counted), so that
+        # the lazy initializers stay out of the graph and each matmul sees the dtypes it sees at decode
+        model.update(tree_map(lambda p: mx.zeros(p.shape, prof.mx_compute_dtype), model.parameters()))
+        if "lm_head" in model:
+            model.update({"lm_head": {"weight": mx.zeros(model.lm_head.weight.shape, prof.mx_head_dtype)}})
+        mx.eval(model.parameters())
         for label, off in (("reference kernels", ("matmul.skinny", "mlstm.decode_step")), ("fast kernels", ())):
             with kernel_choice(off):
                 c = count_kernels(model)
@@ -215,31 +224,52 @@ def count_section(shape: str) -> list[dict]:
     return res
 
 
-def model_section(batches, steps: int) -> list[dict]:
+MODEL_VARIANTS = {  # name -> (weights, registry names swapped for their reference)
+    "all reference": ("fused", ("matmul.skinny", "mlstm.decode_step")),
+    "all fast": ("fused", ()),
+    "skinny off": ("fused", ("matmul.skinny",)),
+    "decode_step off": ("fused", ("mlstm.decode_step",)),
+    "single, all fast": ("single", ()),
+    "single, all reference": ("single", ("matmul.skinny", "mlstm.decode_step")),
+}
+
+
+def model_run(variant: str, batches, steps: int, shape: str = "7b") -> list[dict]:
+    """One variant, all batch sizes, in this process (model_section runs each in a fresh process)."""
     from xlstm_mlx.tools.bench import bench_decode
 
-    res = []
+    wm, off = MODEL_VARIANTS[variant]
     prof = load_profile("fast")
-    key = mx.random.key(0)
-    for wm in ("fused", "single"):
-        model = Model(shape_args("7b", weight_mode=wm), prof)
-        randomize(model, 0, dtype=prof.mx_compute_dtype)
-        variants = ([("all fast", ()), ("skinny off", ("matmul.skinny",)), ("decode_step off", ("mlstm.decode_step",)),
-                     ("all reference", ("matmul.skinny", "mlstm.decode_step"))] if wm == "fused"
-                    else [("all fast", ()), ("all reference", ("matmul.skinny", "mlstm.decode_step"))])
-        for B in (batches if wm == "fused" else batches[:1]):
-            for label, off in variants:
-                try:
-                    with kernel_choice(off):
-                        _fresh_compiled(model)
-                        r = bench_decode(model, B, steps, 2, 1.0, key)
-                    r.update(weights=wm, variant=label)
-                except Exception as e:
-                    r = {"batch": B, "weights": wm, "variant": label, "error": f"{type(e).__name__}: {e}"[:600]}
-                res.append(r)
-                print(f"[lab] model {r}", file=sys.stderr, flush=True)
-        del model
-        mx.clear_cache()
+    model = Model(shape_args(shape, weight_mode=wm), prof)
+    randomize(model, 0, dtype=prof.mx_compute_dtype)
+    res = []
+    with kernel_choice(off):
+        for B in batches:
+            try:
+                r = bench_decode(model, B, steps, 3, 1.0, mx.random.key(0))
+            except Exception as e:
+                r = {"batch": B, "error": f"{type(e).__name__}: {e}"[:600]}
+            r.update(weights=wm, variant=variant)
+            res.append(r)
+            print(f"[lab] model {r}", file=sys.stderr, flush=True)
+    return res
+
+
+def model_section(batches, steps: int, variants) -> list[dict]:
+    """Each variant in a fresh process: one process's allocator and compile caches do not carry into the next."""
+    import subprocess
+
+    res = []
+    for v in variants:
+        bs = batches if MODEL_VARIANTS[v][0] == "fused" else batches[:1]
+        cmd = [sys.executable, __file__, "--model-run", v, "--steps", str(steps), "--batches", *map(str, bs)]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+        sys.stderr.write(p.stderr[-3000:])
+        try:
+            res.extend(json.loads(p.stdout.strip().splitlines()[-1]))
+        except (IndexError, json.JSONDecodeError):
+            res.append({"batch": bs[0], "weights": MODEL_VARIANTS[v][0], "variant": v,
+                        "error": f"exit {p.returncode}: {p.stderr[-300:]}"})
     return res
 
 
@@ -262,7 +292,9 @@ def table(out: dict) -> str:
             lines.append(f"  B={r['batch']:>3}: kernel {r.get('kernel_s', float('nan')) * 1e6:8.1f} us "
                          f"({r.get('kernel_TBps', float('nan')):.2f} TB/s) vs ref {r['ref_s'] * 1e6:8.1f} us; "
                          f"err h {r.get('h_err', float('nan')):.1e} C {r.get('C_err', float('nan')):.1e} "
-                         f"n {r.get('n_err', float('nan')):.1e} m {r.get('m_err', float('nan')):.1e} "
+                         f"n {r.get('n_err', float('nan')):.1e} m {r.get('m_err', float('nan')):.1e}; "
+                         f"TJ=32 {r.get('kernel_s_tj32', float('nan')) * 1e6:.1f} us "
+                         f"(h {r.get('h_err_tj32', float('nan')):.1e} C {r.get('C_err_tj32', float('nan')):.1e}) "
                          f"{r.get('kernel_error', '')[:80]}")
     if out.get("count"):
         lines.append("primitives of one compiled decode step (launching = without views)")
@@ -291,7 +323,12 @@ def main() -> int:
     p.add_argument("--skip-model", action="store_true")
     p.add_argument("--count-only", action="store_true")
     p.add_argument("--count-shape", default="7b")
+    p.add_argument("--model-variants", nargs="+", default=list(MODEL_VARIANTS)[:5], choices=list(MODEL_VARIANTS))
+    p.add_argument("--model-run", choices=list(MODEL_VARIANTS), help=argparse.SUPPRESS)  # one variant (internal)
     args = p.parse_args()
+    if args.model_run:
+        print(json.dumps(model_run(args.model_run, args.batches, args.steps, args.count_shape), default=str))
+        return 0
     out = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),
            "mlx_version": mx.__version__, "cuda": cuda_available(), "labels": kernels.describe(), "errors": {}}
     try:
@@ -308,7 +345,7 @@ def main() -> int:
                     ("skinny", lambda: skinny_section(args.rows, [mx.bfloat16, mx.float32], variants)),
                     ("decode_step", lambda: decode_step_section(args.batches))] + sections
         if not args.skip_model:
-            sections.append(("model", lambda: model_section(args.batches, args.steps)))
+            sections.append(("model", lambda: model_section(args.batches, args.steps, args.model_variants)))
     for name, fn in sections:
         t = time.time()
         try:

@@ -41,10 +41,9 @@ def test_fast_forms_fall_back_to_their_references_without_cuda():
 @pytest.mark.parametrize("K,N", [(256, 1000), (1024, 4096), (2048, 33)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_skinny_matmul_matches_mlx_matmul(dtype, tol, M, K, N, bias):
-    key = mx.random.key(M * 1000 + N)
-    x = mx.random.normal((M, K), key=key).astype(dtype)
-    w = (mx.random.normal((N, K), key=mx.random.fold_in(key, 1)) * K**-0.5).astype(dtype)
-    b = mx.random.normal((N,), key=mx.random.fold_in(key, 2)).astype(dtype) if bias else None
+    x = mx.random.normal((M, K), key=mx.random.key(M * 1000 + N)).astype(dtype)
+    w = (mx.random.normal((N, K), key=mx.random.key(M * 1000 + N + 1)) * K**-0.5).astype(dtype)
+    b = mx.random.normal((N,), key=mx.random.key(M * 1000 + N + 2)).astype(dtype) if bias else None
     assert skinny_matmul.applies(x, w)
     with mx.stream(mx.cpu):
         ref = skinny_matmul.skinny_matmul_ref(x.astype(mx.float32), w.astype(mx.float32),
@@ -69,11 +68,11 @@ def test_skinny_matmul_keeps_leading_dims_and_routes_big_batches_to_mlx():
 @pytest.mark.parametrize("B", [1, 5])
 @pytest.mark.parametrize("cap", [15.0, None])
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32])
-def test_decode_step_kernel_matches_the_reference(B, cap, dtype):
+@pytest.mark.parametrize("tj", [32, 64])
+def test_decode_step_kernel_matches_the_reference(B, cap, dtype, tj):
     NH, dqk, dv = 4, 32, 128
     qk, v = NH * dqk, NH * dv
-    key = mx.random.key(B * 7 + (cap is None))
-    ks = [mx.random.fold_in(key, i) for i in range(5)]
+    ks = [mx.random.key(100 * B + 10 * (cap is None) + i) for i in range(5)]
     qkvo = mx.random.normal((B, 2 * qk + 2 * v), key=ks[0]).astype(dtype)
     gates = mx.random.normal((B, 2 * NH), key=ks[1]) * 6.0
     state = (mx.random.normal((B, NH, dqk, dv), key=ks[2]), mx.random.normal((B, NH, dqk), key=ks[3]),
@@ -82,7 +81,7 @@ def test_decode_step_kernel_matches_the_reference(B, cap, dtype):
     with mx.stream(mx.cpu):
         h_ref, s_ref = mlstm_decode.mlstm_decode_step_ref(qkvo, gates, state, NH, qk, v, cap, 1e-6)
         mx.eval(h_ref, *s_ref)
-    h, s = mlstm_decode.mlstm_decode_step_cuda(qkvo, gates, state, NH, qk, v, cap, 1e-6)
+    h, s = mlstm_decode.mlstm_decode_step_cuda(qkvo, gates, state, NH, qk, v, cap, 1e-6, tj=tj)
     assert h.dtype == dtype and h.shape == (B, NH, dv)
     assert _rel(h, h_ref) <= (1e-2 if dtype == mx.bfloat16 else 1e-5)
     for a, b in zip(s, s_ref):

@@ -15,8 +15,8 @@ state (C [B, NH, Dqk, Dv], n [B, NH, Dqk], m [B, NH, 1]) float32.
 Returns h [B, NH, Dv] in qkvo's dtype and the new state: the equations and roundings of mlstm_step_ref, the
 gates soft-capped in float32 first as MLSTMLayer does.
 
-CUDA layout: one block per (sequence, head, 64-column tile of C); 8 warps split the Dqk rows, each lane owns
-two columns (8-byte loads). Every block recomputes the head's gate scalars and q.n (Dqk products: cheap); the
+CUDA layout: one block per (sequence, head, TJ-column tile of C); 8 warps split the Dqk rows, each lane owns
+TJ/32 columns (TJ=64: 8-byte loads; 32: 4-byte loads, twice the blocks). Every block recomputes the head's gate scalars and q.n (Dqk products: cheap); the
 tile-0 block writes n and m.
 """
 
@@ -27,7 +27,7 @@ import mlx.core as mx
 from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
 from xlstm_mlx.kernels.mlstm_recurrent import mlstm_step, mlstm_step_ref
 
-TJ = 64  # columns of C per block (32 lanes x 2)
+TJ = 64  # columns of C per block (32 lanes x 2); 32 gives twice the blocks (batch 1: 8 heads x 16 tiles)
 THREADS = 256
 
 _SOURCE = """
@@ -76,32 +76,43 @@ _SOURCE = """
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) qn += qn_sh[w];
 
-    const int j = tile * TJ + lane * 2;
-    const float v0 = xl_float(vrow[j]), v1 = xl_float(vrow[j + 1]);
-    const float2* Cin = reinterpret_cast<const float2*>(C + (size_t)bh * DQK * DV + j);
-    float2* Cout = reinterpret_cast<float2*>(C_out + (size_t)bh * DQK * DV + j);
-    float num0 = 0.f, num1 = 0.f;
+    constexpr int CPL = TJ / 32;                      // columns per lane: 1 (4-byte loads) or 2 (8-byte)
+    const int j = tile * TJ + lane * CPL;
+    float vj[CPL], num[CPL];
+#pragma unroll
+    for (int c = 0; c < CPL; ++c) { vj[c] = xl_float(vrow[j + c]); num[c] = 0.f; }
+    const float* Cin = C + (size_t)bh * DQK * DV + j;
+    float* Cout = C_out + (size_t)bh * DQK * DV + j;
 #pragma unroll 8
     for (int i = warp; i < DQK; i += WARPS) {
-        const float2 c = __ldcs(Cin + (size_t)i * (DV / 2));
         const float ki = k_sh[i], qi = q_sh[i];
-        float2 cn;
-        cn.x = fa * c.x + ia * (ki * v0);
-        cn.y = fa * c.y + ia * (ki * v1);
-        __stcs(Cout + (size_t)i * (DV / 2), cn);
-        num0 += qi * cn.x;
-        num1 += qi * cn.y;
+        if constexpr (CPL == 2) {
+            const float2 c = __ldcs(reinterpret_cast<const float2*>(Cin + (size_t)i * DV));
+            float2 cn;
+            cn.x = fa * c.x + ia * (ki * vj[0]);
+            cn.y = fa * c.y + ia * (ki * vj[1]);
+            __stcs(reinterpret_cast<float2*>(Cout + (size_t)i * DV), cn);
+            num[0] += qi * cn.x;
+            num[1] += qi * cn.y;
+        } else {
+            const float c = __ldcs(Cin + (size_t)i * DV);
+            const float cn = fa * c + ia * (ki * vj[0]);
+            __stcs(Cout + (size_t)i * DV, cn);
+            num[0] += qi * cn;
+        }
     }
-    red[warp][lane * 2] = num0;
-    red[warp][lane * 2 + 1] = num1;
+#pragma unroll
+    for (int c = 0; c < CPL; ++c) red[warp][lane * CPL + c] = num[c];
     __syncthreads();
     if (warp == 0) {
-        float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-        for (int w = 0; w < WARPS; ++w) { s0 += red[w][lane * 2]; s1 += red[w][lane * 2 + 1]; }
         const float den = fmaxf(fabsf(qn), expf(-m_new)) + eps;
-        xl_set(h + (size_t)bh * DV + j, s0 / den);
-        xl_set(h + (size_t)bh * DV + j + 1, s1 / den);
+#pragma unroll
+        for (int c = 0; c < CPL; ++c) {
+            float s = 0.f;
+#pragma unroll
+            for (int w = 0; w < WARPS; ++w) s += red[w][lane * CPL + c];
+            xl_set(h + (size_t)bh * DV + j + c, s / den);
+        }
         if (tile == 0 && lane == 0) m_out[bh] = m_new;
     }
 """
@@ -133,7 +144,7 @@ def applies(qkvo, gates, state, num_heads: int, qk_dim: int, v_dim: int) -> bool
 
 
 def mlstm_decode_step_cuda(qkvo, gates, state, num_heads: int, qk_dim: int, v_dim: int,
-                           gate_soft_cap: float | None, eps: float = 1e-6):
+                           gate_soft_cap: float | None, eps: float = 1e-6, *, tj: int | None = None):
     global _kernel
     if _kernel is None:
         _kernel = mx.fast.cuda_kernel(
@@ -146,11 +157,12 @@ def mlstm_decode_step_cuda(qkvo, gates, state, num_heads: int, qk_dim: int, v_di
     C, n, m = state
     B = qkvo.shape[0]
     dqk, dv = qk_dim // num_heads, v_dim // num_heads
+    tj = tj or TJ
     params = mx.array([gate_soft_cap or 0.0, eps], mx.float32)
-    blocks = B * num_heads * (dv // TJ)
+    blocks = B * num_heads * (dv // tj)
     h, C_new, n_new, m_new = _kernel(
         inputs=[qkvo, gates.astype(mx.float32), C, n, m, params],
-        template=[("NH", num_heads), ("DQK", dqk), ("DV", dv), ("QK_DIM", qk_dim), ("TJ", TJ),
+        template=[("NH", num_heads), ("DQK", dqk), ("DV", dv), ("QK_DIM", qk_dim), ("TJ", tj),
                   ("THREADS", THREADS), ("HAS_CAP", gate_soft_cap is not None)],
         grid=(blocks * THREADS, 1, 1),
         threadgroup=(THREADS, 1, 1),
