@@ -213,9 +213,12 @@ def count_section(shape: str) -> list[dict]:
         if "lm_head" in model:
             model.update({"lm_head": {"weight": mx.zeros(model.lm_head.weight.shape, prof.mx_head_dtype)}})
         mx.eval(model.parameters())
-        for label, off in (("reference kernels", ("matmul.skinny", "mlstm.decode_step")), ("fast kernels", ())):
+        for label, off, skinny in (("reference kernels", ("matmul.skinny", "mlstm.decode_step"), False),
+                                   ("default kernels", (), False), ("+ skinny GEMM on", (), True)):
+            skinny_matmul.DEFAULT_ON = skinny
             with kernel_choice(off):
                 c = count_kernels(model)
+            skinny_matmul.DEFAULT_ON = False
             c.update(weights=wm, kernels=label, shape=shape)
             res.append(c)
             print(f"[lab] count {wm} {label}: {c['launching']} launching primitives "
@@ -227,6 +230,7 @@ def count_section(shape: str) -> list[dict]:
 MODEL_VARIANTS = {  # name -> (weights, registry names swapped for their reference)
     "all reference": ("fused", ("matmul.skinny", "mlstm.decode_step")),
     "all fast": ("fused", ()),
+    "skinny on": ("fused", ()),  # the CUDA skinny GEMM forced on (skinny_gemm.DEFAULT_ON)
     "skinny off": ("fused", ("matmul.skinny",)),
     "decode_step off": ("fused", ("mlstm.decode_step",)),
     "single, all fast": ("single", ()),
@@ -239,6 +243,7 @@ def model_run(variant: str, batches, steps: int, shape: str = "7b") -> list[dict
     from xlstm_mlx.tools.bench import bench_decode
 
     wm, off = MODEL_VARIANTS[variant]
+    skinny_matmul.DEFAULT_ON = variant in ("skinny on", "decode_step off")  # the variants of session 2 had it on
     prof = load_profile("fast")
     model = Model(shape_args(shape, weight_mode=wm), prof)
     randomize(model, 0, dtype=prof.mx_compute_dtype)
@@ -321,9 +326,11 @@ def main() -> int:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--skip-model", action="store_true")
+    p.add_argument("--skip-skinny", action="store_true")
     p.add_argument("--count-only", action="store_true")
     p.add_argument("--count-shape", default="7b")
-    p.add_argument("--model-variants", nargs="+", default=list(MODEL_VARIANTS)[:5], choices=list(MODEL_VARIANTS))
+    p.add_argument("--model-variants", nargs="+", default=["all reference", "all fast", "skinny on"],
+                   choices=list(MODEL_VARIANTS))
     p.add_argument("--model-run", choices=list(MODEL_VARIANTS), help=argparse.SUPPRESS)  # one variant (internal)
     args = p.parse_args()
     if args.model_run:
@@ -341,9 +348,11 @@ def main() -> int:
                 [(1, 1, 4), (2, 1, 4), (4, 1, 4), (4, 1, 8), (4, 2, 4), (4, 4, 4), (2, 2, 8), (8, 1, 2)]]
     sections = [("count", lambda: count_section(args.count_shape))]
     if not args.count_only and cuda_available():
-        sections = [("copy", copy_bandwidth),
-                    ("skinny", lambda: skinny_section(args.rows, [mx.bfloat16, mx.float32], variants)),
-                    ("decode_step", lambda: decode_step_section(args.batches))] + sections
+        sections = [("copy", copy_bandwidth)]
+        if not args.skip_skinny:
+            sections.append(("skinny", lambda: skinny_section(args.rows, [mx.bfloat16, mx.float32], variants)))
+        sections += [("decode_step", lambda: decode_step_section(args.batches)),
+                     ("count", lambda: count_section(args.count_shape))]
         if not args.skip_model:
             sections.append(("model", lambda: model_section(args.batches, args.steps, args.model_variants)))
     for name, fn in sections:

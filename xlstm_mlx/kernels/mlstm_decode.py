@@ -22,6 +22,8 @@ tile-0 block writes n and m.
 
 from __future__ import annotations
 
+import struct
+
 import mlx.core as mx
 
 from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
@@ -42,11 +44,11 @@ _SOURCE = """
     // gate scalars of this head (float32, as mlstm_step_ref)
     float i_raw = gates[b * 2 * NH + hd], f_raw = gates[b * 2 * NH + NH + hd];
     if (HAS_CAP) {
-        const float cap = params[0];
+        const float cap = __int_as_float(CAP_BITS);
         i_raw = cap * tanhf(i_raw / cap);
         f_raw = cap * tanhf(f_raw / cap);
     }
-    const float eps = params[1];
+    const float eps = __int_as_float(EPS_BITS);
     const float lf = -(fmaxf(-f_raw, 0.f) + log1pf(expf(-fabsf(f_raw))));    // log sigmoid
     const float m_old = m[bh];
     const float m_new = fmaxf(lf + m_old, i_raw);
@@ -120,6 +122,12 @@ _SOURCE = """
 _kernel = None
 
 
+def _float_bits(x: float) -> int:
+    """A float32's bit pattern as a (signed) int: how the soft cap and eps reach the kernel as compile-time
+    constants. (A small float32 input array made from Python would be a host-to-device transfer at every call.)"""
+    return struct.unpack("<i", struct.pack("<f", x))[0]
+
+
 def _soft_cap(x: mx.array, cap: float | None) -> mx.array:
     return x if cap is None else cap * mx.tanh(x / cap)  # models/base.py soft_cap, the same arithmetic
 
@@ -149,7 +157,7 @@ def mlstm_decode_step_cuda(qkvo, gates, state, num_heads: int, qk_dim: int, v_di
     if _kernel is None:
         _kernel = mx.fast.cuda_kernel(
             name="xlstm_mlstm_decode_step",
-            input_names=["qkvo", "gates", "C", "n", "m", "params"],
+            input_names=["qkvo", "gates", "C", "n", "m"],
             output_names=["h", "C_out", "n_out", "m_out"],
             source=_SOURCE,
             header=VEC_HEADER,
@@ -158,12 +166,12 @@ def mlstm_decode_step_cuda(qkvo, gates, state, num_heads: int, qk_dim: int, v_di
     B = qkvo.shape[0]
     dqk, dv = qk_dim // num_heads, v_dim // num_heads
     tj = tj or TJ
-    params = mx.array([gate_soft_cap or 0.0, eps], mx.float32)
     blocks = B * num_heads * (dv // tj)
     h, C_new, n_new, m_new = _kernel(
-        inputs=[qkvo, gates.astype(mx.float32), C, n, m, params],
+        inputs=[qkvo, gates.astype(mx.float32), C, n, m],
         template=[("NH", num_heads), ("DQK", dqk), ("DV", dv), ("QK_DIM", qk_dim), ("TJ", tj),
-                  ("THREADS", THREADS), ("HAS_CAP", gate_soft_cap is not None)],
+                  ("THREADS", THREADS), ("HAS_CAP", gate_soft_cap is not None),
+                  ("CAP_BITS", _float_bits(gate_soft_cap or 0.0)), ("EPS_BITS", _float_bits(eps))],
         grid=(blocks * THREADS, 1, 1),
         threadgroup=(THREADS, 1, 1),
         output_shapes=[(B, num_heads, dv), C.shape, n.shape, m.shape],

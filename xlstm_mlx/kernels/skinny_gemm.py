@@ -154,13 +154,23 @@ def skinny_matmul_cuda(x: mx.array, w: mx.array, bias: mx.array | None = None, *
     return y.reshape(*lead, N)
 
 
+# Measured on an H200 (benchmarks/results/gpu_kernels_h200.md, 2026-12-01): this kernel reads the 7B decode
+# matrices at 0.8-3.3 TB/s (bf16, one row) where MLX's matmul reads them at 1.3-3.7 TB/s, and the model's decode
+# step is faster with MLX's matmul. So it is not the default on any backend: the registry's fast form is MLX's
+# matmul until a kernel beats it. skinny_matmul_cuda stays here, checked (tests/kernels/test_cuda_kernels.py)
+# and timed (benchmarks/gpu_kernels.py), as the base for that work.
+DEFAULT_ON = False
+
+
 def skinny_matmul(x: mx.array, w: mx.array, bias: mx.array | None = None) -> mx.array:
-    if applies(x, w):
+    if DEFAULT_ON and applies(x, w):
         return skinny_matmul_cuda(x, w, bias)
     return skinny_matmul_ref(x, w, bias)
 
 
 def label() -> str:
-    if cuda_available():
+    if cuda_available() and DEFAULT_ON:
         return f"CUDA skinny GEMM (mx.fast.cuda_kernel) for <= {MAX_ROWS} rows, MLX matmul beyond"
+    if cuda_available():
+        return "MLX matmul (the CUDA skinny GEMM is measured slower on the 7B matrices: not the default)"
     return "MLX matmul (the CUDA skinny GEMM needs MLX's CUDA backend)"
