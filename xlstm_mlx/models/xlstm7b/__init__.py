@@ -48,7 +48,7 @@ def rename_key(key: str) -> str:
 def sanitize(weights: dict, args: Args) -> dict:
     # the Hugging Face layout is the module tree's own, except a stored-single checkpoint fused at load
     if args.weight_mode == "fused" and args.stored_weight_mode == "single":
-        return fuse_single_weights(weights, args.num_blocks)
+        return fuse_single_weights(weights, args)
     return weights
 
 

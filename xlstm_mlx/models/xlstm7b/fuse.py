@@ -50,10 +50,31 @@ def fusing(enabled: bool = True):
         _enabled = previous
 
 
-def fuse_single_weights(weights: dict[str, mx.array], num_blocks: int) -> dict[str, mx.array]:
-    """Stored-single tensors -> the fused layout's tensors (lazy: concatenations, nothing read yet)."""
+def part_rows(args) -> dict[str, int]:
+    """Output rows of each single layer that a fused layer stacks."""
+    return {"q": args.qk_dim, "k": args.qk_dim, "v": args.v_dim, "ogate_preact": args.v_dim,
+            "igate_preact": args.num_heads, "fgate_preact": args.num_heads, "proj_up_gate": args.ffn_dim,
+            "proj_up": args.ffn_dim}
+
+
+def fuse_single_weights(weights: dict[str, mx.array], args) -> dict[str, mx.array]:
+    """Stored-single tensors -> the fused layout's tensors (lazy: concatenations, nothing read yet).
+
+    Each part's shape is checked first, so that a wrong tensor is named as stored (the strict check after
+    sanitize sees only the fused names)."""
+    rows = part_rows(args)
+    wrong = []
+    for name, arr in weights.items():
+        parts = name.split(".")
+        if len(parts) == 6 and parts[:2] == ["backbone", "blocks"] and parts[4] in rows:  # backbone.blocks.N.sub.layer.w
+            want = (rows[parts[4]], args.hidden_size) if parts[5] == "weight" else (rows[parts[4]],)
+            if tuple(arr.shape) != want:
+                wrong.append(f"{name}: expected {want}, found {tuple(arr.shape)}")
+    if wrong:
+        raise CheckpointError("checkpoint does not match the model built from it:\n  shape mismatch: "
+                              + "; ".join(wrong[:20]))
     out = dict(weights)
-    for b in range(num_blocks):
+    for b in range(args.num_blocks):
         for fused, (sub, parts) in FUSED_PARTS.items():
             prefix = f"backbone.blocks.{b}.{sub}."
             for suffix in ("weight", "bias"):
