@@ -13,7 +13,6 @@ import mlx.core as mx
 
 from xlstm_mlx.jsonfile import read_json_object
 from xlstm_mlx.models.xlstm7b.args import ModelArgs as Args
-from xlstm_mlx.models.xlstm7b.fuse import fuse_single_weights
 from xlstm_mlx.models.xlstm7b.model import FAMILY_LABEL as LABEL
 from xlstm_mlx.models.xlstm7b.model import Model
 
@@ -46,10 +45,7 @@ def rename_key(key: str) -> str:
 
 
 def sanitize(weights: dict, args: Args) -> dict:
-    # the Hugging Face layout is the module tree's own, except a stored-single checkpoint fused at load
-    if args.weight_mode == "fused" and args.stored_weight_mode == "single":
-        return fuse_single_weights(weights, args)
-    return weights
+    return weights  # the Hugging Face layout is the module tree's own
 
 
 def export(weights: dict, args: Args) -> dict:

@@ -18,7 +18,6 @@ import re
 from dataclasses import dataclass
 
 from xlstm_mlx.errors import CheckpointError
-from xlstm_mlx.models.xlstm7b.fuse import fusing_enabled
 
 
 @dataclass
@@ -168,9 +167,6 @@ def infer_args(shapes: dict[str, tuple], cfg: dict) -> ModelArgs:
             "'float32' in config.json."
         )
     _check_config(args, cfg, shapes)
-    # fuse the projections at load (fuse.py) unless the file is quantized: its config names the stored layers
-    if args.weight_mode == "single" and fusing_enabled() and not cfg.get("quantization"):
-        args.stored_weight_mode, args.weight_mode = "single", "fused"
     return args
 
 

@@ -1,20 +1,23 @@
-"""Load-time fusing of the projections of a block: the stored 'single' layout becomes the official 'fused' one.
+"""Fusing the projections of a loaded stored-single model: eight matmuls per block become three.
 
 A stored-single block makes eight matmuls per token (q, k, v, output gate, input gate, forget gate, FFN gate,
-FFN up); the fused layout makes three:
+FFN up); the fused layout (the official `weight_mode: fused`) makes three:
     qkv_opreact    = [q; k; v; ogate_preact]      (compute dtype: the big matmul, bf16 weights at the bf16 rate)
     ifgate_preact  = [igate_preact; fgate_preact] (takes the float32 residual input: docs/numerics.md)
     proj_up_gate_z = [proj_up_gate; proj_up]      (the FFN's gate and up halves)
 Each output row of a fused matrix is the same dot product as the row it came from, so the logits agree with the
 unfused model to float32 rounding (tests/models/test_fused_load.py); the unfused model stays the reference
-(build it with weight_mode='single', or load inside `fusing(False)`).
+(`with fusing(False): load(...)`, or a model built with weight_mode='single').
 
 The gate projections stay a matmul of their own because q/k/v/o take the normalized input rounded to the
 compute dtype while the gates take it unrounded (float32); folding them into qkv_opreact would round the gate
 input to bfloat16 under the 'fast' profile.
 
-Quantized checkpoints keep their stored layout: their config.json names every quantized layer by path, and a
-fused layer would have none of those names (a checkpoint quantized from a fused model is stored fused).
+When: `load` marks a float stored-single model (`request`), and the model fuses itself, in place and once, at its
+first call with a cache (generation, bench, perplexity: inference). Until then it is exactly the stored layout,
+so `convert`/`quantize` see and write the layers the checkpoint stores (config.json's quantization section names
+layers by path) and a training step never meets a parameter tree that changes under it. Quantized models are not
+fused (their packed layers are kept as stored).
 """
 
 from __future__ import annotations
@@ -22,8 +25,7 @@ from __future__ import annotations
 import contextlib
 
 import mlx.core as mx
-
-from xlstm_mlx.errors import CheckpointError
+import mlx.nn as nn
 
 # fused layer -> (the block's sub-module, the single layers it stacks, in the fused row order)
 FUSED_PARTS = {
@@ -31,6 +33,7 @@ FUSED_PARTS = {
     "ifgate_preact": ("mlstm_layer", ("igate_preact", "fgate_preact")),
     "proj_up_gate_z": ("ffn", ("proj_up_gate", "proj_up")),
 }
+_PENDING = "_xlstm_fuse_pending"
 
 _enabled = True
 
@@ -41,7 +44,7 @@ def fusing_enabled() -> bool:
 
 @contextlib.contextmanager
 def fusing(enabled: bool = True):
-    """Load stored-single checkpoints fused (the default) or as stored, inside a `with` block."""
+    """Let `load` mark stored-single models for fusing (the default) or not, inside a `with` block."""
     global _enabled
     previous, _enabled = _enabled, enabled
     try:
@@ -50,50 +53,63 @@ def fusing(enabled: bool = True):
         _enabled = previous
 
 
-def part_rows(args) -> dict[str, int]:
-    """Output rows of each single layer that a fused layer stacks."""
-    return {"q": args.qk_dim, "k": args.qk_dim, "v": args.v_dim, "ogate_preact": args.v_dim,
-            "igate_preact": args.num_heads, "fgate_preact": args.num_heads, "proj_up_gate": args.ffn_dim,
-            "proj_up": args.ffn_dim}
+def can_fuse(model) -> bool:
+    """A stored-single model whose parts are all plain float nn.Linear layers."""
+    if model.args.weight_mode != "single":
+        return False
+    for block in model.backbone.blocks:
+        for sub, parts in FUSED_PARTS.values():
+            if any(type(block[sub][p]) is not nn.Linear for p in parts):
+                return False
+    return True
 
 
-def fuse_single_weights(weights: dict[str, mx.array], args) -> dict[str, mx.array]:
-    """Stored-single tensors -> the fused layout's tensors (lazy: concatenations, nothing read yet).
-
-    Each part's shape is checked first, so that a wrong tensor is named as stored (the strict check after
-    sanitize sees only the fused names)."""
-    rows = part_rows(args)
-    wrong = []
-    for name, arr in weights.items():
-        parts = name.split(".")
-        if len(parts) == 6 and parts[:2] == ["backbone", "blocks"] and parts[4] in rows:  # backbone.blocks.N.sub.layer.w
-            want = (rows[parts[4]], args.hidden_size) if parts[5] == "weight" else (rows[parts[4]],)
-            if tuple(arr.shape) != want:
-                wrong.append(f"{name}: expected {want}, found {tuple(arr.shape)}")
-    if wrong:
-        raise CheckpointError("checkpoint does not match the model built from it:\n  shape mismatch: "
-                              + "; ".join(wrong[:20]))
-    out = dict(weights)
-    for b in range(args.num_blocks):
-        for fused, (sub, parts) in FUSED_PARTS.items():
-            prefix = f"backbone.blocks.{b}.{sub}."
-            for suffix in ("weight", "bias"):
-                names = [f"{prefix}{p}.{suffix}" for p in parts]
-                have = [n for n in names if n in out]
-                if not have:
-                    continue
-                if len(have) != len(names):
-                    missing = sorted(set(names) - set(have))
-                    raise CheckpointError(f"block {b}: {missing} missing while {have} are present; the checkpoint "
-                                          "is truncated or mixes layouts (re-download or re-convert it)")
-                out[f"{prefix}{fused}.{suffix}"] = mx.concatenate([out.pop(n) for n in names], axis=0)
-    return out
+def request(model) -> bool:
+    """Mark a loaded model to fuse at its first inference call (when enabled and possible)."""
+    pending = fusing_enabled() and can_fuse(model)
+    model.__dict__[_PENDING] = pending  # a plain attribute: nn.Module keeps it out of its parameters
+    return pending
 
 
-def describe(args) -> str:
+def pending(model) -> bool:
+    return bool(model.__dict__.get(_PENDING))
+
+
+def _stack(layers: list[nn.Linear]) -> nn.Linear:
+    w = mx.concatenate([m.weight for m in layers], axis=0)
+    fused = nn.Linear(w.shape[1], w.shape[0], bias="bias" in layers[0])
+    fused.weight = w
+    if "bias" in layers[0]:
+        fused.bias = mx.concatenate([m.bias for m in layers], axis=0)
+    return fused
+
+
+def fuse_model(model) -> None:
+    """Replace each block's single projections by the fused ones, in place (block by block, evaluated, so the
+    single weights are freed as it goes: the peak is one block's projections twice)."""
+    if not can_fuse(model):
+        model.__dict__[_PENDING] = False
+        return
+    for block in model.backbone.blocks:
+        for fused_name, (sub, parts) in FUSED_PARTS.items():
+            owner = block[sub]
+            fused = _stack([owner[p] for p in parts])
+            mx.eval(fused.parameters())
+            for p in parts:
+                owner.pop(p)
+            setattr(owner, fused_name, fused)
+        block.ffn.fused = True
+    model.args.stored_weight_mode, model.args.weight_mode = "single", "fused"  # one args object for all blocks
+    model.__dict__[_PENDING] = False
+    model.__dict__.pop("_xlstm_compiled_forward", None)  # a step compiled before would hold the old tree
+
+
+def describe(model) -> str:
     """What the projections of a block run as, for the verbose line."""
-    stored = args.stored_weight_mode or args.weight_mode
-    if args.weight_mode == "fused":
-        how = "fused at load" if stored == "single" else "fused (stored fused)"
-        return f"{how}: q,k,v,o one matmul; i,f one float32-input matmul; FFN gate+up one matmul"
-    return "single (stored single, not fused): q, k, v, o, i, f, FFN gate, FFN up each a matmul"
+    a = model.args
+    fused = "q,k,v,o one matmul; i,f one float32-input matmul; FFN gate+up one matmul"
+    if pending(model):
+        return f"stored single, fused at the first inference call: {fused}"
+    if a.weight_mode == "fused":
+        return f"fused{' at the first inference call' if a.stored_weight_mode == 'single' else ' (stored fused)'}: {fused}"
+    return "single (as stored, not fused): q, k, v, o, i, f, FFN gate, FFN up each a matmul"

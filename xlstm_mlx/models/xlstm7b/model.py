@@ -15,7 +15,7 @@ from xlstm_mlx.models.layers.norms import RMSNorm
 from xlstm_mlx.models.numerics_check import assert_finite
 from xlstm_mlx.models.xlstm7b.args import ModelArgs
 from xlstm_mlx.models.xlstm7b.block import MLSTMBlock, linear
-from xlstm_mlx.models.xlstm7b.fuse import describe as describe_projections
+from xlstm_mlx.models.xlstm7b import fuse
 from xlstm_mlx.profiles import NumericsProfile, load_profile
 
 FAMILY_LABEL = "xLSTM-7B family (mLSTM blocks, Hugging Face xlstm / official xLSTMLarge layout)"
@@ -42,6 +42,15 @@ class Model(RecurrentLM):
     @property
     def blocks(self) -> list:
         return self.backbone.blocks
+
+    def request_fusing(self) -> bool:
+        """Called by `load`: fuse the projections at the first inference call (models/xlstm7b/fuse.py)."""
+        return fuse.request(self)
+
+    def __call__(self, input_ids, cache=None, mask=None, compiled=None):
+        if cache is not None and fuse.pending(self):  # inference: fuse once, before anything is compiled
+            fuse.fuse_model(self)
+        return super().__call__(input_ids, cache=cache, mask=mask, compiled=compiled)
 
     def forward(self, input_ids, states, mask, check: bool):
         """(ids [B, T], per-block states) -> (float32 logits [B, T, V], new states)."""
@@ -70,7 +79,7 @@ class Model(RecurrentLM):
 
     def kernel_names(self) -> list[str]:
         names = [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}"]
-        if self.args.weight_mode == "fused":
+        if self.args.weight_mode == "fused" or fuse.pending(self):
             names.append("mlstm.decode_step")
         return names + ["matmul.skinny"]
 
@@ -87,7 +96,7 @@ class Model(RecurrentLM):
             "ffn_dim": a.ffn_dim,
             "vocab_size": a.vocab_size,
             "weight_mode": a.weight_mode,
-            "projections": describe_projections(a),
+            "projections": fuse.describe(self),
             "use_bias": a.use_bias,
             "tie_word_embeddings": a.tie_word_embeddings,
             "gate_soft_cap": a.gate_soft_cap,
