@@ -30,7 +30,7 @@ class ModelArgs:
     v_dim: int
     ffn_dim: int
     weight_mode: str = "single"  # "single" or "fused": the module tree's layout
-    # the layout the checkpoint stores, when it differs (a loaded stored-single model fused at its first inference call: fuse.py)
+    # the stored layout when it differs (a loaded stored-single model fuses at its first inference call: fuse.py)
     stored_weight_mode: str | None = None
     use_bias: bool = False
     tie_word_embeddings: bool = False
