@@ -166,8 +166,8 @@ def load(path: str | Path, dtype: str | None = None, profile: str | NumericsProf
     model.update(tree_unflatten(list(weights.items())))
     mx.eval(model.parameters())
     model.check_numerics = check_numerics
-    if hasattr(model, "request_fusing"):  # a family that fuses its projections for inference (xlstm7b/fuse.py)
-        model.request_fusing()
+    if hasattr(model, "fuse_projections"):  # a family that fuses its projections for inference (xlstm7b/fuse.py)
+        model.fuse_projections()
     model.stored_dtypes = sorted({dtype_name(d) for d in ckpt.dtypes.values()})
     model.model_dir = ckpt.model_dir
     if verbose:

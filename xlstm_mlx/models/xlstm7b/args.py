@@ -29,9 +29,7 @@ class ModelArgs:
     qk_dim: int
     v_dim: int
     ffn_dim: int
-    weight_mode: str = "single"  # "single" or "fused": the module tree's layout
-    # the stored layout when it differs (a loaded stored-single model fuses at its first inference call: fuse.py)
-    stored_weight_mode: str | None = None
+    weight_mode: str = "single"  # "single" or "fused"
     use_bias: bool = False
     tie_word_embeddings: bool = False
     add_out_norm: bool = True
@@ -72,7 +70,7 @@ class ModelArgs:
     def to_config_dict(self) -> dict:
         """config.json in the Hugging Face xlstm layout (both dimension spellings, for both readers)."""
         d = dataclasses.asdict(self)
-        for name in ("qk_dim", "v_dim", "ffn_dim", "num_blocks", "stored_weight_mode"):
+        for name in ("qk_dim", "v_dim", "ffn_dim", "num_blocks"):
             d.pop(name)
         d.update(
             architectures=["xLSTMForCausalLM"],

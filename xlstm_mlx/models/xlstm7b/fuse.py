@@ -1,23 +1,27 @@
-"""Fusing the projections of a loaded stored-single model: eight matmuls per block become three.
+"""Fused projections for a loaded stored-single model: eight matmuls per block become three at inference.
 
 A stored-single block makes eight matmuls per token (q, k, v, output gate, input gate, forget gate, FFN gate,
-FFN up); the fused layout (the official `weight_mode: fused`) makes three:
+FFN up); fused, it makes three:
     qkv_opreact    = [q; k; v; ogate_preact]      (compute dtype: the big matmul, bf16 weights at the bf16 rate)
     ifgate_preact  = [igate_preact; fgate_preact] (takes the float32 residual input: docs/numerics.md)
     proj_up_gate_z = [proj_up_gate; proj_up]      (the FFN's gate and up halves)
-Each output row of a fused matrix is the same dot product as the row it came from, so the logits agree with the
-unfused model to float32 rounding (tests/models/test_fused_load.py); the unfused model stays the reference
-(`with fusing(False): load(...)`, or a model built with weight_mode='single').
+the official `weight_mode: fused` layout. Each output row is the same dot product as before, so the logits agree
+with the unfused model to float32 rounding (tests/models/test_fused_load.py).
+
+How, without changing what the model *is*: at load (`fuse_model`), each group's weights are concatenated into one
+array, and the single layers' weights become row views of it (no copy, no extra memory). The parameter tree,
+its names, `args` and the snapshot fingerprint stay those of the stored layout, so `convert` / `convert -q`,
+`save`, snapshots and training see exactly the stored model. The fused arrays live outside the parameter tree
+and are used only inside an inference call (`Model.__call__` with a cache: generation, bench), where the model
+first checks that every part is still the plain nn.Linear whose weight is the recorded view: a part updated in
+place (model.update, a training step) is fused again, a quantized part ends its group's fusing. Without a cache
+(a training loss) the single layers run, so gradients flow to the stored parameters as always.
 
 The gate projections stay a matmul of their own because q/k/v/o take the normalized input rounded to the
 compute dtype while the gates take it unrounded (float32); folding them into qkv_opreact would round the gate
-input to bfloat16 under the 'fast' profile.
+input to bfloat16 under the 'fast' profile. With float32 weights the two could be one matmul (not done).
 
-When: `load` marks a float stored-single model (`request`), and the model fuses itself, in place and once, at its
-first call with a cache (generation, bench, perplexity: inference). Until then it is exactly the stored layout,
-so `convert`/`quantize` see and write the layers the checkpoint stores (config.json's quantization section names
-layers by path) and a training step never meets a parameter tree that changes under it. Quantized models are not
-fused (their packed layers are kept as stored).
+`with fusing(False): load(...)` keeps a model unfused: the reference.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ FUSED_PARTS = {
     "ifgate_preact": ("mlstm_layer", ("igate_preact", "fgate_preact")),
     "proj_up_gate_z": ("ffn", ("proj_up_gate", "proj_up")),
 }
-_PENDING = "_xlstm_fuse_pending"
+_KEY = "_xlstm_fused_"  # + fused name: (weight, bias or None, [(part, weight view, bias view)]) in __dict__
 
 _enabled = True
+_inference = False
 
 
 def fusing_enabled() -> bool:
@@ -44,7 +49,7 @@ def fusing_enabled() -> bool:
 
 @contextlib.contextmanager
 def fusing(enabled: bool = True):
-    """Let `load` mark stored-single models for fusing (the default) or not, inside a `with` block."""
+    """Let `load` fuse stored-single models (the default) or not, inside a `with` block."""
     global _enabled
     previous, _enabled = _enabled, enabled
     try:
@@ -53,63 +58,87 @@ def fusing(enabled: bool = True):
         _enabled = previous
 
 
-def can_fuse(model) -> bool:
-    """A stored-single model whose parts are all plain float nn.Linear layers."""
-    if model.args.weight_mode != "single":
+@contextlib.contextmanager
+def inference_call(enabled: bool = True):
+    """Inside: layers use their fused arrays (Model.__call__ with a cache opens it around the forward)."""
+    global _inference
+    previous, _inference = _inference, enabled
+    try:
+        yield
+    finally:
+        _inference = previous
+
+
+def _parts_fusable(layers) -> bool:
+    return (all(type(m) is nn.Linear for m in layers) and len({m.weight.dtype for m in layers}) == 1
+            and len({"bias" in m for m in layers}) == 1)
+
+
+def _fuse_group(owner: nn.Module, name: str, parts: tuple[str, ...]) -> bool:
+    layers = [owner[p] for p in parts]
+    if not _parts_fusable(layers):
+        owner.__dict__.pop(_KEY + name, None)
         return False
-    for block in model.backbone.blocks:
-        for sub, parts in FUSED_PARTS.values():
-            if any(type(block[sub][p]) is not nn.Linear for p in parts):
-                return False
+    w = mx.concatenate([m.weight for m in layers], axis=0)
+    b = mx.concatenate([m.bias for m in layers], axis=0) if "bias" in layers[0] else None
+    mx.eval(w, *([b] if b is not None else []))
+    rows, views, start = [m.weight.shape[0] for m in layers], [], 0
+    for m, r in zip(layers, rows):
+        m.weight = w[start:start + r]  # a view of the fused array: the stored weight, no second copy
+        if b is not None:
+            m.bias = b[start:start + r]
+        views.append((m, m.weight, m.bias if b is not None else None))
+        start += r
+    mx.eval([v[1] for v in views] + [v[2] for v in views if v[2] is not None])
+    owner.__dict__[_KEY + name] = (w, b, views)
     return True
 
 
-def request(model) -> bool:
-    """Mark a loaded model to fuse at its first inference call (when enabled and possible)."""
-    pending = fusing_enabled() and can_fuse(model)
-    model.__dict__[_PENDING] = pending  # a plain attribute: nn.Module keeps it out of its parameters
-    return pending
-
-
-def pending(model) -> bool:
-    return bool(model.__dict__.get(_PENDING))
-
-
-def _stack(layers: list[nn.Linear]) -> nn.Linear:
-    w = mx.concatenate([m.weight for m in layers], axis=0)
-    fused = nn.Linear(w.shape[1], w.shape[0], bias="bias" in layers[0])
-    fused.weight = w
-    if "bias" in layers[0]:
-        fused.bias = mx.concatenate([m.bias for m in layers], axis=0)
-    return fused
-
-
-def fuse_model(model) -> None:
-    """Replace each block's single projections by the fused ones, in place (block by block, evaluated, so the
-    single weights are freed as it goes: the peak is one block's projections twice)."""
-    if not can_fuse(model):
-        model.__dict__[_PENDING] = False
-        return
+def fuse_model(model) -> bool:
+    """Fuse every block's projection groups (block by block, so the peak is one block's weights twice)."""
+    if not fusing_enabled() or model.args.weight_mode != "single":
+        return False
+    done = False
     for block in model.backbone.blocks:
-        for fused_name, (sub, parts) in FUSED_PARTS.items():
+        for name, (sub, parts) in FUSED_PARTS.items():
+            done |= _fuse_group(block[sub], name, parts)
+    model.__dict__.pop("_xlstm_compiled_forward", None)
+    return done
+
+
+def refresh(model) -> bool:
+    """Before an inference call: re-fuse a group whose parts were replaced; True if anything changed."""
+    changed = False
+    for block in model.backbone.blocks:
+        for name, (sub, parts) in FUSED_PARTS.items():
             owner = block[sub]
-            fused = _stack([owner[p] for p in parts])
-            mx.eval(fused.parameters())
-            for p in parts:
-                owner.pop(p)
-            setattr(owner, fused_name, fused)
-        block.ffn.fused = True
-    model.args.stored_weight_mode, model.args.weight_mode = "single", "fused"  # one args object for all blocks
-    model.__dict__[_PENDING] = False
-    model.__dict__.pop("_xlstm_compiled_forward", None)  # a step compiled before would hold the old tree
+            hit = owner.__dict__.get(_KEY + name)
+            if hit is None:
+                continue
+            if any(owner[p] is not m or m.weight is not w or (b is not None and m.bias is not b)
+                   for p, (m, w, b) in zip(parts, hit[2])):
+                _fuse_group(owner, name, parts)
+                changed = True
+    if changed:
+        model.__dict__.pop("_xlstm_compiled_forward", None)  # traced with the old arrays
+    return changed
+
+
+def group(owner: nn.Module, name: str):
+    """(weight, bias) of a fused group to use now, or None (not fused, or not inside an inference call)."""
+    hit = owner.__dict__.get(_KEY + name) if _inference else None
+    return None if hit is None else hit[:2]
+
+
+def is_fused(model) -> bool:
+    return any(k.startswith(_KEY) for b in model.backbone.blocks for k in b.mlstm_layer.__dict__)
 
 
 def describe(model) -> str:
     """What the projections of a block run as, for the verbose line."""
-    a = model.args
     fused = "q,k,v,o one matmul; i,f one float32-input matmul; FFN gate+up one matmul"
-    if pending(model):
-        return f"stored single, fused at the first inference call: {fused}"
-    if a.weight_mode == "fused":
-        return f"fused{' at the first inference call' if a.stored_weight_mode == 'single' else ' (stored fused)'}: {fused}"
+    if model.args.weight_mode == "fused":
+        return f"fused (stored fused): {fused}"
+    if is_fused(model):
+        return f"stored single, fused for inference: {fused}"
     return "single (as stored, not fused): q, k, v, o, i, f, FFN gate, FFN up each a matmul"

@@ -43,14 +43,16 @@ class Model(RecurrentLM):
     def blocks(self) -> list:
         return self.backbone.blocks
 
-    def request_fusing(self) -> bool:
-        """Called by `load`: fuse the projections at the first inference call (models/xlstm7b/fuse.py)."""
-        return fuse.request(self)
+    def fuse_projections(self) -> bool:
+        """Called by `load`: fused arrays for a stored-single model's inference calls (models/xlstm7b/fuse.py)."""
+        return fuse.fuse_model(self)
 
     def __call__(self, input_ids, cache=None, mask=None, compiled=None):
-        if cache is not None and fuse.pending(self):  # inference: fuse once, before anything is compiled
-            fuse.fuse_model(self)
-        return super().__call__(input_ids, cache=cache, mask=mask, compiled=compiled)
+        if cache is None:  # e.g. a training loss: the stored single layers, gradients to the parameters
+            return super().__call__(input_ids, cache=cache, mask=mask, compiled=compiled)
+        fuse.refresh(self)  # parts updated or quantized since the fusing: fuse them again / stop
+        with fuse.inference_call():
+            return super().__call__(input_ids, cache=cache, mask=mask, compiled=compiled)
 
     def forward(self, input_ids, states, mask, check: bool):
         """(ids [B, T], per-block states) -> (float32 logits [B, T, V], new states)."""
@@ -79,7 +81,7 @@ class Model(RecurrentLM):
 
     def kernel_names(self) -> list[str]:
         names = [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}"]
-        if self.args.weight_mode == "fused" or fuse.pending(self):
+        if self.args.weight_mode == "fused" or fuse.is_fused(self):
             names.append("mlstm.decode_step")
         return names + ["matmul.skinny"]
 
