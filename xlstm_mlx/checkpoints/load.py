@@ -165,6 +165,8 @@ def load(path: str | Path, dtype: str | None = None, profile: str | NumericsProf
     model.update(tree_unflatten(list(weights.items())))
     mx.eval(model.parameters())
     model.check_numerics = check_numerics
+    if hasattr(model, "fuse_projections"):  # a family that fuses its projections for inference (xlstm7b/fuse.py)
+        model.fuse_projections()
     model.stored_dtypes = sorted({dtype_name(d) for d in ckpt.dtypes.values()})
     model.model_dir = ckpt.model_dir
     if verbose:
@@ -178,6 +180,8 @@ def describe_run(model) -> str:
     kern = " ".join(f"{n}={label}" for n, label in kernels.describe(model.kernel_names()).items())
     decode = ("compiled (mx.compile, weights as inputs)" if compiled_decode_enabled() and not kernels.reference_forced()
               else "plain model call")
+    about = model.describe()
+    proj = f" projections: {about['projections']};" if "projections" in about else ""
     return (f"[xlstm-mlx] family={family_of(model).NAME} backend={platform.describe()} "
             f"stored={','.join(getattr(model, 'stored_dtypes', []))} {model.profile.describe()} "
-            f"gates/state=float32 norms=mx.fast (float32 reductions) kernels: {kern}; decode step: {decode}")
+            f"gates/state=float32 norms=mx.fast (float32 reductions){proj} kernels: {kern}; decode step: {decode}")

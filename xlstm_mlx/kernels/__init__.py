@@ -13,6 +13,14 @@ and what the fast form is on this backend (a string, or a function of nothing fo
                       kernel on CUDA, else compiled
                       steps)
     slstm.step        slstm_step (mx.compile)       slstm_step_ref
+    mlstm.decode_step mlstm_decode_step (fused CUDA  mlstm_decode_step_ref (soft cap + mlstm_step_ref)
+                      kernel on CUDA, else the ref)
+    matmul.skinny     skinny_matmul (CUDA skinny    skinny_matmul_ref (MLX's matmul, as nn.Linear)
+                      GEMM for <= 8 rows on CUDA,
+                      else the ref)
+
+A CUDA kernel is the fast form only where MLX's CUDA backend runs (cuda_common.cuda_available()); on Metal
+and the CPU the fast form of those names is their MLX-ops reference, and the label says so.
 
 `use_reference(True)` (or XLSTM_MLX_REFERENCE_KERNELS=1) makes `get` return the reference of every name:
 tests use it to check a whole model on the slow, simple path. `describe()` says what each name runs here.
@@ -24,7 +32,11 @@ import contextlib
 from typing import Callable, NamedTuple
 
 from xlstm_mlx import env
+from xlstm_mlx.kernels import mlstm_decode as _decode
+from xlstm_mlx.kernels import skinny_gemm as _skinny
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise, mlstm_chunkwise_ref
+from xlstm_mlx.kernels.mlstm_decode import mlstm_decode_step, mlstm_decode_step_ref
+from xlstm_mlx.kernels.skinny_gemm import skinny_matmul, skinny_matmul_ref
 from xlstm_mlx.kernels.mlstm_gates import log_sigmoid, mask_gates
 from xlstm_mlx.kernels.mlstm_parallel import mlstm_parallel
 from xlstm_mlx.kernels.mlstm_recurrent import mlstm_sequence, mlstm_step, mlstm_step_ref, mlstm_zero_state
@@ -49,6 +61,8 @@ KERNELS: dict[str, Kernel] = {
     "mlstm.step": Kernel(mlstm_step, mlstm_step_ref, "compiled step (mx.compile)"),
     "slstm.sequence": Kernel(slstm_sequence, slstm_sequence_ref, sequence_path),
     "slstm.step": Kernel(slstm_step, slstm_step_ref, "compiled step (mx.compile)"),
+    "mlstm.decode_step": Kernel(mlstm_decode_step, mlstm_decode_step_ref, _decode.label),
+    "matmul.skinny": Kernel(skinny_matmul, skinny_matmul_ref, _skinny.label),
 }
 
 # mLSTM names a profile may choose for its prefill and its decode step (profiles.py)
@@ -91,5 +105,6 @@ __all__ = [
     "KERNELS", "Kernel", "get", "describe", "use_reference", "reference_forced", "SEQUENCE_FORMS", "STEP_FORMS",
     "log_sigmoid", "mask_gates", "mlstm_zero_state", "slstm_zero_state", "mlstm_chunkwise", "mlstm_chunkwise_ref",
     "mlstm_parallel", "mlstm_sequence", "mlstm_step", "mlstm_step_ref", "slstm_sequence", "slstm_sequence_ref",
-    "slstm_step", "slstm_step_ref",
+    "slstm_step", "slstm_step_ref", "mlstm_decode_step", "mlstm_decode_step_ref", "skinny_matmul",
+    "skinny_matmul_ref",
 ]

@@ -9,11 +9,33 @@ import mlx.nn as nn
 from xlstm_mlx import kernels
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise_flops
 from xlstm_mlx.kernels.mlstm_gates import sigmoid, silu
+from xlstm_mlx.models.xlstm7b import fuse
 from xlstm_mlx.models.xlstm7b.args import ModelArgs
 from xlstm_mlx.models.base import soft_cap
 from xlstm_mlx.models.layers.norms import HeadwiseLayerNorm, RMSNorm
 from xlstm_mlx.models.numerics_check import assert_finite
 from xlstm_mlx.profiles import NumericsProfile
+
+
+def linear(layer: nn.Module, x: mx.array) -> mx.array:
+    """layer(x), with a float nn.Linear routed through the "matmul.skinny" kernel (the CUDA skinny GEMM for
+    decode-sized inputs on MLX's CUDA backend, MLX's matmul otherwise: kernels/skinny_gemm.py)."""
+    if type(layer) is not nn.Linear:  # quantized (nn.QuantizedLinear) or any other module: its own call
+        return layer(x)
+    return kernels.get("matmul.skinny")(x, layer.weight, layer["bias"] if "bias" in layer else None)
+
+
+def fused_or_layer(owner: nn.Module, name: str, x: mx.array) -> mx.array:
+    """The fused projection `name` of `owner`: its own layer (stored fused), or the fused arrays of a stored-single
+    model inside an inference call (fuse.py)."""
+    if name in owner:
+        return linear(owner[name], x)
+    w, b = fuse.group(owner, name)
+    return kernels.get("matmul.skinny")(x, w, b)
+
+
+def has_fused(owner: nn.Module, name: str) -> bool:
+    return name in owner or fuse.group(owner, name) is not None
 
 
 class MLSTMLayer(nn.Module):
@@ -43,19 +65,42 @@ class MLSTMLayer(nn.Module):
         """
         a = self.args
         xc = x.astype(compute_dtype)
-        if a.weight_mode == "single":
-            q, k, v, o = self.q(xc), self.k(xc), self.v(xc), self.ogate_preact(xc)
-            i, f = self.igate_preact(x), self.fgate_preact(x)
+        if has_fused(self, "qkv_opreact"):
+            q, k, v, o = mx.split(fused_or_layer(self, "qkv_opreact", xc),
+                                  [a.qk_dim, 2 * a.qk_dim, 2 * a.qk_dim + a.v_dim], axis=-1)
         else:
-            q, k, v, o = mx.split(self.qkv_opreact(xc), [a.qk_dim, 2 * a.qk_dim, 2 * a.qk_dim + a.v_dim], axis=-1)
-            i, f = mx.split(self.ifgate_preact(x), [a.num_heads], axis=-1)
+            q, k, v, o = linear(self.q, xc), linear(self.k, xc), linear(self.v, xc), linear(self.ogate_preact, xc)
+        if has_fused(self, "ifgate_preact"):
+            i, f = mx.split(fused_or_layer(self, "ifgate_preact", x), [a.num_heads], axis=-1)
+        else:
+            i, f = self.igate_preact(x), self.fgate_preact(x)
         i = soft_cap(i.astype(state_dtype), a.gate_soft_cap)
         f = soft_cap(f.astype(state_dtype), a.gate_soft_cap)
         return q, k, v, o, i, f
 
+    def _decode_fused(self, x, state, profile: NumericsProfile):
+        """One token, no mask, fused weights: the "mlstm.decode_step" kernel straight from the projection
+        outputs (one launch for gates, state update and read-out on CUDA; the same MLX ops as below elsewhere)."""
+        a = self.args
+        B = x.shape[0]
+        cd, kd = profile.mx_compute_dtype, profile.mx_kernel_dtype
+        qkvo = fused_or_layer(self, "qkv_opreact", x.astype(cd)).reshape(B, -1)
+        gates = fused_or_layer(self, "ifgate_preact", x).reshape(B, -1)
+        if state is None:
+            state = kernels.mlstm_zero_state(B, a.num_heads, a.qk_head_dim, a.v_head_dim)
+        eps = a.eps if profile.eps is None else profile.eps
+        step = kernels.get("mlstm.decode_step")
+        h, state = step(qkvo.astype(kd), gates, state, a.num_heads, a.qk_dim, a.v_dim, a.gate_soft_cap, eps)
+        o = qkvo[:, None, 2 * a.qk_dim + a.v_dim:]
+        h = self.multihead_norm(h[:, None].astype(cd))
+        return linear(self.out_proj, sigmoid(o) * h), state
+
     def __call__(self, x, state, mask, profile: NumericsProfile):
         a = self.args
         B, T, _ = x.shape
+        if (T == 1 and mask is None and profile.step_kernel == "step" and profile.state_dtype == "float32"
+                and has_fused(self, "qkv_opreact") and has_fused(self, "ifgate_preact")):
+            return self._decode_fused(x, state, profile)
         cd = profile.mx_compute_dtype
         q, k, v, o, i, f = self._project(x, cd, profile.mx_state_dtype)
         kd = profile.mx_kernel_dtype
@@ -76,7 +121,7 @@ class MLSTMLayer(nn.Module):
             seq = kernels.get(f"mlstm.{profile.prefill_kernel}")
             h, state = seq(q, k, v, i, f, state, eps=eps, chunk_size=profile.chunk_size)
         h = self.multihead_norm(h.transpose(0, 2, 1, 3).astype(cd))
-        return self.out_proj(sigmoid(o) * h), state
+        return linear(self.out_proj, sigmoid(o) * h), state
 
 
 class FeedForward(nn.Module):
@@ -94,11 +139,11 @@ class FeedForward(nn.Module):
         self.proj_down = nn.Linear(d, h, bias=b)
 
     def __call__(self, x):
-        if self.fused:
-            gate, z = mx.split(self.proj_up_gate_z(x), 2, axis=-1)
+        if has_fused(self, "proj_up_gate_z"):
+            gate, z = mx.split(fused_or_layer(self, "proj_up_gate_z", x), 2, axis=-1)
         else:
-            gate, z = self.proj_up_gate(x), self.proj_up(x)
-        return self.proj_down(silu(gate) * z)
+            gate, z = linear(self.proj_up_gate, x), linear(self.proj_up, x)
+        return linear(self.proj_down, silu(gate) * z)
 
 
 class MLSTMBlock(nn.Module):

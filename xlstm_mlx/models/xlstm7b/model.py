@@ -14,7 +14,8 @@ from xlstm_mlx.models.describe import blocks_line
 from xlstm_mlx.models.layers.norms import RMSNorm
 from xlstm_mlx.models.numerics_check import assert_finite
 from xlstm_mlx.models.xlstm7b.args import ModelArgs
-from xlstm_mlx.models.xlstm7b.block import MLSTMBlock
+from xlstm_mlx.models.xlstm7b.block import MLSTMBlock, linear
+from xlstm_mlx.models.xlstm7b import fuse
 from xlstm_mlx.profiles import NumericsProfile, load_profile
 
 FAMILY_LABEL = "xLSTM-7B family (mLSTM blocks, Hugging Face xlstm / official xLSTMLarge layout)"
@@ -42,6 +43,18 @@ class Model(RecurrentLM):
     def blocks(self) -> list:
         return self.backbone.blocks
 
+    def fuse_projections(self) -> bool:
+        """Called by `load`: fused arrays for a stored-single model's inference calls (models/xlstm7b/fuse.py)."""
+        return fuse.fuse_model(self)
+
+    def __call__(self, input_ids, cache=None, mask=None, compiled=None, check_ids: bool = True):
+        kw = dict(cache=cache, mask=mask, compiled=compiled, check_ids=check_ids)
+        if cache is None:  # e.g. a training loss: the stored single layers, gradients to the parameters
+            return super().__call__(input_ids, **kw)
+        fuse.refresh(self)  # parts updated or quantized since the fusing: fuse them again / stop
+        with fuse.inference_call():
+            return super().__call__(input_ids, **kw)
+
     def forward(self, input_ids, states, mask, check: bool):
         """(ids [B, T], per-block states) -> (float32 logits [B, T, V], new states)."""
         # the residual stream is carried in profile.residual_dtype (float32: a bf16 residual loses the
@@ -59,7 +72,7 @@ class Model(RecurrentLM):
         # the head's input takes the dtype of its float weight: float32 when the profile keeps the
         # lm_head in float32 (head_dtype), the compute dtype for a tied or quantized head
         x = x.astype(head.scales.dtype if "scales" in head else head.weight.dtype)
-        logits = head.as_linear(x) if self.args.tie_word_embeddings else head(x)
+        logits = head.as_linear(x) if self.args.tie_word_embeddings else linear(head, x)
         # float32 before the cap, as transformers does (lm_head(h).float(), then soft-cap); with a
         # float32 head the logits are not rounded to bfloat16 first (docs/numerics.md)
         # (float64 in the exact profile: its logits are the oracle's)
@@ -70,7 +83,10 @@ class Model(RecurrentLM):
         return logits, new_states
 
     def kernel_names(self) -> list[str]:
-        return [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}"]
+        names = [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}"]
+        if self.args.weight_mode == "fused" or fuse.is_fused(self):
+            names.append("mlstm.decode_step")
+        return names + ["matmul.skinny"]
 
     def describe(self) -> dict:
         a = self.args
@@ -85,6 +101,7 @@ class Model(RecurrentLM):
             "ffn_dim": a.ffn_dim,
             "vocab_size": a.vocab_size,
             "weight_mode": a.weight_mode,
+            "projections": fuse.describe(self),
             "use_bias": a.use_bias,
             "tie_word_embeddings": a.tie_word_embeddings,
             "gate_soft_cap": a.gate_soft_cap,

@@ -1,0 +1,373 @@
+"""Kernel lab: every GPU kernel variant checked against its reference and timed against MLX's matmul, in ONE run.
+
+    python benchmarks/gpu_kernels.py --json $OUT/gpu_kernels.json            # everything (on MLX's CUDA backend)
+    python benchmarks/gpu_kernels.py --skip-model                             # kernels only
+    python benchmarks/gpu_kernels.py --count-only                             # kernel count of a decode step (any device)
+
+Sections (each one's failure is recorded and the rest still run):
+  1. copy bandwidth (read + write of 2 GB), the ceiling the matrix-vector kernels are judged against;
+  2. matmul.skinny (kernels/skinny_gemm.py) on the 7B decode matrices, rows 1..16: parity against a float32
+     CPU reference (relative Frobenius error; bf16 output rounding puts it near 2e-3), then time per call (median
+     of chains of 20 independent calls, weights rotated over 3 copies so that no call reads from L2), against
+     MLX's matmul on the same operands; effective bandwidth = weight + x + y bytes over the time;
+  3. mlstm.decode_step (kernels/mlstm_decode.py) at the 7B layer shape, batch 1/16/64: parity against the MLX-ops
+     reference evaluated on the CPU in float32 (C, n, m tight; h after its bf16 rounding), time against the
+     compiled reference on the GPU;
+  4. the kernel count of one compiled decode step (the primitives of the compiled graph, from mx.export_to_dot;
+     views such as reshape/transpose/slice counted apart since they launch nothing by themselves), single vs
+     fused projections, reference vs fast kernels;
+  5. the whole 7B-shape decode step (random bf16 weights, generate_step's loop as `xlstm-mlx bench` times it) at
+     batch 1/16/64 with each kernel on and off, single vs fused projections at batch 1; each variant in a fresh
+     process (in one process, two runs of the same path were seen 15% apart: allocator and compile-cache state).
+A short table is printed last; all numbers go to --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+import traceback
+from collections import Counter
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_map
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xlstm_mlx import kernels  # noqa: E402
+from xlstm_mlx.checkpoints.random import randomize, shape_args  # noqa: E402
+from xlstm_mlx.kernels import mlstm_decode, skinny_gemm as skinny_matmul  # noqa: E402
+from xlstm_mlx.kernels.cuda_common import cuda_available  # noqa: E402
+from xlstm_mlx.models.compiled import compiled_forward  # noqa: E402
+from xlstm_mlx.models.xlstm7b.model import Model  # noqa: E402
+from xlstm_mlx.profiles import load_profile  # noqa: E402
+
+# (K, N) of the 7B decode matrices: fused q|k|v|o, FFN gate|up, FFN down, out_proj, lm_head
+MATRICES = [(4096, 12288), (4096, 21888), (10944, 4096), (4096, 4096), (4096, 50304)]
+VIEWS = {"Reshape", "ExpandDims", "Squeeze", "Transpose", "Broadcast", "Slice", "Split", "Flatten", "Unflatten"}
+
+
+def rel_err(out, ref) -> float:
+    o, r = out.astype(mx.float32), ref.astype(mx.float32)
+    if not bool(mx.all(mx.isfinite(o)).item()):
+        return float("nan")
+    return float((mx.linalg.norm((o - r).reshape(-1)) / mx.maximum(mx.linalg.norm(r.reshape(-1)), 1e-30)).item())
+
+
+def chain_time(make_outputs, reps: int = 7) -> float:
+    """Median seconds per call: `make_outputs()` returns a list of independent lazy results (one eval)."""
+    outs = make_outputs()
+    mx.eval(outs)  # warm-up: compile, allocate
+    times = []
+    for _ in range(reps):
+        mx.synchronize()
+        t = time.perf_counter()
+        outs = make_outputs()
+        mx.eval(outs)
+        mx.synchronize()
+        times.append((time.perf_counter() - t) / len(outs))
+    return statistics.median(times)
+
+
+def copy_bandwidth() -> dict:
+    n = 2**29  # 2 GB of float32
+    x = mx.random.normal((n,))
+    mx.eval(x)
+    t = chain_time(lambda: [x + 1.0 for _ in range(4)])
+    return {"bytes": 2 * n * 4, "seconds": t, "bytes_per_s": 2 * n * 4 / t}
+
+
+def skinny_section(rows_list, dtypes, variants) -> list[dict]:
+    res = []
+    seed = 13
+    for K, N in MATRICES:
+        for dtype in dtypes:
+            if dtype == mx.float32 and N != 50304:
+                continue  # float32 weights: only the lm_head (the profiles keep it float32)
+            ws = [(mx.random.normal((N, K), key=mx.random.key(seed + i)) * K**-0.5).astype(dtype) for i in range(3)]
+            mx.eval(ws)
+            for M in rows_list:
+                x = mx.random.normal((M, K), key=mx.random.key(seed + 100 + M)).astype(dtype)
+                b = (mx.random.normal((N,), key=mx.random.key(seed + 7)) * 0.1).astype(dtype)
+                with mx.stream(mx.cpu):
+                    xf, wf = x.astype(mx.float32), ws[0].astype(mx.float32)
+                    ref = xf @ wf.T
+                    ref_b = mx.addmm(b.astype(mx.float32), xf, wf.T)
+                    mx.eval(ref, ref_b)
+                nbytes = N * K * dtype.size + M * K * dtype.size + M * N * dtype.size
+                row = {"K": K, "N": N, "rows": M, "dtype": str(dtype).removeprefix("mlx.core."), "bytes": nbytes}
+                # MLX's matmul (the reference path)
+                row["mlx_err"] = rel_err(skinny_matmul.skinny_matmul_ref(x, ws[0]), ref)
+                t = chain_time(lambda: [skinny_matmul.skinny_matmul_ref(x, ws[i % 3]) for i in range(21)])
+                row["mlx_s"], row["mlx_TBps"] = t, nbytes / t / 1e12
+                try:
+                    row["k_default_bias_err"] = rel_err(skinny_matmul.skinny_matmul_cuda(x, ws[0], b), ref_b)
+                except Exception as e:
+                    row["k_default_bias_error"] = f"{type(e).__name__}: {e}"[:400]
+                cfgs = [None] + (variants if M in (1, 8, 16) else [])
+                for cfg in cfgs:
+                    name = "default" if cfg is None else "R{R}_K{KSPLIT}_U{UNROLL}".format(**cfg)
+                    try:
+                        kw = cfg or {}
+                        row[f"k_{name}_err"] = rel_err(skinny_matmul.skinny_matmul_cuda(x, ws[0], **kw), ref)
+                        t = chain_time(lambda: [skinny_matmul.skinny_matmul_cuda(x, ws[i % 3], **kw)
+                                                for i in range(21)])
+                        row[f"k_{name}_s"], row[f"k_{name}_TBps"] = t, nbytes / t / 1e12
+                    except Exception as e:  # a variant that fails to build or run is recorded, not fatal
+                        row[f"k_{name}_error"] = f"{type(e).__name__}: {e}"[:400]
+                res.append(row)
+                print(f"[lab] skinny {row}", file=sys.stderr, flush=True)
+            del ws
+    return res
+
+
+def decode_step_section(batches) -> list[dict]:
+    a = shape_args("7b")
+    NH, qk, v = a.num_heads, a.qk_dim, a.v_dim
+    dqk, dv = qk // NH, v // NH
+    res = []
+    ref_c = mx.compile(lambda qkvo, g, C, n, m: mlstm_decode.mlstm_decode_step_ref(
+        qkvo, g, (C, n, m), NH, qk, v, a.gate_soft_cap, a.eps))
+    for B in batches:
+        ks = [mx.random.key(5000 + 10 * B + i) for i in range(6)]
+        qkvo = mx.random.normal((B, 2 * qk + 2 * v), key=ks[0]).astype(mx.bfloat16)
+        gates = mx.random.normal((B, 2 * NH), key=ks[1]) * 4.0
+        C = mx.random.normal((B, NH, dqk, dv), key=ks[2])
+        n = mx.random.normal((B, NH, dqk), key=ks[3])
+        m = mx.random.normal((B, NH, 1), key=ks[4]) * 3.0
+        mx.eval(qkvo, gates, C, n, m)
+        with mx.stream(mx.cpu):
+            h_ref, s_ref = mlstm_decode.mlstm_decode_step_ref(qkvo, gates, (C, n, m), NH, qk, v, a.gate_soft_cap, a.eps)
+            mx.eval(h_ref, *s_ref)
+        row = {"batch": B, "state_bytes": 2 * (C.nbytes + n.nbytes + m.nbytes)}
+        for tj in (64, 32):
+            sfx = "" if tj == mlstm_decode.TJ else f"_tj{tj}"
+            try:
+                h, s = mlstm_decode.mlstm_decode_step_cuda(qkvo, gates, (C, n, m), NH, qk, v, a.gate_soft_cap, a.eps,
+                                                           tj=tj)
+                mx.eval(h, *s)
+                row.update({f"h_err{sfx}": rel_err(h, h_ref), f"C_err{sfx}": rel_err(s[0], s_ref[0]),
+                            f"n_err{sfx}": rel_err(s[1], s_ref[1]), f"m_err{sfx}": rel_err(s[2], s_ref[2])})
+                t = chain_time(lambda: [mlstm_decode.mlstm_decode_step_cuda(
+                    qkvo, gates, (C, n, m), NH, qk, v, a.gate_soft_cap, a.eps, tj=tj)[1][0] for _ in range(10)])
+                row[f"kernel_s{sfx}"], row[f"kernel_TBps{sfx}"] = t, row["state_bytes"] / t / 1e12
+            except Exception as e:
+                row[f"kernel_error{sfx}"] = f"{type(e).__name__}: {e}"[:600]
+        h2, s2 = ref_c(qkvo, gates, C, n, m)
+        row["ref_gpu_C_err"] = rel_err(s2[0], s_ref[0])
+        t = chain_time(lambda: [ref_c(qkvo, gates, C, n, m)[1][0] for _ in range(10)])
+        row["ref_s"], row["ref_TBps"] = t, row["state_bytes"] / t / 1e12
+        res.append(row)
+        print(f"[lab] decode_step {row}", file=sys.stderr, flush=True)
+    return res
+
+
+def _fresh_compiled(model):
+    model.__dict__.pop("_xlstm_compiled_forward", None)
+    return compiled_forward(model)
+
+
+class kernel_choice:
+    """Swap the fast form of registry names for their reference inside a `with` block (the lab's on/off)."""
+
+    def __init__(self, off: tuple[str, ...]):
+        self.off, self.saved = off, {}
+
+    def __enter__(self):
+        for n in self.off:
+            self.saved[n] = kernels.KERNELS[n]
+            k = kernels.KERNELS[n]
+            kernels.KERNELS[n] = kernels.Kernel(k.reference, k.reference, "reference (lab)")
+
+    def __exit__(self, *exc):
+        kernels.KERNELS.update(self.saved)
+
+
+def count_kernels(model, batch: int = 1) -> dict:
+    fn = _fresh_compiled(model)
+    cache = model.make_cache(batch)
+    logits, states = fn(mx.zeros((batch, 1), mx.int32), list(cache.layers))
+    path = Path("/tmp/xlstm_lab_step.dot")
+    mx.export_to_dot(str(path), logits, *[x for s in states for x in s])
+    labels = re.findall(r'label ="([^"]*)"', path.read_text())
+    counts = Counter(lbl.split()[0] for lbl in labels)
+    views = sum(c for n, c in counts.items() if n in VIEWS)
+    return {"primitives": sum(counts.values()), "views": views, "launching": sum(counts.values()) - views,
+            "matmuls": counts.get("Matmul", 0) + counts.get("AddMM", 0), "custom": counts.get("CustomKernel", 0),
+            "by_name": dict(counts.most_common())}
+
+
+def count_section(shape: str) -> list[dict]:
+    res = []
+    prof = load_profile("fast")
+    for wm in ("single", "fused"):
+        model = Model(shape_args(shape, weight_mode=wm), prof)
+        # evaluated weights of the profile's dtypes (zeros: the graph's structure is all that is counted), so that
+        # the lazy initializers stay out of the graph and each matmul sees the dtypes it sees at decode
+        model.update(tree_map(lambda p: mx.zeros(p.shape, prof.mx_compute_dtype), model.parameters()))
+        if "lm_head" in model:
+            model.update({"lm_head": {"weight": mx.zeros(model.lm_head.weight.shape, prof.mx_head_dtype)}})
+        mx.eval(model.parameters())
+        for label, off, skinny in (("reference kernels", ("matmul.skinny", "mlstm.decode_step"), False),
+                                   ("default kernels", (), False), ("+ skinny GEMM on", (), True)):
+            skinny_matmul.DEFAULT_ON = skinny
+            with kernel_choice(off):
+                c = count_kernels(model)
+            skinny_matmul.DEFAULT_ON = False
+            c.update(weights=wm, kernels=label, shape=shape)
+            res.append(c)
+            print(f"[lab] count {wm} {label}: {c['launching']} launching primitives "
+                  f"({c['primitives']} with views, {c['matmuls']} matmuls, {c['custom']} custom)", file=sys.stderr)
+        del model
+    return res
+
+
+MODEL_VARIANTS = {  # name -> (weights, registry names swapped for their reference)
+    "all reference": ("fused", ("matmul.skinny", "mlstm.decode_step")),
+    "all fast": ("fused", ()),
+    "skinny on": ("fused", ()),  # the CUDA skinny GEMM forced on (skinny_gemm.DEFAULT_ON)
+    "skinny off": ("fused", ("matmul.skinny",)),
+    "decode_step off": ("fused", ("mlstm.decode_step",)),
+    "single, all fast": ("single", ()),
+    "single, all reference": ("single", ("matmul.skinny", "mlstm.decode_step")),
+}
+
+
+def model_run(variant: str, batches, steps: int, shape: str = "7b") -> list[dict]:
+    """One variant, all batch sizes, in this process (model_section runs each in a fresh process)."""
+    from xlstm_mlx.tools.bench import bench_decode
+
+    wm, off = MODEL_VARIANTS[variant]
+    skinny_matmul.DEFAULT_ON = variant in ("skinny on", "decode_step off")  # the variants of session 2 had it on
+    prof = load_profile("fast")
+    model = Model(shape_args(shape, weight_mode=wm), prof)
+    randomize(model, 0, dtype=prof.mx_compute_dtype)
+    res = []
+    with kernel_choice(off):
+        for B in batches:
+            try:
+                r = bench_decode(model, B, steps, 3, 1.0, mx.random.key(0))
+            except Exception as e:
+                r = {"batch": B, "error": f"{type(e).__name__}: {e}"[:600]}
+            r.update(weights=wm, variant=variant)
+            res.append(r)
+            print(f"[lab] model {r}", file=sys.stderr, flush=True)
+    return res
+
+
+def model_section(batches, steps: int, variants) -> list[dict]:
+    """Each variant in a fresh process: one process's allocator and compile caches do not carry into the next."""
+    import subprocess
+
+    res = []
+    for v in variants:
+        bs = batches if MODEL_VARIANTS[v][0] == "fused" else batches[:1]
+        cmd = [sys.executable, __file__, "--model-run", v, "--steps", str(steps), "--batches", *map(str, bs)]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+        sys.stderr.write(p.stderr[-3000:])
+        try:
+            res.extend(json.loads(p.stdout.strip().splitlines()[-1]))
+        except (IndexError, json.JSONDecodeError):
+            res.append({"batch": bs[0], "weights": MODEL_VARIANTS[v][0], "variant": v,
+                        "error": f"exit {p.returncode}: {p.stderr[-300:]}"})
+    return res
+
+
+def table(out: dict) -> str:
+    lines = []
+    if out.get("copy"):
+        lines.append(f"copy bandwidth: {out['copy']['bytes_per_s'] / 1e12:.2f} TB/s")
+    if out.get("skinny"):
+        lines.append("skinny GEMM (TB/s effective; err = rel. Frobenius vs float32 CPU)")
+        lines.append(f"{'K':>6} {'N':>6} {'M':>3} {'dtype':>8} {'MLX':>6} {'kernel':>7} {'best':>6} {'best cfg':>12} {'err':>8}")
+        for r in out["skinny"]:
+            ks = {k[2:-5]: v for k, v in r.items() if k.startswith("k_") and k.endswith("_TBps")}
+            best = max(ks.items(), key=lambda kv: kv[1]) if ks else ("-", float("nan"))
+            lines.append(f"{r['K']:>6} {r['N']:>6} {r['rows']:>3} {r['dtype']:>8} {r['mlx_TBps']:>6.2f} "
+                         f"{ks.get('default', float('nan')):>7.2f} {best[1]:>6.2f} {best[0]:>12} "
+                         f"{r.get('k_default_err', float('nan')):>8.1e}")
+    if out.get("decode_step"):
+        lines.append("mlstm.decode_step, 7B layer (us; TB/s of state read+written; errors vs CPU float32)")
+        for r in out["decode_step"]:
+            lines.append(f"  B={r['batch']:>3}: kernel {r.get('kernel_s', float('nan')) * 1e6:8.1f} us "
+                         f"({r.get('kernel_TBps', float('nan')):.2f} TB/s) vs ref {r['ref_s'] * 1e6:8.1f} us; "
+                         f"err h {r.get('h_err', float('nan')):.1e} C {r.get('C_err', float('nan')):.1e} "
+                         f"n {r.get('n_err', float('nan')):.1e} m {r.get('m_err', float('nan')):.1e}; "
+                         f"TJ=32 {r.get('kernel_s_tj32', float('nan')) * 1e6:.1f} us "
+                         f"(h {r.get('h_err_tj32', float('nan')):.1e} C {r.get('C_err_tj32', float('nan')):.1e}) "
+                         f"{r.get('kernel_error', '')[:80]}")
+    if out.get("count"):
+        lines.append("primitives of one compiled decode step (launching = without views)")
+        for r in out["count"]:
+            lines.append(f"  {r['shape']} {r['weights']:>6} {r['kernels']:>17}: {r['launching']:>5} launching, "
+                         f"{r['matmuls']} matmuls, {r['custom']} custom kernels")
+    if out.get("model"):
+        lines.append("7B decode (tok/s, generate_step loop, bf16 weights)")
+        for r in out["model"]:
+            if "error" in r:
+                lines.append(f"  B={r['batch']:>3} {r['weights']:>6} {r['variant']:>16}: ERROR {r['error'][:100]}")
+            else:
+                lines.append(f"  B={r['batch']:>3} {r['weights']:>6} {r['variant']:>16}: {r['tok_s']:>8.1f} tok/s "
+                             f"({r['ms_per_step']:.2f} ms/step)")
+    for name, err in out.get("errors", {}).items():
+        lines.append(f"section {name} FAILED: {err.splitlines()[-1][:200]}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", help="write all numbers here")
+    p.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--skip-model", action="store_true")
+    p.add_argument("--skip-skinny", action="store_true")
+    p.add_argument("--count-only", action="store_true")
+    p.add_argument("--count-shape", default="7b")
+    p.add_argument("--model-variants", nargs="+", default=["all reference", "all fast", "skinny on"],
+                   choices=list(MODEL_VARIANTS))
+    p.add_argument("--model-run", choices=list(MODEL_VARIANTS), help=argparse.SUPPRESS)  # one variant (internal)
+    args = p.parse_args()
+    if args.model_run:
+        print(json.dumps(model_run(args.model_run, args.batches, args.steps, args.count_shape), default=str))
+        return 0
+    out = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),
+           "mlx_version": mx.__version__, "cuda": cuda_available(), "labels": kernels.describe(), "errors": {}}
+    try:
+        from xlstm_mlx.tools.bench import device_description
+
+        out["device"] = device_description()
+    except Exception:
+        out["device"] = str(mx.default_device())
+    variants = [dict(R=r, KSPLIT=k, UNROLL=u) for r, k, u in
+                [(1, 1, 4), (2, 1, 4), (4, 1, 4), (4, 1, 8), (4, 2, 4), (4, 4, 4), (2, 2, 8), (8, 1, 2)]]
+    sections = [("count", lambda: count_section(args.count_shape))]
+    if not args.count_only and cuda_available():
+        sections = [("copy", copy_bandwidth)]
+        if not args.skip_skinny:
+            sections.append(("skinny", lambda: skinny_section(args.rows, [mx.bfloat16, mx.float32], variants)))
+        sections += [("decode_step", lambda: decode_step_section(args.batches)),
+                     ("count", lambda: count_section(args.count_shape))]
+        if not args.skip_model:
+            sections.append(("model", lambda: model_section(args.batches, args.steps, args.model_variants)))
+    for name, fn in sections:
+        t = time.time()
+        try:
+            out[name] = fn()
+        except Exception:
+            out["errors"][name] = traceback.format_exc()
+            print(out["errors"][name], file=sys.stderr)
+        print(f"[lab] section {name}: {time.time() - t:.0f}s", file=sys.stderr, flush=True)
+        if args.json:  # written after every section: a run cut short keeps what it measured
+            Path(args.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
+    print(table(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

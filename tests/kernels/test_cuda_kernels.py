@@ -1,0 +1,111 @@
+"""The CUDA kernels (mx.fast.cuda_kernel) against their MLX-ops references, on fresh random inputs.
+
+They run only on MLX's CUDA backend: XLSTM_MLX_TEST_DEVICE=gpu on a CUDA machine. CPU CI skips them (a CUDA
+kernel cannot run there) and checks instead that the registry's fast form falls back to the reference.
+References are evaluated on the CPU stream in float32, so the GPU's TF32 matmul mode does not blur them.
+Tolerances: skinny GEMM, relative Frobenius error 1e-2 for bf16 (one bf16 rounding of each output: ~2e-3) and
+1e-5 for float32 (float32 accumulation, different summation order); decode step, 1e-5 on C, n, m (float32,
+same equations) and 1e-2 on h (rounded to bf16 like the reference's h).
+"""
+
+import pytest
+import mlx.core as mx
+
+from xlstm_mlx import kernels
+from xlstm_mlx.kernels import mlstm_decode, skinny_gemm as skinny_matmul
+from xlstm_mlx.kernels.cuda_common import cuda_available
+
+needs_cuda = pytest.mark.skipif(not cuda_available(), reason="CUDA kernels need MLX's CUDA backend with the GPU as "
+                                "default device (XLSTM_MLX_TEST_DEVICE=gpu on a CUDA machine); CPU CI cannot run them")
+
+
+def _rel(out, ref):
+    o, r = out.astype(mx.float32), ref.astype(mx.float32)
+    assert bool(mx.all(mx.isfinite(o)).item()), "NaN or inf in the kernel's output"
+    return float(mx.linalg.norm((o - r).reshape(-1)).item() / mx.linalg.norm(r.reshape(-1)).item())
+
+
+def test_fast_forms_fall_back_to_their_references_without_cuda():
+    if cuda_available():
+        pytest.skip("CUDA present: the kernels run (tested below)")
+    x, w = mx.random.normal((3, 64)), mx.random.normal((40, 64))
+    assert not skinny_matmul.applies(x, w)
+    assert mx.array_equal(kernels.get("matmul.skinny")(x, w), skinny_matmul.skinny_matmul_ref(x, w))
+    assert "MLX" in kernels.describe(["matmul.skinny"])["matmul.skinny"]
+    assert "MLX ops" in kernels.describe(["mlstm.decode_step"])["mlstm.decode_step"]
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype,tol", [(mx.bfloat16, 1e-2), (mx.float32, 1e-5)])
+@pytest.mark.parametrize("M", [1, 3, 8])
+@pytest.mark.parametrize("K,N", [(256, 1000), (1024, 4096), (2048, 33)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_skinny_matmul_matches_mlx_matmul(dtype, tol, M, K, N, bias):
+    x = mx.random.normal((M, K), key=mx.random.key(M * 1000 + N)).astype(dtype)
+    w = (mx.random.normal((N, K), key=mx.random.key(M * 1000 + N + 1)) * K**-0.5).astype(dtype)
+    b = mx.random.normal((N,), key=mx.random.key(M * 1000 + N + 2)).astype(dtype) if bias else None
+    assert skinny_matmul.applies(x, w)
+    with mx.stream(mx.cpu):
+        ref = skinny_matmul.skinny_matmul_ref(x.astype(mx.float32), w.astype(mx.float32),
+                                              None if b is None else b.astype(mx.float32))
+        mx.eval(ref)
+    for cfg in ({}, dict(R=1, KSPLIT=1, UNROLL=2), dict(R=4, KSPLIT=4, UNROLL=8), dict(R=2, KSPLIT=2, UNROLL=4)):
+        y = skinny_matmul.skinny_matmul_cuda(x, w, b, **cfg)
+        assert y.shape == (M, N) and y.dtype == dtype
+        assert _rel(y, ref) <= tol, cfg
+
+
+@needs_cuda
+def test_skinny_matmul_keeps_leading_dims_and_routes_big_batches_to_mlx():
+    x, w = mx.random.normal((2, 1, 512)).astype(mx.bfloat16), mx.random.normal((300, 512)).astype(mx.bfloat16)
+    assert kernels.get("matmul.skinny")(x, w).shape == (2, 1, 300)
+    big = mx.random.normal((skinny_matmul.MAX_ROWS + 1, 512)).astype(mx.bfloat16)
+    assert not skinny_matmul.applies(big, w)
+    assert not skinny_matmul.applies(x.astype(mx.float32), w)  # mixed dtypes: MLX's promotion rules decide
+
+
+@needs_cuda
+@pytest.mark.parametrize("B", [1, 5])
+@pytest.mark.parametrize("cap", [15.0, None])
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32])
+@pytest.mark.parametrize("tj", [32, 64])
+def test_decode_step_kernel_matches_the_reference(B, cap, dtype, tj):
+    NH, dqk, dv = 4, 32, 128
+    qk, v = NH * dqk, NH * dv
+    ks = [mx.random.key(100 * B + 10 * (cap is None) + i) for i in range(5)]
+    qkvo = mx.random.normal((B, 2 * qk + 2 * v), key=ks[0]).astype(dtype)
+    gates = mx.random.normal((B, 2 * NH), key=ks[1]) * 6.0
+    state = (mx.random.normal((B, NH, dqk, dv), key=ks[2]), mx.random.normal((B, NH, dqk), key=ks[3]),
+             mx.random.normal((B, NH, 1), key=ks[4]) * 3.0)
+    assert mlstm_decode.applies(qkvo, gates, state, NH, qk, v)
+    with mx.stream(mx.cpu):
+        h_ref, s_ref = mlstm_decode.mlstm_decode_step_ref(qkvo, gates, state, NH, qk, v, cap, 1e-6)
+        mx.eval(h_ref, *s_ref)
+    h, s = mlstm_decode.mlstm_decode_step_cuda(qkvo, gates, state, NH, qk, v, cap, 1e-6, tj=tj)
+    assert h.dtype == dtype and h.shape == (B, NH, dv)
+    assert _rel(h, h_ref) <= (1e-2 if dtype == mx.bfloat16 else 1e-5)
+    for a, b in zip(s, s_ref):
+        assert a.shape == b.shape and _rel(a, b) <= 1e-5
+
+
+@needs_cuda
+def test_whole_model_decode_with_the_kernels_matches_the_references():
+    from xlstm_mlx.checkpoints.random import randomize, shape_args
+    from xlstm_mlx.models.xlstm7b.model import Model
+    from xlstm_mlx.profiles import load_profile
+
+    model = randomize(Model(shape_args("tiny", weight_mode="fused", num_heads=1, v_dim=64, qk_dim=32),
+                            load_profile("parity")), 3)
+    prompt = mx.random.randint(3, 259, (2, 9), key=mx.random.key(3)).astype(mx.int32)
+    runs = []
+    for forced in (False, True):
+        with kernels.use_reference(forced):
+            model.__dict__.pop("_xlstm_compiled_forward", None)
+            cache = model.make_cache(2)
+            model(prompt, cache=cache)
+            tok, outs = prompt[:, -1:], []
+            for _ in range(4):
+                outs.append(model(tok, cache=cache))
+                tok = mx.argmax(outs[-1][:, -1], axis=-1, keepdims=True).astype(mx.int32)
+            runs.append(mx.concatenate(outs, axis=1))
+    assert _rel(runs[0], runs[1]) <= 1e-3  # float32 weights; TF32 matmuls on the reference side

@@ -1,0 +1,111 @@
+"""Fused projections of a loaded model (models/xlstm7b/fuse.py) against the unfused model, its reference.
+
+Fresh random checkpoints, stored single (with and without biases) and stored fused: the model `load` returns
+runs its inference calls through the fused arrays and must give the logits and states of the same checkpoint
+kept unfused, while its parameters, config and snapshot fingerprint stay those of the stored layout. Float32 ('parity' profile): each fused output row is the dot product it was before, only the matmul's
+blocking can change, so 1e-5 of the logits' scale; bf16 ('fast'): the same bf16 products, rounded once per output
+either way, so a statistical 2e-2.
+"""
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_flatten
+
+from xlstm_mlx.checkpoints.convert import convert
+from xlstm_mlx.checkpoints.load import describe_run, load
+from xlstm_mlx.checkpoints.random import make_random_checkpoint, shape_args
+from xlstm_mlx.checkpoints.save import save_checkpoint
+from xlstm_mlx.generation.snapshot import model_fingerprint
+from xlstm_mlx.models.xlstm7b import fuse
+from xlstm_mlx.models.xlstm7b.fuse import fusing
+
+SINGLE_NAMES = (".q.weight", "igate_preact.weight", "proj_up.weight")
+
+
+def _run(model, prompt, steps=4):
+    cache = model.make_cache(prompt.shape[0])
+    outs = [model(prompt, cache=cache)[:, -1]]
+    tok = mx.argmax(outs[-1], axis=-1, keepdims=True).astype(mx.int32)
+    for _ in range(steps):
+        outs.append(model(tok, cache=cache)[:, -1])  # one-token calls: the compiled decode step
+        tok = mx.argmax(outs[-1], axis=-1, keepdims=True).astype(mx.int32)
+    return mx.stack(outs), cache
+
+
+def _rel(a, b):
+    return float(mx.abs(a - b).max()) / max(float(mx.abs(b).max()), 1e-30)
+
+
+def _names(model):
+    return [k for k, _ in tree_flatten(model.parameters())]
+
+
+@pytest.mark.parametrize("profile,tol", [("parity", 1e-5), ("fast", 2e-2)])
+@pytest.mark.parametrize("weight_mode,use_bias", [("single", False), ("single", True), ("fused", True)])
+def test_fused_model_matches_the_stored_layout(tmp_path, profile, tol, weight_mode, use_bias):
+    args = shape_args("tiny", weight_mode=weight_mode, use_bias=use_bias, num_heads=4)
+    d = make_random_checkpoint(tmp_path / "ck", args, seed=3)
+    fused, _ = load(d, profile=profile)
+    with fusing(False):
+        stored, _ = load(d, profile=profile)
+    assert fuse.is_fused(fused) == (weight_mode == "single") and not fuse.is_fused(stored)
+    if weight_mode == "single":
+        assert "fused for inference" in describe_run(fused)
+        assert "not fused" in describe_run(stored)
+    assert _names(fused) == _names(stored) and fused.args == stored.args  # the stored model, unchanged
+    assert model_fingerprint(fused) == model_fingerprint(stored)
+    prompt = mx.random.randint(3, 259, (2, 11), key=mx.random.key(4)).astype(mx.int32)
+    got, got_cache = _run(fused, prompt)
+    ref, ref_cache = _run(stored, prompt)
+    assert bool(mx.all(mx.isfinite(got)).item())
+    assert _rel(got, ref) <= tol
+    for a, b in zip(got_cache.arrays(), ref_cache.arrays()):
+        assert _rel(a, b) <= tol * 10  # states: the same equations, compared in float32 (m is O(10))
+
+
+def test_weight_updates_reach_the_fused_arrays(tmp_path):
+    d = make_random_checkpoint(tmp_path / "ck", "tiny", seed=1)
+    model, _ = load(d, profile="parity")
+    with fusing(False):
+        ref, _ = load(d, profile="parity")
+    prompt = mx.random.randint(3, 259, (1, 7), key=mx.random.key(2)).astype(mx.int32)
+    _run(model, prompt)  # compiles the fused step
+    new = {"backbone": {"blocks": [{"mlstm_layer": {"k": {"weight": mx.random.normal(b.mlstm_layer.k.weight.shape) * 0.1},
+                                                    "fgate_preact": {"bias": mx.full(b.mlstm_layer.fgate_preact.bias.shape, 3.0)}},
+                                    "ffn": {"proj_up": {"weight": mx.random.normal(b.ffn.proj_up.weight.shape) * 0.1}}}
+                                   for b in model.backbone.blocks]}}
+    model.update(new)
+    ref.update(new)
+    assert _rel(_run(model, prompt)[0], _run(ref, prompt)[0]) <= 1e-5
+
+
+def test_training_gradients_reach_the_stored_parameters(tmp_path):
+    import mlx.nn as nn
+
+    d = make_random_checkpoint(tmp_path / "ck", "tiny", seed=6)
+    model, _ = load(d, profile="parity")
+    ids = mx.random.randint(3, 259, (1, 6), key=mx.random.key(7)).astype(mx.int32)
+
+    def loss(m):
+        return m(ids).astype(mx.float32).square().mean()  # no cache: the single layers
+
+    _, grads = nn.value_and_grad(model, loss)(model)
+    g = dict(tree_flatten(grads))
+    assert float(mx.abs(g["backbone.blocks.0.mlstm_layer.q.weight"]).sum()) > 0
+
+
+def test_save_and_convert_write_the_stored_layout(tmp_path):
+    d = make_random_checkpoint(tmp_path / "ck", shape_args("tiny", use_bias=True), seed=1)
+    model, _ = load(d, profile="parity")
+    prompt = mx.random.randint(3, 259, (1, 7), key=mx.random.key(2)).astype(mx.int32)
+    first = _run(model, prompt)[0]
+    again, _ = load(save_checkpoint(model, tmp_path / "resaved"), profile="parity")
+    assert again.args.weight_mode == "single" and _names(again) == _names(model)
+    assert _rel(_run(again, prompt)[0], first) <= 1e-6
+    out = convert(d, tmp_path / "q", quantize=True, bits=8, group_size=64, progress=False)["out"]
+    q, _ = load(out)
+    layer = q.backbone.blocks[0].mlstm_layer
+    assert "backbone.blocks.0.mlstm_layer.q.scales" in _names(q)
+    assert fuse._KEY + "qkv_opreact" not in layer.__dict__  # quantized parts: as stored
+    assert fuse._KEY + "ifgate_preact" in layer.__dict__  # the float gates still fuse
+    assert bool(mx.all(mx.isfinite(_run(q, prompt)[0])).item())

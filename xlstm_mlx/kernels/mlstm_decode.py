@@ -1,0 +1,194 @@
+"""One mLSTM decode step of a whole layer, from the fused projection outputs: one CUDA launch.
+
+The MLX-ops step (mlstm_recurrent.py) is a chain of small kernels per layer (soft cap, log-sigmoid, stabilizer,
+the C/n/m update, the read-out matmul, q.n, the denominator): at decode, launches and not bytes set its speed,
+and C is read once for the update and again for the read-out. Here one launch does it all, reading C once and
+writing it once.
+
+    mlstm_decode_step_ref(qkvo, gates, state, num_heads, qk_dim, v_dim, gate_soft_cap, eps)   MLX ops
+    mlstm_decode_step(...)                                                                   the CUDA kernel where
+                                                                                             it applies, else the ref
+
+qkvo [B, >= 2*qk_dim + v_dim]: the qkv_opreact output, q | k | v (| o, ignored here) in the kernel dtype;
+gates [B, 2*NH]: the ifgate_preact output (input gates, then forget gates), before the soft cap;
+state (C [B, NH, Dqk, Dv], n [B, NH, Dqk], m [B, NH, 1]) float32.
+Returns h [B, NH, Dv] in qkvo's dtype and the new state: the equations and roundings of mlstm_step_ref, the
+gates soft-capped in float32 first as MLSTMLayer does.
+
+CUDA layout: one block per (sequence, head, TJ-column tile of C); 8 warps split the Dqk rows, each lane owns
+TJ/32 columns (TJ=64: 8-byte loads; 32: 4-byte loads, twice the blocks). Every block recomputes the head's gate scalars and q.n (Dqk products: cheap); the
+tile-0 block writes n and m.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import mlx.core as mx
+
+from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
+from xlstm_mlx.kernels.mlstm_recurrent import mlstm_step, mlstm_step_ref
+
+TJ = 64  # columns of C per block (32 lanes x 2); 32 gives twice the blocks (batch 1: 8 heads x 16 tiles)
+THREADS = 256
+
+_SOURCE = """
+    constexpr int WARPS = THREADS / 32;
+    constexpr int TILES = DV / TJ;
+    const int tile = blockIdx.x % TILES;
+    const int bh = blockIdx.x / TILES;               // sequence * NH + head
+    const int b = bh / NH, hd = bh % NH;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int NQ = qkvo_shape[1];                     // row stride of the projection output
+
+    // gate scalars of this head (float32, as mlstm_step_ref)
+    float i_raw = gates[b * 2 * NH + hd], f_raw = gates[b * 2 * NH + NH + hd];
+    if (HAS_CAP) {
+        const float cap = __int_as_float(CAP_BITS);
+        i_raw = cap * tanhf(i_raw / cap);
+        f_raw = cap * tanhf(f_raw / cap);
+    }
+    const float eps = __int_as_float(EPS_BITS);
+    const float lf = -(fmaxf(-f_raw, 0.f) + log1pf(expf(-fabsf(f_raw))));    // log sigmoid
+    const float m_old = m[bh];
+    const float m_new = fmaxf(lf + m_old, i_raw);
+    const float fa = expf(lf + m_old - m_new);
+    const float ia = expf(i_raw - m_new);
+
+    const auto* qrow = qkvo + (size_t)b * NQ + hd * DQK;
+    const auto* krow = qkvo + (size_t)b * NQ + QK_DIM + hd * DQK;
+    const auto* vrow = qkvo + (size_t)b * NQ + 2 * QK_DIM + hd * DV;
+    __shared__ float q_sh[DQK], k_sh[DQK];
+    __shared__ float red[WARPS][TJ];
+    __shared__ float qn_sh[WARPS];
+    const float scale = 1.0f / sqrtf((float)DQK);
+    float qn = 0.f;
+    for (int i = tid; i < DQK; i += THREADS) {
+        const float qi = xl_float(qrow[i]) * scale, ki = xl_float(krow[i]);
+        q_sh[i] = qi;
+        k_sh[i] = ki;
+        const float nn = fa * n[(size_t)bh * DQK + i] + ia * ki;
+        qn += qi * nn;
+        if (tile == 0) n_out[(size_t)bh * DQK + i] = nn;
+    }
+    qn = xl_warp_sum(qn);
+    if (lane == 0) qn_sh[warp] = qn;
+    __syncthreads();
+    qn = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) qn += qn_sh[w];
+
+    constexpr int CPL = TJ / 32;                      // columns per lane: 1 (4-byte loads) or 2 (8-byte)
+    const int j = tile * TJ + lane * CPL;
+    float vj[CPL], num[CPL];
+#pragma unroll
+    for (int c = 0; c < CPL; ++c) { vj[c] = xl_float(vrow[j + c]); num[c] = 0.f; }
+    const float* Cin = C + (size_t)bh * DQK * DV + j;
+    float* Cout = C_out + (size_t)bh * DQK * DV + j;
+#pragma unroll 8
+    for (int i = warp; i < DQK; i += WARPS) {
+        const float ki = k_sh[i], qi = q_sh[i];
+        if constexpr (CPL == 2) {
+            const float2 c = __ldcs(reinterpret_cast<const float2*>(Cin + (size_t)i * DV));
+            float2 cn;
+            cn.x = fa * c.x + ia * (ki * vj[0]);
+            cn.y = fa * c.y + ia * (ki * vj[1]);
+            __stcs(reinterpret_cast<float2*>(Cout + (size_t)i * DV), cn);
+            num[0] += qi * cn.x;
+            num[1] += qi * cn.y;
+        } else {
+            const float c = __ldcs(Cin + (size_t)i * DV);
+            const float cn = fa * c + ia * (ki * vj[0]);
+            __stcs(Cout + (size_t)i * DV, cn);
+            num[0] += qi * cn;
+        }
+    }
+#pragma unroll
+    for (int c = 0; c < CPL; ++c) red[warp][lane * CPL + c] = num[c];
+    __syncthreads();
+    if (warp == 0) {
+        const float den = fmaxf(fabsf(qn), expf(-m_new)) + eps;
+#pragma unroll
+        for (int c = 0; c < CPL; ++c) {
+            float s = 0.f;
+#pragma unroll
+            for (int w = 0; w < WARPS; ++w) s += red[w][lane * CPL + c];
+            xl_set(h + (size_t)bh * DV + j + c, s / den);
+        }
+        if (tile == 0 && lane == 0) m_out[bh] = m_new;
+    }
+"""
+
+_kernel = None
+
+
+def _float_bits(x: float) -> int:
+    """A float32's bit pattern as a (signed) int: how the soft cap and eps reach the kernel as compile-time
+    constants. (A small float32 input array made from Python would be a host-to-device transfer at every call.)"""
+    return struct.unpack("<i", struct.pack("<f", x))[0]
+
+
+def _soft_cap(x: mx.array, cap: float | None) -> mx.array:
+    return x if cap is None else cap * mx.tanh(x / cap)  # models/base.py soft_cap, the same arithmetic
+
+
+def mlstm_decode_step_ref(qkvo, gates, state, num_heads: int, qk_dim: int, v_dim: int,
+                          gate_soft_cap: float | None, eps: float = 1e-6, step=mlstm_step_ref):
+    """MLX ops: split the projections into heads, soft-cap the gates, then `step` (mlstm_step_ref)."""
+    B = qkvo.shape[0]
+    dqk, dv = qk_dim // num_heads, v_dim // num_heads
+    q = qkvo[:, :qk_dim].reshape(B, num_heads, dqk)
+    k = qkvo[:, qk_dim:2 * qk_dim].reshape(B, num_heads, dqk)
+    v = qkvo[:, 2 * qk_dim:2 * qk_dim + v_dim].reshape(B, num_heads, dv)
+    i = _soft_cap(gates[:, :num_heads].astype(mx.float32), gate_soft_cap)
+    f = _soft_cap(gates[:, num_heads:2 * num_heads].astype(mx.float32), gate_soft_cap)
+    return step(q, k, v, i, f, state, eps)
+
+
+def applies(qkvo, gates, state, num_heads: int, qk_dim: int, v_dim: int) -> bool:
+    dqk, dv = qk_dim // num_heads, v_dim // num_heads
+    return (cuda_available() and qkvo.dtype in (mx.bfloat16, mx.float32) and qkvo.ndim == 2
+            and dv % TJ == 0 and dqk <= 4096 and all(s.dtype == mx.float32 for s in state))
+
+
+def mlstm_decode_step_cuda(qkvo, gates, state, num_heads: int, qk_dim: int, v_dim: int,
+                           gate_soft_cap: float | None, eps: float = 1e-6, *, tj: int | None = None):
+    global _kernel
+    if _kernel is None:
+        _kernel = mx.fast.cuda_kernel(
+            name="xlstm_mlstm_decode_step",
+            input_names=["qkvo", "gates", "C", "n", "m"],
+            output_names=["h", "C_out", "n_out", "m_out"],
+            source=_SOURCE,
+            header=VEC_HEADER,
+        )
+    C, n, m = state
+    B = qkvo.shape[0]
+    dqk, dv = qk_dim // num_heads, v_dim // num_heads
+    tj = tj or TJ
+    blocks = B * num_heads * (dv // tj)
+    h, C_new, n_new, m_new = _kernel(
+        inputs=[qkvo, gates.astype(mx.float32), C, n, m],
+        template=[("NH", num_heads), ("DQK", dqk), ("DV", dv), ("QK_DIM", qk_dim), ("TJ", tj),
+                  ("THREADS", THREADS), ("HAS_CAP", gate_soft_cap is not None),
+                  ("CAP_BITS", _float_bits(gate_soft_cap or 0.0)), ("EPS_BITS", _float_bits(eps))],
+        grid=(blocks * THREADS, 1, 1),
+        threadgroup=(THREADS, 1, 1),
+        output_shapes=[(B, num_heads, dv), C.shape, n.shape, m.shape],
+        output_dtypes=[qkvo.dtype, mx.float32, mx.float32, mx.float32],
+    )
+    return h, (C_new, n_new, m_new)
+
+
+def mlstm_decode_step(qkvo, gates, state, num_heads: int, qk_dim: int, v_dim: int,
+                      gate_soft_cap: float | None, eps: float = 1e-6):
+    if applies(qkvo, gates, state, num_heads, qk_dim, v_dim):
+        return mlstm_decode_step_cuda(qkvo, gates, state, num_heads, qk_dim, v_dim, gate_soft_cap, eps)
+    # elsewhere: the same ops, the step compiled (as the "mlstm.step" kernel) for uncompiled model calls
+    return mlstm_decode_step_ref(qkvo, gates, state, num_heads, qk_dim, v_dim, gate_soft_cap, eps, step=mlstm_step)
+
+
+def label() -> str:
+    if cuda_available():
+        return "fused CUDA kernel (mx.fast.cuda_kernel): gates, C/n/m update and read-out in one launch"
+    return "MLX ops (soft cap + compiled step; the fused CUDA kernel needs MLX's CUDA backend)"
