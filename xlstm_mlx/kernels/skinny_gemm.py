@@ -2,7 +2,7 @@
 
 At decode the matmuls of a step read every weight once for a handful of rows, so their speed is the weight
 bytes over the memory bandwidth. MLX's own matmul reads the 7B decode matrices at 2.5-3.3 TB/s on an H100/H200
-(issue 13); this kernel aims at the copy bandwidth (~4.3 TB/s measured): 16-byte streaming loads of the
+(the GPU-decode measurements); this kernel aims at the copy bandwidth (~4.3 TB/s measured): 16-byte streaming loads of the
 weight, R weight rows per warp so each loaded x vector is reused R times (x stays in L1), several loads in flight
 per thread (unrolled), split-K across KSPLIT warps of a block where N is too small to fill the chip, float32
 accumulation, a shuffle reduction per warp and a shared-memory one across the split.
