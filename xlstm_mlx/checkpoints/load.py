@@ -180,8 +180,11 @@ def describe_run(model) -> str:
     kern = " ".join(f"{n}={label}" for n, label in kernels.describe(model.kernel_names()).items())
     decode = ("compiled (mx.compile, weights as inputs)" if compiled_decode_enabled() and not kernels.reference_forced()
               else "plain model call")
+    prof = model.profile
+    norms = ("plain float64 formulas" if prof.residual_dtype == "float64"
+             else "mx.fast (float32 reductions)")
     about = model.describe()
     proj = f" projections: {about['projections']};" if "projections" in about else ""
     return (f"[xlstm-mlx] family={family_of(model).NAME} backend={platform.describe()} "
             f"stored={','.join(getattr(model, 'stored_dtypes', []))} {model.profile.describe()} "
-            f"gates/state=float32 norms=mx.fast (float32 reductions){proj} kernels: {kern}; decode step: {decode}")
+            f"gates/state={prof.state_dtype} norms={norms}{proj} kernels: {kern}; decode step: {decode}")
