@@ -75,11 +75,11 @@ class MLSTMLayer(nn.Module):
             seq = kernels.get(f"mlstm.{profile.prefill_kernel}")
             h, state = seq(q, k, v, i, f, state, eps=eps, chunk_size=profile.chunk_size)
         h = self.multihead_norm(h.transpose(0, 2, 1, 3).astype(cd))
-        return self.out_proj(mx.sigmoid(o) * h), state
+        return self.out_proj(kernels.get("math.sigmoid")(o) * h), state
 
 
 class FeedForward(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """SwiGLU: down(silu(gate(x)) * up(x)); silu is the registry's math.silu (a fused polynomial form on the CPU)."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -97,7 +97,7 @@ class FeedForward(nn.Module):
             gate, z = mx.split(self.proj_up_gate_z(x), 2, axis=-1)
         else:
             gate, z = self.proj_up_gate(x), self.proj_up(x)
-        return self.proj_down(nn.silu(gate) * z)
+        return self.proj_down(kernels.get("math.silu")(gate) * z)
 
 
 class MLSTMBlock(nn.Module):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from xlstm_mlx import kernels
 from xlstm_mlx.models.base import RecurrentLM, soft_cap
 from xlstm_mlx.models.describe import blocks_line
 from xlstm_mlx.models.layers.norms import RMSNorm
@@ -68,7 +69,7 @@ class Model(RecurrentLM):
         return logits, new_states
 
     def kernel_names(self) -> list[str]:
-        return [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}"]
+        return [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}", *kernels.MATH]
 
     def describe(self) -> dict:
         a = self.args
