@@ -107,3 +107,21 @@ def test_registry_picks_by_device_and_reference_switch():
         np.testing.assert_allclose(fast, ref, rtol=1e-6, atol=1e-30)
     else:  # a GPU keeps MLX's numerics bit for bit
         np.testing.assert_array_equal(fast, ref)
+
+
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16])
+def test_other_dtypes_are_computed_in_float32(dtype):
+    """The forms are float32 arithmetic: a bfloat16/float16 input is computed in float32 and rounded once to its
+    dtype, so the result is within that dtype's unit roundoff of float64 (MLX's silu in bfloat16 rounds twice and
+    can be off by more; float64 judges)."""
+    x = (mx.random.normal((4096,)) * 6).astype(dtype)
+    u = {mx.bfloat16: 2.0**-8, mx.float16: 2.0**-11}[dtype] * 1.05
+    xf = np.array(x.astype(mx.float32)).astype(np.float64)
+    cases = (("math.silu", lambda: kernels.get("math.silu")(x), xf / (1 + np.exp(-xf))),
+             ("math.sigmoid", lambda: kernels.get("math.sigmoid")(x), 1 / (1 + np.exp(-xf))),
+             ("math.soft_cap", lambda: kernels.get("math.soft_cap")(x, 3.0), 3.0 * np.tanh(xf / 3.0)))
+    for name, fn, want in cases:
+        got = fn()
+        assert got.dtype == dtype, name
+        g = np.array(got.astype(mx.float32)).astype(np.float64)
+        assert (np.abs(g - want) <= u * np.abs(want) + 1e-7).all(), name

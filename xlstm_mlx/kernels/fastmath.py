@@ -135,25 +135,30 @@ def soft_cap_ref(x: mx.array, cap: float) -> mx.array:
 
 
 # what the registry calls "fast": the polynomial forms on the CPU, MLX's own ops elsewhere (Metal and CUDA keep
-# their numerics unchanged)
+# their numerics unchanged). The forms are float32 arithmetic (the rounding constant and the exponent-bit
+# construction assume float32): other dtypes are computed in float32 and rounded back, as MLX's ops do internally.
+def _on_float32(fn, x: mx.array) -> mx.array:
+    return fn(x) if x.dtype == mx.float32 else fn(x.astype(mx.float32)).astype(x.dtype)
+
+
 def exp(x: mx.array) -> mx.array:
-    return exp_fast(x) if on_cpu() else exp_ref(x)
+    return _on_float32(exp_fast, x) if on_cpu() else exp_ref(x)
 
 
 def sigmoid(x: mx.array) -> mx.array:
-    return sigmoid_fast(x) if on_cpu() else sigmoid_ref(x)
+    return _on_float32(sigmoid_fast, x) if on_cpu() else sigmoid_ref(x)
 
 
 def silu(x: mx.array) -> mx.array:
-    return silu_fast(x) if on_cpu() else silu_ref(x)
+    return _on_float32(silu_fast, x) if on_cpu() else silu_ref(x)
 
 
 def tanh(x: mx.array) -> mx.array:
-    return tanh_fast(x) if on_cpu() else tanh_ref(x)
+    return _on_float32(tanh_fast, x) if on_cpu() else tanh_ref(x)
 
 
 def soft_cap(x: mx.array, cap: float) -> mx.array:
-    return soft_cap_fast(x, cap) if on_cpu() else soft_cap_ref(x, cap)
+    return _on_float32(lambda v: soft_cap_fast(v, cap), x) if on_cpu() else soft_cap_ref(x, cap)
 
 
 def label() -> str:
