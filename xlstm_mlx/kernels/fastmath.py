@@ -65,7 +65,9 @@ def _pow2(n: mx.array) -> mx.array:
 def _exp(x: mx.array) -> mx.array:
     # where (not clip) so that a NaN x fails both tests, stays NaN through the polynomial and gives NaN
     xc = mx.where(x < _EXP_LO, _EXP_LO, mx.where(x > _EXP_HI, _EXP_HI, x))
-    n = (xc * _LOG2E + _ROUND) - _ROUND  # round(x / ln2) with two adds (mx.round calls libm: slower)
+    # round(x / ln2) with two adds (mx.round calls libm: slower). n is piecewise constant: stop_gradient keeps
+    # autodiff from reading the two adds as a slope of 1/ln2 (gradients flow through r alone: p'(r) 2^n = exp(x))
+    n = mx.stop_gradient((xc * _LOG2E + _ROUND) - _ROUND)
     r = (xc - n * _LN2_HI) - n * _LN2_LO
     p = _EXP_C[-1]
     for c in reversed(_EXP_C[:-1]):
@@ -74,7 +76,9 @@ def _exp(x: mx.array) -> mx.array:
     # 2^n as 2^n1 * 2^(n - n1), n1 = floor(n / 2): both halves are normal floats for n in [-159, 129]
     ni = n.astype(mx.int32)
     n1 = mx.right_shift(ni, 1)
-    return (p * _pow2(n1)) * _pow2(ni - n1)  # in this order: p * 2^64 * 2^64 is finite for exp(88.7)
+    # mx.view has no vjp: the constant factors are cut from the gradient graph (their slope is 0 anyway)
+    lo, hi = mx.stop_gradient(_pow2(n1)), mx.stop_gradient(_pow2(ni - n1))
+    return (p * lo) * hi  # in this order: p * 2^64 * 2^64 is finite for exp(88.7)
 
 
 def _sigmoid(x: mx.array) -> mx.array:
