@@ -1,9 +1,24 @@
-"""CPU comparison in one run: `xlstm-mlx bench` against transformers' xLSTMForCausalLM (its own native
-torch kernels, the official `xlstm` package hidden) on the same random-weight checkpoint, same
-prefill grid, same decode batches, float32. The two alternate (A B A B ...) and each figure is the best
-of all its rounds, so a passing load on the machine hurts both sides alike.
+"""CPU comparison in one run: xlstm-mlx against transformers' xLSTMForCausalLM on the same random-weight
+checkpoint, float32, both sides in fresh processes that alternate (ours, theirs, ours, theirs ...), each at
+every thread count in --threads (1 and 2 by default: on a loaded 2-core machine one thread is several times
+faster for both, so "each side at its best" means the best over thread counts too).
 
-    python benchmarks/cpu_vs_transformers.py --shape 64m --out benchmarks/results/cpu_64m
+Sides:
+  ours            xlstm-mlx, XLSTM_MLX_BLAS_THREADS=n (its platform set-up; MLX's Linux CPU wheel + OpenBLAS)
+  transformers    xLSTMForCausalLM with its own native torch kernels (the official `xlstm` package hidden),
+                  torch.set_num_threads(n), OMP_NUM_THREADS=n, torch.inference_mode()
+  transformers+xlstm (--official)  the same with the official `xlstm` package visible (transformers then
+                  runs the package's xLSTMLarge; on a CPU its kernels are native torch too)
+
+Figures (each the best over rounds and thread counts; every sample records its load average):
+  prefill         the prompt's state plus the last position's logits (what a generator needs), both sides:
+                  ours generate.prefill(prompt[:-1]) then model(last token) + argmax;
+                  theirs model.backbone(prompt, cache) then lm_head + soft-cap on the last position + argmax
+  prefill_full    logits for every prompt position, both sides (model(prompt) with a cache)
+  decode_plain    ours model(tok, cache=c) + argmax + host read per step; theirs the same call shape
+  decode_gen      ours generate_step (compiled, pipelined), host read per token (theirs: decode_plain)
+
+    python benchmarks/cpu_vs_transformers.py --out benchmarks/results/cpu_64m_2026-12-01
 """
 
 from __future__ import annotations
@@ -18,134 +33,219 @@ import textwrap
 import time
 from pathlib import Path
 
-_TRANSFORMERS = textwrap.dedent(
+_COMMON = textwrap.dedent(
     """
-    import json, sys, time, torch
-    import transformers.utils as tu, transformers.utils.import_utils as iu
-    tu.is_xlstm_available = iu.is_xlstm_available = lambda: False   # its own native kernels
-    from transformers import xLSTMForCausalLM
-    from transformers.models.xlstm import modeling_xlstm as m
-    assert not m.external_xlstm
-    m.xLSTMPreTrainedModel._init_weights = lambda self, module: None
-    path, spec = sys.argv[1], json.loads(sys.argv[2])
-    torch.set_num_threads(spec["threads"])
-    model = xLSTMForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    V = model.config.vocab_size
-    g = torch.Generator().manual_seed(0)
-
+    import json, os, sys, time
     def best(fn, reps, budget):
         fn()
         ts, end = [], time.perf_counter() + budget
         while len(ts) < reps or (time.perf_counter() < end and len(ts) < 20):
             t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
         return min(ts)
+    def load():
+        return round(os.getloadavg()[0], 2)
+    """
+)
 
-    out = {"prefill": [], "decode": [], "torch": torch.__version__, "threads": torch.get_num_threads()}
+_OURS = _COMMON + textwrap.dedent(
+    """
+    import mlx.core as mx
+    from xlstm_mlx import platform
+    from xlstm_mlx.checkpoints.load import load as load_model
+    from xlstm_mlx.generation.generate import prefill, generate_step
+    path, spec = sys.argv[1], json.loads(sys.argv[2])
+    mx.set_default_device(mx.cpu)
+    model, _ = load_model(path, dtype="float32")
+    V = model.args.vocab_size
+    mx.random.seed(0)
+    out = {"prefill": [], "prefill_full": [], "decode_plain": [], "decode_gen": [], "mlx": mx.__version__,
+           "platform": platform.describe()}
+    for b, t in spec["prefill"]:
+        ids = mx.random.randint(0, V, (b, t)).astype(mx.int32)
+        def pf():
+            c = model.make_cache(b)
+            prefill(model, ids[:, :-1], c)
+            mx.argmax(model(ids[:, -1:], cache=c)[:, -1], axis=-1).tolist()
+        s = best(pf, spec["reps"], spec["budget"])
+        out["prefill"].append({"batch": b, "length": t, "seconds": s, "tok_s": b * t / s, "load": load()})
+        def pf_full():
+            c = model.make_cache(b)
+            mx.eval(model(ids, cache=c), c.arrays())
+        s = best(pf_full, spec["reps"], spec["budget"])
+        out["prefill_full"].append({"batch": b, "length": t, "seconds": s, "tok_s": b * t / s, "load": load()})
+    n = spec["steps"]
+    for b in spec["decode"]:
+        ids = mx.random.randint(0, V, (b, 16)).astype(mx.int32)
+        c = model.make_cache(b)
+        cur = [mx.argmax(model(ids, cache=c)[:, -1:], axis=-1)]
+        def dec():
+            for _ in range(n):
+                cur[0] = mx.argmax(model(cur[0], cache=c)[:, -1:], axis=-1)
+                cur[0].tolist()
+        s = best(dec, spec["reps"], spec["budget"]) / n
+        out["decode_plain"].append({"batch": b, "ms_per_step": s * 1e3, "tok_s": b / s, "load": load()})
+        def gen():
+            g = generate_step(model, ids, max_tokens=n + 1)
+            next(g).tolist()
+            t0 = time.perf_counter()
+            for y in g:
+                y.tolist()
+            return (time.perf_counter() - t0) / n
+        s = min(gen() for _ in range(max(spec["reps"], 2)))
+        out["decode_gen"].append({"batch": b, "ms_per_step": s * 1e3, "tok_s": b / s, "load": load()})
+    print(json.dumps(out))
+    """
+)
+
+_THEIRS = _COMMON + textwrap.dedent(
+    """
+    import torch
+    path, spec = sys.argv[1], json.loads(sys.argv[2])
+    if not spec["official"]:
+        import transformers.utils as tu, transformers.utils.import_utils as iu
+        tu.is_xlstm_available = iu.is_xlstm_available = lambda: False   # its own native kernels
+    from transformers import xLSTMForCausalLM
+    from transformers.models.xlstm import modeling_xlstm as m
+    assert bool(m.external_xlstm) == spec["official"], "the official xlstm package is not in the state asked for"
+    m.xLSTMPreTrainedModel._init_weights = lambda self, module: None
+    torch.set_num_threads(spec["threads"])
+    model = xLSTMForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    V = model.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    out = {"prefill": [], "prefill_full": [], "decode_plain": [], "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "official_xlstm": bool(m.external_xlstm)}
     with torch.inference_mode():
         for b, t in spec["prefill"]:
             ids = torch.randint(0, V, (b, t), generator=g)
             def pf():
                 cache = m.xLSTMCache(model.config, max_batch_size=b, dtype=torch.float32)
-                # state only, then the last position's logits (as a generator needs; ours: state only)
                 hs = model.backbone(ids, cache_params=cache, use_cache=True).last_hidden_state
-                m.soft_cap(model.lm_head(hs[:, -1:]).float(), model.config.output_logit_soft_cap).argmax(-1)
+                m.soft_cap(model.lm_head(hs[:, -1:]).float(), model.config.output_logit_soft_cap).argmax(-1).tolist()
             s = best(pf, spec["reps"], spec["budget"])
-            out["prefill"].append({"batch": b, "length": t, "seconds": s, "tok_s": b * t / s})
+            out["prefill"].append({"batch": b, "length": t, "seconds": s, "tok_s": b * t / s, "load": load()})
+            def pf_full():
+                cache = m.xLSTMCache(model.config, max_batch_size=b, dtype=torch.float32)
+                model(ids, cache_params=cache, use_cache=True).logits
+            s = best(pf_full, spec["reps"], spec["budget"])
+            out["prefill_full"].append({"batch": b, "length": t, "seconds": s, "tok_s": b * t / s, "load": load()})
+        n = spec["steps"]
         for b in spec["decode"]:
             ids = torch.randint(0, V, (b, 16), generator=g)
             cache = m.xLSTMCache(model.config, max_batch_size=b, dtype=torch.float32)
             cur = [model(ids, cache_params=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)]
             def dec():
-                for _ in range(spec["steps"]):
+                for _ in range(n):
                     cur[0] = model(cur[0], cache_params=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
                     cur[0].tolist()
-            s = best(dec, spec["reps"], spec["budget"]) / spec["steps"]
-            out["decode"].append({"batch": b, "ms_per_step": s * 1e3, "tok_s": b / s})
+            s = best(dec, spec["reps"], spec["budget"]) / n
+            out["decode_plain"].append({"batch": b, "ms_per_step": s * 1e3, "tok_s": b / s, "load": load()})
     print(json.dumps(out))
     """
 )
 
+FIGURES = ("prefill", "prefill_full", "decode_plain", "decode_gen")
 
-def _best(rows_list: list[list[dict]], key: tuple) -> list[dict]:
+
+def _key(row: dict) -> tuple:
+    return (row["batch"], row.get("length", 1))
+
+
+def _best(runs: list[dict], figure: str) -> dict:
+    """key -> the fastest row of `figure` over runs (with the thread count it ran at)."""
     best: dict = {}
-    for rows in rows_list:
-        for r in rows:
-            k = tuple(r[f] for f in key)
+    for run in runs:
+        for r in run.get(figure, []):
+            k = _key(r)
             if k not in best or r["tok_s"] > best[k]["tok_s"]:
-                best[k] = r
-    return [best[k] for k in sorted(best)]
+                best[k] = dict(r, threads=run["threads_asked"])
+    return best
+
+
+def _run(py: str, script: str, ckpt: Path, spec: dict, threads: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), XLSTM_MLX_BLAS_THREADS=str(threads),
+               OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    start = os.getloadavg()[0]
+    p = subprocess.run([py, "-c", script, str(ckpt), json.dumps(dict(spec, threads=threads))], env=env,
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"a side failed:\n{p.stderr[-3000:]}")
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    out.update(threads_asked=threads, load_start=round(start, 2), load_end=round(os.getloadavg()[0], 2))
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="64m")
-    ap.add_argument("--prefill", nargs="+", default=["1x512", "1x2048", "8x256"], help="BATCHxLENGTH")
-    ap.add_argument("--decode-batch", type=int, nargs="+", default=[1, 8, 64])
-    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--prefill", nargs="+", default=["1x512"], help="BATCHxLENGTH")
+    ap.add_argument("--decode-batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of each side")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--budget", type=float, default=2.0)
-    ap.add_argument("--out", default="benchmarks/results/cpu_64m", help="output prefix (.json, .md, .png)")
+    ap.add_argument("--budget", type=float, default=1.0)
+    ap.add_argument("--official", action="store_true", help="also run transformers with the official xlstm package")
+    ap.add_argument("--out", default="benchmarks/results/cpu_64m", help="output prefix (.json, .md)")
     args = ap.parse_args()
-    grid = [tuple(int(v) for v in s.split("x")) for s in args.prefill]
-    threads = os.cpu_count()
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    grid = [[int(v) for v in s.split("x")] for s in args.prefill]
+    spec = {"prefill": grid, "decode": args.decode_batch, "steps": args.steps, "reps": args.reps,
+            "budget": args.budget}
     py = sys.executable
+    sides = [("xlstm-mlx", _OURS, {}), ("transformers", _THEIRS, {"official": False})]
+    if args.official:
+        sides.append(("transformers+xlstm", _THEIRS, {"official": True}))
+    runs: dict[str, list] = {name: [] for name, _, _ in sides}
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    uptime_start = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "ckpt"
         subprocess.run([py, "-c", "import sys; from xlstm_mlx.checkpoints.random import make_random_checkpoint; "
-                        "make_random_checkpoint(sys.argv[1], sys.argv[2])", str(ckpt), args.shape],
-                       check=True, env=env)
-        ours_runs, theirs_runs = [], []
-        for _ in range(args.rounds):
-            j = Path(tmp) / "ours.json"
-            cmd = [py, "-m", "xlstm_mlx.cli", "bench", "--model", str(ckpt), "--dtype", "float32", "--cpu",
-                   "--prefill-grid", *args.prefill, "--decode-batch", *map(str, args.decode_batch),
-                   "--decode-steps", str(args.steps), "--ttft-len", "0", "--reps", str(args.reps),
-                   "--budget", str(args.budget), "--json", str(j)]
-            subprocess.run(cmd, check=True, env=env)
-            runs = [json.loads(j.read_text())]
-            ours_runs.append(runs)
-            spec = {"prefill": grid, "decode": args.decode_batch, "steps": args.steps, "reps": args.reps,
-                    "budget": args.budget, "threads": threads}
-            p = subprocess.run([py, "-c", _TRANSFORMERS, str(ckpt), json.dumps(spec)], env=env,
-                               capture_output=True, text=True)
-            if p.returncode != 0:
-                raise SystemExit(f"transformers side failed:\n{p.stderr[-3000:]}")
-            theirs_runs.append(json.loads(p.stdout.strip().splitlines()[-1]))
-    base = ours_runs[0][0]
-    ours = dict(base)
-    ours["prefill"] = _best([r["prefill"] for runs in ours_runs for r in runs], ("batch", "length"))
-    ours["decode"] = _best([r["decode"] for runs in ours_runs for r in runs], ("batch",))
-    theirs = {"prefill": _best([r["prefill"] for r in theirs_runs], ("batch", "length")),
-              "decode": _best([r["decode"] for r in theirs_runs], ("batch",)), "torch": theirs_runs[0]["torch"]}
-    result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),
-              "shape": args.shape, "device": base["device"], "xlstm_mlx": ours, "transformers": theirs}
+                        "make_random_checkpoint(sys.argv[1], sys.argv[2])", str(ckpt), args.shape], check=True)
+        for rnd in range(args.rounds):
+            for threads in args.threads:
+                for name, script, extra in sides:  # A B A B: each side right after the other
+                    r = _run(py, script, ckpt, dict(spec, **extra), threads)
+                    runs[name].append(r)
+                    print(f"round {rnd} threads {threads} {name}: load {r['load_start']} -> {r['load_end']}: "
+                          + ", ".join(f"{f} {x['tok_s']:.1f}" for f in FIGURES for x in r.get(f, [])), flush=True)
+    ended = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    uptime_end = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = "unknown"
+    ours = runs["xlstm-mlx"]
+    result = {"started": started, "ended": ended, "uptime_start": uptime_start, "uptime_end": uptime_end,
+              "command": " ".join([Path(py).name, *sys.argv]), "shape": args.shape, "cpu": cpu,
+              "cores": os.cpu_count(), "mlx": ours[0]["mlx"], "platform": ours[0]["platform"],
+              "torch": runs["transformers"][0]["torch"], "runs": runs}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = [f"# CPU: xlstm-mlx vs transformers xLSTMForCausalLM (native kernels), shape {args.shape}, float32",
-             "", f"- date: {result['date']}", f"- device: {base['device']}", f"- mlx {base['mlx_version']}, "
-             f"torch {theirs['torch']}; CPU BLAS: {base.get('cpu_blas', {}).get('version', 'n/a')}",
-             f"- command: `{result['command']}`", f"- {base['profile']}", "",
-             "| figure | xlstm-mlx tok/s | transformers tok/s | ratio | xlstm-mlx % of floor |", "|---|---|---|---|---|"]
-    for r in ours["prefill"]:
-        t = next(x for x in theirs["prefill"] if (x["batch"], x["length"]) == (r["batch"], r["length"]))
-        lines.append(f"| prefill B={r['batch']} T={r['length']} | {r['tok_s']:.0f} | {t['tok_s']:.0f} | "
-                     f"{r['tok_s'] / t['tok_s']:.2f}x | {r['ratio_to_floor']:.1%} |")
-    for r in ours["decode"]:
-        t = next(x for x in theirs["decode"] if x["batch"] == r["batch"])
-        lines.append(f"| decode B={r['batch']} | {r['tok_s']:.1f} | {t['tok_s']:.1f} | "
-                     f"{r['tok_s'] / t['tok_s']:.2f}x | {r['ratio_to_floor']:.1%} |")
+    theirs = {name: {f: _best(runs[name], f) for f in ("prefill", "prefill_full", "decode_plain")}
+              for name, _, _ in sides if name != "xlstm-mlx"}
+    mine = {f: _best(ours, f) for f in FIGURES}
+    cols = list(theirs)
+    lines = [f"- {started} to {ended}; {cpu}, {os.cpu_count()} cores; mlx {result['mlx']}, torch {result['torch']}",
+             f"- load: `{uptime_start}` -> `{uptime_end}`", f"- command: `{result['command']}`", "",
+             "| figure | xlstm-mlx tok/s (threads, load) | " + " | ".join(f"{c} tok/s (threads, load)" for c in cols)
+             + " | ratio to " + cols[0] + " |", "|---" * (3 + len(cols)) + "|"]
+    rows = [("prefill", "prefill", "state + last logits"), ("prefill_full", "prefill_full", "all logits"),
+            ("decode_plain", "decode_plain", "model(tok, cache=c)"), ("decode_gen", "decode_plain", "generate_step")]
+    for f_ours, f_theirs, what in rows:
+        for k, r in sorted(mine[f_ours].items()):
+            label = f"{f_ours.split('_')[0]} B={k[0]}" + (f" T={k[1]}" if f_ours.startswith("prefill") else "")
+            cells = []
+            for c in cols:
+                t = theirs[c][f_theirs].get(k)
+                cells.append(f"{t['tok_s']:.1f} ({t['threads']}, {t['load']})" if t else "-")
+            t0 = theirs[cols[0]][f_theirs].get(k)
+            ratio = f"{r['tok_s'] / t0['tok_s']:.2f}x" if t0 else "-"
+            lines.append(f"| {label}, {what} | {r['tok_s']:.1f} ({r['threads']}, {r['load']}) | "
+                         + " | ".join(cells) + f" | {ratio} |")
     text = "\n".join(lines) + "\n"
     out.with_suffix(".md").write_text(text)
     print(text)
-    try:
-        from xlstm_mlx.tools.bench_plot import plot
-
-        plot(ours, str(out.with_suffix(".png")), comparators={"transformers": theirs})
-    except SystemExit as e:
-        print(e, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
     XLSTM_MLX_VERBOSE             off      print what the platform set-up did (the CPU BLAS) to stderr
     XLSTM_MLX_BLAS                auto     CPU BLAS for MLX's Linux wheel: auto | off | system | a path
                                            (platform/blas.py; not a true/false switch)
+    XLSTM_MLX_BLAS_THREADS        auto     OpenBLAS threads: auto (one thread on <= 2 cores) or a count
     XLSTM_MLX_TEST_DEVICE         cpu      the device the test suite runs on: cpu | gpu (tests/conftest.py)
 
 True is any of 1, true, yes, on; false is any of 0, false, no, off or the empty string (case and

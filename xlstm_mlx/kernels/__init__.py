@@ -21,6 +21,11 @@ and what the fast form is on this backend (a string, or a function of nothing fo
 
 A CUDA kernel is the fast form only where MLX's CUDA backend runs (cuda_common.cuda_available()); on Metal
 and the CPU the fast form of those names is their MLX-ops reference, and the label says so.
+    math.sigmoid      fastmath.sigmoid (polynomial  fastmath.sigmoid_ref (mx.sigmoid)
+                      form on the CPU, MLX's own
+                      op on a GPU)
+    math.silu         fastmath.silu                 fastmath.silu_ref (x * mx.sigmoid(x), as nn.silu)
+    math.soft_cap     fastmath.soft_cap             fastmath.soft_cap_ref (cap * mx.tanh(x / cap))
 
 `use_reference(True)` (or XLSTM_MLX_REFERENCE_KERNELS=1) makes `get` return the reference of every name:
 tests use it to check a whole model on the slow, simple path. `describe()` says what each name runs here.
@@ -34,6 +39,7 @@ from typing import Callable, NamedTuple
 from xlstm_mlx import env
 from xlstm_mlx.kernels import mlstm_decode as _decode
 from xlstm_mlx.kernels import skinny_gemm as _skinny
+from xlstm_mlx.kernels import fastmath
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise, mlstm_chunkwise_ref
 from xlstm_mlx.kernels.mlstm_decode import mlstm_decode_step, mlstm_decode_step_ref
 from xlstm_mlx.kernels.skinny_gemm import skinny_matmul, skinny_matmul_ref
@@ -63,7 +69,14 @@ KERNELS: dict[str, Kernel] = {
     "slstm.step": Kernel(slstm_step, slstm_step_ref, "compiled step (mx.compile)"),
     "mlstm.decode_step": Kernel(mlstm_decode_step, mlstm_decode_step_ref, _decode.label),
     "matmul.skinny": Kernel(skinny_matmul, skinny_matmul_ref, _skinny.label),
+    # element-wise transcendentals: fast forms on the CPU only (MLX's Linux CPU ops are slow; docs/numerics.md)
+    "math.sigmoid": Kernel(fastmath.sigmoid, fastmath.sigmoid_ref, fastmath.label),
+    "math.silu": Kernel(fastmath.silu, fastmath.silu_ref, fastmath.label),
+    "math.soft_cap": Kernel(fastmath.soft_cap, fastmath.soft_cap_ref, fastmath.label),
 }
+
+# the element-wise names (activations and soft-caps) a model lists in kernel_names() for the verbose line
+MATH = ("math.sigmoid", "math.silu", "math.soft_cap")
 
 # mLSTM names a profile may choose for its prefill and its decode step (profiles.py)
 SEQUENCE_FORMS = ("chunkwise", "parallel", "sequence")
@@ -102,7 +115,7 @@ def describe(names: list[str] | None = None) -> dict[str, str]:
 
 
 __all__ = [
-    "KERNELS", "Kernel", "get", "describe", "use_reference", "reference_forced", "SEQUENCE_FORMS", "STEP_FORMS",
+    "KERNELS", "Kernel", "MATH", "get", "describe", "use_reference", "reference_forced", "SEQUENCE_FORMS", "STEP_FORMS",
     "log_sigmoid", "mask_gates", "mlstm_zero_state", "slstm_zero_state", "mlstm_chunkwise", "mlstm_chunkwise_ref",
     "mlstm_parallel", "mlstm_sequence", "mlstm_step", "mlstm_step_ref", "slstm_sequence", "slstm_sequence_ref",
     "slstm_step", "slstm_step_ref", "mlstm_decode_step", "mlstm_decode_step_ref", "skinny_matmul",

@@ -36,7 +36,8 @@ def compiled_decode_enabled() -> bool:
 
 def compiled_forward(model):
     """mx.compile(model.forward) for one-token steps: f(ids [B, 1], states) -> (logits, new states)."""
-    key = (id(model.profile), tuple(id(v) for v in model.values()))
+    # the device too: a step traced on the CPU may hold CPU-only forms (kernels/fastmath.py)
+    key = (id(model.profile), str(mx.default_device()), tuple(id(v) for v in model.values()))
     hit = model.__dict__.get(_ATTR)
     if hit is not None and hit[0] == key:
         return hit[1]

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import xlstm_mlx.platform.elf_got as _elf_got
 from xlstm_mlx import env
+from xlstm_mlx.errors import UsageError
 
 log = logging.getLogger("xlstm_mlx.blas")
 
@@ -113,6 +114,12 @@ class _Lib:
     def config(self) -> str:
         return self._str("openblas_get_config")
 
+    def set_threads(self, n: int) -> None:
+        try:
+            getattr(self.cdll, self.prefix + "openblas_set_num_threads")(int(n))
+        except AttributeError:
+            pass
+
     @property
     def threads(self) -> int | None:
         try:
@@ -159,6 +166,19 @@ def _open(path: str) -> _Lib:
         del os.environ["OPENBLAS_CORETYPE"]
     fixed.path = path
     return fixed
+
+
+def _thread_count() -> int | None:
+    """The BLAS thread count to set, or None to leave the library's own (see the module docstring)."""
+    raw = env.choice("XLSTM_MLX_BLAS_THREADS", "auto")
+    if raw.lower() == "auto":
+        if os.environ.get("OPENBLAS_NUM_THREADS"):
+            return None
+        return 1 if (os.cpu_count() or 1) <= 2 else None
+    if not raw.isdigit() or int(raw) < 1:
+        raise UsageError(f"XLSTM_MLX_BLAS_THREADS={raw!r} is neither 'auto' nor a thread count >= 1; "
+                         "set one of those or unset it")
+    return int(raw)
 
 
 def _libmlx_path() -> str | None:
@@ -221,6 +241,7 @@ def setup() -> dict:
     if "cblas_sgemm" not in imports.slots:
         _info = {"active": False, "reason": "libmlx imports no cblas_sgemm (not a netlib-linked wheel)"}
         return info()
+    threads = _thread_count()
     reasons = []
     for label, path in _candidates(choice):
         try:
@@ -228,6 +249,8 @@ def setup() -> dict:
         except OSError as e:
             reasons.append(f"{label}: {e}")
             continue
+        if threads is not None:
+            lib.set_threads(threads)
         targets = {n: a for n in imports.slots if (a := lib.address(n)) is not None}
         old = _elf_got.write_slots(base, imports, targets)
         bad = _check()

@@ -8,7 +8,6 @@ import mlx.nn as nn
 
 from xlstm_mlx import kernels
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise_flops
-from xlstm_mlx.kernels.mlstm_gates import sigmoid, silu
 from xlstm_mlx.models.xlstm7b import fuse
 from xlstm_mlx.models.xlstm7b.args import ModelArgs
 from xlstm_mlx.models.base import soft_cap
@@ -93,7 +92,7 @@ class MLSTMLayer(nn.Module):
         h, state = step(qkvo.astype(kd), gates, state, a.num_heads, a.qk_dim, a.v_dim, a.gate_soft_cap, eps)
         o = qkvo[:, None, 2 * a.qk_dim + a.v_dim:]
         h = self.multihead_norm(h[:, None].astype(cd))
-        return linear(self.out_proj, sigmoid(o) * h), state
+        return linear(self.out_proj, kernels.get("math.sigmoid")(o) * h), state
 
     def __call__(self, x, state, mask, profile: NumericsProfile):
         a = self.args
@@ -121,11 +120,11 @@ class MLSTMLayer(nn.Module):
             seq = kernels.get(f"mlstm.{profile.prefill_kernel}")
             h, state = seq(q, k, v, i, f, state, eps=eps, chunk_size=profile.chunk_size)
         h = self.multihead_norm(h.transpose(0, 2, 1, 3).astype(cd))
-        return linear(self.out_proj, sigmoid(o) * h), state
+        return linear(self.out_proj, kernels.get("math.sigmoid")(o) * h), state
 
 
 class FeedForward(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """SwiGLU: down(silu(gate(x)) * up(x)); silu is the registry's math.silu (a fused polynomial form on the CPU)."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -143,7 +142,7 @@ class FeedForward(nn.Module):
             gate, z = mx.split(fused_or_layer(self, "proj_up_gate_z", x), 2, axis=-1)
         else:
             gate, z = linear(self.proj_up_gate, x), linear(self.proj_up, x)
-        return linear(self.proj_down, silu(gate) * z)
+        return linear(self.proj_down, kernels.get("math.silu")(gate) * z)
 
 
 class MLSTMBlock(nn.Module):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from xlstm_mlx import kernels
 from xlstm_mlx.models.base import RecurrentLM, soft_cap
 from xlstm_mlx.models.describe import blocks_line
 from xlstm_mlx.models.layers.norms import RMSNorm
@@ -86,7 +87,7 @@ class Model(RecurrentLM):
         names = [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}"]
         if self.args.weight_mode == "fused" or fuse.is_fused(self):
             names.append("mlstm.decode_step")
-        return names + ["matmul.skinny"]
+        return names + ["matmul.skinny", *kernels.MATH]
 
     def describe(self) -> dict:
         a = self.args

@@ -1,0 +1,178 @@
+"""Fast float32 transcendentals for MLX's Linux CPU backend, each beside the MLX op it replaces.
+
+Why: MLX's Linux CPU wheel evaluates exp, tanh and sigmoid at ~17-50 ns per element (scalar code; docs/bench.md),
+while a fused chain of multiplies, adds and divides runs at ~0.3 ns per element. Each form below is written only
+with such ops (plus a float -> int -> float32 bit construction of 2^n) and fused by mx.compile into one kernel,
+~20-50x faster than the MLX op on that backend. On Metal and CUDA MLX's own ops are fast and stay in use:
+`on_cpu()` decides, at trace time, from the default device (the registry entries math.sigmoid, math.silu, math.soft_cap in kernels/).
+
+    name      fast form                                       reference
+    exp       2^n * P(r), x = n ln2 + r, |r| <= ln2/2          mx.exp
+    sigmoid   1 / (1 + exp(-x))                               mx.sigmoid
+    silu      x * sigmoid(x)                                  nn.silu (x * mx.sigmoid(x))
+    tanh      x P(x^2) / Q(x^2) for |x| <= 9, else +-1         mx.tanh
+    soft_cap  cap * tanh(x / cap)                             cap * mx.tanh(x / cap)
+
+Accuracy (measured against float64 on fresh random inputs and dense grids, tests/kernels/test_fastmath.py;
+figures in docs/numerics.md "Fast transcendentals on the CPU"): a few float32 ulps relative, like MLX's own
+ops. Special values behave as the references do: exp(-inf) = 0 exactly (the masked-gate identity step relies
+on it), exp(+inf) = inf, NaN stays NaN; results below the smallest normal float32 (2^-126 ~ 1.2e-38) may be
+flushed to zero or rounded differently from the reference (an absolute difference below 1.2e-38).
+
+Coefficients: near-minimax fits in float64 made for this file (exp: Lawson's iteratively reweighted least squares
+on Chebyshev nodes; tanh: the same iteration on the linearized rational problem P - t Q), weighted for relative
+error and rounded to float32. Their approximation errors (exp 2e-9, tanh 1.3e-9 relative) are far below float32's
+rounding (6e-8): the evaluation in float32 sets the accuracy (exp, sigmoid, silu <= 3 ulp; tanh <= 7 ulp, its
+largest errors next to +-1, where one ulp is 6e-8).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from xlstm_mlx.kernels import mlstm_gates as gates
+
+# exp: x = n ln2 + r with n = round(x / ln2). ln2 is split (Cody-Waite) so that n * LN2_HI is exact for
+# |n| < 2^15 and r keeps its low bits.
+_LOG2E = 1.4426950408889634
+_LN2_HI = 0.693359375  # 355/512: 9 significant bits
+_LN2_LO = -2.12194440e-4  # ln2 - LN2_HI
+# exp(r) = 1 + r (c1 + r (c2 + ...)) on [-ln2/2, ln2/2]: approximation error 2e-9 relative
+_EXP_C = (1.0, 0.4999999403953552, 0.16666431725025177, 0.04166800156235695, 0.00837415549904108,
+          0.0013843653723597527)
+# exp(x) is 0 in float32 below ~-103.97 and inf above ~88.72: clamping to [-110, 89] keeps n in [-159, 129], so
+# the two halves of 2^n below are normal floats and their product rounds (to a subnormal, 0 or inf) correctly
+_EXP_LO, _EXP_HI = -110.0, 89.0
+# tanh(x) = x P(u) / Q(u), u = x^2 / 81, for |x| <= 9 (tanh(9) rounds to 1 in float32): a rational fit of
+# degrees (5, 4), approximation error 1.3e-9 relative; Q's constant term is 1
+_TANH_CLAMP = 9.0
+_TANH_P = (1.0, 11.081499099731445, 25.387895584106445, 14.89706039428711, 1.319069504737854,
+           -0.04270021617412567)
+_TANH_Q = (1.0, 38.08149719238281, 178.78848266601562, 209.4263916015625, 55.489078521728516)
+
+
+def on_cpu() -> bool:
+    """True when MLX computes on the CPU now (the fast forms are used only there)."""
+    return mx.default_device().type == mx.cpu
+
+
+_ROUND = 12582912.0  # 1.5 * 2^23: (v + _ROUND) - _ROUND rounds v to the nearest integer for |v| < 2^22
+
+
+def _pow2(n: mx.array) -> mx.array:
+    """2^n for int32 n in [-126, 127]: the float32 whose exponent field is n + 127."""
+    return mx.view(mx.left_shift(n + 127, 23), mx.float32)
+
+
+def _exp(x: mx.array) -> mx.array:
+    # where (not clip) so that a NaN x fails both tests, stays NaN through the polynomial and gives NaN
+    xc = mx.where(x < _EXP_LO, _EXP_LO, mx.where(x > _EXP_HI, _EXP_HI, x))
+    # round(x / ln2) with two adds (mx.round calls libm: slower). n is piecewise constant: stop_gradient keeps
+    # autodiff from reading the two adds as a slope of 1/ln2 (gradients flow through r alone: p'(r) 2^n = exp(x))
+    n = mx.stop_gradient((xc * _LOG2E + _ROUND) - _ROUND)
+    r = (xc - n * _LN2_HI) - n * _LN2_LO
+    p = _EXP_C[-1]
+    for c in reversed(_EXP_C[:-1]):
+        p = p * r + c
+    p = p * r + 1.0
+    # 2^n as 2^n1 * 2^(n - n1), n1 = floor(n / 2): both halves are normal floats for n in [-159, 129]
+    ni = n.astype(mx.int32)
+    n1 = mx.right_shift(ni, 1)
+    # mx.view has no vjp: the constant factors are cut from the gradient graph (their slope is 0 anyway)
+    lo, hi = mx.stop_gradient(_pow2(n1)), mx.stop_gradient(_pow2(ni - n1))
+    return (p * lo) * hi  # in this order: p * 2^64 * 2^64 is finite for exp(88.7)
+
+
+def _sigmoid(x: mx.array) -> mx.array:
+    return 1.0 / (1.0 + _exp(-x))
+
+
+def _silu(x: mx.array) -> mx.array:
+    return x * _sigmoid(x)
+
+
+def _tanh(x: mx.array) -> mx.array:
+    # where (not clip): a NaN x fails every test and stays NaN; x = -0 gives -0
+    xc = mx.where(x < -_TANH_CLAMP, -_TANH_CLAMP, mx.where(x > _TANH_CLAMP, _TANH_CLAMP, x))
+    u = xc * xc * (1.0 / (_TANH_CLAMP * _TANH_CLAMP))
+    p = _TANH_P[-1]
+    for c in reversed(_TANH_P[:-1]):
+        p = p * u + c
+    q = _TANH_Q[-1]
+    for c in reversed(_TANH_Q[:-1]):
+        q = q * u + c
+    y = xc * p / q
+    # |x| >= 9: exactly +-1 (as float32 tanh is there); elsewhere the evaluation can overshoot 1 by an ulp or two
+    y = mx.where(y > 1.0, 1.0, mx.where(y < -1.0, -1.0, y))
+    return mx.where(x >= _TANH_CLAMP, 1.0, mx.where(x <= -_TANH_CLAMP, -1.0, y))
+
+
+# fused by mx.compile (not shapeless: mx.view cannot infer shapes in a shapeless trace, so each new shape is
+# traced once); inside a larger mx.compile (the decode step) they are inlined
+exp_fast = mx.compile(_exp)
+sigmoid_fast = mx.compile(_sigmoid)
+silu_fast = mx.compile(_silu)
+tanh_fast = mx.compile(_tanh)
+
+
+def soft_cap_fast(x: mx.array, cap: float) -> mx.array:
+    return cap * tanh_fast(x / cap)
+
+
+# the references: MLX's own ops, the same signatures (on float64, the exact profile's float64-accurate forms of
+# mlstm_gates.py, since MLX's CPU exp is float32-accurate even on float64)
+def exp_ref(x: mx.array) -> mx.array:
+    return gates.exp(x)
+
+
+def sigmoid_ref(x: mx.array) -> mx.array:
+    return gates.sigmoid(x)
+
+
+def silu_ref(x: mx.array) -> mx.array:
+    return x * gates.sigmoid(x)  # nn.silu's definition
+
+
+def tanh_ref(x: mx.array) -> mx.array:
+    return mx.tanh(x)
+
+
+def soft_cap_ref(x: mx.array, cap: float) -> mx.array:
+    return cap * mx.tanh(x / cap)
+
+
+# what the registry calls "fast": the polynomial forms on the CPU, MLX's own ops elsewhere (Metal and CUDA keep
+# their numerics unchanged). The forms are float32 arithmetic (the rounding constant and the exponent-bit
+# construction assume float32): bfloat16/float16 are computed in float32 and rounded back, as MLX's ops do
+# internally; float64 (the exact profile) takes the float64-accurate reference.
+def _on_float32(fn, x: mx.array) -> mx.array:
+    return fn(x) if x.dtype == mx.float32 else fn(x.astype(mx.float32)).astype(x.dtype)
+
+
+def _fast(x: mx.array) -> bool:
+    return on_cpu() and x.dtype != mx.float64
+
+
+def exp(x: mx.array) -> mx.array:
+    return _on_float32(exp_fast, x) if _fast(x) else exp_ref(x)
+
+
+def sigmoid(x: mx.array) -> mx.array:
+    return _on_float32(sigmoid_fast, x) if _fast(x) else sigmoid_ref(x)
+
+
+def silu(x: mx.array) -> mx.array:
+    return _on_float32(silu_fast, x) if _fast(x) else silu_ref(x)
+
+
+def tanh(x: mx.array) -> mx.array:
+    return _on_float32(tanh_fast, x) if _fast(x) else tanh_ref(x)
+
+
+def soft_cap(x: mx.array, cap: float) -> mx.array:
+    return _on_float32(lambda v: soft_cap_fast(v, cap), x) if _fast(x) else soft_cap_ref(x, cap)
+
+
+def label() -> str:
+    """What the math.* registry entries run on this backend now (for the verbose line)."""
+    return "fastmath polynomial form (CPU)" if on_cpu() else "MLX op"
