@@ -15,6 +15,7 @@ surrounding spaces ignored). Any other value is an error that names the variable
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from xlstm_mlx.errors import UsageError
@@ -49,3 +50,19 @@ def choice(name: str, default: str) -> str:
     """A switch that names a choice (e.g. XLSTM_MLX_BLAS): its stripped value, or `default` when unset."""
     raw = os.environ.get(name)
     return default if raw is None or not raw.strip() else raw.strip()
+
+
+class Setting:
+    """A process-wide setting that a `with setting.override(value):` block changes and then restores (the one
+    shape of every such switch: forced reference kernels, projection fusing, ...)."""
+
+    def __init__(self, value=None):
+        self.value = value
+
+    @contextlib.contextmanager
+    def override(self, value):
+        previous, self.value = self.value, value
+        try:
+            yield
+        finally:
+            self.value = previous

@@ -33,7 +33,6 @@ tests use it to check a whole model on the slow, simple path. `describe()` says 
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, NamedTuple
 
 from xlstm_mlx import env
@@ -82,22 +81,17 @@ MATH = ("math.sigmoid", "math.silu", "math.soft_cap")
 SEQUENCE_FORMS = ("chunkwise", "parallel", "sequence")
 STEP_FORMS = ("step",)
 
-_force_reference: bool | None = None  # None: XLSTM_MLX_REFERENCE_KERNELS decides
+_force_reference = env.Setting(None)  # None: XLSTM_MLX_REFERENCE_KERNELS decides
 
 
 def reference_forced() -> bool:
-    return env.flag("XLSTM_MLX_REFERENCE_KERNELS") if _force_reference is None else _force_reference
+    forced = _force_reference.value
+    return env.flag("XLSTM_MLX_REFERENCE_KERNELS") if forced is None else forced
 
 
-@contextlib.contextmanager
 def use_reference(enabled: bool = True):
     """Force (or stop forcing) the reference kernels inside a `with` block."""
-    global _force_reference
-    previous, _force_reference = _force_reference, enabled
-    try:
-        yield
-    finally:
-        _force_reference = previous
+    return _force_reference.override(enabled)
 
 
 def get(name: str) -> Callable:

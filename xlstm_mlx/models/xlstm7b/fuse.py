@@ -26,10 +26,10 @@ input to bfloat16 under the 'fast' profile. With float32 weights the two could b
 
 from __future__ import annotations
 
-import contextlib
-
 import mlx.core as mx
 import mlx.nn as nn
+
+from xlstm_mlx import env
 
 # fused layer -> (the block's sub-module, the single layers it stacks, in the fused row order)
 FUSED_PARTS = {
@@ -39,34 +39,22 @@ FUSED_PARTS = {
 }
 _KEY = "_xlstm_fused_"  # + fused name: (weight, bias or None, [(part, weight view, bias view)]) in __dict__
 
-_enabled = True
-_inference = False
+_enabled = env.Setting(True)
+_inference = env.Setting(False)
 
 
 def fusing_enabled() -> bool:
-    return _enabled
+    return _enabled.value
 
 
-@contextlib.contextmanager
 def fusing(enabled: bool = True):
     """Let `load` fuse stored-single models (the default) or not, inside a `with` block."""
-    global _enabled
-    previous, _enabled = _enabled, enabled
-    try:
-        yield
-    finally:
-        _enabled = previous
+    return _enabled.override(enabled)
 
 
-@contextlib.contextmanager
 def inference_call(enabled: bool = True):
     """Inside: layers use their fused arrays (Model.__call__ with a cache opens it around the forward)."""
-    global _inference
-    previous, _inference = _inference, enabled
-    try:
-        yield
-    finally:
-        _inference = previous
+    return _inference.override(enabled)
 
 
 def _parts_fusable(layers) -> bool:
@@ -126,7 +114,7 @@ def refresh(model) -> bool:
 
 def group(owner: nn.Module, name: str):
     """(weight, bias) of a fused group to use now, or None (not fused, or not inside an inference call)."""
-    hit = owner.__dict__.get(_KEY + name) if _inference else None
+    hit = owner.__dict__.get(_KEY + name) if _inference.value else None
     return None if hit is None else hit[:2]
 
 
