@@ -13,7 +13,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from kernels.test_mlstm import inputs
+from kernels.test_mlstm import close, inputs
 from oracles.mlstm_f64 import mlstm_sequence_f64
 from xlstm_mlx.kernels import (mlstm_chunkwise, mlstm_chunkwise_ref, mlstm_parallel, mlstm_sequence, mlstm_step,
                                mlstm_step_ref)
@@ -25,13 +25,6 @@ F64_TOL = 1e-12
 def f64(*xs):
     return tuple(None if x is None else (tuple(a.astype(mx.float64) for a in x) if isinstance(x, tuple)
                                          else x.astype(mx.float64)) for x in xs)
-
-
-def close(a, b, tol):
-    a, b = np.array(a), np.array(b)
-    assert np.isfinite(a).all() and np.isfinite(b).all(), "NaN/Inf"
-    err = np.abs(a - b).max() / max(np.abs(b).max(), 1.0)
-    assert err <= tol, f"normwise error {err:.3g} > {tol}"
 
 
 @pytest.mark.parametrize("form", [mlstm_sequence, mlstm_parallel, mlstm_chunkwise, mlstm_chunkwise_ref])
