@@ -26,11 +26,10 @@ def linear(layer: nn.Module, x: mx.array) -> mx.array:
 
 def fused_or_layer(owner: nn.Module, name: str, x: mx.array) -> mx.array:
     """The fused projection `name` of `owner`: its own layer (stored fused), or the fused arrays of a stored-single
-    model inside an inference call (fuse.py)."""
+    model inside an inference call (fuse.py; float or quantized alike)."""
     if name in owner:
         return linear(owner[name], x)
-    w, b = fuse.group(owner, name)
-    return kernels.get("matmul.skinny")(x, w, b)
+    return fuse.group(owner, name)(x, kernels.get("matmul.skinny"))
 
 
 def has_fused(owner: nn.Module, name: str) -> bool:
