@@ -74,13 +74,13 @@ def build_model(model_path: str | None, shape: str | None, dtype: str | None, pr
     return model, f"random weights, shape {shape}"
 
 
-def bench_prefill(model, batch, length, reps, budget, rng_key, step_size):
+def bench_prefill(model, batch, length, reps, budget, rng_key, step_size, blocks_per_eval=1):
     """The generation path's prefill (state only, in chunks of `step_size`): prompt tokens/s."""
     ids = mx.random.randint(0, model.args.vocab_size, (batch, length), key=rng_key).astype(mx.int32)
 
     def once():
         cache = model.make_cache(batch)
-        prefill(model, ids, cache, prefill_step_size=step_size)
+        prefill(model, ids, cache, prefill_step_size=step_size, blocks_per_eval=blocks_per_eval)
         _sync(*cache.arrays())
 
     once()  # warm-up (kernel compilation, allocator)
@@ -113,12 +113,13 @@ def bench_decode(model, batch, steps, reps, budget, rng_key, prompt_len=16):
             "reps": len(times), "peak_memory_bytes": mx.get_peak_memory()}
 
 
-def bench_ttft(model, length, reps, budget, rng_key, step_size):
+def bench_ttft(model, length, reps, budget, rng_key, step_size, blocks_per_eval=1):
     """Prompt in, first sampled token on the host (batch 1), through generate_step."""
     ids = mx.random.randint(0, model.args.vocab_size, (1, length), key=rng_key).astype(mx.int32)
 
     def first_token():
-        next(generate_step(model, ids, max_tokens=1, prefill_step_size=step_size)).item()
+        next(generate_step(model, ids, max_tokens=1, prefill_step_size=step_size,
+                           blocks_per_eval=blocks_per_eval)).item()
 
     first_token()
     mx.reset_peak_memory()
@@ -151,7 +152,7 @@ def validate(args) -> None:
         parse_grid(args.prefill_grid)
     if args.decode_batch and args.decode_steps < 1:
         raise UsageError(f"--decode-steps must be >= 1, got {args.decode_steps} (or give no --decode-batch)")
-    for name, low in (("reps", 1), ("prefill_step_size", 1), ("ttft_len", 0)):
+    for name, low in (("reps", 1), ("prefill_step_size", 1), ("ttft_len", 0), ("blocks_per_eval", 0)):
         if getattr(args, name) < low:
             raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
     if not args.budget >= 0:
@@ -196,7 +197,7 @@ def run(args, built: tuple | None = None, out: dict | None = None) -> dict:
     grid = (parse_grid(args.prefill_grid) if args.prefill_grid
             else [(b, t) for b in args.prefill_batch for t in args.prefill_len])
     for b, t in grid:
-        r = bench_prefill(model, b, t, args.reps, args.budget, key, args.prefill_step_size)
+        r = bench_prefill(model, b, t, args.reps, args.budget, key, args.prefill_step_size, args.blocks_per_eval)
         r.update(floor_tok_s=pf_floor, ratio_to_floor=r["tok_s"] / pf_floor)
         out["prefill"].append(r)
         print(f"[bench] prefill B={b} T={t}: {r['tok_s']:.0f} tok/s ({r['ratio_to_floor']:.1%} of floor "
@@ -210,7 +211,8 @@ def run(args, built: tuple | None = None, out: dict | None = None) -> dict:
               f"{r['ratio_to_floor']:.1%} of floor {f:.1f}), peak {r['peak_memory_bytes'] / 1e9:.2f} GB",
               file=sys.stderr)
     if args.ttft_len:
-        r = bench_ttft(model, args.ttft_len, args.reps, args.budget, key, args.prefill_step_size)
+        r = bench_ttft(model, args.ttft_len, args.reps, args.budget, key, args.prefill_step_size,
+                       args.blocks_per_eval)
         f = args.ttft_len / pf_floor
         r.update(floor_seconds=f, ratio_to_floor=f / r["seconds"])
         out["ttft"] = r
@@ -231,6 +233,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill-grid", nargs="+", metavar="BxT",
                    help="explicit (batch x length) pairs, e.g. 1x2048 8x512 (instead of the batch x length product)")
     p.add_argument("--prefill-step-size", type=int, default=2048, help="prefill chunk length (as in generate)")
+    p.add_argument("--blocks-per-eval", type=int, default=1,
+                   help="prefill: evaluate every N blocks, bounding the transient memory (0: one graph per chunk)")
     p.add_argument("--decode-batch", type=int, nargs="*", default=[1, 8, 64])
     p.add_argument("--decode-steps", type=int, default=32, help="timed decode steps per repetition")
     p.add_argument("--ttft-len", type=int, default=2048, help="prompt length for time to first token (0: skip)")

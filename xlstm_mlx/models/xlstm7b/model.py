@@ -67,6 +67,7 @@ class Model(RecurrentLM):
         for idx, (block, state) in enumerate(zip(self.backbone.blocks, states)):
             x, state = block(x, state, mask, self.profile, check=f"block {idx}" if check else None)
             new_states.append(state)
+            self.block_done(idx, x, new_states)
         if self.args.add_out_norm:
             x = self.backbone.out_norm(x)
         head = self.backbone.embeddings if self.args.tie_word_embeddings else self.lm_head
