@@ -15,6 +15,7 @@ import sys
 import time
 
 import mlx.core as mx
+import mlx.nn as nn
 
 from xlstm_mlx import atomic
 from xlstm_mlx.atomic import check_writable
@@ -72,6 +73,17 @@ def build_model(model_path: str | None, shape: str | None, dtype: str | None, pr
     model = Model(shape_args(shape), prof)
     randomize(model, seed, dtype=prof.mx_compute_dtype)
     return model, f"random weights, shape {shape}"
+
+
+def quantized(model, source: str, bits: int, group_size: int):
+    """The model quantized in place as `convert -q` does (every eligible layer, embeddings and lm_head included)."""
+    from xlstm_mlx.checkpoints.quantize import plan_quantization, quantize_model
+
+    if any(isinstance(m, nn.QuantizedLinear) for _, m in model.leaf_modules_flat()):
+        raise UsageError("--quantize: this checkpoint is already quantized; leave out --quantize to bench it as stored")
+    plan = plan_quantization(model, bits, group_size)
+    quantize_model(model, plan, evaluate=True)
+    return model, f"{source}, quantized {bits}-bit group {group_size} (convert -q layout)"
 
 
 def bench_prefill(model, batch, length, reps, budget, rng_key, step_size, blocks_per_eval=1):
@@ -152,6 +164,10 @@ def validate(args) -> None:
         parse_grid(args.prefill_grid)
     if args.decode_batch and args.decode_steps < 1:
         raise UsageError(f"--decode-steps must be >= 1, got {args.decode_steps} (or give no --decode-batch)")
+    if args.quantize is not None:
+        from xlstm_mlx.checkpoints.quantize import check_settings
+
+        check_settings(args.quantize, args.group_size)
     for name, low in (("reps", 1), ("prefill_step_size", 1), ("ttft_len", 0), ("blocks_per_eval", 0)):
         if getattr(args, name) < low:
             raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
@@ -174,6 +190,8 @@ def run(args, built: tuple | None = None, out: dict | None = None) -> dict:
     if args.cpu:
         mx.set_default_device(mx.cpu)
     model, source = built or build_model(args.model, args.shape, args.dtype, args.profile, args.seed)
+    if args.quantize:
+        model, source = quantized(model, source, args.quantize, args.group_size)
     prof = model.profile
     cost = model.cost(prof.chunk_size)
     state_b = cost.state_bytes
@@ -228,6 +246,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="weight/compute dtype (default: bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--profile", help="numerics profile name or JSON path")
+    p.add_argument("--quantize", "-q", type=int, metavar="BITS",
+                   help="quantize the weights first, as `convert -q` does (e.g. 4 or 8)")
+    p.add_argument("--group-size", type=int, default=64, help="quantization group size (with --quantize)")
     p.add_argument("--prefill-batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--prefill-len", type=int, nargs="+", default=[128, 512, 2048])
     p.add_argument("--prefill-grid", nargs="+", metavar="BxT",
