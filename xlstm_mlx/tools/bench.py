@@ -23,6 +23,7 @@ from xlstm_mlx.checkpoints.load import load
 from xlstm_mlx.errors import UsageError
 from xlstm_mlx.checkpoints.random import SHAPES, randomize, shape_args
 from xlstm_mlx.generation.generate import generate_step, prefill
+from xlstm_mlx.models import family_of
 from xlstm_mlx.models.xlstm7b.model import Model
 from xlstm_mlx.platform import blas
 from xlstm_mlx.profiles import default_profile, load_profile
@@ -71,7 +72,9 @@ def build_model(model_path: str | None, shape: str | None, dtype: str | None, pr
     if dtype:
         prof = prof.replace(compute_dtype=dtype, kernel_dtype=dtype)
     model = Model(shape_args(shape), prof)
-    randomize(model, seed, dtype=prof.mx_compute_dtype)
+    # each tensor in the dtype `load` would give it (the family's param_dtype), so the bench runs what a loaded
+    # checkpoint runs: float32 head, pre-norms and gates beside bf16 projections under the 'fast' profile
+    randomize(model, seed, dtype=lambda name: family_of(model).param_dtype(name, prof))
     return model, f"random weights, shape {shape}"
 
 
