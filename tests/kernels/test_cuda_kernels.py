@@ -5,14 +5,16 @@ kernel cannot run there) and checks instead that the registry's fast form falls 
 References are evaluated on the CPU stream in float32, so the GPU's TF32 matmul mode does not blur them.
 Tolerances: skinny GEMM, relative Frobenius error 1e-2 for bf16 (one bf16 rounding of each output: ~2e-3) and
 1e-5 for float32 (float32 accumulation, different summation order); decode step, 1e-5 on C, n, m (float32,
-same equations) and 1e-2 on h (rounded to bf16 like the reference's h).
+same equations) and 1e-2 on h (rounded to bf16 like the reference's h); head norm + gate, the same roundings as
+the reference in the same places, so 1e-2 for bf16 (an occasional one-ulp difference where MLX's mean/variance
+or sigmoid order rounds the other way: 2^-8 relative on that element) and 1e-5 for float32.
 """
 
 import pytest
 import mlx.core as mx
 
 from xlstm_mlx import kernels
-from xlstm_mlx.kernels import mlstm_decode, skinny_gemm as skinny_matmul
+from xlstm_mlx.kernels import headnorm, mlstm_decode, skinny_gemm as skinny_matmul
 from xlstm_mlx.kernels.cuda_common import cuda_available
 
 needs_cuda = pytest.mark.skipif(not cuda_available(), reason="CUDA kernels need MLX's CUDA backend with the GPU as "
@@ -33,6 +35,22 @@ def test_fast_forms_fall_back_to_their_references_without_cuda():
     assert mx.array_equal(kernels.get("matmul.skinny")(x, w), skinny_matmul.skinny_matmul_ref(x, w))
     assert "MLX" in kernels.describe(["matmul.skinny"])["matmul.skinny"]
     assert "MLX ops" in kernels.describe(["mlstm.decode_step"])["mlstm.decode_step"]
+    assert "MLX ops" in kernels.describe(["mlstm.headnorm_gate"])["mlstm.headnorm_gate"]
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_headnorm_gate_fast_form_matches_its_reference(bias):
+    """Any backend: the registry's fast form (the CUDA kernel, or MLX ops with the CPU's polynomial sigmoid)
+    against the MLX-ops reference in float32: the polynomial sigmoid differs by <= 3e-7 relative."""
+    B, NH, DH = 3, 4, 256
+    ks = [mx.random.key(60 + i) for i in range(4)]
+    h = mx.random.normal((B, NH, DH), key=ks[0]) * 3.0 + 1.0
+    qkvo = mx.random.normal((B, 100 + NH * DH + 7), key=ks[1]) * 4.0
+    w = mx.random.normal((NH * DH,), key=ks[2]) + 1.0
+    b = mx.random.normal((NH * DH,), key=ks[3]) if bias else None
+    ref = headnorm.headnorm_gate_ref(h, qkvo, 100, w, b, 1e-6)
+    got = kernels.get("mlstm.headnorm_gate")(h, qkvo, 100, w, b, 1e-6)
+    assert got.shape == (B, NH * DH) and _rel(got, ref) <= 1e-5
 
 
 @needs_cuda
@@ -86,6 +104,26 @@ def test_decode_step_kernel_matches_the_reference(B, cap, dtype, tj):
     assert _rel(h, h_ref) <= (1e-2 if dtype == mx.bfloat16 else 1e-5)
     for a, b in zip(s, s_ref):
         assert a.shape == b.shape and _rel(a, b) <= 1e-5
+
+
+@needs_cuda
+@pytest.mark.parametrize("B", [1, 16, 64])
+@pytest.mark.parametrize("dtype,tol", [(mx.bfloat16, 1e-2), (mx.float32, 1e-5)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_headnorm_gate_kernel_matches_the_reference(B, dtype, tol, bias):
+    NH, DH, off = 8, 512, 3 * 2048
+    ks = [mx.random.key(7 * B + i) for i in range(4)]
+    h = (mx.random.normal((B, NH, DH), key=ks[0]) * 2.0 + 0.5).astype(dtype)
+    qkvo = (mx.random.normal((B, off + NH * DH), key=ks[1]) * 3.0).astype(dtype)
+    w = (mx.random.normal((NH * DH,), key=ks[2]) * 0.3 + 1.0).astype(dtype)
+    b = mx.random.normal((NH * DH,), key=ks[3]).astype(dtype) if bias else None
+    assert headnorm.applies(h, qkvo, w, b)
+    with mx.stream(mx.cpu):
+        ref = headnorm.headnorm_gate_ref(h, qkvo, off, w, b, 1e-6)
+        mx.eval(ref)
+    out = headnorm.headnorm_gate_cuda(h, qkvo, off, w, b, 1e-6)
+    assert out.dtype == dtype and out.shape == (B, NH * DH)
+    assert _rel(out, ref) <= tol
 
 
 @needs_cuda

@@ -15,6 +15,8 @@ and what the fast form is on this backend (a string, or a function of nothing fo
     slstm.step        slstm_step (mx.compile)       slstm_step_ref
     mlstm.decode_step mlstm_decode_step (fused CUDA  mlstm_decode_step_ref (soft cap + mlstm_step_ref)
                       kernel on CUDA, else the ref)
+    mlstm.headnorm_gate headnorm_gate (fused CUDA    headnorm_gate_ref (layer_norm, weight, sigmoid gate)
+                      kernel on CUDA, else MLX ops)
     matmul.skinny     skinny_matmul (CUDA skinny    skinny_matmul_ref (MLX's matmul, as nn.Linear)
                       GEMM for <= 8 rows on CUDA,
                       else the ref)
@@ -39,6 +41,8 @@ from xlstm_mlx import env
 from xlstm_mlx.kernels import mlstm_decode as _decode
 from xlstm_mlx.kernels import skinny_gemm as _skinny
 from xlstm_mlx.kernels import fastmath
+from xlstm_mlx.kernels import headnorm as _headnorm
+from xlstm_mlx.kernels.headnorm import headnorm_gate, headnorm_gate_ref
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise, mlstm_chunkwise_ref
 from xlstm_mlx.kernels.mlstm_decode import mlstm_decode_step, mlstm_decode_step_ref
 from xlstm_mlx.kernels.skinny_gemm import skinny_matmul, skinny_matmul_ref
@@ -67,6 +71,7 @@ KERNELS: dict[str, Kernel] = {
     "slstm.sequence": Kernel(slstm_sequence, slstm_sequence_ref, sequence_path),
     "slstm.step": Kernel(slstm_step, slstm_step_ref, "compiled step (mx.compile)"),
     "mlstm.decode_step": Kernel(mlstm_decode_step, mlstm_decode_step_ref, _decode.label),
+    "mlstm.headnorm_gate": Kernel(headnorm_gate, headnorm_gate_ref, _headnorm.label),
     "matmul.skinny": Kernel(skinny_matmul, skinny_matmul_ref, _skinny.label),
     # element-wise transcendentals: fast forms on the CPU only (MLX's Linux CPU ops are slow; docs/numerics.md)
     "math.sigmoid": Kernel(fastmath.sigmoid, fastmath.sigmoid_ref, fastmath.label),
@@ -113,5 +118,5 @@ __all__ = [
     "log_sigmoid", "mask_gates", "mlstm_zero_state", "slstm_zero_state", "mlstm_chunkwise", "mlstm_chunkwise_ref",
     "mlstm_parallel", "mlstm_sequence", "mlstm_step", "mlstm_step_ref", "slstm_sequence", "slstm_sequence_ref",
     "slstm_step", "slstm_step_ref", "mlstm_decode_step", "mlstm_decode_step_ref", "skinny_matmul",
-    "skinny_matmul_ref",
+    "skinny_matmul_ref", "headnorm_gate", "headnorm_gate_ref",
 ]

@@ -89,9 +89,10 @@ class MLSTMLayer(nn.Module):
         eps = a.eps if profile.eps is None else profile.eps
         step = kernels.get("mlstm.decode_step")
         h, state = step(qkvo.astype(kd), gates, state, a.num_heads, a.qk_dim, a.v_dim, a.gate_soft_cap, eps)
-        o = qkvo[:, None, 2 * a.qk_dim + a.v_dim:]
-        h = self.multihead_norm(h[:, None].astype(cd))
-        return linear(self.out_proj, kernels.get("math.sigmoid")(o) * h), state
+        norm = self.multihead_norm  # its LayerNorm, weight and the output gate: one launch on CUDA
+        h = kernels.get("mlstm.headnorm_gate")(h.astype(cd), qkvo, 2 * a.qk_dim + a.v_dim, norm.weight,
+                                              norm["bias"] if "bias" in norm else None, norm.eps)
+        return linear(self.out_proj, h[:, None]), state
 
     def __call__(self, x, state, mask, profile: NumericsProfile):
         a = self.args

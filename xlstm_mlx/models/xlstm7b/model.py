@@ -87,7 +87,7 @@ class Model(RecurrentLM):
     def kernel_names(self) -> list[str]:
         names = [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}"]
         if self.args.weight_mode == "fused" or fuse.is_fused(self):
-            names.append("mlstm.decode_step")
+            names += ["mlstm.decode_step", "mlstm.headnorm_gate"]
         return names + ["matmul.skinny", *kernels.MATH]
 
     def describe(self) -> dict:
