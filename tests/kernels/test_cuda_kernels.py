@@ -147,3 +147,45 @@ def test_whole_model_decode_with_the_kernels_matches_the_references():
                 tok = mx.argmax(outs[-1][:, -1], axis=-1, keepdims=True).astype(mx.int32)
             runs.append(mx.concatenate(outs, axis=1))
     assert _rel(runs[0], runs[1]) <= 1e-3  # float32 weights; TF32 matmuls on the reference side
+
+
+def _quantized_operands(M, K, N, bits, group_size, dtype, seed):
+    ks = [mx.random.key(seed + i) for i in range(3)]
+    x = mx.random.normal((M, K), key=ks[0]).astype(dtype)
+    w, scales, biases = mx.quantize((mx.random.normal((N, K), key=ks[1]) * K**-0.5).astype(dtype),
+                                    group_size=group_size, bits=bits)
+    bias = mx.random.normal((N,), key=ks[2]).astype(dtype)
+    return x, w, scales, biases, bias
+
+
+def test_quantized_matmul_routes_and_falls_back():
+    """The row threshold decides on CUDA only; elsewhere the fast form is nn.QuantizedLinear's computation."""
+    from xlstm_mlx.kernels import quant_matmul
+
+    x, w, s, b, bias = _quantized_operands(quant_matmul.DEQUANT_MIN_ROWS + 2, 128, 96, 4, 64, mx.float32, 5)
+    fast = kernels.get("matmul.quantized")(x, w, s, b, bias, 64, 4, "affine")
+    ref = quant_matmul.quantized_matmul_ref(x, w, s, b, bias, 64, 4, "affine")
+    assert quant_matmul.uses_dequantized(x) == cuda_available()
+    if not cuda_available():
+        assert mx.array_equal(fast, ref)
+    # the dequantized path is the same function on any backend (float32: the same products, another order)
+    deq = quant_matmul.dequantized_matmul(x, w, s, b, bias, 64, 4, "affine")
+    assert _rel(deq, ref) <= 1e-5
+
+
+@needs_cuda
+@pytest.mark.parametrize("M", [1, 8, 64, 300])
+@pytest.mark.parametrize("bits,group_size", [(4, 64), (8, 64), (4, 128)])
+def test_quantized_matmul_paths_match_float32(M, bits, group_size):
+    """Both CUDA paths against nn.QuantizedLinear's computation in float32 on the CPU: bf16 output rounding and
+    (dequantized path) the bf16 rounding of each weight: relative Frobenius error 1e-2."""
+    from xlstm_mlx.kernels import quant_matmul
+
+    x, w, s, b, bias = _quantized_operands(M, 4096, 1000, bits, group_size, mx.bfloat16, 11 * M + bits)
+    with mx.stream(mx.cpu):
+        ref = quant_matmul.quantized_matmul_ref(x.astype(mx.float32), w, s.astype(mx.float32),
+                                                b.astype(mx.float32), bias.astype(mx.float32), group_size, bits)
+        mx.eval(ref)
+    for fn in (quant_matmul.quantized_matmul, quant_matmul.dequantized_matmul, quant_matmul.quantized_matmul_ref):
+        y = fn(x, w, s, b, bias, group_size, bits)
+        assert y.shape == (M, 1000) and _rel(y, ref) <= 1e-2, fn.__name__

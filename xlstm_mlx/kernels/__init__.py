@@ -17,6 +17,9 @@ and what the fast form is on this backend (a string, or a function of nothing fo
                       kernel on CUDA, else the ref)
     mlstm.headnorm_gate headnorm_gate (fused CUDA    headnorm_gate_ref (layer_norm, weight, sigmoid gate)
                       kernel on CUDA, else MLX ops)
+    matmul.quantized  quantized_matmul (by rows:    quantized_matmul_ref (nn.QuantizedLinear's
+                      dequantize + GEMM for many     mx.quantized_matmul + bias)
+                      rows on CUDA)
     matmul.skinny     skinny_matmul (CUDA skinny    skinny_matmul_ref (MLX's matmul, as nn.Linear)
                       GEMM for <= 8 rows on CUDA,
                       else the ref)
@@ -43,6 +46,8 @@ from xlstm_mlx.kernels import skinny_gemm as _skinny
 from xlstm_mlx.kernels import fastmath
 from xlstm_mlx.kernels import headnorm as _headnorm
 from xlstm_mlx.kernels.headnorm import headnorm_gate, headnorm_gate_ref
+from xlstm_mlx.kernels import quant_matmul as _quant
+from xlstm_mlx.kernels.quant_matmul import quantized_matmul, quantized_matmul_ref
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise, mlstm_chunkwise_ref
 from xlstm_mlx.kernels.mlstm_decode import mlstm_decode_step, mlstm_decode_step_ref
 from xlstm_mlx.kernels.skinny_gemm import skinny_matmul, skinny_matmul_ref
@@ -73,6 +78,7 @@ KERNELS: dict[str, Kernel] = {
     "mlstm.decode_step": Kernel(mlstm_decode_step, mlstm_decode_step_ref, _decode.label),
     "mlstm.headnorm_gate": Kernel(headnorm_gate, headnorm_gate_ref, _headnorm.label),
     "matmul.skinny": Kernel(skinny_matmul, skinny_matmul_ref, _skinny.label),
+    "matmul.quantized": Kernel(quantized_matmul, quantized_matmul_ref, _quant.label),
     # element-wise transcendentals: fast forms on the CPU only (MLX's Linux CPU ops are slow; docs/numerics.md)
     "math.sigmoid": Kernel(fastmath.sigmoid, fastmath.sigmoid_ref, fastmath.label),
     "math.silu": Kernel(fastmath.silu, fastmath.silu_ref, fastmath.label),
@@ -119,4 +125,5 @@ __all__ = [
     "mlstm_parallel", "mlstm_sequence", "mlstm_step", "mlstm_step_ref", "slstm_sequence", "slstm_sequence_ref",
     "slstm_step", "slstm_step_ref", "mlstm_decode_step", "mlstm_decode_step_ref", "skinny_matmul",
     "skinny_matmul_ref", "headnorm_gate", "headnorm_gate_ref",
+    "quantized_matmul", "quantized_matmul_ref",
 ]

@@ -18,10 +18,15 @@ from xlstm_mlx.profiles import NumericsProfile
 
 def linear(layer: nn.Module, x: mx.array) -> mx.array:
     """layer(x), with a float nn.Linear routed through the "matmul.skinny" kernel (the CUDA skinny GEMM for
-    decode-sized inputs on MLX's CUDA backend, MLX's matmul otherwise: kernels/skinny_gemm.py)."""
-    if type(layer) is not nn.Linear:  # quantized (nn.QuantizedLinear) or any other module: its own call
+    decode-sized inputs on MLX's CUDA backend, MLX's matmul otherwise: kernels/skinny_gemm.py) and an
+    nn.QuantizedLinear through "matmul.quantized" (kernels/quant_matmul.py: the path by the rows of x)."""
+    bias = layer["bias"] if "bias" in layer else None
+    if type(layer) is nn.QuantizedLinear:
+        return kernels.get("matmul.quantized")(x, layer.weight, layer.scales, layer.get("biases"), bias,
+                                               layer.group_size, layer.bits, layer.mode)
+    if type(layer) is not nn.Linear:  # any other module: its own call
         return layer(x)
-    return kernels.get("matmul.skinny")(x, layer.weight, layer["bias"] if "bias" in layer else None)
+    return kernels.get("matmul.skinny")(x, layer.weight, bias)
 
 
 def fused_or_layer(owner: nn.Module, name: str, x: mx.array) -> mx.array:
@@ -29,7 +34,7 @@ def fused_or_layer(owner: nn.Module, name: str, x: mx.array) -> mx.array:
     model inside an inference call (fuse.py; float or quantized alike)."""
     if name in owner:
         return linear(owner[name], x)
-    return fuse.group(owner, name)(x, kernels.get("matmul.skinny"))
+    return fuse.group(owner, name)(x)
 
 
 def has_fused(owner: nn.Module, name: str) -> bool:

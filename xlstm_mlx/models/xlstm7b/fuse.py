@@ -32,7 +32,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from xlstm_mlx import env
+from xlstm_mlx import env, kernels
 
 # fused layer -> (the block's sub-module, the single layers it stacks, in the fused row order)
 FUSED_PARTS = {
@@ -94,15 +94,14 @@ class FusedLinear:
     def bias(self):
         return self.arrays.get("bias")
 
-    def __call__(self, x: mx.array, float_matmul) -> mx.array:
-        """float_matmul(x, weight, bias) runs a float group (the "matmul.skinny" kernel); a quantized group
-        computes what nn.QuantizedLinear computes."""
+    def __call__(self, x: mx.array) -> mx.array:
+        """A float group through the "matmul.skinny" kernel, a quantized one through "matmul.quantized" (what
+        nn.QuantizedLinear computes), as the layers it stacks run (block.linear)."""
         if self.quant is None:
-            return float_matmul(x, self.weight, self.bias)
+            return kernels.get("matmul.skinny")(x, self.weight, self.bias)
         group_size, bits, mode = self.quant
-        y = mx.quantized_matmul(x, self.weight, scales=self.arrays["scales"], biases=self.arrays.get("biases"),
-                                transpose=True, group_size=group_size, bits=bits, mode=mode)
-        return y if self.bias is None else y + self.bias
+        return kernels.get("matmul.quantized")(x, self.weight, self.arrays["scales"], self.arrays.get("biases"),
+                                               self.bias, group_size, bits, mode)
 
 
 def _fuse_group(owner: nn.Module, name: str, parts: tuple[str, ...]) -> bool:

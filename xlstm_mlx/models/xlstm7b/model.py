@@ -88,7 +88,8 @@ class Model(RecurrentLM):
         names = [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}"]
         if self.args.weight_mode == "fused" or fuse.is_fused(self):
             names += ["mlstm.decode_step", "mlstm.headnorm_gate"]
-        return names + ["matmul.skinny", *kernels.MATH]
+        quantized = any(type(m) is nn.QuantizedLinear for _, m in self.leaf_modules_flat())
+        return names + ["matmul.skinny", *(["matmul.quantized"] if quantized else []), *kernels.MATH]
 
     def describe(self) -> dict:
         a = self.args
