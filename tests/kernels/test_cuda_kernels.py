@@ -189,3 +189,36 @@ def test_quantized_matmul_paths_match_float32(M, bits, group_size):
     for fn in (quant_matmul.quantized_matmul, quant_matmul.dequantized_matmul, quant_matmul.quantized_matmul_ref):
         y = fn(x, w, s, b, bias, group_size, bits)
         assert y.shape == (M, 1000) and _rel(y, ref) <= 1e-2, fn.__name__
+
+
+@needs_cuda
+@pytest.mark.parametrize("rows", [1, 16, 2048])
+@pytest.mark.parametrize("D", [4096, 1000])
+@pytest.mark.parametrize("h_dtype", [None, mx.bfloat16, mx.float32])
+@pytest.mark.parametrize("bias", [False, True])
+def test_add_rms_norm_kernel_matches_the_reference(rows, D, h_dtype, bias):
+    """float32 r and y: the same sums in another order, 1e-6; y in bf16: one rounding, 1e-2 (statistical: a last-
+    bit float32 difference can flip a bf16 rounding)."""
+    from xlstm_mlx.kernels import add_rms_norm as arn
+
+    ks = [mx.random.key(rows + D + i) for i in range(4)]
+    x = mx.random.normal((rows, 1, D), key=ks[0]) * 3.0
+    h = None if h_dtype is None else mx.random.normal((rows, 1, D), key=ks[1]).astype(h_dtype)
+    w = mx.random.normal((D,), key=ks[2]) * 0.2 + 1.0
+    b = mx.random.normal((D,), key=ks[3]) if bias else None
+    assert arn.applies(x, h, w, b)
+    with mx.stream(mx.cpu):
+        ref = arn.add_rms_norm_ref(x, h, w, b, 1e-6, mx.bfloat16)
+        mx.eval(ref)
+    got = arn.add_rms_norm_cuda(x, h, w, b, 1e-6, mx.bfloat16)
+    assert [g.dtype for g in got] == [mx.float32, mx.float32, mx.bfloat16]
+    assert _rel(got[0], ref[0]) <= 1e-7 and _rel(got[1], ref[1]) <= 1e-6 and _rel(got[2], ref[2]) <= 1e-2
+
+
+def test_add_rms_norm_fast_form_without_cuda_is_the_reference():
+    if cuda_available():
+        pytest.skip("CUDA present: the kernel runs (tested above)")
+    x, h, w = mx.random.normal((2, 3, 64)), mx.random.normal((2, 3, 64)).astype(mx.bfloat16), mx.ones((64,))
+    for a, b in zip(kernels.get("norm.add_rms")(x, h, w, None, 1e-5, mx.bfloat16),
+                    kernels.KERNELS["norm.add_rms"].reference(x, h, w, None, 1e-5, mx.bfloat16)):
+        assert mx.array_equal(a, b)
