@@ -91,6 +91,7 @@ def quantized(model, source: str, bits: int, group_size: int):
 
 def bench_prefill(model, batch, length, reps, budget, rng_key, step_size, blocks_per_eval=1):
     """The generation path's prefill (state only, in chunks of `step_size`): prompt tokens/s."""
+    mx.clear_cache()  # each figure starts from an empty buffer cache, whatever ran before it
     ids = mx.random.randint(0, model.args.vocab_size, (batch, length), key=rng_key).astype(mx.int32)
 
     def once():
@@ -107,6 +108,7 @@ def bench_prefill(model, batch, length, reps, budget, rng_key, step_size, blocks
 
 def bench_decode(model, batch, steps, reps, budget, rng_key, prompt_len=16):
     """generate_step's pipelined greedy loop: tokens/s between the first sampled token and the last."""
+    mx.clear_cache()  # each figure starts from an empty buffer cache, whatever ran before it
     ids = mx.random.randint(0, model.args.vocab_size, (batch, prompt_len), key=rng_key).astype(mx.int32)
 
     def once():
@@ -130,6 +132,7 @@ def bench_decode(model, batch, steps, reps, budget, rng_key, prompt_len=16):
 
 def bench_ttft(model, length, reps, budget, rng_key, step_size, blocks_per_eval=1):
     """Prompt in, first sampled token on the host (batch 1), through generate_step."""
+    mx.clear_cache()  # each figure starts from an empty buffer cache, whatever ran before it
     ids = mx.random.randint(0, model.args.vocab_size, (1, length), key=rng_key).astype(mx.int32)
 
     def first_token():
