@@ -213,7 +213,8 @@ def main() -> None:
     max_batch = max(args.clients)
     log = Path(tempfile.mkdtemp()) / "server.log"
     proc, url = start_server(args.backend, model, max_batch, log, server_env)
-    request_model = model if args.backend == "mlx-lm" else "x"  # mlx_lm.server loads the model a request names
+    # mlx_lm.server loads the model a request names; ours serves one and answers 404 to any other name
+    request_model = model if args.backend == "mlx-lm" else Path(model).resolve().name
     eos = {str(args.eos_id): -100}
     try:
         levels = []

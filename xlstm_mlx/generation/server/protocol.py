@@ -2,7 +2,7 @@
 
 Strict: a string where a number belongs is an error, not a coercion; unknown fields are ignored (clients send
 fields like `user`); fields we cannot honour (n > 1, echo, suffix, presence/frequency penalties) are refused
-with a message rather than silently dropped. Nothing here names a file: the `model` field is only echoed.
+with a message rather than silently dropped. Nothing here names a file: the `model` field is only compared with the served model's id (app.py).
 """
 
 from __future__ import annotations
