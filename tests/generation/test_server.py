@@ -185,6 +185,60 @@ def test_concurrent_streams_equal_solo_greedy(server, reference):
         assert usage is not None and usage.completion_tokens <= n
 
 
+def _metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+
+SAMPLED = [dict(temperature=0.9, top_p=0.9, seed=7, top_k=40, min_p=0.05, repetition_penalty=1.3),
+           dict(temperature=1.2, seed=123),
+           dict(temperature=0.7, top_k=5, seed=2**40 + 1, repetition_penalty=0.9, repetition_context_size=4),
+           dict(temperature=1.0, min_p=0.1, seed=0)]
+
+
+def test_seeded_sampling_is_the_same_solo_in_a_batch_and_as_generate(server):
+    """Sampled rows are drawn in the batched decode step, each with its own key: a seeded request gives the same
+    text alone, inside a batch of other sampled and greedy requests, and as generate() with the same settings."""
+    from xlstm_mlx.checkpoints.load import load
+    from xlstm_mlx.generation.generate import generate
+
+    model, tok = load(DEMO)
+    n = 24
+    prompts = PROMPTS[:len(SAMPLED)]
+    expected = [generate(model, tok, p, n, logit_bias={2: -100.0}, temp=kw["temperature"],
+                         **{k: v for k, v in kw.items() if k != "temperature"}) for p, kw in zip(prompts, SAMPLED)]
+    greedy = [generate(model, tok, p, n, temp=0.0, logit_bias={2: -100.0}) for p in PROMPTS[4:8]]
+
+    def body(kw):
+        extra = {k: v for k, v in kw.items() if k in ("top_k", "min_p", "repetition_penalty", "repetition_context_size")}
+        return dict(temperature=kw["temperature"], top_p=kw.get("top_p", 1.0), seed=kw["seed"], extra_body=extra)
+
+    c = _client(server)
+    solo = [c.completions.create(model=MODEL, prompt=p, max_tokens=n, logit_bias=BANNED_EOS, **body(kw)).choices[0].text
+            for p, kw in zip(prompts, SAMPLED)]
+    assert solo == expected
+
+    async def main():
+        client = _client(server, async_=True)
+        try:
+            sampled = [client.completions.create(model=MODEL, prompt=p, max_tokens=n, logit_bias=BANNED_EOS, **body(kw))
+                       for p, kw in zip(prompts, SAMPLED)]
+            plain = [client.completions.create(model=MODEL, prompt=p, max_tokens=n, temperature=0,
+                                               logit_bias=BANNED_EOS) for p in PROMPTS[4:8]]
+            return await asyncio.gather(*sampled, *plain)
+        finally:
+            await client.close()
+
+    steps, rows = _metric(server, "xlstm_mlx_decode_steps_total"), _metric(server, "xlstm_mlx_decode_batch_rows_total")
+    results = asyncio.run(asyncio.wait_for(main(), 120))
+    texts = [r.choices[0].text for r in results]
+    assert texts[: len(SAMPLED)] == expected and texts[len(SAMPLED):] == greedy
+    steps = _metric(server, "xlstm_mlx_decode_steps_total") - steps
+    rows = _metric(server, "xlstm_mlx_decode_batch_rows_total") - rows
+    assert rows / steps > 2, (rows, steps)  # they did decode together
+
+
 def test_stop_strings_and_sampling_fields(server, reference):
     c = _client(server)
     full = reference(PROMPTS[0], 24)
