@@ -316,6 +316,34 @@ def test_chat_streaming_equals_non_streaming_and_reuses_the_prefix_state(server)
     assert "xlstm_mlx_time_to_first_token_seconds_count" in metrics
 
 
+def test_a_shared_system_prompt_and_an_edited_last_message_start_from_stored_states(server):
+    """States are stored at a chat's boundaries (end of the system prompt, start of the last message): another
+    conversation with the same system prompt, or the same one with its last message edited, starts there; the
+    text equals generate() on the whole prompt from a zero state."""
+    from xlstm_mlx.checkpoints.load import load
+    from xlstm_mlx.generation.generate import generate
+    from xlstm_mlx.generation.server.protocol import _chat_ids
+
+    model, tok = load(DEMO)
+    c = _client(server)
+    system = {"role": "system", "content": "You are the Chorus, and you speak in verse of Verona and its feuds."}
+
+    def ask(messages):
+        r = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0)
+        ids = _chat_ids(tok, messages, add_generation_prompt=True)
+        assert r.choices[0].message.content == generate(model, tok, ids, 12, temp=0.0, stop=["\nUser:"])
+        return r.usage.prompt_tokens_details.cached_tokens
+
+    head = len(_chat_ids(tok, [system], add_generation_prompt=False))
+    assert ask([system, {"role": "user", "content": "Who are the lovers?"}]) < head  # (a BOS state may be stored)
+    assert ask([system, {"role": "user", "content": "Where do we lay our scene?"}]) == head
+    convo = [system, {"role": "user", "content": "Tell the tale."}, {"role": "assistant", "content": "Two houses."},
+             {"role": "user", "content": "Go on."}]
+    ask(convo)
+    before_last = len(_chat_ids(tok, convo[:-1], add_generation_prompt=False))
+    assert ask(convo[:-1] + [{"role": "user", "content": "Say more, softly."}]) == before_last
+
+
 def test_prefix_state_gives_the_same_text_as_a_fresh_prefill(server, reference):
     """A prompt that extends a finished one starts from its stored state: same text as from scratch."""
     c = _client(server)

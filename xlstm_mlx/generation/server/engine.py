@@ -17,7 +17,10 @@ Loop, one iteration at a time:
 
 Cache semantics are generate.py's: a row's state has consumed its prompt and every generated token but the last
 (sampled, never fed back). That state is stored in the prefix cache when the row ends, with the prompt-boundary
-state (prompt minus its last token) and one every `save_every` prompt tokens of long prompts.
+state (prompt minus its last token), one at each of the job's `save_at` boundaries (a chat's end of the system
+prompt and start of the last message: the next conversation with the same system prompt, or an edited last
+message, starts there; a prefill chunk ends at such a boundary to take it) and one every `save_every` prompt
+tokens of long prompts.
 
 Greedy rows are exactly what `generate --temp 0` computes for the same prompt: the same prefill (chunks of
 `prefill_chunk`, no mask for a group of one), the same compiled decode step, argmax per row. Rows are independent
@@ -74,6 +77,7 @@ class Job:
     logit_bias: dict[int, float] | None = None
     stop: list[str] = field(default_factory=list)
     logprobs: int | None = None  # None: off; else how many top alternatives to return (0 = only the chosen)
+    save_at: list[int] = field(default_factory=list)  # prompt lengths whose state is worth storing (boundaries)
 
 
 @dataclass
@@ -348,10 +352,24 @@ class Engine:
                              logprobs=j.logprobs)
         r.text = TextStream(self.tokenizer, j.stop, self.tokenizer.eos_token_ids, j.max_tokens)
 
+    def _boundaries(self, g: _Group, s: int) -> list[tuple[int, int]]:
+        """(group position, row) of the rows' `save_at` boundaries after position `s`, in order."""
+        out = []
+        for b, r in enumerate(g.rows):
+            for k in r.job.save_at:
+                at = g.pads[b] + k - r.cached  # k prompt tokens consumed at this group position
+                if k > max(r.cached, r.last_saved) and s < at < g.length:
+                    out.append((at, b))
+        return sorted(out)
+
     def _prefill_chunk(self) -> None:
         mx = self._mx
         g = self._group
-        s, e = g.pos, min(g.length, g.pos + self.prefill_chunk)
+        s = g.pos
+        e = min(g.length, s + self.prefill_chunk)
+        marks = self._boundaries(g, s)
+        if marks and marks[0][0] < e:  # end this chunk at the next boundary, to store the state there
+            e = marks[0][0]
         t0 = time.perf_counter()
         tokens = mx.array([t[s:e] for t in g.tokens], dtype=mx.int32)
         mask = None
@@ -363,9 +381,10 @@ class Engine:
         self.metrics.prefill_tokens += sum(max(0, e - max(s, p)) for p in g.pads)
         self.metrics.prefill_seconds += time.perf_counter() - t0
         if e < g.length:
-            for b, r in enumerate(g.rows):  # every `save_every` prompt tokens of a long prompt
+            for b, r in enumerate(g.rows):
                 consumed = r.cached + max(0, e - g.pads[b])
-                if self.save_every and consumed - r.last_saved >= self.save_every:
+                at_boundary = consumed in r.job.save_at and consumed > r.last_saved
+                if at_boundary or (self.save_every and consumed - r.last_saved >= self.save_every):
                     self._store(r.job.prompt[:consumed], g.cache, b)
                     r.last_saved = consumed
             return
