@@ -2,15 +2,16 @@
 
 A sampler maps logits [B, V] to token ids [B] (int32). The order follows transformers: the logits are divided
 by the temperature first, then top-k, top-p and min-p each mask tokens to -inf (each filter always keeps the most
-likely token), then one categorical draw per row (Gumbel-max: argmax of the logits plus Gumbel noise). Temperature 0 is greedy (argmax; the filters cannot change it).
+likely token), then one categorical draw per row (Gumbel-max: argmax of the logits plus Gumbel noise).
+Temperature 0 is greedy (argmax; the filters cannot change it).
 
 A logits processor maps (history [B, L] int32, logits [B, V]) to logits [B, V]; a history entry < 0 means "no
 token" (left padding of a batch). Processors compose as a list applied in order.
 
 Reproducibility: a sampler given a seed owns an `mx.random` key and splits it for every draw (the noise of a
 draw is `mx.random.gumbel(logits.shape, key=sub)`), so the same seed and the same logits give the same tokens
-whatever else uses the global generator, and batch_sample.py reproduces them row by row inside a batch; without a seed it draws from
-MLX's global generator (`mx.random.seed` controls that).
+whatever else uses the global generator, and batch_sample.py reproduces them row by row inside a batch; without
+a seed it draws from MLX's global generator (`mx.random.seed` controls that).
 """
 
 from __future__ import annotations
