@@ -186,7 +186,7 @@ def test_concurrent_streams_equal_solo_greedy(server, reference):
 
 
 def test_64_concurrent_streams_and_16_concurrent_chats(server, reference):
-    """The issue's bar: 64 streamed completions at once (8 rows, the rest queued) all finish and equal solo greedy;
+    """The bar for serving: 64 streamed completions at once (8 rows, the rest queued) all finish and equal solo greedy;
     16 streamed chats at once each equal the same chat asked alone."""
     n = 6
 
@@ -458,7 +458,7 @@ def test_disconnect_frees_the_row(small):
     t0 = time.monotonic()
     stream.close()
     assert _wait_for(lambda: _get(url + "/health")["active"] == 0, timeout=5), _get(url + "/health")
-    assert time.monotonic() - t0 < 1.0  # the issue's bar: a dropped stream frees its row within a second
+    assert time.monotonic() - t0 < 1.0  # a dropped stream frees its row within a second
 
 
 def test_overload_gets_429_with_retry_after(small):

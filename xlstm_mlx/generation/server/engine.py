@@ -248,6 +248,7 @@ class Engine:
         if self.verbose:
             print(f"[xlstm-mlx serve] engine: continuous batching over up to {self.max_batch} rows, "
                   f"prefill chunk {self.prefill_chunk}, decode step: {'compiled' if self.decode.compiled else 'plain'}, "
+                  f"pipelined, every row sampled in one batched graph (generation/batch_sample.py), "
                   f"state {self.state_bytes_per_row / 1e6:.2f} MB per row, prefix-state cache "
                   f"{self.state_cache.max_bytes / 1e6:.0f} MB", file=sys.stderr)
 
