@@ -50,7 +50,7 @@ import mlx.nn as nn
 
 from xlstm_mlx import env, kernels
 from xlstm_mlx.models.cache import Cache
-from xlstm_mlx.models.compiled import compiled_forward
+from xlstm_mlx.models.compiled import call_compiled
 from xlstm_mlx.errors import UsageError
 
 
@@ -196,7 +196,7 @@ class RecurrentLM(nn.Module):
         use = self.uses_compiled_step(T, mask) if compiled is None else (compiled and T == 1 and mask is None)
         if use:
             with _blocks_per_eval.override(0):  # a trace evaluates nothing (one token: no transients to bound)
-                logits, states = compiled_forward(self)(input_ids, states)
+                logits, states = call_compiled(self, input_ids, states)
         else:
             with _evaluation_window():  # block_done's in-flight group belongs to this call only
                 logits, states = self.forward(input_ids, states, mask, self.check_numerics)

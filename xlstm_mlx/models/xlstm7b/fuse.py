@@ -160,6 +160,17 @@ def refresh(model) -> bool:
     return changed
 
 
+def rebind(model) -> None:
+    """After an mx.compile trace: record the parts' arrays as they are now. The trace put the same arrays back
+    as new Python objects (models/compiled.py), which the identity checks of `refresh` would take for updates."""
+    for block in model.backbone.blocks:
+        for name, (sub, parts) in FUSED_PARTS.items():
+            owner = block[sub]
+            hit = owner.__dict__.get(_KEY + name)
+            if hit is not None and all(owner[p] is m for p, (m, _) in zip(parts, hit[1])):
+                owner.__dict__[_KEY + name] = (hit[0], [(m, {n: m[n] for n in arrays}) for m, arrays in hit[1]])
+
+
 def group(owner: nn.Module, name: str) -> FusedLinear | None:
     """The fused group `name` of `owner` to use now, or None (not fused, or not inside an inference call)."""
     hit = owner.__dict__.get(_KEY + name) if _inference.value else None

@@ -48,6 +48,9 @@ class Model(RecurrentLM):
         """Called by `load`: fused arrays for a stored-single model's inference calls (models/xlstm7b/fuse.py)."""
         return fuse.fuse_model(self)
 
+    def after_trace(self) -> None:
+        fuse.rebind(self)  # the compiled step's trace re-wrapped the arrays (models/compiled.py)
+
     def __call__(self, input_ids, cache=None, mask=None, compiled=None, check_ids: bool = True):
         kw = dict(cache=cache, mask=mask, compiled=compiled, check_ids=check_ids)
         if cache is None:  # e.g. a training loss: the stored single layers, gradients to the parameters
