@@ -65,7 +65,7 @@ def run(args) -> None:
     from xlstm_mlx.generation.generate import generate_step
     from xlstm_mlx.tools.bench import build_model, quantized
 
-    model, source = build_model(None, args.shape, "bfloat16", None, 0)
+    model, source = build_model(None, args.shape, "bfloat16", None, 0, args.weight_mode)
     if args.quantize:
         model, source = quantized(model, source, args.quantize, 64)
     ids = mx.random.randint(0, model.args.vocab_size, (args.batch, 8), key=mx.random.key(0)).astype(mx.int32)
@@ -118,6 +118,7 @@ def main() -> int:
     p.add_argument("--shape", default="7b")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--quantize", type=int, help="bits (convert -q layout, group 64)")
+    p.add_argument("--weight-mode", choices=["single", "fused"], help="stored layout of the random weights")
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--timed", type=int, default=32, help="steps timed without the profiler")
     p.add_argument("--steps", type=int, default=1, help="steps profiled")

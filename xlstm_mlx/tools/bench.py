@@ -64,17 +64,20 @@ def device_description() -> str:
     return f"cpu: {cpu}, {os.cpu_count()} cores"
 
 
-def build_model(model_path: str | None, shape: str | None, dtype: str | None, profile: str | None, seed: int):
+def build_model(model_path: str | None, shape: str | None, dtype: str | None, profile: str | None, seed: int,
+                weight_mode: str | None = None):
     if model_path:
         model, _ = load(model_path, dtype=dtype, profile=profile)
         return model, model_path
     prof = load_profile(profile) if profile else default_profile(dtype)
     if dtype:
         prof = prof.replace(compute_dtype=dtype, kernel_dtype=dtype)
-    model = Model(shape_args(shape), prof)
+    model = Model(shape_args(shape, **({"weight_mode": weight_mode} if weight_mode else {})), prof)
     # each tensor in the dtype `load` would give it (the family's param_dtype), so the bench runs what a loaded
     # checkpoint runs: float32 head, pre-norms and gates beside bf16 projections under the 'fast' profile
     randomize(model, seed, dtype=lambda name: family_of(model).param_dtype(name, prof))
+    if model.fuse_projections():  # stored single: fused for inference, as `load` does
+        return model, f"random weights, shape {shape}, stored single (fused at load)"
     return model, f"random weights, shape {shape}"
 
 
@@ -170,6 +173,8 @@ def validate(args) -> None:
         parse_grid(args.prefill_grid)
     if args.decode_batch and args.decode_steps < 1:
         raise UsageError(f"--decode-steps must be >= 1, got {args.decode_steps} (or give no --decode-batch)")
+    if args.weight_mode and args.model:
+        raise UsageError("--weight-mode applies to random weights (--shape); a checkpoint has its own layout")
     if args.quantize is not None:
         from xlstm_mlx.checkpoints.quantize import check_settings
 
@@ -195,7 +200,8 @@ def run(args, built: tuple | None = None, out: dict | None = None) -> dict:
     validate(args)
     if args.cpu:
         mx.set_default_device(mx.cpu)
-    model, source = built or build_model(args.model, args.shape, args.dtype, args.profile, args.seed)
+    model, source = built or build_model(args.model, args.shape, args.dtype, args.profile, args.seed,
+                                         args.weight_mode)
     if args.quantize:
         model, source = quantized(model, source, args.quantize, args.group_size)
     prof = model.profile
@@ -252,6 +258,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="weight/compute dtype (default: bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--profile", help="numerics profile name or JSON path")
+    p.add_argument("--weight-mode", choices=["single", "fused"],
+                   help="random weights: the stored projection layout (single = the Hugging Face xLSTM-7B layout, "
+                        "fused at load as `load` does; default: the shape's own)")
     p.add_argument("--quantize", "-q", type=int, metavar="BITS",
                    help="quantize the weights first, as `convert -q` does (e.g. 4 or 8)")
     p.add_argument("--group-size", type=int, default=64, help="quantization group size (with --quantize)")
