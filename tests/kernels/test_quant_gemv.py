@@ -1,0 +1,154 @@
+"""The quantized GEMV (kernels/quant_gemv.py) against what nn.QuantizedLinear computes, on fresh random inputs.
+
+On the CPU (CI): MLX's affine bit layout, pinned twice against mx.dequantize: the plain layout model
+(`unpack_codes`: weight j of a uint32 word in bits [bits*j, bits*(j+1)), lowest first) on hand-packed codes and
+on mx.quantize output, and the numpy model of the kernel's own dequantization (`dequantize_as_kernel`: its
+vector/word/half-word indexing and the exponent trick): equal for bf16 scales, within one rounding of q*s
+for float32 ones (it rounds q*s+b once, MLX twice);
+and that the fast form falls back to the reference without CUDA.
+
+On MLX's CUDA backend (XLSTM_MLX_TEST_DEVICE=gpu on a CUDA machine; skipped elsewhere with the reason): the
+kernel against the reference evaluated on the CPU stream in float32 (so no bf16 rounding of intermediates or TF32
+blurs it). Tolerance: relative Frobenius error 1e-2 for bf16 outputs: the kernel's float32 sum is exact to ~1e-6,
+and its single rounding of each output to bf16 gives ~2^-9 / sqrt(3) ~ 1.1e-3 relative (~2e-3 with bias and
+cancellation); 1e-2 is 5x that, and far below what a wrong nibble order, group index or scale would give
+(O(1)). float32 x: 1e-5 (float32 sums in a different order). NaN or inf never passes.
+"""
+
+import numpy as np
+import pytest
+import mlx.core as mx
+
+from xlstm_mlx.kernels import quant_gemv
+from xlstm_mlx.kernels.cuda_common import cuda_available
+
+needs_cuda = pytest.mark.skipif(not cuda_available(), reason="CUDA kernels need MLX's CUDA backend with the GPU as "
+                                "default device (XLSTM_MLX_TEST_DEVICE=gpu on a CUDA machine); CPU CI cannot run them")
+
+
+def _rel(out, ref):
+    o, r = out.astype(mx.float32), ref.astype(mx.float32)
+    assert bool(mx.all(mx.isfinite(o)).item()), "NaN or inf in the kernel's output"
+    return float(mx.linalg.norm((o - r).reshape(-1)).item() / mx.linalg.norm(r.reshape(-1)).item())
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_layout_of_hand_packed_codes(bits):
+    """Codes packed by the documented rule, dequantized by MLX with scale 1 and bias 0, come back in order."""
+    per = 32 // bits
+    rng = np.random.default_rng(bits)
+    codes = rng.integers(0, 2**bits, size=(3, 128), dtype=np.uint32)
+    words = np.zeros((3, 128 // per), np.uint32)
+    for j in range(per):
+        words |= codes[:, j::per] << np.uint32(bits * j)
+    ones, zeros = mx.ones((3, 128 // 64)), mx.zeros((3, 128 // 64))
+    back = np.array(mx.dequantize(mx.array(words), ones, zeros, group_size=64, bits=bits))
+    assert np.array_equal(back, codes.astype(np.float32))
+    assert np.array_equal(quant_gemv.unpack_codes(words, bits), codes)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+def test_numpy_models_match_mx_dequantize(bits, group_size, dtype):
+    key = mx.random.key(100 * bits + group_size)
+    w = (mx.random.normal((7, 1024), key=key) * 0.05 + 0.01).astype(dtype)
+    W, S, B = mx.quantize(w, group_size=group_size, bits=bits)
+    assert W.dtype == mx.uint32 and W.shape == (7, 1024 * bits // 32) and S.shape == (7, 1024 // group_size)
+    S32, B32 = S.astype(mx.float32), B.astype(mx.float32)  # exact: bf16 -> float32
+    ref = np.array(mx.dequantize(W, S32, B32, group_size=group_size, bits=bits))
+    Wn, Sn, Bn = np.array(W), np.array(S32), np.array(B32)
+    assert np.array_equal(quant_gemv.dequantize_reference(Wn, Sn, Bn, group_size, bits), ref)
+    kern = quant_gemv.dequantize_as_kernel(Wn, Sn, Bn, group_size, bits)
+    assert np.isfinite(kern).all()
+    # MLX rounds q*s, then q*s + b; the kernel rounds q*s + b once: apart by at most one rounding of q*s (zero
+    # where q*s is exact in float32, as for bf16 scales: 8-bit code x 8-bit mantissa)
+    qs = quant_gemv.unpack_codes(Wn, bits).astype(np.float32) * np.repeat(Sn, group_size, axis=1)
+    assert np.all(np.abs(kern - ref) <= np.spacing(np.abs(qs)) + np.spacing(np.abs(ref))), "kernel model off"
+    if dtype == mx.bfloat16:
+        assert np.array_equal(kern, ref)
+
+
+def test_fast_form_falls_back_to_the_reference_without_cuda():
+    if cuda_available():
+        pytest.skip("CUDA present: the kernel runs (tested below)")
+    x = mx.random.normal((3, 256)).astype(mx.bfloat16)
+    W, S, B = mx.quantize(mx.random.normal((40, 256)).astype(mx.bfloat16), group_size=64, bits=4)
+    bias = mx.random.normal((40,)).astype(mx.bfloat16)
+    assert not quant_gemv.applies(x, W, S, 64, 4, "affine", biases=B, bias=bias)
+    out = quant_gemv.quantized_gemv(x, W, S, B, bias, 64, 4)
+    assert mx.array_equal(out, quant_gemv.quantized_matmul_ref(x, W, S, B, bias, 64, 4))
+    assert "MLX" in quant_gemv.label()
+
+
+def test_reference_is_what_quantized_linear_computes():
+    import mlx.nn as nn
+    lin = nn.Linear(256, 48)
+    q = nn.QuantizedLinear.from_linear(lin, group_size=64, bits=4)
+    x = mx.random.normal((2, 256))
+    ref = quant_gemv.quantized_matmul_ref(x, q.weight, q.scales, q.biases, q.bias, 64, 4)
+    assert mx.array_equal(q(x), ref)
+
+
+def _operands(M, K, N, bits, group_size, bias, dtype, seed):
+    ks = [mx.random.key(seed + i) for i in range(4)]
+    x = mx.random.normal((M, K), key=ks[0]).astype(dtype)
+    w = (mx.random.normal((N, K), key=ks[1]) * K**-0.5).astype(dtype)
+    W, S, B = mx.quantize(w, group_size=group_size, bits=bits)
+    b = mx.random.normal((N,), key=ks[2]).astype(dtype) if bias else None
+    mx.eval(x, W, S, B)
+    return x, W, S, B, b
+
+
+def _cpu_ref(x, W, S, B, b, group_size, bits):
+    with mx.stream(mx.cpu):
+        f = lambda a: None if a is None else a.astype(mx.float32)  # noqa: E731
+        ref = quant_gemv.quantized_matmul_ref(f(x), W, f(S), f(B), f(b), group_size, bits)
+        mx.eval(ref)
+    return ref
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("M", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("K,N", [(4096, 1000), (10944, 4096), (4096, 50304)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_kernel_matches_quantized_linear(bits, group_size, M, K, N, bias):
+    x, W, S, B, b = _operands(M, K, N, bits, group_size, bias, mx.bfloat16, seed=M * 7919 + N + bits + group_size)
+    assert quant_gemv.applies(x, W, S, group_size, bits, "affine", biases=B, bias=b)
+    ref = _cpu_ref(x, W, S, B, b, group_size, bits)
+    y = quant_gemv.quantized_gemv_cuda(x, W, S, B, b, group_size, bits)
+    assert y.shape == (M, N) and y.dtype == mx.bfloat16
+    assert _rel(y, ref) <= 1e-2
+
+
+@needs_cuda
+@pytest.mark.parametrize("cfg", [dict(R=1, KSPLIT=1, U=1), dict(R=2, KSPLIT=2, U=4), dict(R=4, KSPLIT=8, U=2),
+                                 dict(R=4, KSPLIT=1, U=1)])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_kernel_configs_agree(cfg, bits):
+    x, W, S, B, b = _operands(3, 10944, 1000, bits, 64, True, mx.bfloat16, seed=17)
+    ref = _cpu_ref(x, W, S, B, b, 64, bits)
+    assert _rel(quant_gemv.quantized_gemv_cuda(x, W, S, B, b, 64, bits, **cfg), ref) <= 1e-2
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits", [4, 8])
+def test_float32_kernel(bits):
+    x, W, S, B, b = _operands(2, 4096, 1000, bits, 64, True, mx.float32, seed=23)
+    ref = _cpu_ref(x, W, S, B, b, 64, bits)
+    y = quant_gemv.quantized_gemv_cuda(x, W, S, B, b, 64, bits)
+    assert y.dtype == mx.float32 and _rel(y, ref) <= 1e-5
+
+
+@needs_cuda
+def test_fast_form_routing():
+    x, W, S, B, b = _operands(1, 512, 300, 4, 64, True, mx.bfloat16, seed=31)
+    x3 = x.reshape(1, 1, 512)
+    assert quant_gemv.quantized_gemv(x3, W, S, B, b, 64, 4).shape == (1, 1, 300)
+    big = mx.random.normal((quant_gemv.MAX_ROWS + 1, 512)).astype(mx.bfloat16)
+    assert not quant_gemv.applies(big, W, S, 64, 4, "affine", biases=B)
+    assert not quant_gemv.applies(x.astype(mx.float32), W, S, 64, 4, "affine", biases=B)  # mixed dtypes
+    assert not quant_gemv.applies(x, W, S, 64, 4, "mxfp4", biases=B)
+    assert quant_gemv.quantized_gemv(big, W, S, B, b, 64, 4).shape == (quant_gemv.MAX_ROWS + 1, 300)
