@@ -5,7 +5,10 @@ On the CPU (CI): MLX's affine bit layout, pinned twice against mx.dequantize: th
 on mx.quantize output, and the numpy model of the kernel's own dequantization (`dequantize_as_kernel`: its
 vector/word/half-word indexing and the exponent trick): equal for bf16 scales, within one rounding of q*s
 for float32 ones (it rounds q*s+b once, MLX twice);
-and that the fast form falls back to the reference without CUDA.
+that the kernel's CUDA source itself, built for the host with stand-ins for the CUDA built-ins
+(tests/kernels/host_cuda.py: one thread per CUDA thread, real barriers and shuffles), matches the reference on
+small odd shapes, tails and split-K included (same tolerances as on the GPU); and that the fast form falls back
+to the reference without CUDA.
 
 On MLX's CUDA backend (XLSTM_MLX_TEST_DEVICE=gpu on a CUDA machine; skipped elsewhere with the reason): the
 kernel against the reference evaluated on the CPU stream in float32 (so no bf16 rounding of intermediates or TF32
@@ -19,6 +22,7 @@ import numpy as np
 import pytest
 import mlx.core as mx
 
+import host_cuda
 from xlstm_mlx.kernels import quant_gemv
 from xlstm_mlx.kernels.cuda_common import cuda_available
 
@@ -67,6 +71,37 @@ def test_numpy_models_match_mx_dequantize(bits, group_size, dtype):
     assert np.all(np.abs(kern - ref) <= np.spacing(np.abs(qs)) + np.spacing(np.abs(ref))), "kernel model off"
     if dtype == mx.bfloat16:
         assert np.array_equal(kern, ref)
+
+
+def _bits(a: mx.array) -> tuple[np.ndarray, bool]:
+    return (np.array(a.view(mx.uint16)), True) if a.dtype == mx.bfloat16 else (np.array(a), False)
+
+
+@pytest.mark.skipif(not host_cuda.available(), reason="needs a C++20 host compiler (g++ or clang++) to build the "
+                    "kernel source for the CPU")
+@pytest.mark.parametrize("dtype,M,K,N,bits,group_size,bias,cfg", [
+    (mx.bfloat16, 3, 384, 37, 4, 64, True, {}),                               # default config: split-K 4
+    (mx.bfloat16, 1, 384, 37, 4, 32, False, dict(R=1, KSPLIT=4, U=2)),
+    (mx.bfloat16, 2, 640, 45, 8, 128, True, dict(R=2, KSPLIT=2, U=4)),        # lanes past the row's end
+    (mx.bfloat16, 8, 512, 19, 8, 32, False, dict(R=4, KSPLIT=1, U=1)),
+    (mx.float32, 5, 256, 33, 4, 128, True, dict(R=4, KSPLIT=8, U=2)),
+    (mx.float32, 2, 640, 21, 8, 64, False, {}),
+])
+def test_kernel_source_runs_right_on_the_host(dtype, M, K, N, bits, group_size, bias, cfg):
+    x, W, S, B, b = _operands(M, K, N, bits, group_size, bias, dtype, seed=M * 31 + N)
+    c = quant_gemv.default_config(M, N)
+    c.update(cfg)
+    bf16 = dtype == mx.bfloat16
+    inputs = [("x", *_bits(x)), ("w", np.array(W), False), ("scales", *_bits(S)), ("biases", *_bits(B)),
+              ("bias", *_bits(b if bias else mx.zeros((1,), dtype)))]
+    consts = {"T": "__nv_bfloat16" if bf16 else "float", "M": M, "R": c["R"], "KSPLIT": c["KSPLIT"], "U": c["U"],
+              "WARPS": quant_gemv.WARPS, "BITS": bits, "GS": group_size, "HAS_BIAS": bias}
+    blocks = -(-N // ((quant_gemv.WARPS // c["KSPLIT"]) * c["R"]))
+    raw = host_cuda.run(quant_gemv._SOURCE, quant_gemv._HEADER, inputs, ("y", M * N, bf16), consts, blocks,
+                        quant_gemv.WARPS * 32)
+    y = (mx.array(raw).view(mx.bfloat16) if bf16 else mx.array(raw)).reshape(M, N)
+    ref = _cpu_ref(x, W, S, B, b, group_size, bits)
+    assert _rel(y, ref) <= (1e-2 if bf16 else 1e-5)
 
 
 def test_fast_form_falls_back_to_the_reference_without_cuda():
