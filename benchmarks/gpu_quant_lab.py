@@ -46,8 +46,8 @@ QUICK_MATRICES = {"small": (512, 1000), "odd": (1024, 333)}
 ROWS = [1, 2, 4, 8, 16, 32, 64, 256, 2048]
 QUICK_ROWS = [1, 4, 16]
 # other kernel configs timed at M = 1 and 8 (each is one more JIT compile, ~1 s)
-CONFIGS = [dict(R=4, KSPLIT=1, U=1), dict(R=2, KSPLIT=1, U=2), dict(R=2, KSPLIT=2, U=4), dict(R=1, KSPLIT=1, U=4),
-           dict(R=4, KSPLIT=2, U=2)]
+CONFIGS = [dict(R=4, KSPLIT=1, U=2), dict(R=4, KSPLIT=2, U=2), dict(R=4, KSPLIT=1, U=1), dict(R=2, KSPLIT=1, U=4),
+           dict(R=2, KSPLIT=1, U=2), dict(R=1, KSPLIT=1, U=8)]
 GROUP = 64
 COPIES = 3
 

@@ -11,10 +11,15 @@ reduction therefore run exactly as written; only timing and the hardware's float
 
     available()                     whether a C++20 host compiler is there (else the tests skip)
     run(source, header, inputs, output, constants, blocks, threads)   -> the output as a numpy array
+    nvcc_available() / device_build(source, header, inputs, output, constants, arch)
+                                    the same wrapper compiled for the GPU by nvcc (where CUDA's compiler is
+                                    installed, no GPU needed): the device intrinsics' overloads and types, and
+                                    ptxas' registers and spills (returned as text)
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -97,6 +102,48 @@ def available() -> bool:
         return r.returncode == 0
 
 
+def nvcc_available() -> bool:
+    return shutil.which("nvcc") is not None
+
+
+def _consts(constants: dict) -> str:
+    return "".join(f"  using {k} = {v};\n" if isinstance(v, str) else
+                   f"  constexpr bool {k} = {'true' if v else 'false'};\n" if isinstance(v, bool) else
+                   f"  constexpr int {k} = {int(v)};\n" for k, v in constants.items())
+
+
+def device_build(source: str, header: str, inputs: list[tuple[str, np.ndarray, bool]], output: tuple[str, int, bool],
+                 variants: list[dict], arch: str = "sm_90") -> list[str]:
+    """Compile the kernel as MLX's CUDA backend wraps it (a __global__ function, shapes as __grid_constant__
+    arrays), once per set of template constants in `variants`, in one nvcc run for `arch`; raises with the
+    compiler's message on an error, returns ptxas' report of each variant."""
+    params = []
+    for name, a, bf16 in inputs:
+        params.append(f"const {_ctype(a, bf16)}* {name}")
+        if f"{name}_shape" in source:
+            params.append(f"const __grid_constant__ Shape {name}_shape")
+    oname, _, obf16 = output
+    params.append(f"{'__nv_bfloat16' if obf16 else 'float'}* {oname}")
+    prog = "#include <cuda/std/array>\n#include <cstdint>\nusing Shape = cuda::std::array<int32_t, 10>;\n" + header
+    for i, constants in enumerate(variants):
+        prog += f"\n__global__ void variant{i}_({', '.join(params)}) {{\n{_consts(constants)}\n{source}\n}}\n"
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "k.cu").write_text(prog)
+        r = subprocess.run(["nvcc", "-std=c++17", f"-arch={arch}", "-c", str(Path(d) / "k.cu"), "-o",
+                            str(Path(d) / "k.o"), "-Xptxas", "-v"], capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"nvcc failed:\n{r.stderr[:4000]}")
+    reports, current = {}, None
+    for line in r.stderr.splitlines():
+        m = re.search(r"variant(\d+)_", line)
+        if m and "Compiling entry function" in line:
+            current = int(m.group(1))
+            reports[current] = ""
+        elif current is not None:
+            reports[current] += line + "\n"
+    return [reports.get(i, "") for i in range(len(variants))]
+
+
 def _ctype(a: np.ndarray, bf16: bool) -> str:
     return "__nv_bfloat16" if bf16 else _CTYPES[a.dtype]
 
@@ -125,9 +172,7 @@ def run(source: str, header: str, inputs: list[tuple[str, np.ndarray, bool]], ou
         oname, osize, obf16 = output
         oct_ = "__nv_bfloat16" if obf16 else "float"
         params.append(f"{oct_}* {oname}")
-        consts = "".join(f"  using {k} = {v};\n" if isinstance(v, str) else
-                         f"  constexpr bool {k} = {'true' if v else 'false'};\n" if isinstance(v, bool) else
-                         f"  constexpr int {k} = {int(v)};\n" for k, v in constants.items())
+        consts = _consts(constants)
         prog = (_STUBS + header.replace("#include <cuda_bf16.h>", "") +
                 f"\nvoid kernel({', '.join(params)}) {{\n{consts}\n{source}\n}}\n" + f"""
 template <class V> std::vector<V> rd(const char* p, size_t n) {{
