@@ -8,8 +8,9 @@ out_proj 4096->4096, lm_head 4096->50304), bits 4 and 8 (group 64, the `convert 
 M in 1, 2, 4, 8, 16, 32, 64, 256, 2048:
   (a) parity: the kernel (M <= MAX_ROWS) and MLX's quantized matmul against the reference evaluated on the CPU
       stream in float32 (relative Frobenius error; the bf16 output rounding alone puts it near 2e-3);
-  (b) time per call, the median over chains of CALLS independent calls with the weights rotated over 3 copies
-      (so no call finds its weight in the 60 MB L2), mx.synchronize() around each chain, for
+  (b) time per call, the median over --reps chains of --calls independent calls (a third of them, 3 chains,
+      past 64 rows) with the weights rotated over 3 copies (so no call finds its weight in the 60 MB L2),
+      mx.synchronize() around each chain, for
         qmm      MLX's mx.quantized_matmul (what nn.QuantizedLinear runs),
         kernel   our CUDA GEMV, default config and a few others at M = 1 and 8,
         deq_mm   mx.dequantize then the bf16 x @ w.T,
@@ -105,9 +106,12 @@ def matrix_section(name: str, K: int, N: int, bits: int, rows: list[int], calls:
         row = {"matrix": name, "K": K, "N": N, "bits": bits, "group_size": GROUP, "rows": M,
                "quant_bytes": qbytes, "bf16_bytes": bf16_bytes}
 
+        # past 64 rows a call is compute-bound and long (>= ~100 us): fewer calls keep the run short
+        n_calls, n_reps = (calls, reps) if M <= 64 else (max(2 * COPIES, calls // 3), min(reps, 3))
+
         def timed(tag, call, nbytes):
             try:
-                t = chain_time(call, calls, reps)
+                t = chain_time(call, n_calls, n_reps)
                 row[f"{tag}_us"], row[f"{tag}_TBps"] = t * 1e6, nbytes / t / 1e12
             except Exception as e:  # one variant failing is recorded, not fatal
                 row[f"{tag}_error"] = _err(e)

@@ -129,7 +129,7 @@ _SOURCE = """
                     sc[u][r] = xl_float(scales[(size_t)nrow[r] * G + g]);
                     bi[u][r] = xl_float(biases[(size_t)nrow[r] * G + g]);
                 } else {
-                    wv[u][r] = make_uint4(0u, 0u, 0u, 0u);
+                    wv[u][r] = uint4{0u, 0u, 0u, 0u};      // never used: c >= CV skips the arithmetic
                     sc[u][r] = 0.f;
                     bi[u][r] = 0.f;
                 }
@@ -233,7 +233,7 @@ def applies(x: mx.array, w: mx.array, scales: mx.array, group_size: int, bits: i
     if bias is not None and (bias.dtype != x.dtype or bias.shape != (w.shape[0],)):
         return False
     K, N = x.shape[-1], w.shape[0]
-    return (1 <= _rows(x) <= MAX_ROWS and K % group_size == 0 and w.shape[1] * 32 == K * bits
+    return (1 <= _rows(x) <= MAX_ROWS and N >= 1 and K % group_size == 0 and w.shape[1] * 32 == K * bits
             and scales.shape == (N, K // group_size))
 
 
