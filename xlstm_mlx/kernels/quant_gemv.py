@@ -221,7 +221,8 @@ def applies(x: mx.array, w: mx.array, scales: mx.array, group_size: int, bits: i
             biases: mx.array | None = None, bias: mx.array | None = None) -> bool:
     """Whether the CUDA kernel runs for these operands (else quantized_gemv runs the reference): MLX's CUDA
     backend; affine mode with biases; bits 4 or 8; group size 32/64/128; x, scales, biases (and bias) all
-    bfloat16 or all float32; 1..MAX_ROWS rows of x; shapes of the packed layout (K a multiple of the group)."""
+    bfloat16 or all float32; 1..MAX_ROWS rows of x; shapes of the packed layout (K a multiple of the group).
+    The kernel reads x and w in 16-byte vectors: MLX's buffers and their row slices are aligned so."""
     if not cuda_available() or mode != "affine" or bits not in BITS or group_size not in GROUP_SIZES:
         return False
     if x.ndim < 1 or w.ndim != 2 or scales.ndim != 2 or w.dtype != mx.uint32:
@@ -244,10 +245,9 @@ BLOCKS_PER_SM = 2  # the configs below stay within 128 registers a thread (nvcc 
 def default_config(rows: int, n: int, k_vectors: int) -> dict:
     """R weight rows per warp (each x vector loaded from L1 serves R rows), U 16-byte vectors per row in flight,
     picked to stay within 128 registers with bf16 x (2 blocks of 8 warps per SM; checked with nvcc for sm_90 by
-    the tests):
-    R=4, U=2 at one row; R=2, U=4 at two; R=2, U=2 at 3-5; R=2, U=1 at 6-8 (the R x M accumulators take the
-    registers; there the FMAs, not the loads in flight, bound the time). KSPLIT (1, 2, 4, 8)
-    fills the last wave of blocks best (equal blocks finish together, so a wave 1.45 full runs at 73%), the
+    the tests): R=4, U=2 at one row; R=2, U=4 at two; R=2, U=2 at 3-5; R=2, U=1 at 6-8 (the R x M accumulators
+    take the registers; there the FMAs, not the loads in flight, bound the time). KSPLIT (1, 2, 4, 8) fills the
+    last wave of blocks best (equal blocks finish together, so a wave 1.45 full runs at 73%), the
     smallest of those within 3% of the best, among those that give every lane U vectors of the k_vectors of a
     row (16-byte vectors: K * bits / 128), so no warp of the split sits idle."""
     r, u = (4, 2) if rows <= 1 else (2, 4) if rows == 2 else (2, 2) if rows <= 5 else (2, 1)
