@@ -1,15 +1,18 @@
 """y = x @ dequantize(w).T (+ bias) for MLX's affine-quantized weights: which path runs for how many rows.
 
     quantized_matmul_ref(x, w, scales, biases, bias, group_size, bits, mode)   what nn.QuantizedLinear computes
-                                                                               (mx.quantized_matmul, then + bias)
+                                                                               (kernels/quant_gemv.py)
     quantized_matmul(...)                                                      the path chosen by the rows of x
 
-On MLX's CUDA backend, mx.quantized_matmul is slow past a few rows: measured on an H200 (7B shape, 4-bit,
-benchmarks/results/gpu_kernels_h200.md) a decode step at batch 16 took 50.8 ms against 9.0 ms with the same
-weights in bf16, and a 2,048-token prefill ran at 6.6k tok/s against 15.7k. There, from DEQUANT_MIN_ROWS rows
-on, the weight is dequantized to x's dtype and multiplied with MLX's bf16 GEMM: the dequantized copy costs one
-write and one read of the bf16 weight per call, small against a GEMM over many rows. Below that MLX's own
-quantized matrix-vector kernel runs. On Metal and the CPU MLX's quantized kernels are the path at every size.
+On MLX's CUDA backend, mx.quantized_matmul is slow: measured on an H200 (7B shape, 4-bit,
+benchmarks/results/gpu_decode_h200_2026-12-02.md) its matrix-vector kernel reads the 4-bit weights at ~0.9 TB/s
+(bf16: ~3.7), a decode step at batch 16 took 50.8 ms against 9.0 ms with the same weights in bf16, and a
+2,048-token prefill ran at 6.6k tok/s against 15.7k. So on CUDA:
+  - below DEQUANT_MIN_ROWS rows, our quantized GEMV (kernels/quant_gemv.py: 16-byte streaming loads,
+    dequantized in registers) where it applies, unless XLSTM_MLX_QUANT_GEMV=0; else MLX's kernel;
+  - from DEQUANT_MIN_ROWS rows on, the weight dequantized to x's dtype and MLX's bf16 GEMM: one write and one
+    read of the bf16 weight per call, small against a GEMM over many rows.
+On Metal and the CPU MLX's quantized kernels run at every size.
 
 Numerics: the dequantized weight is rounded once to x's dtype (bf16: 2^-9 relative per weight, independent
 across weights), where mx.quantized_matmul keeps it in float32 registers: a statistical difference of the size of
@@ -20,16 +23,12 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from xlstm_mlx import env
+from xlstm_mlx.kernels import quant_gemv
 from xlstm_mlx.kernels.cuda_common import cuda_available
+from xlstm_mlx.kernels.quant_gemv import quantized_matmul_ref
 
-DEQUANT_MIN_ROWS = 8  # rows of x from which CUDA takes dequantize + GEMM (set from the H200 lab: see above)
-
-
-def quantized_matmul_ref(x, w, scales, biases, bias, group_size: int, bits: int, mode: str = "affine"):
-    """nn.QuantizedLinear's computation."""
-    y = mx.quantized_matmul(x, w, scales=scales, biases=biases, transpose=True, group_size=group_size, bits=bits,
-                            mode=mode)
-    return y if bias is None else y + bias
+DEQUANT_MIN_ROWS = 8  # rows of x from which CUDA takes dequantize + GEMM (the H200 lab: see above)
 
 
 def dequantized_matmul(x, w, scales, biases, bias, group_size: int, bits: int, mode: str = "affine"):
@@ -46,14 +45,23 @@ def uses_dequantized(x) -> bool:
     return cuda_available() and _rows(x) >= DEQUANT_MIN_ROWS and x.dtype in (mx.bfloat16, mx.float16, mx.float32)
 
 
+def uses_gemv(x, w, scales, biases, bias, group_size: int, bits: int, mode: str) -> bool:
+    return (_rows(x) < DEQUANT_MIN_ROWS and biases is not None and env.flag("XLSTM_MLX_QUANT_GEMV")
+            and quant_gemv.applies(x, w, scales, group_size, bits, mode, biases=biases, bias=bias))
+
+
 def quantized_matmul(x, w, scales, biases, bias, group_size: int, bits: int, mode: str = "affine"):
     if uses_dequantized(x):
         return dequantized_matmul(x, w, scales, biases, bias, group_size, bits, mode)
+    if uses_gemv(x, w, scales, biases, bias, group_size, bits, mode):
+        return quant_gemv.quantized_gemv_cuda(x, w, scales, biases, bias, group_size, bits, mode)
     return quantized_matmul_ref(x, w, scales, biases, bias, group_size, bits, mode)
 
 
 def label() -> str:
     if cuda_available():
-        return (f"MLX quantized matmul below {DEQUANT_MIN_ROWS} rows; from {DEQUANT_MIN_ROWS} rows on, dequantize "
-                "to the input dtype + MLX matmul (MLX's CUDA quantized GEMM is slow there)")
+        few = ("CUDA quantized GEMV (4/8-bit affine)" if env.flag("XLSTM_MLX_QUANT_GEMV")
+               else "MLX quantized matmul (XLSTM_MLX_QUANT_GEMV=0)")
+        return (f"{few} below {DEQUANT_MIN_ROWS} rows; from {DEQUANT_MIN_ROWS} rows on, dequantize to the input "
+                "dtype + MLX matmul (MLX's CUDA quantized GEMM is slow there)")
     return "MLX quantized matmul (mx.quantized_matmul)"
