@@ -28,7 +28,8 @@ from xlstm_mlx.kernels import quant_gemv
 from xlstm_mlx.kernels.cuda_common import cuda_available
 from xlstm_mlx.kernels.quant_gemv import quantized_matmul_ref
 
-DEQUANT_MIN_ROWS = 8  # rows of x from which CUDA takes dequantize + GEMM (the H200 lab: see above)
+DEQUANT_MIN_ROWS = 256  # rows of x from which CUDA takes dequantize + GEMM (the H200 lab: see above)
+GEMV_MAX_ROWS = 4  # rows of x up to which our GEMV beats MLX's qmv (the H200 lab)
 
 
 def dequantized_matmul(x, w, scales, biases, bias, group_size: int, bits: int, mode: str = "affine"):
@@ -46,11 +47,14 @@ def uses_dequantized(x) -> bool:
 
 
 def uses_gemv(x, w, scales, biases, bias, group_size: int, bits: int, mode: str) -> bool:
-    return (_rows(x) < DEQUANT_MIN_ROWS and biases is not None and env.flag("XLSTM_MLX_QUANT_GEMV")
+    return (_rows(x) <= GEMV_MAX_ROWS and biases is not None and env.flag("XLSTM_MLX_QUANT_GEMV")
             and quant_gemv.applies(x, w, scales, group_size, bits, mode, biases=biases, bias=bias))
 
 
 def quantized_matmul(x, w, scales, biases, bias, group_size: int, bits: int, mode: str = "affine"):
+    if x.ndim > 2:  # [B, T, K] as [B*T, K]: one matrix product, whatever MLX does with leading dimensions
+        y = quantized_matmul(x.reshape(-1, x.shape[-1]), w, scales, biases, bias, group_size, bits, mode)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
     if uses_dequantized(x):
         return dequantized_matmul(x, w, scales, biases, bias, group_size, bits, mode)
     if uses_gemv(x, w, scales, biases, bias, group_size, bits, mode):
