@@ -87,7 +87,7 @@ class Model(RecurrentLM):
         names = [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}"]
         if self.args.weight_mode == "fused" or fuse.is_fused(self):
             names.append("mlstm.decode_step")
-        return names + ["matmul.skinny", *kernels.MATH]
+        return names + ["matmul.skinny", *kernels.MATH, *kernels.NORMS]
 
     def describe(self) -> dict:
         a = self.args
