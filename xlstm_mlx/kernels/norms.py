@@ -29,8 +29,10 @@ from xlstm_mlx.kernels.fastmath import on_cpu
 
 
 def _sum_last(x: mx.array) -> mx.array:
-    """sum over the last axis, keepdims, as a BLAS matrix-vector product (blocked FMA accumulation)."""
-    return x @ mx.ones((x.shape[-1], 1), dtype=x.dtype)
+    """sum over the last axis, keepdims, as a BLAS matrix-vector product (blocked FMA accumulation). The rows are
+    flattened first: one [rows, n] @ [n, 1] product, not one small product per leading index (per-head norms)."""
+    n = x.shape[-1]
+    return (x.reshape(-1, n) @ mx.ones((n, 1), dtype=x.dtype)).reshape(*x.shape[:-1], 1)
 
 
 def _rms_f64(x, weight, eps: float):
