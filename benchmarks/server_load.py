@@ -2,11 +2,12 @@
 server on 127.0.0.1, and the same N requests sent one after another (serial).
 
 For each N: wall time, throughput (generated tokens / wall second), TTFT p50/p99, inter-token latency
-p50/p99 (gaps between streamed chunks), the speed-up of concurrent over serial, and how many concurrent texts
-differ from their serial (greedy) text. Every request is greedy with the EOS banned (logit_bias), so each one
+p50/p99 (gaps between streamed chunks), the speed-up of concurrent over serial, how many concurrent texts
+differ from their serial (greedy) text and from `xlstm-mlx generate --temp 0` (computed in this process with
+generate(..., temp=0), what the CLI runs), and the machine's load average around each level. Every request is greedy with the EOS banned (logit_bias), so each one
 generates exactly --max-tokens tokens and runs are comparable.
 
-    python benchmarks/server_load.py [--model DIR] [--clients 1 8 32] [--max-tokens 48] \
+    python benchmarks/server_load.py [--model DIR] [--clients 1 8 32 64] [--max-tokens 48] \
         [--json benchmarks/results/server_load.json] [--md benchmarks/results/server_load.md] \
         [--plot benchmarks/results/server_load.png] [--note "..."] [--server-env OPENBLAS_NUM_THREADS=1]
 """
@@ -100,7 +101,7 @@ def summarize(results: list[dict], wall: float, max_tokens: int) -> dict:
             "itl_p50_ms": 1e3 * quantile(itl, 0.5), "itl_p99_ms": 1e3 * quantile(itl, 0.99)}
 
 
-async def run_level(url: str, n: int, max_tokens: int, eos: dict, model: str) -> dict:
+async def run_level(url: str, n: int, max_tokens: int, eos: dict, model: str, greedy: dict | None) -> dict:
     import openai
 
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
@@ -116,10 +117,13 @@ async def run_level(url: str, n: int, max_tokens: int, eos: dict, model: str) ->
     finally:
         await client.close()
     differ = sum(a["text"] != b["text"] for a, b in zip(serial, concurrent) if b["text"] is not None)
+    differ_cli = None if greedy is None else sum(r["text"] != greedy[p] for r, p in zip(concurrent, prompts)
+                                                 if r["text"] is not None)
     errors = sorted({r["error"] for r in concurrent + serial if r.get("error")})
     return {"clients": n, "concurrent": summarize(concurrent, wall, max_tokens),
             "serial": summarize(serial, serial_wall, max_tokens), "speedup": serial_wall / wall,
-            "texts_differing_from_serial": differ, "failures": sum(not r["times"] for r in concurrent),
+            "texts_differing_from_serial": differ, "texts_differing_from_cli_greedy": differ_cli,
+            "load_average_1min": os.getloadavg()[0], "failures": sum(not r["times"] for r in concurrent),
             "serial_failures": sum(not r["times"] for r in serial), "errors": errors[:3]}
 
 
@@ -132,6 +136,19 @@ def metric(url: str, name: str) -> float | None:
         return None
     m = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
     return float(m.group(1)) if m else None
+
+
+def _or_dash(value, fmt: str = "") -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def cli_greedy(model: str, prompts: list[str], max_tokens: int, eos_id: int) -> dict:
+    """What `xlstm-mlx generate --temp 0` prints for each prompt (the same call, in this process), EOS banned."""
+    from xlstm_mlx import load
+    from xlstm_mlx.generation.generate import generate
+
+    m, tok = load(model)
+    return {p: generate(m, tok, p, max_tokens, temp=0.0, logit_bias={eos_id: -100.0}) for p in prompts}
 
 
 def markdown(record: dict) -> str:
@@ -149,19 +166,24 @@ def markdown(record: dict) -> str:
         lines.append(f"- server environment: {' '.join(f'{k}={v}' for k, v in record['server_env'].items())}")
     if record.get("mean_rows_per_decode_step"):
         lines.append(f"- mean rows per decode step over the run: {record['mean_rows_per_decode_step']:.1f}")
+    if record.get("load_average"):
+        la = record["load_average"]
+        lines.append(f"- load average (1/5/15 min) before the run: {la['before'][0]:.1f} / {la['before'][1]:.1f} / "
+                     f"{la['before'][2]:.1f}; after: {la['after'][0]:.1f} / {la['after'][1]:.1f} / {la['after'][2]:.1f}")
     if record.get("note"):
         lines.append(f"- note: {record['note']}")
     lines += [
         "",
         "| clients | concurrent tok/s | serial tok/s | speed-up | TTFT p50 / p99 (ms) | inter-token p50 / p99 (ms) "
-        "| texts != serial | failures |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| texts != serial | texts != CLI greedy | failures | load avg (1 min, after) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in record["levels"]:
         c, s = r["concurrent"], r["serial"]
         lines.append(f"| {r['clients']} | {c['tokens_per_s']:.1f} | {s['tokens_per_s']:.1f} | {r['speedup']:.2f}x "
                      f"| {c['ttft_p50_ms']:.0f} / {c['ttft_p99_ms']:.0f} | {c['itl_p50_ms']:.1f} / {c['itl_p99_ms']:.1f} "
-                     f"| {r['texts_differing_from_serial']} | {r['failures']} |")
+                     f"| {r['texts_differing_from_serial']} | {_or_dash(r.get('texts_differing_from_cli_greedy'))} "
+                     f"| {r['failures']} | {_or_dash(r.get('load_average_1min'), '.1f')} |")
     for r in record["levels"]:
         if r.get("errors"):
             lines.append(f"\nN={r['clients']}: failed requests said: {'; '.join(r['errors'])}")
@@ -197,7 +219,7 @@ def main() -> None:
     ap.add_argument("--model", help="checkpoint directory (default: the bundled demo model)")
     ap.add_argument("--backend", choices=["xlstm-mlx", "mlx-lm"], default="xlstm-mlx",
                     help="xlstm-mlx serve, or mlx_lm.server on the same checkpoint through our mlx-lm adapter")
-    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--eos-id", type=int, default=2, help="token id banned so every request runs to max-tokens")
     ap.add_argument("--json"), ap.add_argument("--md"), ap.add_argument("--plot")
@@ -211,19 +233,24 @@ def main() -> None:
 
     model = args.model or str(demo_model_dir())
     max_batch = max(args.clients)
+    load_before = os.getloadavg()
+    greedy = cli_greedy(model, PROMPTS, args.max_tokens, args.eos_id) if args.backend == "xlstm-mlx" else None
     log = Path(tempfile.mkdtemp()) / "server.log"
     proc, url = start_server(args.backend, model, max_batch, log, server_env)
-    request_model = model if args.backend == "mlx-lm" else "x"  # mlx_lm.server loads the model a request names
+    # mlx_lm.server loads the model a request names; ours serves one and answers 404 to any other name
+    request_model = model if args.backend == "mlx-lm" else Path(model).resolve().name
     eos = {str(args.eos_id): -100}
     try:
         levels = []
         for n in args.clients:
-            r = asyncio.run(run_level(url, n, args.max_tokens, eos, request_model))
+            r = asyncio.run(run_level(url, n, args.max_tokens, eos, request_model, greedy))
             levels.append(r)
             c = r["concurrent"]
             print(f"N={n:3d}: {c['tokens_per_s']:7.1f} tok/s concurrent, {r['serial']['tokens_per_s']:6.1f} serial, "
                   f"speed-up {r['speedup']:.2f}x, TTFT p50 {c['ttft_p50_ms']:.0f} ms, ITL p50 {c['itl_p50_ms']:.1f} ms, "
-                  f"{r['texts_differing_from_serial']} texts differ, {r['failures']} failures", flush=True)
+                  f"{r['texts_differing_from_serial']} texts differ from serial, "
+                  f"{_or_dash(r['texts_differing_from_cli_greedy'])} from the CLI's greedy text, "
+                  f"{r['failures']} failures, load average {r['load_average_1min']:.1f}", flush=True)
         mean_rows = metric(url, "xlstm_mlx_decode_batch_rows_mean")
     finally:
         proc.send_signal(signal.SIGINT)
@@ -240,7 +267,8 @@ def main() -> None:
         "model": args.model or f"bundled demo model ({demo_model_dir()})",
         "command": "python " + " ".join(sys.argv),
         "max_tokens": args.max_tokens, "max_batch": max_batch, "levels": levels,
-        "mean_rows_per_decode_step": mean_rows, "server_exit_code": rc, "note": args.note, "server_env": server_env,
+        "mean_rows_per_decode_step": mean_rows,
+        "load_average": {"before": load_before, "after": os.getloadavg()}, "server_exit_code": rc, "note": args.note, "server_env": server_env,
     }
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")

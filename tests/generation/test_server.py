@@ -28,6 +28,7 @@ from xlstm_mlx.checkpoints.demo import demo_model_dir  # noqa: E402
 DEMO = demo_model_dir()
 pytestmark = pytest.mark.skipif(DEMO is None, reason="the bundled demo model is not installed")
 API_KEY = "test-key-123"
+MODEL = "demo_model"  # the id the server reports: its checkpoint directory's name
 BANNED_EOS = {"2": -100}  # the demo model's EOS id: keeps a row running until max_tokens
 
 
@@ -159,7 +160,7 @@ def test_concurrent_streams_equal_solo_greedy(server, reference):
     lengths = [8 + 5 * i for i in range(len(PROMPTS))]
 
     async def one(client, prompt, n):
-        stream = await client.completions.create(model="x", prompt=prompt, max_tokens=n, temperature=0, stream=True,
+        stream = await client.completions.create(model=MODEL, prompt=prompt, max_tokens=n, temperature=0, stream=True,
                                                  stream_options={"include_usage": True})
         pieces, finish, usage = [], None, None
         async for chunk in stream:
@@ -184,17 +185,104 @@ def test_concurrent_streams_equal_solo_greedy(server, reference):
         assert usage is not None and usage.completion_tokens <= n
 
 
+def test_64_concurrent_streams_and_16_concurrent_chats(server, reference):
+    """The bar for serving: 64 streamed completions at once (8 rows, the rest queued) all finish and equal solo greedy;
+    16 streamed chats at once each equal the same chat asked alone."""
+    n = 6
+
+    async def stream_text(make):
+        pieces = []
+        async for chunk in await make():
+            for choice in chunk.choices:
+                pieces.append((choice.text if hasattr(choice, "text") else choice.delta.content) or "")
+        return "".join(pieces)
+
+    chats = [[{"role": "user", "content": f"{PROMPTS[i % len(PROMPTS)]} ({i})"}] for i in range(16)]
+
+    async def main():
+        client = _client(server, async_=True)
+        try:
+            completions = [stream_text(lambda p=PROMPTS[i % len(PROMPTS)]: client.completions.create(
+                model=MODEL, prompt=p, max_tokens=n, temperature=0, stream=True)) for i in range(64)]
+            texts = await asyncio.gather(*completions)
+            chat_texts = await asyncio.gather(*(stream_text(lambda m=m: client.chat.completions.create(
+                model=MODEL, messages=m, max_tokens=n, temperature=0, stream=True)) for m in chats))
+            return texts, chat_texts
+        finally:
+            await client.close()
+
+    texts, chat_texts = asyncio.run(asyncio.wait_for(main(), 300))
+    assert texts == [reference(PROMPTS[i % len(PROMPTS)], n) for i in range(64)]
+    c = _client(server)
+    assert chat_texts == [c.chat.completions.create(model=MODEL, messages=m, max_tokens=n, temperature=0)
+                          .choices[0].message.content for m in chats]
+
+
+def _metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+
+SAMPLED = [dict(temperature=0.9, top_p=0.9, seed=7, top_k=40, min_p=0.05, repetition_penalty=1.3),
+           dict(temperature=1.2, seed=123),
+           dict(temperature=0.7, top_k=5, seed=2**40 + 1, repetition_penalty=0.9, repetition_context_size=4),
+           dict(temperature=1.0, min_p=0.1, seed=0)]
+
+
+def test_seeded_sampling_is_the_same_solo_in_a_batch_and_as_generate(server):
+    """Sampled rows are drawn in the batched decode step, each with its own key: a seeded request gives the same
+    text alone, inside a batch of other sampled and greedy requests, and as generate() with the same settings."""
+    from xlstm_mlx.checkpoints.load import load
+    from xlstm_mlx.generation.generate import generate
+
+    model, tok = load(DEMO)
+    n = 24
+    prompts = PROMPTS[:len(SAMPLED)]
+    expected = [generate(model, tok, p, n, logit_bias={2: -100.0}, temp=kw["temperature"],
+                         **{k: v for k, v in kw.items() if k != "temperature"}) for p, kw in zip(prompts, SAMPLED)]
+    greedy = [generate(model, tok, p, n, temp=0.0, logit_bias={2: -100.0}) for p in PROMPTS[4:8]]
+
+    def body(kw):
+        extra = {k: v for k, v in kw.items() if k in ("top_k", "min_p", "repetition_penalty", "repetition_context_size")}
+        return dict(temperature=kw["temperature"], top_p=kw.get("top_p", 1.0), seed=kw["seed"], extra_body=extra)
+
+    c = _client(server)
+    solo = [c.completions.create(model=MODEL, prompt=p, max_tokens=n, logit_bias=BANNED_EOS, **body(kw)).choices[0].text
+            for p, kw in zip(prompts, SAMPLED)]
+    assert solo == expected
+
+    async def main():
+        client = _client(server, async_=True)
+        try:
+            sampled = [client.completions.create(model=MODEL, prompt=p, max_tokens=n, logit_bias=BANNED_EOS, **body(kw))
+                       for p, kw in zip(prompts, SAMPLED)]
+            plain = [client.completions.create(model=MODEL, prompt=p, max_tokens=n, temperature=0,
+                                               logit_bias=BANNED_EOS) for p in PROMPTS[4:8]]
+            return await asyncio.gather(*sampled, *plain)
+        finally:
+            await client.close()
+
+    steps, rows = _metric(server, "xlstm_mlx_decode_steps_total"), _metric(server, "xlstm_mlx_decode_batch_rows_total")
+    results = asyncio.run(asyncio.wait_for(main(), 120))
+    texts = [r.choices[0].text for r in results]
+    assert texts[: len(SAMPLED)] == expected and texts[len(SAMPLED):] == greedy
+    steps = _metric(server, "xlstm_mlx_decode_steps_total") - steps
+    rows = _metric(server, "xlstm_mlx_decode_batch_rows_total") - rows
+    assert rows / steps > 2, (rows, steps)  # they did decode together
+
+
 def test_stop_strings_and_sampling_fields(server, reference):
     c = _client(server)
     full = reference(PROMPTS[0], 24)
     stop = full[5:8]
-    r = c.completions.create(model="x", prompt=PROMPTS[0], max_tokens=24, temperature=0, stop=[stop])
+    r = c.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=24, temperature=0, stop=[stop])
     assert r.choices[0].text == full[: full.find(stop)] and r.choices[0].finish_reason == "stop"
-    kw = dict(model="x", prompt=PROMPTS[1], max_tokens=16, temperature=0.9, top_p=0.9, seed=7,
+    kw = dict(model=MODEL, prompt=PROMPTS[1], max_tokens=16, temperature=0.9, top_p=0.9, seed=7,
               extra_body={"top_k": 40, "min_p": 0.05, "repetition_penalty": 1.3})
     a, b = c.completions.create(**kw), c.completions.create(**kw)
     assert a.choices[0].text == b.choices[0].text  # a seed makes sampling reproducible
-    r = c.chat.completions.create(model="x", messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=3,
+    r = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=3,
                                   temperature=0, logit_bias=BANNED_EOS)
     assert r.usage.completion_tokens == 3 and r.choices[0].finish_reason == "length"
 
@@ -202,10 +290,10 @@ def test_stop_strings_and_sampling_fields(server, reference):
 def test_chat_streaming_equals_non_streaming_and_reuses_the_prefix_state(server):
     c = _client(server)
     turn1 = [{"role": "system", "content": "You are a player."}, {"role": "user", "content": "Speak the speech."}]
-    r1 = c.chat.completions.create(model="x", messages=turn1, max_tokens=20, temperature=0)
+    r1 = c.chat.completions.create(model=MODEL, messages=turn1, max_tokens=20, temperature=0)
     reply = r1.choices[0].message.content
     assert r1.choices[0].message.role == "assistant" and reply
-    stream = c.chat.completions.create(model="x", messages=turn1, max_tokens=20, temperature=0, stream=True,
+    stream = c.chat.completions.create(model=MODEL, messages=turn1, max_tokens=20, temperature=0, stream=True,
                                        stream_options={"include_usage": True})
     pieces, usage = [], None
     for chunk in stream:
@@ -217,7 +305,7 @@ def test_chat_streaming_equals_non_streaming_and_reuses_the_prefix_state(server)
     assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1
 
     turn2 = turn1 + [{"role": "assistant", "content": reply}, {"role": "user", "content": "Again, softly."}]
-    r2 = c.chat.completions.create(model="x", messages=turn2, max_tokens=10, temperature=0)
+    r2 = c.chat.completions.create(model=MODEL, messages=turn2, max_tokens=10, temperature=0)
     cached = r2.usage.prompt_tokens_details.cached_tokens
     assert cached >= r1.usage.prompt_tokens - 1, (cached, r1.usage.prompt_tokens)
     assert cached < r2.usage.prompt_tokens
@@ -228,13 +316,41 @@ def test_chat_streaming_equals_non_streaming_and_reuses_the_prefix_state(server)
     assert "xlstm_mlx_time_to_first_token_seconds_count" in metrics
 
 
+def test_a_shared_system_prompt_and_an_edited_last_message_start_from_stored_states(server):
+    """States are stored at a chat's boundaries (end of the system prompt, start of the last message): another
+    conversation with the same system prompt, or the same one with its last message edited, starts there; the
+    text equals generate() on the whole prompt from a zero state."""
+    from xlstm_mlx.checkpoints.load import load
+    from xlstm_mlx.generation.generate import generate
+    from xlstm_mlx.generation.server.protocol import _chat_ids
+
+    model, tok = load(DEMO)
+    c = _client(server)
+    system = {"role": "system", "content": "You are the Chorus, and you speak in verse of Verona and its feuds."}
+
+    def ask(messages):
+        r = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0)
+        ids = _chat_ids(tok, messages, add_generation_prompt=True)
+        assert r.choices[0].message.content == generate(model, tok, ids, 12, temp=0.0, stop=["\nUser:"])
+        return r.usage.prompt_tokens_details.cached_tokens
+
+    head = len(_chat_ids(tok, [system], add_generation_prompt=False))
+    assert ask([system, {"role": "user", "content": "Who are the lovers?"}]) < head  # (a BOS state may be stored)
+    assert ask([system, {"role": "user", "content": "Where do we lay our scene?"}]) == head
+    convo = [system, {"role": "user", "content": "Tell the tale."}, {"role": "assistant", "content": "Two houses."},
+             {"role": "user", "content": "Go on."}]
+    ask(convo)
+    before_last = len(_chat_ids(tok, convo[:-1], add_generation_prompt=False))
+    assert ask(convo[:-1] + [{"role": "user", "content": "Say more, softly."}]) == before_last
+
+
 def test_prefix_state_gives_the_same_text_as_a_fresh_prefill(server, reference):
     """A prompt that extends a finished one starts from its stored state: same text as from scratch."""
     c = _client(server)
     base = "Now is the winter of our discontent made glorious summer"
-    first = c.completions.create(model="x", prompt=base, max_tokens=6, temperature=0)
+    first = c.completions.create(model=MODEL, prompt=base, max_tokens=6, temperature=0)
     extended = base + first.choices[0].text + " by this sun"
-    r = c.completions.create(model="x", prompt=extended, max_tokens=16, temperature=0)
+    r = c.completions.create(model=MODEL, prompt=extended, max_tokens=16, temperature=0)
     assert r.usage.prompt_tokens_details.cached_tokens > 0
     assert r.choices[0].text == reference(extended, 16)
 
@@ -243,13 +359,13 @@ def test_disconnects_while_greedy_batches_are_pipelined(server, reference):
     """Plain greedy rows run pipelined (the next step starts before the tokens are read): streams closed
     mid-flight are dropped, a request joining meanwhile still gets its solo text, the rows all come back."""
     c = _client(server)
-    streams = [c.completions.create(model="x", prompt=p, max_tokens=1500, temperature=0, stream=True)
+    streams = [c.completions.create(model=MODEL, prompt=p, max_tokens=1500, temperature=0, stream=True)
                for p in ("ROMEO:", "HAMLET:")]  # greedy, no EOS within 1500 tokens on the demo model
     iters = [iter(s) for s in streams]
     for it in iters:
         next(it), next(it)
     assert _get(server + "/health")["active"] == 2
-    r = c.completions.create(model="x", prompt=PROMPTS[6], max_tokens=20, temperature=0)
+    r = c.completions.create(model=MODEL, prompt=PROMPTS[6], max_tokens=20, temperature=0)
     assert r.choices[0].text == reference(PROMPTS[6], 20)
     for s in streams:
         s.close()
@@ -258,7 +374,7 @@ def test_disconnects_while_greedy_batches_are_pipelined(server, reference):
 
 def test_logprobs(server):
     c = _client(server)
-    r = c.chat.completions.create(model="x", messages=[{"role": "user", "content": "Speak"}], max_tokens=6,
+    r = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Speak"}], max_tokens=6,
                                   temperature=0, logprobs=True, top_logprobs=3)
     content = r.choices[0].logprobs.content
     assert len(content) == r.usage.completion_tokens
@@ -267,7 +383,7 @@ def test_logprobs(server):
         values = [t.logprob for t in entry.top_logprobs]
         assert values == sorted(values, reverse=True)
         assert entry.logprob == pytest.approx(values[0])  # greedy picks the most likely token
-    r = c.completions.create(model="x", prompt="ROMEO:", max_tokens=4, temperature=0, logprobs=2)
+    r = c.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=4, temperature=0, logprobs=2)
     lp = r.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
     assert all(len(t) <= 2 for t in lp.top_logprobs)
@@ -304,12 +420,23 @@ def test_malformed_chat_requests_and_unknown_routes(server):
         status, err = _post_raw(server + "/v1/chat/completions", body)
         assert status == 400 and err["error"]["type"] == "invalid_request_error", (body, err)
     with pytest.raises(openai.BadRequestError):
-        _client(server).completions.create(model="x", prompt="x", max_tokens=-3)
+        _client(server).completions.create(model=MODEL, prompt="x", max_tokens=-3)
     status, err = _post_raw(server + "/v1/nowhere", b"{}")
     assert status == 404 and "message" in err["error"]
     status, err = _post_raw(server + "/v1/completions", b'{"prompt": "' + b"x" * (2 << 20) + b'"}')
     assert status == 413 and "--max-request-bytes" in err["error"]["message"]
     assert _get(server + "/health")["status"] == "ok"  # and the server is still serving
+
+
+def test_unknown_model_gets_404_model_not_found_and_an_absent_model_means_the_served_one(server, reference):
+    for create in (lambda c: c.completions.create(model="gpt-4o", prompt="x", max_tokens=2),
+                   lambda c: c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])):
+        with pytest.raises(openai.NotFoundError) as e:
+            create(_client(server))
+        assert e.value.code == "model_not_found" and e.value.param == "model"
+        assert "'gpt-4o'" in e.value.message and MODEL in e.value.message
+    status, r = _post_raw(server + "/v1/completions", b'{"prompt": "ROMEO:", "max_tokens": 5, "temperature": 0}')
+    assert status == 200 and r["model"] == MODEL and r["choices"][0]["text"] == reference("ROMEO:", 5)
 
 
 # ------------------------------------------------------------------------------------------------ limits
@@ -323,29 +450,31 @@ def test_api_key_is_required(small):
 def test_disconnect_frees_the_row(small):
     _, url = small
     c = _client(url, key=API_KEY)
-    stream = c.completions.create(model="x", prompt="ROMEO:", max_tokens=4000, temperature=0, stream=True,
+    stream = c.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=4000, temperature=0, stream=True,
                                   logit_bias=BANNED_EOS)
     it = iter(stream)
     next(it), next(it)
     assert _get(url + "/health")["active"] == 1
+    t0 = time.monotonic()
     stream.close()
     assert _wait_for(lambda: _get(url + "/health")["active"] == 0, timeout=5), _get(url + "/health")
+    assert time.monotonic() - t0 < 1.0  # a dropped stream frees its row within a second
 
 
 def test_overload_gets_429_with_retry_after(small):
     _, url = small
     c = _client(url, key=API_KEY)
-    running = c.completions.create(model="x", prompt="ROMEO:", max_tokens=4000, temperature=0, stream=True,
+    running = c.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=4000, temperature=0, stream=True,
                                    logit_bias=BANNED_EOS)
     next(iter(running))  # holds the only row
     waiting = c.completions.with_raw_response.create
     box = {}
-    t = threading.Thread(target=lambda: box.setdefault("r", waiting(model="x", prompt="O", max_tokens=2,
+    t = threading.Thread(target=lambda: box.setdefault("r", waiting(model=MODEL, prompt="O", max_tokens=2,
                                                                     temperature=0)), daemon=True)
     t.start()
     assert _wait_for(lambda: _get(url + "/health")["queued"] == 1, timeout=10)
     with pytest.raises(openai.RateLimitError) as e:
-        c.completions.create(model="x", prompt="x", max_tokens=2)
+        c.completions.create(model=MODEL, prompt="x", max_tokens=2)
     assert e.value.response.headers.get("retry-after") == "1"
     assert e.value.code == "rate_limit_exceeded"
     running.close()  # the waiting request gets the row and finishes
@@ -357,7 +486,7 @@ def test_overload_gets_429_with_retry_after(small):
 def test_sigint_stops_the_server_within_seconds(small):
     proc, url = small
     c = _client(url, key=API_KEY)
-    stream = c.completions.create(model="x", prompt="ROMEO:", max_tokens=4000, temperature=0, stream=True,
+    stream = c.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=4000, temperature=0, stream=True,
                                   logit_bias=BANNED_EOS)
     it = iter(stream)
     next(it)

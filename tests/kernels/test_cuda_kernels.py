@@ -5,14 +5,16 @@ kernel cannot run there) and checks instead that the registry's fast form falls 
 References are evaluated on the CPU stream in float32, so the GPU's TF32 matmul mode does not blur them.
 Tolerances: skinny GEMM, relative Frobenius error 1e-2 for bf16 (one bf16 rounding of each output: ~2e-3) and
 1e-5 for float32 (float32 accumulation, different summation order); decode step, 1e-5 on C, n, m (float32,
-same equations) and 1e-2 on h (rounded to bf16 like the reference's h).
+same equations) and 1e-2 on h (rounded to bf16 like the reference's h); head norm + gate, the same roundings as
+the reference in the same places, so 1e-2 for bf16 (an occasional one-ulp difference where MLX's mean/variance
+or sigmoid order rounds the other way: 2^-8 relative on that element) and 1e-5 for float32.
 """
 
 import pytest
 import mlx.core as mx
 
 from xlstm_mlx import kernels
-from xlstm_mlx.kernels import mlstm_decode, skinny_gemm as skinny_matmul
+from xlstm_mlx.kernels import headnorm, mlstm_decode, skinny_gemm as skinny_matmul
 from xlstm_mlx.kernels.cuda_common import cuda_available
 
 needs_cuda = pytest.mark.skipif(not cuda_available(), reason="CUDA kernels need MLX's CUDA backend with the GPU as "
@@ -33,6 +35,22 @@ def test_fast_forms_fall_back_to_their_references_without_cuda():
     assert mx.array_equal(kernels.get("matmul.skinny")(x, w), skinny_matmul.skinny_matmul_ref(x, w))
     assert "MLX" in kernels.describe(["matmul.skinny"])["matmul.skinny"]
     assert "MLX ops" in kernels.describe(["mlstm.decode_step"])["mlstm.decode_step"]
+    assert "MLX ops" in kernels.describe(["mlstm.headnorm_gate"])["mlstm.headnorm_gate"]
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_headnorm_gate_fast_form_matches_its_reference(bias):
+    """Any backend: the registry's fast form (the CUDA kernel, or MLX ops with the CPU's polynomial sigmoid)
+    against the MLX-ops reference in float32: the polynomial sigmoid differs by <= 3e-7 relative."""
+    B, NH, DH = 3, 4, 256
+    ks = [mx.random.key(60 + i) for i in range(4)]
+    h = mx.random.normal((B, NH, DH), key=ks[0]) * 3.0 + 1.0
+    qkvo = mx.random.normal((B, 100 + NH * DH + 7), key=ks[1]) * 4.0
+    w = mx.random.normal((NH * DH,), key=ks[2]) + 1.0
+    b = mx.random.normal((NH * DH,), key=ks[3]) if bias else None
+    ref = headnorm.headnorm_gate_ref(h, qkvo, 100, w, b, 1e-6)
+    got = kernels.get("mlstm.headnorm_gate")(h, qkvo, 100, w, b, 1e-6)
+    assert got.shape == (B, NH * DH) and _rel(got, ref) <= 1e-5
 
 
 @needs_cuda
@@ -89,6 +107,26 @@ def test_decode_step_kernel_matches_the_reference(B, cap, dtype, tj):
 
 
 @needs_cuda
+@pytest.mark.parametrize("B", [1, 16, 64])
+@pytest.mark.parametrize("dtype,tol", [(mx.bfloat16, 1e-2), (mx.float32, 1e-5)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_headnorm_gate_kernel_matches_the_reference(B, dtype, tol, bias):
+    NH, DH, off = 8, 512, 3 * 2048
+    ks = [mx.random.key(7 * B + i) for i in range(4)]
+    h = (mx.random.normal((B, NH, DH), key=ks[0]) * 2.0 + 0.5).astype(dtype)
+    qkvo = (mx.random.normal((B, off + NH * DH), key=ks[1]) * 3.0).astype(dtype)
+    w = (mx.random.normal((NH * DH,), key=ks[2]) * 0.3 + 1.0).astype(dtype)
+    b = mx.random.normal((NH * DH,), key=ks[3]).astype(dtype) if bias else None
+    assert headnorm.applies(h, qkvo, w, b)
+    with mx.stream(mx.cpu):
+        ref = headnorm.headnorm_gate_ref(h, qkvo, off, w, b, 1e-6)
+        mx.eval(ref)
+    out = headnorm.headnorm_gate_cuda(h, qkvo, off, w, b, 1e-6)
+    assert out.dtype == dtype and out.shape == (B, NH * DH)
+    assert _rel(out, ref) <= tol
+
+
+@needs_cuda
 def test_whole_model_decode_with_the_kernels_matches_the_references():
     from xlstm_mlx.checkpoints.random import randomize, shape_args
     from xlstm_mlx.models.xlstm7b.model import Model
@@ -109,3 +147,85 @@ def test_whole_model_decode_with_the_kernels_matches_the_references():
                 tok = mx.argmax(outs[-1][:, -1], axis=-1, keepdims=True).astype(mx.int32)
             runs.append(mx.concatenate(outs, axis=1))
     assert _rel(runs[0], runs[1]) <= 1e-3  # float32 weights; TF32 matmuls on the reference side
+
+
+def _quantized_operands(M, K, N, bits, group_size, dtype, seed):
+    ks = [mx.random.key(seed + i) for i in range(3)]
+    x = mx.random.normal((M, K), key=ks[0]).astype(dtype)
+    w, scales, biases = mx.quantize((mx.random.normal((N, K), key=ks[1]) * K**-0.5).astype(dtype),
+                                    group_size=group_size, bits=bits)
+    bias = mx.random.normal((N,), key=ks[2]).astype(dtype)
+    return x, w, scales, biases, bias
+
+
+def test_quantized_matmul_routes_and_falls_back():
+    """The row threshold decides on CUDA only; elsewhere the fast form is nn.QuantizedLinear's computation."""
+    from xlstm_mlx.kernels import quant_matmul
+
+    x, w, s, b, bias = _quantized_operands(quant_matmul.DEQUANT_MIN_ROWS + 2, 128, 96, 4, 64, mx.float32, 5)
+    fast = kernels.get("matmul.quantized")(x, w, s, b, bias, 64, 4, "affine")
+    ref = quant_matmul.quantized_matmul_ref(x, w, s, b, bias, 64, 4, "affine")
+    assert quant_matmul.uses_dequantized(x) == cuda_available()
+    if not cuda_available():
+        assert mx.array_equal(fast, ref)
+    # the dequantized path is the same function on any backend (float32: the same products, another order)
+    deq = quant_matmul.dequantized_matmul(x, w, s, b, bias, 64, 4, "affine")
+    assert _rel(deq, ref) <= 1e-5
+
+
+@needs_cuda
+@pytest.mark.parametrize("M", [1, 8, 64, 300])
+@pytest.mark.parametrize("bits,group_size", [(4, 64), (8, 64), (4, 128)])
+def test_quantized_matmul_paths_match_float32(M, bits, group_size):
+    """Both CUDA paths against nn.QuantizedLinear's computation in float32 on the CPU: bf16 output rounding and
+    (dequantized path) the bf16 rounding of each weight: relative Frobenius error 1e-2."""
+    from xlstm_mlx.kernels import quant_matmul
+
+    x, w, s, b, bias = _quantized_operands(M, 4096, 1000, bits, group_size, mx.bfloat16, 11 * M + bits)
+    with mx.stream(mx.cpu):
+        ref = quant_matmul.quantized_matmul_ref(x.astype(mx.float32), w, s.astype(mx.float32),
+                                                b.astype(mx.float32), bias.astype(mx.float32), group_size, bits)
+        mx.eval(ref)
+    for fn in (quant_matmul.quantized_matmul, quant_matmul.dequantized_matmul, quant_matmul.quantized_matmul_ref):
+        y = fn(x, w, s, b, bias, group_size, bits)
+        assert y.shape == (M, 1000) and _rel(y, ref) <= 1e-2, fn.__name__
+
+
+@needs_cuda
+@pytest.mark.parametrize("rows", [1, 16, 2048])
+@pytest.mark.parametrize("D", [4096, 1000])
+@pytest.mark.parametrize("h_dtype", [None, mx.bfloat16, mx.float32])
+@pytest.mark.parametrize("bias", [False, True])
+def test_add_rms_norm_kernel_matches_the_reference(rows, D, h_dtype, bias):
+    """float32 r and y: the same sums in another order, 1e-6; y in bf16: one rounding, 1e-2 (statistical: a last-
+    bit float32 difference can flip a bf16 rounding)."""
+    from xlstm_mlx.kernels import add_rms_norm as arn
+
+    ks = [mx.random.key(rows + D + i) for i in range(4)]
+    x = mx.random.normal((rows, 1, D), key=ks[0]) * 3.0
+    h = None if h_dtype is None else mx.random.normal((rows, 1, D), key=ks[1]).astype(h_dtype)
+    w = mx.random.normal((D,), key=ks[2]) * 0.2 + 1.0
+    b = mx.random.normal((D,), key=ks[3]) if bias else None
+    assert arn.applies(x, h, w, b)
+    with mx.stream(mx.cpu):
+        ref = arn.add_rms_norm_ref(x, h, w, b, 1e-6, mx.bfloat16)
+        mx.eval(ref)
+    got = arn.add_rms_norm_cuda(x, h, w, b, 1e-6, mx.bfloat16)
+    assert [g.dtype for g in got] == [mx.float32, mx.float32, mx.bfloat16]
+    assert _rel(got[0], ref[0]) <= 1e-7 and _rel(got[1], ref[1]) <= 1e-6 and _rel(got[2], ref[2]) <= 1e-2
+
+
+def test_add_rms_norm_fast_form_without_cuda_is_the_reference_ops_with_norm_rms():
+    """Without CUDA: the reference's ops, its RMSNorm the registry's norm.rms (BLAS sums on the CPU,
+    kernels/norms.py), so equal to the reference up to the float32 rounding of the sums."""
+    if cuda_available():
+        pytest.skip("CUDA present: the kernel runs (tested above)")
+    from xlstm_mlx.kernels import norms
+    from xlstm_mlx.kernels.add_rms_norm import add_rms_norm_ref
+    x, h, w = mx.random.normal((2, 3, 64)), mx.random.normal((2, 3, 64)).astype(mx.bfloat16), mx.ones((64,))
+    fast = kernels.get("norm.add_rms")(x, h, w, None, 1e-5, mx.bfloat16)
+    for a, b in zip(fast, add_rms_norm_ref(x, h, w, None, 1e-5, mx.bfloat16, rms_norm=norms.rms_norm)):
+        assert mx.array_equal(a, b)
+    r, y, _ = fast
+    r_ref, y_ref, _ = kernels.KERNELS["norm.add_rms"].reference(x, h, w, None, 1e-5, mx.bfloat16)
+    assert mx.array_equal(r, r_ref) and float(mx.abs(y - y_ref).max()) < 2e-6

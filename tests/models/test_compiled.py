@@ -100,3 +100,34 @@ def test_model_and_weights_are_freed_after_use():
         assert mx.get_active_memory() <= before + 4_096
     finally:
         gc.enable()
+
+
+def test_a_loaded_fused_model_traces_once_and_never_refuses(tmp_path, monkeypatch):
+    """A stored-single checkpoint is fused at load (models/xlstm7b/fuse.py), and its weights are inputs of the
+    compiled step. A trace hands the arrays back as new Python objects: that must not look like a weight update
+    (it once made every step re-fuse the projections, drop the compiled step and trace again). Steps after the
+    first: no re-fusing, the same compiled function, no trace; a real update is still seen."""
+    from xlstm_mlx import load
+    from xlstm_mlx.checkpoints.random import make_random_checkpoint
+    from xlstm_mlx.models.xlstm7b import fuse
+
+    model, _ = load(make_random_checkpoint(tmp_path / "ck", "tiny", seed=2), profile="parity")
+    assert fuse.is_fused(model)
+    cache = model.make_cache(1)
+    tok = mx.array([[5]], dtype=mx.int32)
+    mx.eval(model(tok, cache=cache))  # the trace
+    fn = model.__dict__["_xlstm_compiled_forward"][1]
+    fused = []
+    real = fuse._fuse_group
+    monkeypatch.setattr(fuse, "_fuse_group", lambda *a: (fused.append(a[1]), real(*a))[1])
+    traces = []
+    real_forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, *a: (traces.append(1), real_forward(self, *a))[1])
+    for _ in range(4):
+        mx.eval(model(tok, cache=cache))
+    assert fused == [] and traces == []
+    assert model.__dict__["_xlstm_compiled_forward"][1] is fn
+    layer = model.backbone.blocks[0].mlstm_layer
+    model.update({"backbone": {"blocks": [{"mlstm_layer": {"k": {"weight": layer.k.weight * 2.0}}}]}})
+    mx.eval(model(tok, cache=cache))
+    assert "qkv_opreact" in fused  # an update is still seen and fused again

@@ -72,6 +72,19 @@ def test_registered_family_implements_the_protocol(family, model):
     assert cost.matmul_flops > 0 and cost.head_flops > 0 and cost.recurrence_flops > 0
 
 
+@pytest.mark.parametrize("group", [1, 2])
+def test_prefill_evaluated_per_block_group_is_bit_identical(model, group):
+    """generate.prefill's blocks_per_eval changes when the graph is evaluated, never a value."""
+    from xlstm_mlx.generation.generate import prefill
+
+    ids = _ids(model, 2, 40, seed=5)
+    one, grouped = model.make_cache(2), model.make_cache(2)
+    prefill(model, ids, one, prefill_step_size=16, blocks_per_eval=0)
+    prefill(model, ids, grouped, prefill_step_size=16, blocks_per_eval=group)
+    for a, b in zip(one.arrays(), grouped.arrays()):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+
+
 @pytest.mark.parametrize("split", [1, 7, 23])
 def test_prefill_then_steps_equals_the_full_forward(model, split):
     ids = _ids(model, 2, 31, seed=split)

@@ -106,6 +106,51 @@ def test_save_and_convert_write_the_stored_layout(tmp_path):
     q, _ = load(out)
     layer = q.backbone.blocks[0].mlstm_layer
     assert "backbone.blocks.0.mlstm_layer.q.scales" in _names(q)
-    assert fuse._KEY + "qkv_opreact" not in layer.__dict__  # quantized parts: as stored
-    assert fuse._KEY + "ifgate_preact" in layer.__dict__  # the float gates still fuse
+    assert fuse._KEY + "qkv_opreact" in layer.__dict__  # quantized parts fuse too (next test: exactly)
+    assert fuse._KEY + "ifgate_preact" in layer.__dict__  # the float gates fuse as float
     assert bool(mx.all(mx.isfinite(_run(q, prompt)[0])).item())
+
+
+@pytest.mark.parametrize("bits,group_size,use_bias", [(4, 64, False), (8, 32, True), (3, 64, False)])
+def test_quantized_groups_fuse_exactly(tmp_path, bits, group_size, use_bias):
+    """A quantized checkpoint, fused at load, against the same checkpoint kept unfused: every fused output row is
+    the same quantized dot product (packed rows, scales and biases stacked; groups run along the inputs), so the
+    float32 logits agree to the matmul's blocking, 1e-5 of their scale. The fused step runs the one-launch
+    decode path (mlstm.decode_step) that an unfused quantized model cannot take."""
+    d = make_random_checkpoint(tmp_path / "ck", shape_args("tiny", use_bias=use_bias, num_heads=4), seed=5)
+    out = convert(d, tmp_path / "q", quantize=True, bits=bits, group_size=group_size, progress=False)["out"]
+    fused, _ = load(out, profile="parity")
+    with fusing(False):
+        stored, _ = load(out, profile="parity")
+    layer = fused.backbone.blocks[0].mlstm_layer
+    hit = layer.__dict__[fuse._KEY + "qkv_opreact"][0]
+    assert hit.quant == (group_size, bits, "affine") and hit.weight.dtype == mx.uint32
+    assert fuse._KEY + "proj_up_gate_z" in fused.backbone.blocks[0].ffn.__dict__
+    assert f"quantized {bits}-bit group {group_size}" in describe_run(fused)
+    assert _names(fused) == _names(stored) and model_fingerprint(fused) == model_fingerprint(stored)
+    prompt = mx.random.randint(3, 259, (2, 9), key=mx.random.key(8)).astype(mx.int32)
+    got, got_cache = _run(fused, prompt, steps=5)
+    ref, ref_cache = _run(stored, prompt, steps=5)
+    assert bool(mx.all(mx.isfinite(got)).item())
+    assert _rel(got, ref) <= 1e-5
+    for a, b in zip(got_cache.arrays(), ref_cache.arrays()):
+        assert _rel(a, b) <= 1e-4
+
+
+def test_quantizing_a_loaded_float_model_fuses_the_quantized_parts(tmp_path):
+    """quantize_model on a loaded (fused) float model replaces the parts: the next inference call fuses the
+    quantized parts again, and the logits are those of the same quantization kept unfused."""
+    from xlstm_mlx.checkpoints.quantize import plan_quantization, quantize_model
+
+    d = make_random_checkpoint(tmp_path / "ck", "tiny", seed=9)
+    model, _ = load(d, profile="parity")
+    with fusing(False):
+        ref, _ = load(d, profile="parity")
+    prompt = mx.random.randint(3, 259, (1, 8), key=mx.random.key(1)).astype(mx.int32)
+    _run(model, prompt)  # fused float step compiled first: it must not be reused after quantizing
+    for m in (model, ref):
+        quantize_model(m, plan_quantization(m, bits=4, group_size=64), evaluate=True)
+    got = _run(model, prompt)[0]
+    hit = model.backbone.blocks[0].mlstm_layer.__dict__[fuse._KEY + "qkv_opreact"][0]
+    assert hit.quant == (64, 4, "affine")
+    assert _rel(got, _run(ref, prompt)[0]) <= 1e-5

@@ -49,3 +49,22 @@ def test_bench_command_writes_every_figure(tmp_path, capsys):
     assert r["ttft"]["length"] == 40 and r["ttft"]["seconds"] > 0
     assert r["bandwidth"]["bytes_per_s"] > 0 and r["matmul"]["flop_per_s"] > 0
     assert "device" in r and r["mlx_version"] == mx.__version__
+
+
+def test_bench_quantize_times_the_quantized_model(tmp_path, capsys):
+    """--quantize BITS quantizes the weights as `convert -q` does before anything is timed: fewer weight bytes
+    (the floors follow), the source says so; bad settings and an already quantized checkpoint are refused."""
+    out = tmp_path / "q.json"
+    common = ["bench", "--shape", "tiny", "--cpu", "--prefill-grid", "1x20", "--decode-batch", "2", "--decode-steps",
+              "2", "--ttft-len", "0", "--reps", "1", "--budget", "0"]
+    assert main(common + ["--json", str(tmp_path / "f.json")]) == 0
+    assert main(common + ["-q", "4", "--json", str(out)]) == 0
+    r, f = json.loads(out.read_text()), json.loads((tmp_path / "f.json").read_text())
+    assert "quantized 4-bit group 64" in r["model"]
+    assert r["weights_bytes"] < 0.5 * f["weights_bytes"]
+    assert r["decode"][0]["tok_s"] > 0
+    capsys.readouterr()
+    assert main(common + ["-q", "7"]) == 2
+    assert "bits must be one of" in capsys.readouterr().err
+    assert main(common + ["-q", "4", "--group-size", "48"]) == 2
+    assert "group size must be one of" in capsys.readouterr().err

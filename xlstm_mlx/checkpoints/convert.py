@@ -1,10 +1,14 @@
 """`xlstm-mlx convert`: a checkpoint of any family -> a self-contained model directory, optionally quantized.
 
-    xlstm-mlx convert --model SRC --out DST [--dtype bfloat16] [-q --bits 4|8 --group-size 32|64|128] [--force]
+    xlstm-mlx convert --model SRC --out DST [--dtype bfloat16] [-q --bits 4|8 --group-size 32|64|128] [--mlx-lm]
+                      [--force]
 
 DST gets the family's config file (config.json, or xlstm_config.json for an official stack), with a
 `quantization` section when -q (checkpoints/quantize.py), the weights as safetensors in the family's stored
-layout (sharded above 5 GB, with an index) and the tokenizer files; `xlstm_mlx.load(DST)` reads it directly. Before returning, the written directory is checked the way `load` checks it (headers only).
+layout (sharded above 5 GB, with an index) and the tokenizer files; `xlstm_mlx.load(DST)` reads it directly.
+--mlx-lm adds the model file mlx-lm runs with --trust-remote-code and names it in config.json
+(integrations/mlx_lm_files.py). Before returning, the written directory is checked the way `load` checks it
+(headers only).
 """
 
 from __future__ import annotations
@@ -85,7 +89,8 @@ def verify_directory(model_dir: Path) -> None:
 
 
 def convert(src: str | Path, out: str | Path, dtype: str | None = None, quantize: bool = False, bits: int = 4,
-            group_size: int = 64, embeddings: bool = True, force: bool = False, progress: bool = True) -> dict:
+            group_size: int = 64, embeddings: bool = True, force: bool = False, progress: bool = True,
+            mlx_lm: bool = False) -> dict:
     """Convert `src` into `out`. Returns a summary: dtype, bytes before/after, the quantization section."""
     src_dir, out = resolve_model_dir(src), Path(out).expanduser()
     prepare_out(src_dir, out, force)
@@ -116,9 +121,14 @@ def convert(src: str | Path, out: str | Path, dtype: str | None = None, quantize
         cfg = ckpt.family.export_config(model.args, ckpt.config)
         cfg["torch_dtype"] = dtype
         cfg.pop("quantization", None)
+        cfg.pop("model_file", None)  # only --mlx-lm writes the file it names
         if qcfg is not None:
             cfg["quantization"] = qcfg
         (tmp / ckpt.family.CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
+        if mlx_lm:
+            from xlstm_mlx.integrations.mlx_lm_files import write_mlx_lm_files
+
+            write_mlx_lm_files(tmp, ckpt.family.CONFIG_NAME, cfg)
         for name in TOKENIZER_FILES:
             if (src_dir / name).is_file():
                 shutil.copy(src_dir / name, tmp / name)
@@ -145,6 +155,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weights per scale/bias pair (default 64); layers it does not divide fall back, reported")
     p.add_argument("--keep-embeddings", action="store_true",
                    help="keep the token embedding and lm_head in --dtype instead of quantizing them")
+    p.add_argument("--mlx-lm", action="store_true",
+                   help="also write the model file mlx-lm runs (config.json model_file), so that "
+                   "`mlx_lm.generate --model OUT --trust-remote-code` works where xlstm-mlx is installed")
     p.add_argument("--force", action="store_true", help="replace an existing --out model directory")
 
 
@@ -152,10 +165,12 @@ def run(ns: argparse.Namespace) -> int:
     if not ns.quantize and (ns.keep_embeddings or ns.bits is not None or ns.group_size is not None):
         raise UsageError("--bits, --group-size and --keep-embeddings only apply with -q/--quantize")
     s = convert(model_or_default(ns.model, sys.stderr), ns.out, dtype=ns.dtype, quantize=ns.quantize, bits=ns.bits or 4,
-                group_size=ns.group_size or 64, embeddings=not ns.keep_embeddings, force=ns.force)
+                group_size=ns.group_size or 64, embeddings=not ns.keep_embeddings, force=ns.force, mlx_lm=ns.mlx_lm)
     if s["quantization"] is not None:
         print("\n".join(summarize(s["quantization"])))
     print(f"weights: {s['source_bytes'] / 1e6:,.1f} MB stored ({s['source_dtype']}) -> {s['bytes'] / 1e6:,.1f} MB "
           f"({s['dtype']}{', quantized' if s['quantization'] is not None else ''})")
     print(f"wrote {s['out']}")
+    if ns.mlx_lm:
+        print(f"mlx-lm: mlx_lm.generate --model {s['out']} --trust-remote-code --prompt ...")
     return 0

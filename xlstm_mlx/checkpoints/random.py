@@ -37,7 +37,8 @@ def shape_args(name: str, **overrides) -> ModelArgs:
 def randomize(model: Model, seed: int = 0, scale: float = 0.2, dtype=None) -> Model:
     """Draw every parameter: weights ~ N(0, scale/sqrt(fan_in)) scaled so activations stay O(1);
     norm weights around 1, biases and gate biases spread so that gates are neither all open nor shut.
-    `dtype` (an mx dtype) stores them in that dtype; each is evaluated as drawn, so the peak memory
+    `dtype` (an mx dtype, or a function of the parameter name giving one) stores them in that dtype; each is
+    evaluated as drawn, so the peak memory
     stays near the final weights' size (xLSTM-7B in bfloat16 needs no float32 copy)."""
     new = []
     for i, (name, p) in enumerate(tree_flatten(model.parameters())):
@@ -51,7 +52,8 @@ def randomize(model: Model, seed: int = 0, scale: float = 0.2, dtype=None) -> Mo
             v = z * (scale * (p.shape[-1] ** -0.5) * 5)
         else:
             v = z * scale
-        new.append((name, v.astype(dtype or p.dtype)))
+        want = dtype(name) if callable(dtype) else dtype
+        new.append((name, v.astype(want or p.dtype)))
         mx.eval(new[-1][1])
     model.update(tree_unflatten(new))
     mx.eval(model.parameters())

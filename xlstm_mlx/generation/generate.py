@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Sequence
 
 import mlx.core as mx
 
+from xlstm_mlx.models.base import evaluating_blocks
 from xlstm_mlx.models.compiled import decode_fn
 from xlstm_mlx.generation.sample import LogitsProcessor, Sampler, apply_processors, make_logits_processors
 from xlstm_mlx.generation.stopping import StopStringFilter, check_stop_strings
@@ -55,11 +56,14 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 
 def prefill(model, tokens: mx.array, cache, mask: mx.array | None = None, prefill_step_size: int = 2048,
-            progress: bool = False) -> None:
+            progress: bool = False, blocks_per_eval: int = 1) -> None:
     """Feed tokens [B, T] (and mask [B, T]) into `cache` in chunks; only the state is ever computed.
 
-    progress: a tqdm bar on stderr (tokens/s) once the prefill has run for PROGRESS_DELAY_S seconds."""
+    progress: a tqdm bar on stderr (tokens/s) once the prefill has run for PROGRESS_DELAY_S seconds.
+    blocks_per_eval: each chunk's forward is evaluated every this many blocks, so only that many blocks'
+    transient buffers are alive at once (0: the whole forward as one graph; models/base.py, docs/bench.md)."""
     _check_int("prefill_step_size", prefill_step_size, 1)
+    _check_int("blocks_per_eval", blocks_per_eval, 0)
     T = tokens.shape[1]
     if T == 0:
         return
@@ -70,7 +74,8 @@ def prefill(model, tokens: mx.array, cache, mask: mx.array | None = None, prefil
         for s in range(0, T, prefill_step_size):
             chunk_mask = None if mask is None else mask[:, s : s + prefill_step_size]
             chunk = tokens[:, s : s + prefill_step_size]
-            model(chunk, cache=cache, mask=chunk_mask)  # logits stay unevaluated
+            with evaluating_blocks(blocks_per_eval):
+                model(chunk, cache=cache, mask=chunk_mask)  # logits stay unevaluated
             mx.eval(cache.arrays())
             mx.clear_cache()  # hand the chunk's buffers back: the next chunk's sizes may differ (fragmentation)
             bar.update(chunk.size)
@@ -124,6 +129,7 @@ def generate_step(
     prefill_step_size: int = 2048,
     on_prefill: Callable | None = None,
     progress: bool = False,
+    blocks_per_eval: int = 1,
 ) -> Iterator[mx.array]:
     """Yield sampled tokens [B] (int32) one step at a time, the next step already computing.
 
@@ -132,7 +138,7 @@ def generate_step(
     Close the generator to stop early: the speculative next step is then taken back out of the cache.
     Token ids outside the vocabulary are refused (UsageError); non-finite logits stop the loop with a
     NumericsError (one isfinite reduction per step, read with the sampled token: docs/troubleshooting.md).
-    progress: show a progress bar for a long prefill (see prefill).
+    progress: show a progress bar for a long prefill; blocks_per_eval: see prefill.
     """
     if prompt.ndim != 2 or prompt.shape[1] < 1:
         raise UsageError(f"prompt must be [batch, time] with at least one token, got shape {tuple(prompt.shape)}")
@@ -149,7 +155,8 @@ def generate_step(
     sampler = sampler or Sampler()
     procs = list(logits_processors)
 
-    prefill(model, prompt[:, :-1], cache, None if mask is None else mask[:, :-1], prefill_step_size, progress)
+    prefill(model, prompt[:, :-1], cache, None if mask is None else mask[:, :-1], prefill_step_size, progress,
+            blocks_per_eval)
     if max_tokens == 0 and prompt.shape[1] > 1:
         check_state_finite(cache)  # no logits will be computed: the state itself is checked, once
     if on_prefill is not None:

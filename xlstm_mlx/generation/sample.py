@@ -2,14 +2,16 @@
 
 A sampler maps logits [B, V] to token ids [B] (int32). The order follows transformers: the logits are divided
 by the temperature first, then top-k, top-p and min-p each mask tokens to -inf (each filter always keeps the most
-likely token), then one categorical draw per row. Temperature 0 is greedy (argmax; the filters cannot change it).
+likely token), then one categorical draw per row (Gumbel-max: argmax of the logits plus Gumbel noise).
+Temperature 0 is greedy (argmax; the filters cannot change it).
 
 A logits processor maps (history [B, L] int32, logits [B, V]) to logits [B, V]; a history entry < 0 means "no
 token" (left padding of a batch). Processors compose as a list applied in order.
 
-Reproducibility: a sampler given a seed owns an `mx.random` key and splits it for every draw, so the same seed
-and the same logits give the same tokens whatever else uses the global generator; without a seed it draws from
-MLX's global generator (`mx.random.seed` controls that).
+Reproducibility: a sampler given a seed owns an `mx.random` key and splits it for every draw (the noise of a
+draw is `mx.random.gumbel(logits.shape, key=sub)`), so the same seed and the same logits give the same tokens
+whatever else uses the global generator, and batch_sample.py reproduces them row by row inside a batch; without
+a seed it draws from MLX's global generator (`mx.random.seed` controls that).
 """
 
 from __future__ import annotations
@@ -114,6 +116,14 @@ def apply_min_p(logits: mx.array, min_p: float) -> mx.array:
 
 
 # ---------------------------------------------------------------------------------------------- sampler
+def gumbel_max(x: mx.array, noise: mx.array) -> mx.array:
+    """One categorical draw per row of logits x [B, V], given standard Gumbel noise of the same shape.
+
+    argmax(x + g) is what mx.random.categorical computes, written out so that a batch of rows, each with its own
+    key, draws exactly what each row would draw alone (batch_sample.py makes the noise per row key)."""
+    return mx.argmax(x + noise, axis=-1).astype(mx.int32)
+
+
 class Sampler:
     """Sample token ids [B] from logits [B, V]; see the module docstring for the order of operations."""
 
@@ -156,9 +166,9 @@ class Sampler:
             return mx.argmax(logits, axis=-1).astype(mx.int32)
         x = self.filter(logits)
         if self._key is None:
-            return mx.random.categorical(x, axis=-1).astype(mx.int32)
+            return gumbel_max(x, mx.random.gumbel(x.shape))
         self._key, sub = mx.random.split(self._key)
-        return mx.random.categorical(x, axis=-1, key=sub).astype(mx.int32)
+        return gumbel_max(x, mx.random.gumbel(x.shape, key=sub))
 
     def __repr__(self) -> str:
         return (

@@ -1,11 +1,12 @@
 """mlx-lm compatibility: after `import xlstm_mlx.integrations.mlx_lm`, `mlx_lm.load(DIR)`, `mlx_lm.generate`,
-`mlx_lm.stream_generate` and `mlx_lm.batch_generate` drive any xLSTM checkpoint with a config.json that our
-`load` reads (the Hugging Face xlstm layout, the demo model, everything `xlstm-mlx convert` writes for it,
-quantized included).
+`mlx_lm.stream_generate`, `mlx_lm.batch_generate`, `mlx_lm.server` and `mlx_lm.lora` drive any xLSTM checkpoint
+with a config.json that our `load` reads (the Hugging Face xlstm layout, the demo model, everything
+`xlstm-mlx convert` writes for it, quantized included).
 
 How: mlx-lm picks its model code by `importlib.import_module("mlx_lm.models." + config["model_type"])`. This
 module registers itself in `sys.modules` under those names for our families' model types ("xlstm",
-"xlstm_official_stack"), so mlx-lm finds `ModelArgs` and `Model` here:
+"xlstm_official_stack"), so mlx-lm finds `ModelArgs` and `Model` here (a directory written by
+`convert --mlx-lm` names them through config.json's `model_file` instead: mlx_lm_files.py):
 
 - `ModelArgs.from_dict(config)` keeps the config. Our quantized checkpoints describe their layers in a
   `quantization` section of our own format, so it is taken out of mlx-lm's config dict here (mlx-lm would

@@ -15,6 +15,13 @@ and what the fast form is on this backend (a string, or a function of nothing fo
     slstm.step        slstm_step (mx.compile)       slstm_step_ref
     mlstm.decode_step mlstm_decode_step (fused CUDA  mlstm_decode_step_ref (soft cap + mlstm_step_ref)
                       kernel on CUDA, else the ref)
+    mlstm.headnorm_gate headnorm_gate (fused CUDA    headnorm_gate_ref (layer_norm, weight, sigmoid gate)
+                      kernel on CUDA, else MLX ops)
+    norm.add_rms      add_rms_norm (fused CUDA      add_rms_norm_ref (add, mx.fast.rms_norm, cast)
+                      kernel on CUDA, else the ref)
+    matmul.quantized  quantized_matmul (by rows:    quantized_matmul_ref (nn.QuantizedLinear's
+                      dequantize + GEMM for many     mx.quantized_matmul + bias)
+                      rows on CUDA)
     matmul.skinny     skinny_matmul (CUDA skinny    skinny_matmul_ref (MLX's matmul, as nn.Linear)
                       GEMM for <= 8 rows on CUDA,
                       else the ref)
@@ -44,6 +51,12 @@ from xlstm_mlx.kernels import mlstm_decode as _decode
 from xlstm_mlx.kernels import skinny_gemm as _skinny
 from xlstm_mlx.kernels import fastmath
 from xlstm_mlx.kernels import norms
+from xlstm_mlx.kernels import headnorm as _headnorm
+from xlstm_mlx.kernels.headnorm import headnorm_gate, headnorm_gate_ref
+from xlstm_mlx.kernels import quant_matmul as _quant
+from xlstm_mlx.kernels import add_rms_norm as _add_rms
+from xlstm_mlx.kernels.add_rms_norm import add_rms_norm, add_rms_norm_ref
+from xlstm_mlx.kernels.quant_matmul import quantized_matmul, quantized_matmul_ref
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise, mlstm_chunkwise_ref
 from xlstm_mlx.kernels.mlstm_decode import mlstm_decode_step, mlstm_decode_step_ref
 from xlstm_mlx.kernels.skinny_gemm import skinny_matmul, skinny_matmul_ref
@@ -72,7 +85,10 @@ KERNELS: dict[str, Kernel] = {
     "slstm.sequence": Kernel(slstm_sequence, slstm_sequence_ref, sequence_path),
     "slstm.step": Kernel(slstm_step, slstm_step_ref, "compiled step (mx.compile)"),
     "mlstm.decode_step": Kernel(mlstm_decode_step, mlstm_decode_step_ref, _decode.label),
+    "mlstm.headnorm_gate": Kernel(headnorm_gate, headnorm_gate_ref, _headnorm.label),
     "matmul.skinny": Kernel(skinny_matmul, skinny_matmul_ref, _skinny.label),
+    "matmul.quantized": Kernel(quantized_matmul, quantized_matmul_ref, _quant.label),
+    "norm.add_rms": Kernel(add_rms_norm, add_rms_norm_ref, _add_rms.label),
     # element-wise transcendentals: fast forms on the CPU only (MLX's Linux CPU ops are slow; docs/numerics.md)
     "math.sigmoid": Kernel(fastmath.sigmoid, fastmath.sigmoid_ref, fastmath.label),
     "math.silu": Kernel(fastmath.silu, fastmath.silu_ref, fastmath.label),
@@ -123,5 +139,6 @@ __all__ = [
     "log_sigmoid", "mask_gates", "mlstm_zero_state", "slstm_zero_state", "mlstm_chunkwise", "mlstm_chunkwise_ref",
     "mlstm_parallel", "mlstm_sequence", "mlstm_step", "mlstm_step_ref", "slstm_sequence", "slstm_sequence_ref",
     "slstm_step", "slstm_step_ref", "mlstm_decode_step", "mlstm_decode_step_ref", "skinny_matmul",
-    "skinny_matmul_ref",
+    "skinny_matmul_ref", "headnorm_gate", "headnorm_gate_ref",
+    "quantized_matmul", "quantized_matmul_ref", "add_rms_norm", "add_rms_norm_ref",
 ]

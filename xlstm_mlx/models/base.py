@@ -42,6 +42,7 @@ state (left padding for batches).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -49,7 +50,7 @@ import mlx.nn as nn
 
 from xlstm_mlx import env, kernels
 from xlstm_mlx.models.cache import Cache
-from xlstm_mlx.models.compiled import compiled_forward
+from xlstm_mlx.models.compiled import call_compiled
 from xlstm_mlx.errors import UsageError
 
 
@@ -120,6 +121,32 @@ def linear_shape(module) -> tuple[int, int] | None:
     return None
 
 
+# Prefill memory: how many blocks' graphs are built before they are evaluated (0 = the whole forward as one
+# graph). On a GPU a transient buffer is freed only once the queued kernels that read it have run, and the host
+# queues a whole forward long before the GPU has run it, so a forward built as one graph keeps every block's
+# projections, gates and chunk states alive together: at the 7B shape ~0.4 GB per block for a 2,048-token
+# chunk, ~11 GB for 32 blocks (measured: benchmarks/results/gpu_prefill_memory_h200.md). Each group's output
+# and states are handed to mx.async_eval when built, and the group before it is waited for: at most two groups
+# are in flight, and the host builds the next group while the GPU runs the last (waiting on every group alone
+# left the GPU idle while the host built the graph: +43% time to first token). No value changes.
+# generate.prefill opens it.
+_blocks_per_eval = env.Setting(0)
+_in_flight = env.Setting(None)  # the last group handed to async_eval, inside one forward call
+
+
+def evaluating_blocks(group: int):
+    """`with evaluating_blocks(n):` forward calls (not the compiled step) evaluate after every n blocks."""
+    if isinstance(group, bool) or not isinstance(group, int) or group < 0:
+        raise UsageError(f"blocks per evaluation must be an integer >= 0 (0 = one graph), got {group!r}")
+    return _blocks_per_eval.override(group)
+
+
+@contextlib.contextmanager
+def _evaluation_window():
+    with _in_flight.override(None):
+        yield
+
+
 class RecurrentLM(nn.Module):
     """Shared by every family: input checks, the cache, and the one compiled decode step.
 
@@ -168,9 +195,11 @@ class RecurrentLM(nn.Module):
         states = list(cache.layers) if cache is not None else self.fresh_states(B)
         use = self.uses_compiled_step(T, mask) if compiled is None else (compiled and T == 1 and mask is None)
         if use:
-            logits, states = compiled_forward(self)(input_ids, states)
+            with _blocks_per_eval.override(0):  # a trace evaluates nothing (one token: no transients to bound)
+                logits, states = call_compiled(self, input_ids, states)
         else:
-            logits, states = self.forward(input_ids, states, mask, self.check_numerics)
+            with _evaluation_window():  # block_done's in-flight group belongs to this call only
+                logits, states = self.forward(input_ids, states, mask, self.check_numerics)
         if cache is not None:
             cache.layers[:] = states
             cache.offset += T
@@ -178,6 +207,17 @@ class RecurrentLM(nn.Module):
 
     def forward(self, input_ids, states, mask, check: bool):
         raise NotImplementedError
+
+    @staticmethod
+    def block_done(idx: int, x: mx.array, new_states: list) -> None:
+        """Called by `forward` after block `idx`: evaluates the residual stream and the new states every
+        `evaluating_blocks(n)` blocks (prefill memory, above); nothing otherwise."""
+        group = _blocks_per_eval.value
+        if group and (idx + 1) % group == 0:
+            mx.async_eval(x, new_states)
+            if _in_flight.value is not None:
+                mx.eval(_in_flight.value)  # the group before: at most two in flight
+            _in_flight.value = x
 
     # -- descriptions and costs -----------------------------------------------------------------------
     def kernel_names(self) -> list[str]:

@@ -15,6 +15,12 @@ The captured inputs are the model's top-level children, not the model itself: th
 model, and a reference back to the model from MLX's compiled object would be a cycle Python's collector cannot
 see (the model and its weights would never be freed).
 
+A trace hands the model's arrays back as new Python objects: mx.compile swaps the input tree's arrays for
+tracers while it traces and then puts the arrays back, each re-wrapped (the same buffers, other `id`s). Code
+that tells weight updates apart by array identity (models/xlstm7b/fuse.py) must not take that for an update:
+`call_compiled` tells the model through its `after_trace()` hook, once per trace. (Missing that made the fusing
+see every weight as replaced after each trace, re-fuse, drop this function and trace again at every step.)
+
 The reference beside it is the uncompiled `model.forward`: XLSTM_MLX_COMPILE_DECODE=0 (or
 `decode_fn(model, use_compiled=False)`) runs it, and tests/models/test_compiled.py checks the two agree.
 """
@@ -42,13 +48,28 @@ def compiled_forward(model):
     if hit is not None and hit[0] == key:
         return hit[1]
     model_ref = weakref.ref(model)
+    traced = [False]
 
     def step(ids, states):
+        traced[0] = True  # Python runs only while MLX traces
         return model_ref().forward(ids, states, None, False)
 
     fn = mx.compile(step, inputs=dict(model))
-    model.__dict__[_ATTR] = (key, fn)  # a plain attribute: nn.Module keeps it out of its parameters
+    model.__dict__[_ATTR] = (key, fn, traced)  # a plain attribute: nn.Module keeps it out of its parameters
     return fn
+
+
+def call_compiled(model, ids, states):
+    """compiled_forward(model)(ids, states), then model.after_trace() if this call traced (see above)."""
+    fn = compiled_forward(model)
+    traced = model.__dict__[_ATTR][2]
+    traced[0] = False
+    out = fn(ids, states)
+    if traced[0]:
+        after = getattr(model, "after_trace", None)
+        if after is not None:
+            after()
+    return out
 
 
 def decode_fn(model, use_compiled: bool | None = None):

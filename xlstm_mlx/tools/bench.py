@@ -15,6 +15,7 @@ import sys
 import time
 
 import mlx.core as mx
+import mlx.nn as nn
 
 from xlstm_mlx import atomic
 from xlstm_mlx.atomic import check_writable
@@ -22,6 +23,7 @@ from xlstm_mlx.checkpoints.load import load
 from xlstm_mlx.errors import UsageError
 from xlstm_mlx.checkpoints.random import SHAPES, randomize, shape_args
 from xlstm_mlx.generation.generate import generate_step, prefill
+from xlstm_mlx.models import family_of
 from xlstm_mlx.models.xlstm7b.model import Model
 from xlstm_mlx.platform import blas
 from xlstm_mlx.profiles import default_profile, load_profile
@@ -62,25 +64,42 @@ def device_description() -> str:
     return f"cpu: {cpu}, {os.cpu_count()} cores"
 
 
-def build_model(model_path: str | None, shape: str | None, dtype: str | None, profile: str | None, seed: int):
+def build_model(model_path: str | None, shape: str | None, dtype: str | None, profile: str | None, seed: int,
+                weight_mode: str | None = None):
     if model_path:
         model, _ = load(model_path, dtype=dtype, profile=profile)
         return model, model_path
     prof = load_profile(profile) if profile else default_profile(dtype)
     if dtype:
         prof = prof.replace(compute_dtype=dtype, kernel_dtype=dtype)
-    model = Model(shape_args(shape), prof)
-    randomize(model, seed, dtype=prof.mx_compute_dtype)
+    model = Model(shape_args(shape, **({"weight_mode": weight_mode} if weight_mode else {})), prof)
+    # each tensor in the dtype `load` would give it (the family's param_dtype), so the bench runs what a loaded
+    # checkpoint runs: float32 head, pre-norms and gates beside bf16 projections under the 'fast' profile
+    randomize(model, seed, dtype=lambda name: family_of(model).param_dtype(name, prof))
+    if model.fuse_projections():  # stored single: fused for inference, as `load` does
+        return model, f"random weights, shape {shape}, stored single (fused at load)"
     return model, f"random weights, shape {shape}"
 
 
-def bench_prefill(model, batch, length, reps, budget, rng_key, step_size):
+def quantized(model, source: str, bits: int, group_size: int):
+    """The model quantized in place as `convert -q` does (every eligible layer, embeddings and lm_head included)."""
+    from xlstm_mlx.checkpoints.quantize import plan_quantization, quantize_model
+
+    if any(isinstance(m, nn.QuantizedLinear) for _, m in model.leaf_modules_flat()):
+        raise UsageError("--quantize: this checkpoint is already quantized; leave out --quantize to bench it as stored")
+    plan = plan_quantization(model, bits, group_size)
+    quantize_model(model, plan, evaluate=True)
+    return model, f"{source}, quantized {bits}-bit group {group_size} (convert -q layout)"
+
+
+def bench_prefill(model, batch, length, reps, budget, rng_key, step_size, blocks_per_eval=1):
     """The generation path's prefill (state only, in chunks of `step_size`): prompt tokens/s."""
+    mx.clear_cache()  # each figure starts from an empty buffer cache, whatever ran before it
     ids = mx.random.randint(0, model.args.vocab_size, (batch, length), key=rng_key).astype(mx.int32)
 
     def once():
         cache = model.make_cache(batch)
-        prefill(model, ids, cache, prefill_step_size=step_size)
+        prefill(model, ids, cache, prefill_step_size=step_size, blocks_per_eval=blocks_per_eval)
         _sync(*cache.arrays())
 
     once()  # warm-up (kernel compilation, allocator)
@@ -92,6 +111,7 @@ def bench_prefill(model, batch, length, reps, budget, rng_key, step_size):
 
 def bench_decode(model, batch, steps, reps, budget, rng_key, prompt_len=16):
     """generate_step's pipelined greedy loop: tokens/s between the first sampled token and the last."""
+    mx.clear_cache()  # each figure starts from an empty buffer cache, whatever ran before it
     ids = mx.random.randint(0, model.args.vocab_size, (batch, prompt_len), key=rng_key).astype(mx.int32)
 
     def once():
@@ -113,12 +133,14 @@ def bench_decode(model, batch, steps, reps, budget, rng_key, prompt_len=16):
             "reps": len(times), "peak_memory_bytes": mx.get_peak_memory()}
 
 
-def bench_ttft(model, length, reps, budget, rng_key, step_size):
+def bench_ttft(model, length, reps, budget, rng_key, step_size, blocks_per_eval=1):
     """Prompt in, first sampled token on the host (batch 1), through generate_step."""
+    mx.clear_cache()  # each figure starts from an empty buffer cache, whatever ran before it
     ids = mx.random.randint(0, model.args.vocab_size, (1, length), key=rng_key).astype(mx.int32)
 
     def first_token():
-        next(generate_step(model, ids, max_tokens=1, prefill_step_size=step_size)).item()
+        next(generate_step(model, ids, max_tokens=1, prefill_step_size=step_size,
+                           blocks_per_eval=blocks_per_eval)).item()
 
     first_token()
     mx.reset_peak_memory()
@@ -151,7 +173,13 @@ def validate(args) -> None:
         parse_grid(args.prefill_grid)
     if args.decode_batch and args.decode_steps < 1:
         raise UsageError(f"--decode-steps must be >= 1, got {args.decode_steps} (or give no --decode-batch)")
-    for name, low in (("reps", 1), ("prefill_step_size", 1), ("ttft_len", 0)):
+    if args.weight_mode and args.model:
+        raise UsageError("--weight-mode applies to random weights (--shape); a checkpoint has its own layout")
+    if args.quantize is not None:
+        from xlstm_mlx.checkpoints.quantize import check_settings
+
+        check_settings(args.quantize, args.group_size)
+    for name, low in (("reps", 1), ("prefill_step_size", 1), ("ttft_len", 0), ("blocks_per_eval", 0)):
         if getattr(args, name) < low:
             raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
     if not args.budget >= 0:
@@ -172,7 +200,10 @@ def run(args, built: tuple | None = None, out: dict | None = None) -> dict:
     validate(args)
     if args.cpu:
         mx.set_default_device(mx.cpu)
-    model, source = built or build_model(args.model, args.shape, args.dtype, args.profile, args.seed)
+    model, source = built or build_model(args.model, args.shape, args.dtype, args.profile, args.seed,
+                                         args.weight_mode)
+    if args.quantize:
+        model, source = quantized(model, source, args.quantize, args.group_size)
     prof = model.profile
     cost = model.cost(prof.chunk_size)
     state_b = cost.state_bytes
@@ -196,7 +227,7 @@ def run(args, built: tuple | None = None, out: dict | None = None) -> dict:
     grid = (parse_grid(args.prefill_grid) if args.prefill_grid
             else [(b, t) for b in args.prefill_batch for t in args.prefill_len])
     for b, t in grid:
-        r = bench_prefill(model, b, t, args.reps, args.budget, key, args.prefill_step_size)
+        r = bench_prefill(model, b, t, args.reps, args.budget, key, args.prefill_step_size, args.blocks_per_eval)
         r.update(floor_tok_s=pf_floor, ratio_to_floor=r["tok_s"] / pf_floor)
         out["prefill"].append(r)
         print(f"[bench] prefill B={b} T={t}: {r['tok_s']:.0f} tok/s ({r['ratio_to_floor']:.1%} of floor "
@@ -210,7 +241,8 @@ def run(args, built: tuple | None = None, out: dict | None = None) -> dict:
               f"{r['ratio_to_floor']:.1%} of floor {f:.1f}), peak {r['peak_memory_bytes'] / 1e9:.2f} GB",
               file=sys.stderr)
     if args.ttft_len:
-        r = bench_ttft(model, args.ttft_len, args.reps, args.budget, key, args.prefill_step_size)
+        r = bench_ttft(model, args.ttft_len, args.reps, args.budget, key, args.prefill_step_size,
+                       args.blocks_per_eval)
         f = args.ttft_len / pf_floor
         r.update(floor_seconds=f, ratio_to_floor=f / r["seconds"])
         out["ttft"] = r
@@ -226,11 +258,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="weight/compute dtype (default: bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--profile", help="numerics profile name or JSON path")
+    p.add_argument("--weight-mode", choices=["single", "fused"],
+                   help="random weights: the stored projection layout (single = the Hugging Face xLSTM-7B layout, "
+                        "fused at load as `load` does; default: the shape's own)")
+    p.add_argument("--quantize", "-q", type=int, metavar="BITS",
+                   help="quantize the weights first, as `convert -q` does (e.g. 4 or 8)")
+    p.add_argument("--group-size", type=int, default=64, help="quantization group size (with --quantize)")
     p.add_argument("--prefill-batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--prefill-len", type=int, nargs="+", default=[128, 512, 2048])
     p.add_argument("--prefill-grid", nargs="+", metavar="BxT",
                    help="explicit (batch x length) pairs, e.g. 1x2048 8x512 (instead of the batch x length product)")
     p.add_argument("--prefill-step-size", type=int, default=2048, help="prefill chunk length (as in generate)")
+    p.add_argument("--blocks-per-eval", type=int, default=1,
+                   help="prefill: evaluate every N blocks, bounding the transient memory (0: one graph per chunk)")
     p.add_argument("--decode-batch", type=int, nargs="*", default=[1, 8, 64])
     p.add_argument("--decode-steps", type=int, default=32, help="timed decode steps per repetition")
     p.add_argument("--ttft-len", type=int, default=2048, help="prompt length for time to first token (0: skip)")

@@ -108,6 +108,10 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         except ValidationError as e:
             message, param = describe_validation_error(e)
             raise RequestError(message, param) from None
+        if req.model is not None and req.model != settings.model_id:
+            # as OpenAI answers an unknown model; an absent field means the served model (curl users omit it)
+            return _error(404, f"the model {req.model!r} does not exist: this server serves {settings.model_id!r} "
+                          "(GET /v1/models lists it; --model-id sets it)", param="model", code="model_not_found")
         job = (chat_job if chat else completion_job)(req, tok, settings.limits)
         if settings.draining.is_set():
             return _error(503, "the server is shutting down", "server_error")

@@ -8,19 +8,24 @@ Loop, one iteration at a time:
   3. prefill the group by one chunk of at most `prefill_chunk` positions (the work per iteration is capped, so the
      running streams keep flowing); when the group has consumed all but the last prompt token of every row, its
      rows join the decode batch;
-  4. one decode step for every decoding row: feed each row's pending token, sample each row with its own sampler
-     and logits processors, emit text; a finished or cancelled row leaves by dropping its state rows (rows.py),
-     nothing else is recomputed. A batch of plain greedy rows is pipelined like generate_step (the next step is
-     started on the still-lazy tokens before they are read back); rows that become ready meanwhile join at the
-     next step that is not speculative.
+  4. one decode step for every decoding row: feed each row's pending token, sample every row with its own settings
+     in one graph (generation/batch_sample.py: greedy or temperature, top-k, top-p, min-p, seed, repetition
+     penalty, logit bias, logprobs), emit text; a finished or cancelled row leaves by dropping its state rows
+     (rows.py), nothing else is recomputed. Steps are pipelined like generate_step (the next step is started on
+     the still-lazy tokens, keys and histories before they are read back); rows that become ready meanwhile join
+     at the next step that is not speculative.
 
 Cache semantics are generate.py's: a row's state has consumed its prompt and every generated token but the last
 (sampled, never fed back). That state is stored in the prefix cache when the row ends, with the prompt-boundary
-state (prompt minus its last token) and one every `save_every` prompt tokens of long prompts.
+state (prompt minus its last token), one at each of the job's `save_at` boundaries (a chat's end of the system
+prompt and start of the last message: the next conversation with the same system prompt, or an edited last
+message, starts there; a prefill chunk ends at such a boundary to take it) and one every `save_every` prompt
+tokens of long prompts.
 
 Greedy rows are exactly what `generate --temp 0` computes for the same prompt: the same prefill (chunks of
 `prefill_chunk`, no mask for a group of one), the same compiled decode step, argmax per row. Rows are independent
-(batch-first states, masked padding), so other rows do not change a row's tokens (tested).
+(batch-first states, masked padding, per-row sampler keys), so other rows do not change a row's tokens, sampled
+ones with a seed included (tested). A row whose logits are not finite ends with an error event (NaN never passes).
 
 Threads: every MLX call happens on the engine thread, loading included (MLX arrays built on one thread cannot be
 evaluated on another); `xlstm-mlx serve` makes the main thread the engine thread and runs uvicorn on another. Other threads call submit/cancel/stop/health only; results go back through each request's `sink`
@@ -28,7 +33,7 @@ evaluated on another); `xlstm-mlx serve` makes the main thread the engine thread
     ("admitted", cached_tokens)
     ("token", text, token_id, logprob or None, top_logprobs [(id, logprob)] or None)
     ("done", finish_reason, usage dict)          finish_reason: "stop" | "length" | "cancelled"
-    ("error", message)
+    ("error", message)                           NaN/Inf logits, a refused setting, shutdown or an engine bug
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import traceback
 from collections import deque
 from dataclasses import dataclass, field
 
+from xlstm_mlx.generation.batch_sample import BatchSampler, RowSampling, first_history, first_key, history_array
 from xlstm_mlx.generation.server.metrics import Metrics
 from xlstm_mlx.generation.server.state_cache import PrefixStateCache
 from xlstm_mlx.generation.server.textstream import TextStream
@@ -71,6 +77,7 @@ class Job:
     logit_bias: dict[int, float] | None = None
     stop: list[str] = field(default_factory=list)
     logprobs: int | None = None  # None: off; else how many top alternatives to return (0 = only the chosen)
+    save_at: list[int] = field(default_factory=list)  # prompt lengths whose state is worth storing (boundaries)
 
 
 @dataclass
@@ -81,8 +88,7 @@ class _Row:
     t_submit: float
     cached: int = 0
     text: TextStream | None = None
-    sampler: object = None
-    procs: list = field(default_factory=list)
+    spec: RowSampling | None = None
     generated: list[int] = field(default_factory=list)
     next_token: int = -1
     t_first: float | None = None
@@ -133,9 +139,10 @@ class Engine:
         self._waiting: deque[_Row] = deque()
         self._group: _Group | None = None
         self._active: list[_Row] = []
-        self._cache = None
-        self._inflight = None  # (tokens [B], state after) of a pipelined greedy step still computing
-        self._pending: list = []  # (row, one-row cache) that joined while a step was in flight
+        self._state = None  # rows.RowState of the active rows: recurrent state, sampler keys, histories
+        self._sampler: BatchSampler | None = None  # the active rows' settings (rebuilt when they change)
+        self._inflight = None  # (Draw, RowState after) of a pipelined step still computing
+        self._pending: list = []  # (row, one-row RowState) that joined while a step was in flight
 
     # ------------------------------------------------------------------ other threads
     def load(self) -> None:
@@ -218,7 +225,7 @@ class Engine:
         import gc
 
         self.state_cache.clear()
-        self._cache = self._inflight = None
+        self._state = self._inflight = self._sampler = None
         self.model = self.decode = None
         gc.collect()
         self._mx.synchronize()
@@ -241,6 +248,7 @@ class Engine:
         if self.verbose:
             print(f"[xlstm-mlx serve] engine: continuous batching over up to {self.max_batch} rows, "
                   f"prefill chunk {self.prefill_chunk}, decode step: {'compiled' if self.decode.compiled else 'plain'}, "
+                  f"pipelined, every row sampled in one batched graph (generation/batch_sample.py), "
                   f"state {self.state_bytes_per_row / 1e6:.2f} MB per row, prefix-state cache "
                   f"{self.state_cache.max_bytes / 1e6:.0f} MB", file=sys.stderr)
 
@@ -329,7 +337,7 @@ class Engine:
             self._send(r.sink, ("admitted", n))
             (joining if n == len(r.job.prompt) - 1 else starting).append((r, cache))
         if joining:
-            self._join_active([r for r, _ in joining], [c for _, c in joining])
+            self._join_active([r for r, _ in joining], rows.join([c for _, c in joining]))
         if starting:
             rest = [r.job.prompt[r.cached:-1] for r, _ in starting]
             L = max(len(t) for t in rest)
@@ -338,19 +346,31 @@ class Engine:
                                  [[0] * p + t for p, t in zip(pads, rest)], pads)
 
     def _make_sampling(self, r: _Row) -> None:
-        from xlstm_mlx.generation.generate import make_sampling
-
         j = r.job
-        r.sampler, r.procs = make_sampling(temp=j.temperature, top_k=j.top_k, top_p=j.top_p, min_p=j.min_p,
-                                           seed=j.seed, repetition_penalty=j.repetition_penalty,
-                                           repetition_context_size=j.repetition_context_size,
-                                           logit_bias=j.logit_bias)
+        r.spec = RowSampling(temperature=j.temperature, top_k=j.top_k, top_p=j.top_p, min_p=j.min_p, seed=j.seed,
+                             repetition_penalty=j.repetition_penalty,
+                             repetition_context_size=j.repetition_context_size, logit_bias=j.logit_bias,
+                             logprobs=j.logprobs)
         r.text = TextStream(self.tokenizer, j.stop, self.tokenizer.eos_token_ids, j.max_tokens)
+
+    def _boundaries(self, g: _Group, s: int) -> list[tuple[int, int]]:
+        """(group position, row) of the rows' `save_at` boundaries after position `s`, in order."""
+        out = []
+        for b, r in enumerate(g.rows):
+            for k in r.job.save_at:
+                at = g.pads[b] + k - r.cached  # k prompt tokens consumed at this group position
+                if k > max(r.cached, r.last_saved) and s < at < g.length:
+                    out.append((at, b))
+        return sorted(out)
 
     def _prefill_chunk(self) -> None:
         mx = self._mx
         g = self._group
-        s, e = g.pos, min(g.length, g.pos + self.prefill_chunk)
+        s = g.pos
+        e = min(g.length, s + self.prefill_chunk)
+        marks = self._boundaries(g, s)
+        if marks and marks[0][0] < e:  # end this chunk at the next boundary, to store the state there
+            e = marks[0][0]
         t0 = time.perf_counter()
         tokens = mx.array([t[s:e] for t in g.tokens], dtype=mx.int32)
         mask = None
@@ -362,9 +382,10 @@ class Engine:
         self.metrics.prefill_tokens += sum(max(0, e - max(s, p)) for p in g.pads)
         self.metrics.prefill_seconds += time.perf_counter() - t0
         if e < g.length:
-            for b, r in enumerate(g.rows):  # every `save_every` prompt tokens of a long prompt
+            for b, r in enumerate(g.rows):
                 consumed = r.cached + max(0, e - g.pads[b])
-                if self.save_every and consumed - r.last_saved >= self.save_every:
+                at_boundary = consumed in r.job.save_at and consumed > r.last_saved
+                if at_boundary or (self.save_every and consumed - r.last_saved >= self.save_every):
                     self._store(r.job.prompt[:consumed], g.cache, b)
                     r.last_saved = consumed
             return
@@ -372,17 +393,30 @@ class Engine:
             if len(r.job.prompt) - 1 > r.last_saved:
                 self._store(r.job.prompt[:-1], g.cache, b)
         self._group = None
-        self._join_active(g.rows, [g.cache])
+        self._join_active(g.rows, g.cache)
 
-    def _join_active(self, new_rows: list, caches: list) -> None:
+    def _join_active(self, new_rows: list, cache) -> None:
+        """Rows whose state `cache` (their rows in order) has consumed all of the prompt but its last token."""
+        from xlstm_mlx.generation.server import rows
+
+        mx = self._mx
+        state = rows.RowState(cache, mx.stack([first_key(r.spec) for r in new_rows]),
+                              history_array([first_history(r.spec, r.job.prompt) for r in new_rows]))
+        self._join_states(new_rows, state)
+
+    def _join_states(self, new_rows: list, state) -> None:
         from xlstm_mlx.generation.server import rows
 
         if self._inflight is not None:  # a speculative step is computing for the current rows: join after it
-            cache = rows.join(caches)
-            self._pending.extend((r, rows.row(cache, b)) for b, r in enumerate(new_rows))
+            self._pending.extend((r, rows.state_row(state, b)) for b, r in enumerate(new_rows))
             return
-        self._cache = rows.join(([self._cache] if self._active else []) + caches)
-        self._active.extend(new_rows)
+        self._set_active(self._active + new_rows,
+                         rows.join_states(([self._state] if self._active else []) + [state]))
+
+    def _set_active(self, active: list, state) -> None:
+        if [r.rid for r in active] != [r.rid for r in self._active]:
+            self._sampler = None  # the settings are per composition
+        self._active, self._state = active, state
 
     def _merge_pending(self) -> None:
         pending, self._pending = self._pending, []
@@ -393,43 +427,45 @@ class Engine:
             else:
                 live.append((r, cache))
         if live:
-            self._join_active([r for r, _ in live], [c for _, c in live])
+            from xlstm_mlx.generation.server import rows
+
+            self._join_states([r for r, _ in live], rows.join_states([st for _, st in live]))
 
     # -- decoding -----------------------------------------------------------------------------------------
-    def _launch(self, tokens, cache):
-        """Start one greedy decode step for every row of `cache` (left untouched): (tokens [B], state after)."""
+    def _launch(self, tokens, state):
+        """Start one decode step for every row of `state` (left untouched): (Draw, RowState after)."""
+        from xlstm_mlx.generation.server import rows
         from xlstm_mlx.models.cache import Cache
 
-        mx = self._mx
-        after = Cache(list(cache.layers), cache.batch_size)
-        y = mx.argmax(self.decode(tokens, after)[:, -1], axis=-1).astype(mx.int32)
-        return y, after
+        if self._sampler is None:
+            self._sampler = BatchSampler([r.spec for r in self._active])
+        after = Cache(list(state.cache.layers), state.cache.batch_size)
+        draw = self._sampler(self.decode(tokens, after)[:, -1], state.keys, state.history)
+        return draw, rows.RowState(after, draw.keys, draw.history)
 
     def _decode_step(self) -> None:
-        """One decode step. Greedy rows without processors or logprobs (`plain`) are pipelined as generate_step
-        is: the next step is built on the still-lazy tokens and started before they are read back, so the
-        Python work of a step overlaps the next step's compute. A row that ends was stepped once more for
-        nothing: its stored state is the one before that step, and the step's output for it is dropped."""
+        """One decode step, pipelined as generate_step is: the next step is built on the still-lazy tokens (and
+        keys and histories) and started before they are read back, so the Python work of a step overlaps the next
+        step's compute. A row that ends was stepped once more for nothing: its stored state is the one before
+        that step, and the step's output for it is dropped."""
         from xlstm_mlx.generation.server import rows
 
         act = self._active
-        plain = all(r.sampler.greedy and not r.procs and r.job.logprobs is None for r in act)
-        if self._inflight is None and not plain:
-            return self._decode_step_sync()
         mx = self._mx
         t0 = time.perf_counter()
         if self._inflight is None:
             tokens = mx.array([[r.next_token] for r in act], dtype=mx.int32)
-            self._inflight = self._launch(tokens, self._cache)
-        y, state = self._inflight
-        speculate = plain and not self._pending and not any(r.cancelled for r in act)
+            self._inflight = self._launch(tokens, self._state)
+        draw, state = self._inflight
+        speculate = not self._pending and not any(r.cancelled for r in act)
         nxt = None
         if speculate:
-            nxt = self._launch(y[:, None], state)
-            mx.async_eval(nxt[0], nxt[1].arrays())
+            nxt = self._launch(draw.tokens[:, None], state)
+            mx.async_eval(*nxt[0].arrays(), *nxt[1].arrays())
         else:
-            mx.eval(y, state.arrays())
-        ys = y.tolist()
+            mx.eval(*draw.arrays(), *state.arrays())
+        ys, finite = draw.tokens.tolist(), draw.finite.tolist()
+        logprobs = self._logprobs(act, draw)
         now = time.perf_counter()
         self._count_step(t0, now, len(act))
         gone = set()
@@ -437,65 +473,44 @@ class Engine:
             if r.cancelled:  # cancelled while this step computed: nothing more is sent or stored
                 self._finish(r, "cancelled")
                 gone.add(b)
-            elif self._emit(r, b, token, None, now, state):
+            elif not finite[b]:
+                self._fail(r, self._nan_message(len(r.generated) + 1))
+                gone.add(b)
+            elif self._emit(r, b, token, logprobs[b], now, state.cache):
                 gone.add(b)
         kept = [b for b in range(len(act)) if b not in gone]
-        self._active = [act[b] for b in kept]
-        self._cache = rows.keep(state, kept)
+        self._set_active([act[b] for b in kept], rows.keep_state(state, kept))
         if nxt is not None and kept:
-            ny, ncache = nxt
-            self._inflight = (ny[mx.array(kept, dtype=mx.int32)] if gone else ny, rows.keep(ncache, kept))
+            ndraw, nstate = nxt
+            self._inflight = (ndraw.rows(kept) if gone else ndraw, rows.keep_state(nstate, kept))
         else:
             self._inflight = None
             for b in kept:
                 act[b].next_token = ys[b]
             self._merge_pending()
 
-    def _decode_step_sync(self) -> None:
-        """One decode step with per-row samplers, processors or logprobs: computed and read back at once."""
-        mx = self._mx
-        from xlstm_mlx.generation.sample import apply_processors
-
-        t0 = time.perf_counter()
-        act = self._active
-        tokens = mx.array([[r.next_token] for r in act], dtype=mx.int32)
-        logits = self.decode(tokens, self._cache)[:, -1]
-        row_logits, ys = [], []
+    @staticmethod
+    def _logprobs(act: list, draw) -> list:
+        """Per row: None, or (chosen logprob, [(id, logprob)] of the row's top alternatives)."""
+        if draw.logprob is None:
+            return [None] * len(act)
+        chosen = draw.logprob.tolist()
+        ids = draw.top_ids.tolist() if draw.top_ids is not None else None
+        values = draw.top_logprobs.tolist() if draw.top_logprobs is not None else None
+        out = []
         for b, r in enumerate(act):
-            lb = logits[b : b + 1]
-            if r.procs:
-                hist = (r.job.prompt + r.generated)[-max(r.job.repetition_context_size, 1):]
-                lb = apply_processors(r.procs, mx.array([hist], dtype=mx.int32), lb)
-            row_logits.append(lb)
-            ys.append(r.sampler(lb))
-        y = mx.concatenate(ys, axis=0)
-        lp_out = {}
-        for b, r in enumerate(act):  # log-probabilities of the processed logits (before temperature), as mlx-lm
-            if r.job.logprobs is not None:
-                lp = row_logits[b][0] - mx.logsumexp(row_logits[b][0])
-                k = r.job.logprobs
-                lp_out[b] = (lp, mx.argsort(-lp)[:k] if k else None)
-        mx.eval(y, self._cache.arrays(), *[v for pair in lp_out.values() for v in pair if v is not None])
-        ys = y.tolist()
-        now = time.perf_counter()
-        self._count_step(t0, now, len(act))
-        gone = set()
-        for b, (r, token) in enumerate(zip(act, ys)):
-            if r.cancelled:  # (cancelled rows are dropped at once when no step is in flight; kept for safety)
-                self._finish(r, "cancelled")
-                gone.add(b)
-                continue
-            logprobs = None
-            if b in lp_out:
-                lp, idx = lp_out[b]
-                logprobs = (lp[token].item(), list(zip(idx.tolist(), lp[idx].tolist())) if idx is not None else [])
-            if self._emit(r, b, token, logprobs, now, self._cache):
-                gone.add(b)
+            k = r.job.logprobs
+            if k is None:
+                out.append(None)
             else:
-                r.next_token = token
-        if gone:
-            self._drop_active(gone)
-        self._merge_pending()
+                out.append((chosen[b], list(zip(ids[b][:k], values[b][:k])) if k else []))
+        return out
+
+    @staticmethod
+    def _nan_message(n: int) -> str:
+        from xlstm_mlx.generation.generate import NUMERICS_FIX
+
+        return f"the model produced NaN or Inf logits at generated token {n}; {NUMERICS_FIX}"
 
     def _count_step(self, t0: float, now: float, n_rows: int) -> None:
         self.metrics.decode_steps += 1
@@ -523,8 +538,7 @@ class Engine:
         from xlstm_mlx.generation.server import rows
 
         kept = [b for b in range(len(self._active)) if b not in gone]
-        self._cache = rows.keep(self._cache, kept)
-        self._active = [self._active[b] for b in kept]
+        self._set_active([self._active[b] for b in kept], rows.keep_state(self._state, kept))
 
     # -- results ------------------------------------------------------------------------------------------
     def _store(self, tokens: list[int], cache, b: int) -> None:
@@ -541,11 +555,15 @@ class Engine:
         every generated token but the last."""
         consumed = r.job.prompt + r.generated[:-1] if r.generated else r.job.prompt[:-1]
         if len(consumed) > r.last_saved:
-            self._store(consumed, self._cache if state is None else state, b)
+            self._store(consumed, self._state.cache if state is None else state, b)
 
     def _usage(self, job: Job, completion: int, cached: int) -> dict:
         return {"prompt_tokens": len(job.prompt), "completion_tokens": completion,
                 "total_tokens": len(job.prompt) + completion, "cached_tokens": cached}
+
+    def _fail(self, r: _Row, message: str) -> None:
+        self.metrics.finished["error"] = self.metrics.finished.get("error", 0) + 1
+        self._send(r.sink, ("error", message))
 
     def _finish(self, r: _Row, reason: str) -> None:
         self.metrics.finished[reason] = self.metrics.finished.get(reason, 0) + 1
@@ -564,7 +582,8 @@ class Engine:
         self._waiting.clear()
         self._group = None
         self._active = []
-        self._cache = None
+        self._state = None
+        self._sampler = None
         self._inflight = None
         self._pending = []
 

@@ -68,6 +68,9 @@ def render(m: Metrics, health: dict, cache_stats: dict) -> str:
           [("", m.generated_tokens / m.decode_seconds if m.decode_seconds else 0.0)])
     _line(out, p + "prefill_tokens_per_second", "gauge", "Prefilled tokens / seconds spent prefilling.",
           [("", m.prefill_tokens / m.prefill_seconds if m.prefill_seconds else 0.0)])
+    _line(out, p + "decode_steps_total", "counter", "Decode steps run.", [("", m.decode_steps)])
+    _line(out, p + "decode_batch_rows_total", "counter", "Rows decoded, summed over decode steps.",
+          [("", m.batch_rows)])
     _line(out, p + "decode_batch_rows_mean", "gauge", "Mean rows per decode step.",
           [("", m.batch_rows / m.decode_steps if m.decode_steps else 0.0)])
     for name, s, help_ in (("time_to_first_token_seconds", m.ttft, "Submission to first sampled token."),

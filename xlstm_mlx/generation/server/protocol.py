@@ -2,7 +2,7 @@
 
 Strict: a string where a number belongs is an error, not a coercion; unknown fields are ignored (clients send
 fields like `user`); fields we cannot honour (n > 1, echo, suffix, presence/frequency penalties) are refused
-with a message rather than silently dropped. Nothing here names a file: the `model` field is only echoed.
+with a message rather than silently dropped. Nothing here names a file: the `model` field is only compared with the served model's id (app.py).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def _stops(stop) -> list[str]:
 
 
 def _common(req: _Sampling, tokenizer, limits: Limits, prompt: list[int], max_tokens: int | None,
-            logprobs: int | None, extra_stop: list[str]) -> Job:
+            logprobs: int | None, extra_stop: list[str], save_at: list[int] | None = None) -> Job:
     if req.n != 1:
         raise RequestError("only n=1 is supported (send several requests: they are batched)", "n")
     for name in ("presence_penalty", "frequency_penalty"):
@@ -131,7 +131,7 @@ def _common(req: _Sampling, tokenizer, limits: Limits, prompt: list[int], max_to
         min_p=0.0 if req.min_p is None else float(req.min_p), seed=req.seed,
         repetition_penalty=None if req.repetition_penalty is None else float(req.repetition_penalty),
         repetition_context_size=req.repetition_context_size or 20, logit_bias=bias,
-        stop=extra_stop + _stops(req.stop), logprobs=logprobs,
+        stop=extra_stop + _stops(req.stop), logprobs=logprobs, save_at=save_at or [],
     )
 
 
@@ -168,22 +168,46 @@ def _content(m: Message) -> str:
     return "".join(parts)
 
 
+def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+    if tokenizer.chat_template is not None:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        return tokenizer.encode(text, add_special_tokens=False)
+    # the plain transcript of `xlstm-mlx chat` (generation/chat.py)
+    return tokenizer.encode(render_plain(messages, add_generation_prompt=add_generation_prompt))
+
+
+def chat_boundaries(tokenizer, messages: list[dict], ids: list[int]) -> list[int]:
+    """Prompt lengths worth a stored state: the end of the leading system messages (shared by conversations with
+    the same system prompt) and the end of all messages but the last (an edited or regenerated last message starts
+    there). A boundary counts only where the rendered prefix tokenizes to a prefix of the prompt (a template or a
+    BPE merge across the boundary can make it differ); one that does not is skipped."""
+    n_system = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+    out = set()
+    for upto in {n_system, len(messages) - 1}:
+        if not 0 < upto < len(messages):
+            continue
+        try:
+            head = _chat_ids(tokenizer, messages[:upto], add_generation_prompt=False)
+        except Exception:  # a template that refuses a partial conversation: no boundary there
+            continue
+        if 0 < len(head) < len(ids) - 1 and ids[: len(head)] == head:
+            out.add(len(head))
+    return sorted(out)
+
+
 def chat_job(req: ChatRequest, tokenizer, limits: Limits) -> Job:
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": _content(m)}
                 for m in req.messages]
-    if tokenizer.chat_template is not None:
-        try:
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-        except Exception as e:  # the template's own raise_exception, or a message it cannot render
-            raise RequestError(f"the chat template refused these messages: {e}", "messages") from e
-        ids, stops = tokenizer.encode(text, add_special_tokens=False), []
-    else:  # the plain transcript of `xlstm-mlx chat` (generation/chat.py)
-        ids, stops = tokenizer.encode(render_plain(messages, add_generation_prompt=True)), [PLAIN_STOP]
+    try:
+        ids = _chat_ids(tokenizer, messages, add_generation_prompt=True)
+    except Exception as e:  # the template's own raise_exception, or a message it cannot render
+        raise RequestError(f"the chat template refused these messages: {e}", "messages") from e
+    stops = [] if tokenizer.chat_template is not None else [PLAIN_STOP]
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     if req.top_logprobs and not req.logprobs:
         raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
-    return _common(req, tokenizer, limits, ids, max_tokens, logprobs, stops)
+    return _common(req, tokenizer, limits, ids, max_tokens, logprobs, stops, chat_boundaries(tokenizer, messages, ids))
 
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,

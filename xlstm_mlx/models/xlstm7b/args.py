@@ -124,7 +124,7 @@ POSITIVE = ("vocab_size", "hidden_size", "embedding_dim", "num_hidden_layers", "
 # keys a config.json may hold that this reader does not need: transformers' xLSTMConfig (kernel names, cache and
 # output switches) and PretrainedConfig bookkeeping, and what `convert` / `train` add
 KNOWN_UNUSED = {
-    "architectures", "model_type", "transformers_version", "_name_or_path", "dtype", "use_cache", "return_dict",
+    "architectures", "model_type", "model_file", "transformers_version", "_name_or_path", "dtype", "use_cache", "return_dict",
     "output_hidden_states", "output_attentions", "return_last_states", "mode", "chunkwise_kernel", "sequence_kernel",
     "step_kernel", "max_inference_chunksize", "force_bos_token_insert", "chunk_size_feed_forward",
     "is_encoder_decoder", "is_decoder", "id2label", "label2id", "problem_type", "tokenizer_class", "torchscript",

@@ -18,19 +18,23 @@ from xlstm_mlx.profiles import NumericsProfile
 
 def linear(layer: nn.Module, x: mx.array) -> mx.array:
     """layer(x), with a float nn.Linear routed through the "matmul.skinny" kernel (the CUDA skinny GEMM for
-    decode-sized inputs on MLX's CUDA backend, MLX's matmul otherwise: kernels/skinny_gemm.py)."""
-    if type(layer) is not nn.Linear:  # quantized (nn.QuantizedLinear) or any other module: its own call
+    decode-sized inputs on MLX's CUDA backend, MLX's matmul otherwise: kernels/skinny_gemm.py) and an
+    nn.QuantizedLinear through "matmul.quantized" (kernels/quant_matmul.py: the path by the rows of x)."""
+    bias = layer["bias"] if "bias" in layer else None
+    if type(layer) is nn.QuantizedLinear:
+        return kernels.get("matmul.quantized")(x, layer.weight, layer.scales, layer.get("biases"), bias,
+                                               layer.group_size, layer.bits, layer.mode)
+    if type(layer) is not nn.Linear:  # any other module: its own call
         return layer(x)
-    return kernels.get("matmul.skinny")(x, layer.weight, layer["bias"] if "bias" in layer else None)
+    return kernels.get("matmul.skinny")(x, layer.weight, bias)
 
 
 def fused_or_layer(owner: nn.Module, name: str, x: mx.array) -> mx.array:
     """The fused projection `name` of `owner`: its own layer (stored fused), or the fused arrays of a stored-single
-    model inside an inference call (fuse.py)."""
+    model inside an inference call (fuse.py; float or quantized alike)."""
     if name in owner:
         return linear(owner[name], x)
-    w, b = fuse.group(owner, name)
-    return kernels.get("matmul.skinny")(x, w, b)
+    return fuse.group(owner, name)(x)
 
 
 def has_fused(owner: nn.Module, name: str) -> bool:
@@ -55,7 +59,7 @@ class MLSTMLayer(nn.Module):
         self.multihead_norm = HeadwiseLayerNorm(args.num_heads, args.v_head_dim, args.norm_eps, b)
         self.out_proj = nn.Linear(args.v_dim, h, bias=b)
 
-    def _project(self, x, compute_dtype, state_dtype=mx.float32):
+    def _project(self, x, compute_dtype, state_dtype=mx.float32, xc=None):
         """x is the normalized input in the residual dtype (float32 in the shipped profiles).
 
         q, k, v, o take it in the compute dtype (the big matmuls at the weights' rate); the gate
@@ -63,7 +67,7 @@ class MLSTMLayer(nn.Module):
         gate pre-activations are float32 end to end (docs/numerics.md); float64 in the exact profile.
         """
         a = self.args
-        xc = x.astype(compute_dtype)
+        xc = x.astype(compute_dtype) if xc is None else xc
         if has_fused(self, "qkv_opreact"):
             q, k, v, o = mx.split(fused_or_layer(self, "qkv_opreact", xc),
                                   [a.qk_dim, 2 * a.qk_dim, 2 * a.qk_dim + a.v_dim], axis=-1)
@@ -77,31 +81,33 @@ class MLSTMLayer(nn.Module):
         f = soft_cap(f.astype(state_dtype), a.gate_soft_cap)
         return q, k, v, o, i, f
 
-    def _decode_fused(self, x, state, profile: NumericsProfile):
+    def _decode_fused(self, x, state, profile: NumericsProfile, xc=None):
         """One token, no mask, fused weights: the "mlstm.decode_step" kernel straight from the projection
         outputs (one launch for gates, state update and read-out on CUDA; the same MLX ops as below elsewhere)."""
         a = self.args
         B = x.shape[0]
         cd, kd = profile.mx_compute_dtype, profile.mx_kernel_dtype
-        qkvo = fused_or_layer(self, "qkv_opreact", x.astype(cd)).reshape(B, -1)
+        qkvo = fused_or_layer(self, "qkv_opreact", x.astype(cd) if xc is None else xc).reshape(B, -1)
         gates = fused_or_layer(self, "ifgate_preact", x).reshape(B, -1)
         if state is None:
             state = kernels.mlstm_zero_state(B, a.num_heads, a.qk_head_dim, a.v_head_dim)
         eps = a.eps if profile.eps is None else profile.eps
         step = kernels.get("mlstm.decode_step")
         h, state = step(qkvo.astype(kd), gates, state, a.num_heads, a.qk_dim, a.v_dim, a.gate_soft_cap, eps)
-        o = qkvo[:, None, 2 * a.qk_dim + a.v_dim:]
-        h = self.multihead_norm(h[:, None].astype(cd))
-        return linear(self.out_proj, kernels.get("math.sigmoid")(o) * h), state
+        norm = self.multihead_norm  # its LayerNorm, weight and the output gate: one launch on CUDA
+        h = kernels.get("mlstm.headnorm_gate")(h.astype(cd), qkvo, 2 * a.qk_dim + a.v_dim, norm.weight,
+                                              norm["bias"] if "bias" in norm else None, norm.eps)
+        return linear(self.out_proj, h[:, None]), state
 
-    def __call__(self, x, state, mask, profile: NumericsProfile):
+    def __call__(self, x, state, mask, profile: NumericsProfile, x_compute=None):
+        """x: the normalized input in the residual dtype; x_compute: it already in the compute dtype, if at hand."""
         a = self.args
         B, T, _ = x.shape
         if (T == 1 and mask is None and profile.step_kernel == "step" and profile.state_dtype == "float32"
                 and has_fused(self, "qkv_opreact") and has_fused(self, "ifgate_preact")):
-            return self._decode_fused(x, state, profile)
+            return self._decode_fused(x, state, profile, x_compute)
         cd = profile.mx_compute_dtype
-        q, k, v, o, i, f = self._project(x, cd, profile.mx_state_dtype)
+        q, k, v, o, i, f = self._project(x, cd, profile.mx_state_dtype, x_compute)
         kd = profile.mx_kernel_dtype
 
         def heads(t, d):  # [B, T, NH*d] -> [B, NH, T, d]
@@ -164,23 +170,34 @@ class MLSTMBlock(nn.Module):
         a = self.args
         return a.num_heads * mlstm_chunkwise_flops(a.qk_head_dim, a.v_head_dim, chunk_size)
 
+    @staticmethod
+    def _add_norm(norm: RMSNorm, x, h, compute_dtype):
+        """(x + h, RMSNorm(x + h), that in the compute dtype): the "norm.add_rms" kernel (one launch on CUDA);
+        float64 (the exact profile) takes the norm's own float64 formulas."""
+        if x.dtype == mx.float64:
+            r = x if h is None else x + h
+            y = norm(r)
+            return r, y, y.astype(compute_dtype)
+        return kernels.get("norm.add_rms")(x, h, norm.weight, norm["bias"] if "bias" in norm else None, norm.eps,
+                                           compute_dtype)
+
     def __call__(self, x, state, mask, profile: NumericsProfile, check: str | None = None):
         """x is the residual stream (profile.residual_dtype); sub-layer outputs are added to it.
 
         `check`, when given, is this block's name for the NaN locator (forces evaluation).
         """
-        h = self.norm_mlstm(x)
+        cd = profile.mx_compute_dtype
+        _, h, hc = self._add_norm(self.norm_mlstm, x, None, cd)
         if check:
             assert_finite(f"{check}.norm_mlstm", h)
-        h, state = self.mlstm_layer(h, state, mask, profile)
+        h, state = self.mlstm_layer(h, state, mask, profile, x_compute=hc)
         if check:
             assert_finite(f"{check}.mlstm_layer (state C, n, m)", *state)
             assert_finite(f"{check}.mlstm_layer (output)", h)
-        x = x + h
-        h = self.norm_ffn(x)
+        x, h, hc = self._add_norm(self.norm_ffn, x, h, cd)
         if check:
             assert_finite(f"{check}.norm_ffn", h)
-        h = self.ffn(h.astype(profile.mx_compute_dtype))
+        h = self.ffn(hc)
         if check:
             assert_finite(f"{check}.ffn", h)
         return x + h, state

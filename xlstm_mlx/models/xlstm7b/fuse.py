@@ -13,8 +13,11 @@ array, and the single layers' weights become row views of it (no copy, no extra 
 its names, `args` and the snapshot fingerprint stay those of the stored layout, so `convert` / `convert -q`,
 `save`, snapshots and training see exactly the stored model. The fused arrays live outside the parameter tree
 and are used only inside an inference call (`Model.__call__` with a cache: generation, bench), where the model
-first checks that every part is still the plain nn.Linear whose weight is the recorded view: a part updated in
-place (model.update, a training step) is fused again, a quantized part ends its group's fusing. Without a cache
+first checks that every part still holds the recorded views: a part updated in place (model.update, a training
+step) or replaced by its quantized form (`convert -q`, quantize_model) is fused again. Quantized parts fuse the
+same way (packed weights, scales and biases stacked along the output rows, which is exact: the quantization
+groups run along the input dimension), provided all parts of a group share bits, group size and mode; a group
+that mixes float and quantized parts, or different settings, runs unfused. Without a cache
 (a training loss) the single layers run, so gradients flow to the stored parameters as always.
 
 The gate projections stay a matmul of their own because q/k/v/o take the normalized input rounded to the
@@ -29,7 +32,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from xlstm_mlx import env
+from xlstm_mlx import env, kernels
 
 # fused layer -> (the block's sub-module, the single layers it stacks, in the fused row order)
 FUSED_PARTS = {
@@ -37,7 +40,7 @@ FUSED_PARTS = {
     "ifgate_preact": ("mlstm_layer", ("igate_preact", "fgate_preact")),
     "proj_up_gate_z": ("ffn", ("proj_up_gate", "proj_up")),
 }
-_KEY = "_xlstm_fused_"  # + fused name: (weight, bias or None, [(part, weight view, bias view)]) in __dict__
+_KEY = "_xlstm_fused_"  # + fused name: (FusedLinear, [(part, {param name: its view})]) in __dict__
 
 _enabled = env.Setting(True)
 _inference = env.Setting(False)
@@ -57,9 +60,48 @@ def inference_call(enabled: bool = True):
     return _inference.override(enabled)
 
 
+_PARAMS = ("weight", "scales", "biases", "bias")  # a Linear's (weight, bias); a QuantizedLinear's packed
+# weight, per-group scales and biases (affine mode), and its bias: all row-major in the output dimension, so a
+# group of layers stacks along axis 0 exactly (quantization groups run along the input dimension)
+
+
+def _quant_settings(m: nn.Module):
+    return (m.group_size, m.bits, m.mode) if isinstance(m, nn.QuantizedLinear) else None
+
+
 def _parts_fusable(layers) -> bool:
-    return (all(type(m) is nn.Linear for m in layers) and len({m.weight.dtype for m in layers}) == 1
-            and len({"bias" in m for m in layers}) == 1)
+    """Plain nn.Linear parts, or nn.QuantizedLinear parts with one (group size, bits, mode), with the same
+    parameters in the same dtypes."""
+    kinds = {type(m) for m in layers}
+    if kinds not in ({nn.Linear}, {nn.QuantizedLinear}) or len({_quant_settings(m) for m in layers}) != 1:
+        return False
+    names = {tuple(n for n in _PARAMS if n in m) for m in layers}
+    return len(names) == 1 and all(len({m[n].dtype for m in layers}) == 1 for n in next(iter(names)))
+
+
+class FusedLinear:
+    """The stacked arrays of a fused group, called like the layers it stacks (nn.Linear / nn.QuantizedLinear)."""
+
+    def __init__(self, arrays: dict, quant):
+        self.arrays = arrays
+        self.quant = quant  # (group_size, bits, mode) or None for float weights
+
+    @property
+    def weight(self):
+        return self.arrays["weight"]
+
+    @property
+    def bias(self):
+        return self.arrays.get("bias")
+
+    def __call__(self, x: mx.array) -> mx.array:
+        """A float group through the "matmul.skinny" kernel, a quantized one through "matmul.quantized" (what
+        nn.QuantizedLinear computes), as the layers it stacks run (block.linear)."""
+        if self.quant is None:
+            return kernels.get("matmul.skinny")(x, self.weight, self.bias)
+        group_size, bits, mode = self.quant
+        return kernels.get("matmul.quantized")(x, self.weight, self.arrays["scales"], self.arrays.get("biases"),
+                                               self.bias, group_size, bits, mode)
 
 
 def _fuse_group(owner: nn.Module, name: str, parts: tuple[str, ...]) -> bool:
@@ -67,18 +109,18 @@ def _fuse_group(owner: nn.Module, name: str, parts: tuple[str, ...]) -> bool:
     if not _parts_fusable(layers):
         owner.__dict__.pop(_KEY + name, None)
         return False
-    w = mx.concatenate([m.weight for m in layers], axis=0)
-    b = mx.concatenate([m.bias for m in layers], axis=0) if "bias" in layers[0] else None
-    mx.eval(w, *([b] if b is not None else []))
-    rows, views, start = [m.weight.shape[0] for m in layers], [], 0
-    for m, r in zip(layers, rows):
-        m.weight = w[start:start + r]  # a view of the fused array: the stored weight, no second copy
-        if b is not None:
-            m.bias = b[start:start + r]
-        views.append((m, m.weight, m.bias if b is not None else None))
-        start += r
-    mx.eval([v[1] for v in views] + [v[2] for v in views if v[2] is not None])
-    owner.__dict__[_KEY + name] = (w, b, views)
+    names = [n for n in _PARAMS if n in layers[0]]
+    fused = {n: mx.concatenate([m[n] for m in layers], axis=0) for n in names}
+    mx.eval(list(fused.values()))
+    views, start = [], 0
+    for m in layers:
+        rows = m.weight.shape[0]
+        for n in names:  # a view of the fused array: the stored parameter, no second copy
+            m[n] = fused[n][start:start + rows]
+        views.append((m, {n: m[n] for n in names}))
+        start += rows
+    mx.eval([a for _, arrays in views for a in arrays.values()])
+    owner.__dict__[_KEY + name] = (FusedLinear(fused, _quant_settings(layers[0])), views)
     return True
 
 
@@ -94,8 +136,15 @@ def fuse_model(model) -> bool:
     return done
 
 
+def _stale(owner: nn.Module, parts, views) -> bool:
+    """A part replaced (e.g. by its quantized form) or one of its arrays updated in place since the fusing."""
+    return any(owner[p] is not m or any(n not in m or m[n] is not a for n, a in arrays.items())
+               for p, (m, arrays) in zip(parts, views))
+
+
 def refresh(model) -> bool:
-    """Before an inference call: re-fuse a group whose parts were replaced; True if anything changed."""
+    """Before an inference call: re-fuse a group whose parts were replaced or updated; True if anything changed.
+    A group that stops being fusable (parts quantized differently) drops its fused arrays and runs unfused."""
     changed = False
     for block in model.backbone.blocks:
         for name, (sub, parts) in FUSED_PARTS.items():
@@ -103,8 +152,7 @@ def refresh(model) -> bool:
             hit = owner.__dict__.get(_KEY + name)
             if hit is None:
                 continue
-            if any(owner[p] is not m or m.weight is not w or (b is not None and m.bias is not b)
-                   for p, (m, w, b) in zip(parts, hit[2])):
+            if _stale(owner, parts, hit[1]):
                 _fuse_group(owner, name, parts)
                 changed = True
     if changed:
@@ -112,10 +160,21 @@ def refresh(model) -> bool:
     return changed
 
 
-def group(owner: nn.Module, name: str):
-    """(weight, bias) of a fused group to use now, or None (not fused, or not inside an inference call)."""
+def rebind(model) -> None:
+    """After an mx.compile trace: record the parts' arrays as they are now. The trace put the same arrays back
+    as new Python objects (models/compiled.py), which the identity checks of `refresh` would take for updates."""
+    for block in model.backbone.blocks:
+        for name, (sub, parts) in FUSED_PARTS.items():
+            owner = block[sub]
+            hit = owner.__dict__.get(_KEY + name)
+            if hit is not None and all(owner[p] is m for p, (m, _) in zip(parts, hit[1])):
+                owner.__dict__[_KEY + name] = (hit[0], [(m, {n: m[n] for n in arrays}) for m, arrays in hit[1]])
+
+
+def group(owner: nn.Module, name: str) -> FusedLinear | None:
+    """The fused group `name` of `owner` to use now, or None (not fused, or not inside an inference call)."""
     hit = owner.__dict__.get(_KEY + name) if _inference.value else None
-    return None if hit is None else hit[:2]
+    return None if hit is None else hit[0]
 
 
 def is_fused(model) -> bool:
@@ -128,5 +187,8 @@ def describe(model) -> str:
     if model.args.weight_mode == "fused":
         return f"fused (stored fused): {fused}"
     if is_fused(model):
-        return f"stored single, fused for inference: {fused}"
+        quant = sorted({f"{hit[0].quant[1]}-bit group {hit[0].quant[0]}" for b in model.backbone.blocks
+                        for sub in ("mlstm_layer", "ffn") for k, hit in b[sub].__dict__.items()
+                        if k.startswith(_KEY) and hit[0].quant is not None})
+        return f"stored single, fused for inference: {fused}" + (f" (quantized {', '.join(quant)})" if quant else "")
     return "single (as stored, not fused): q, k, v, o, i, f, FFN gate, FFN up each a matmul"

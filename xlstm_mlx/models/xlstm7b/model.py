@@ -48,6 +48,9 @@ class Model(RecurrentLM):
         """Called by `load`: fused arrays for a stored-single model's inference calls (models/xlstm7b/fuse.py)."""
         return fuse.fuse_model(self)
 
+    def after_trace(self) -> None:
+        fuse.rebind(self)  # the compiled step's trace re-wrapped the arrays (models/compiled.py)
+
     def __call__(self, input_ids, cache=None, mask=None, compiled=None, check_ids: bool = True):
         kw = dict(cache=cache, mask=mask, compiled=compiled, check_ids=check_ids)
         if cache is None:  # e.g. a training loss: the stored single layers, gradients to the parameters
@@ -67,6 +70,7 @@ class Model(RecurrentLM):
         for idx, (block, state) in enumerate(zip(self.backbone.blocks, states)):
             x, state = block(x, state, mask, self.profile, check=f"block {idx}" if check else None)
             new_states.append(state)
+            self.block_done(idx, x, new_states)
         if self.args.add_out_norm:
             x = self.backbone.out_norm(x)
         head = self.backbone.embeddings if self.args.tie_word_embeddings else self.lm_head
@@ -86,8 +90,9 @@ class Model(RecurrentLM):
     def kernel_names(self) -> list[str]:
         names = [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}"]
         if self.args.weight_mode == "fused" or fuse.is_fused(self):
-            names.append("mlstm.decode_step")
-        return names + ["matmul.skinny", *kernels.MATH, *kernels.NORMS]
+            names += ["mlstm.decode_step", "mlstm.headnorm_gate"]
+        quantized = any(type(m) is nn.QuantizedLinear for _, m in self.leaf_modules_flat())
+        return names + ["matmul.skinny", *(["matmul.quantized"] if quantized else []), *kernels.MATH, *kernels.NORMS]
 
     def describe(self) -> dict:
         a = self.args

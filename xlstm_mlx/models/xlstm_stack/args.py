@@ -131,7 +131,8 @@ NESTED_TYPES = {("mlstm_block", "mlstm"): {f: _INT for f in ("num_heads", "qkv_p
 
 
 # keys `convert` and `train` add next to the official fields (the stored dtype, the quantization section, ...)
-WRITTEN_BY_US = {"torch_dtype", "quantization", "training", "training_step", "model_type", "architectures"}
+WRITTEN_BY_US = {"torch_dtype", "quantization", "training", "training_step", "model_type", "architectures",
+                 "model_file"}  # model_file: mlx-lm's model code (convert --mlx-lm)
 
 
 def _bad_type(where: str, v, want: tuple) -> CheckpointError:

@@ -115,6 +115,7 @@ class StackModel(RecurrentLM):
         for idx, (block, state) in enumerate(zip(stack.blocks, states)):
             x, state = block(x, state, mask, self.profile, check=f"block {idx} ({block.block_type})" if check else None)
             new_states.append(state)
+            self.block_done(idx, x, new_states)
         if self.args.add_post_blocks_norm:
             x = stack.post_blocks_norm(x)
         head = self.token_embedding if self.args.tie_weights else self.lm_head

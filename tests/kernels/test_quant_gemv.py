@@ -1,0 +1,217 @@
+"""The quantized GEMV (kernels/quant_gemv.py) against what nn.QuantizedLinear computes, on fresh random inputs.
+
+On the CPU (CI): MLX's affine bit layout, pinned twice against mx.dequantize: the plain layout model
+(`unpack_codes`: weight j of a uint32 word in bits [bits*j, bits*(j+1)), lowest first) on hand-packed codes and
+on mx.quantize output, and the numpy model of the kernel's own dequantization (`dequantize_as_kernel`: its
+vector/word/half-word indexing and the exponent trick): equal for bf16 scales, within one rounding of q*s
+for float32 ones (it rounds q*s+b once, MLX twice);
+that the kernel's CUDA source itself, built for the host with stand-ins for the CUDA built-ins
+(tests/kernels/host_cuda.py: one thread per CUDA thread, real barriers and shuffles), matches the reference on
+small odd shapes, tails and split-K included (same tolerances as on the GPU); and that the fast form falls back
+to the reference without CUDA.
+
+On MLX's CUDA backend (XLSTM_MLX_TEST_DEVICE=gpu on a CUDA machine; skipped elsewhere with the reason): the
+kernel against the reference evaluated on the CPU stream in float32 (so no bf16 rounding of intermediates or TF32
+blurs it). Tolerance: relative Frobenius error 1e-2 for bf16 outputs: the kernel's float32 sum is exact to ~1e-6,
+and its single rounding of each output to bf16 gives ~2^-9 / sqrt(3) ~ 1.1e-3 relative (~2e-3 with bias and
+cancellation); 1e-2 is 5x that, and far below what a wrong nibble order, group index or scale would give
+(O(1)). float32 x: 1e-5 (float32 sums in a different order). NaN or inf never passes.
+"""
+
+import re
+
+import numpy as np
+import pytest
+import mlx.core as mx
+
+import host_cuda
+from xlstm_mlx.kernels import quant_gemv
+from xlstm_mlx.kernels.cuda_common import cuda_available
+
+needs_cuda = pytest.mark.skipif(not cuda_available(), reason="CUDA kernels need MLX's CUDA backend with the GPU as "
+                                "default device (XLSTM_MLX_TEST_DEVICE=gpu on a CUDA machine); CPU CI cannot run them")
+
+
+def _rel(out, ref):
+    o, r = out.astype(mx.float32), ref.astype(mx.float32)
+    assert bool(mx.all(mx.isfinite(o)).item()), "NaN or inf in the kernel's output"
+    return float(mx.linalg.norm((o - r).reshape(-1)).item() / mx.linalg.norm(r.reshape(-1)).item())
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_layout_of_hand_packed_codes(bits):
+    """Codes packed by the documented rule, dequantized by MLX with scale 1 and bias 0, come back in order."""
+    per = 32 // bits
+    rng = np.random.default_rng(bits)
+    codes = rng.integers(0, 2**bits, size=(3, 128), dtype=np.uint32)
+    words = np.zeros((3, 128 // per), np.uint32)
+    for j in range(per):
+        words |= codes[:, j::per] << np.uint32(bits * j)
+    ones, zeros = mx.ones((3, 128 // 64)), mx.zeros((3, 128 // 64))
+    back = np.array(mx.dequantize(mx.array(words), ones, zeros, group_size=64, bits=bits))
+    assert np.array_equal(back, codes.astype(np.float32))
+    assert np.array_equal(quant_gemv.unpack_codes(words, bits), codes)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+def test_numpy_models_match_mx_dequantize(bits, group_size, dtype):
+    key = mx.random.key(100 * bits + group_size)
+    w = (mx.random.normal((7, 1024), key=key) * 0.05 + 0.01).astype(dtype)
+    W, S, B = mx.quantize(w, group_size=group_size, bits=bits)
+    assert W.dtype == mx.uint32 and W.shape == (7, 1024 * bits // 32) and S.shape == (7, 1024 // group_size)
+    S32, B32 = S.astype(mx.float32), B.astype(mx.float32)  # exact: bf16 -> float32
+    ref = np.array(mx.dequantize(W, S32, B32, group_size=group_size, bits=bits))
+    Wn, Sn, Bn = np.array(W), np.array(S32), np.array(B32)
+    assert np.array_equal(quant_gemv.dequantize_reference(Wn, Sn, Bn, group_size, bits), ref)
+    kern = quant_gemv.dequantize_as_kernel(Wn, Sn, Bn, group_size, bits)
+    assert np.isfinite(kern).all()
+    # MLX rounds q*s, then q*s + b; the kernel rounds q*s + b once: apart by at most one rounding of q*s (zero
+    # where q*s is exact in float32, as for bf16 scales: 8-bit code x 8-bit mantissa)
+    qs = quant_gemv.unpack_codes(Wn, bits).astype(np.float32) * np.repeat(Sn, group_size, axis=1)
+    assert np.all(np.abs(kern - ref) <= np.spacing(np.abs(qs)) + np.spacing(np.abs(ref))), "kernel model off"
+    if dtype == mx.bfloat16:
+        assert np.array_equal(kern, ref)
+
+
+def _bits(a: mx.array) -> tuple[np.ndarray, bool]:
+    return (np.array(a.view(mx.uint16)), True) if a.dtype == mx.bfloat16 else (np.array(a), False)
+
+
+@pytest.mark.skipif(not host_cuda.available(), reason="needs a C++20 host compiler (g++ or clang++) to build the "
+                    "kernel source for the CPU")
+@pytest.mark.parametrize("dtype,M,K,N,bits,group_size,bias,cfg", [
+    (mx.bfloat16, 3, 384, 37, 4, 64, True, {}),                               # the default config
+    (mx.bfloat16, 1, 384, 37, 4, 32, False, dict(R=1, KSPLIT=4, U=2)),        # split-K, idle lanes
+    (mx.bfloat16, 2, 640, 45, 8, 128, True, dict(R=2, KSPLIT=2, U=4)),        # lanes past the row's end
+    (mx.bfloat16, 8, 512, 19, 8, 32, False, dict(R=4, KSPLIT=1, U=1)),
+    (mx.float32, 5, 256, 33, 4, 128, True, dict(R=4, KSPLIT=8, U=2)),
+    (mx.float32, 2, 640, 21, 8, 64, False, {}),
+])
+def test_kernel_source_runs_right_on_the_host(dtype, M, K, N, bits, group_size, bias, cfg):
+    x, W, S, B, b = _operands(M, K, N, bits, group_size, bias, dtype, seed=M * 31 + N)
+    c = quant_gemv.default_config(M, N, K * bits // 128)
+    c.update(cfg)
+    bf16 = dtype == mx.bfloat16
+    inputs = [("x", *_bits(x)), ("w", np.array(W), False), ("scales", *_bits(S)), ("biases", *_bits(B)),
+              ("bias", *_bits(b if bias else mx.zeros((1,), dtype)))]
+    consts = {"T": "__nv_bfloat16" if bf16 else "float", "M": M, "R": c["R"], "KSPLIT": c["KSPLIT"], "U": c["U"],
+              "WARPS": quant_gemv.WARPS, "BITS": bits, "GS": group_size, "HAS_BIAS": bias}
+    blocks = -(-N // ((quant_gemv.WARPS // c["KSPLIT"]) * c["R"]))
+    raw = host_cuda.run(quant_gemv._SOURCE, quant_gemv._HEADER, inputs, ("y", M * N, bf16), consts, blocks,
+                        quant_gemv.WARPS * 32)
+    y = (mx.array(raw).view(mx.bfloat16) if bf16 else mx.array(raw)).reshape(M, N)
+    ref = _cpu_ref(x, W, S, B, b, group_size, bits)
+    assert _rel(y, ref) <= (1e-2 if bf16 else 1e-5)
+
+
+@pytest.mark.skipif(not host_cuda.nvcc_available(), reason="needs CUDA's compiler (nvcc) to build the kernel for "
+                    "the GPU; no GPU is needed")
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32])
+def test_kernel_source_builds_for_hopper_without_spills(dtype):
+    """The default configs (rows 1..8, bits 4/8, with and without split-K) compile for sm_90 (one nvcc run),
+    ptxas spills nothing, and with bf16 x (the decode dtype) each stays within 128 registers a thread
+    (default_config's 2 blocks per SM; float32 x takes up to ~134 at two rows: 1 block per SM there)."""
+    bf16 = dtype == mx.bfloat16
+    K = 4096
+    zeros = lambda *shape: np.zeros(shape, np.uint16 if bf16 else np.float32)  # noqa: E731
+    inputs = [("x", zeros(8, K), bf16), ("w", np.zeros((16, K // 8), np.uint32), False),
+              ("scales", zeros(16, K // 64), bf16), ("biases", zeros(16, K // 64), bf16), ("bias", zeros(16), bf16)]
+    variants = []
+    for bits in quant_gemv.BITS:
+        for M in range(1, quant_gemv.MAX_ROWS + 1):
+            for N in (12288, 50304):
+                c = quant_gemv.default_config(M, N, K * bits // 128)
+                variants.append({"T": "__nv_bfloat16" if bf16 else "float", "M": M, **c, "WARPS": quant_gemv.WARPS,
+                                 "BITS": bits, "GS": 64, "HAS_BIAS": True})
+    reports = host_cuda.device_build(quant_gemv._SOURCE, quant_gemv._HEADER, inputs, ("y", 1, bf16), variants)
+    for v, report in zip(variants, reports):
+        assert " 0 bytes spill stores" in report, (v, report)
+        regs = int(re.search(r"Used (\d+) registers", report).group(1))
+        assert regs <= 128 or not bf16, (v, regs)
+
+
+def test_fast_form_falls_back_to_the_reference_without_cuda():
+    if cuda_available():
+        pytest.skip("CUDA present: the kernel runs (tested below)")
+    x = mx.random.normal((3, 256)).astype(mx.bfloat16)
+    W, S, B = mx.quantize(mx.random.normal((40, 256)).astype(mx.bfloat16), group_size=64, bits=4)
+    bias = mx.random.normal((40,)).astype(mx.bfloat16)
+    assert not quant_gemv.applies(x, W, S, 64, 4, "affine", biases=B, bias=bias)
+    out = quant_gemv.quantized_gemv(x, W, S, B, bias, 64, 4)
+    assert mx.array_equal(out, quant_gemv.quantized_matmul_ref(x, W, S, B, bias, 64, 4))
+    assert "MLX" in quant_gemv.label()
+
+
+def test_reference_is_what_quantized_linear_computes():
+    import mlx.nn as nn
+    lin = nn.Linear(256, 48)
+    q = nn.QuantizedLinear.from_linear(lin, group_size=64, bits=4)
+    x = mx.random.normal((2, 256))
+    ref = quant_gemv.quantized_matmul_ref(x, q.weight, q.scales, q.biases, q.bias, 64, 4)
+    assert mx.array_equal(q(x), ref)
+
+
+def _operands(M, K, N, bits, group_size, bias, dtype, seed):
+    ks = [mx.random.key(seed + i) for i in range(4)]
+    x = mx.random.normal((M, K), key=ks[0]).astype(dtype)
+    w = (mx.random.normal((N, K), key=ks[1]) * K**-0.5).astype(dtype)
+    W, S, B = mx.quantize(w, group_size=group_size, bits=bits)
+    b = mx.random.normal((N,), key=ks[2]).astype(dtype) if bias else None
+    mx.eval(x, W, S, B)
+    return x, W, S, B, b
+
+
+def _cpu_ref(x, W, S, B, b, group_size, bits):
+    with mx.stream(mx.cpu):
+        f = lambda a: None if a is None else a.astype(mx.float32)  # noqa: E731
+        ref = quant_gemv.quantized_matmul_ref(f(x), W, f(S), f(B), f(b), group_size, bits)
+        mx.eval(ref)
+    return ref
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("M", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("K,N", [(4096, 1000), (10944, 4096), (4096, 50304)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_kernel_matches_quantized_linear(bits, group_size, M, K, N, bias):
+    x, W, S, B, b = _operands(M, K, N, bits, group_size, bias, mx.bfloat16, seed=M * 7919 + N + bits + group_size)
+    assert quant_gemv.applies(x, W, S, group_size, bits, "affine", biases=B, bias=b)
+    ref = _cpu_ref(x, W, S, B, b, group_size, bits)
+    y = quant_gemv.quantized_gemv_cuda(x, W, S, B, b, group_size, bits)
+    assert y.shape == (M, N) and y.dtype == mx.bfloat16
+    assert _rel(y, ref) <= 1e-2
+
+
+@needs_cuda
+@pytest.mark.parametrize("cfg", [dict(R=1, KSPLIT=1, U=1), dict(R=2, KSPLIT=2, U=4), dict(R=4, KSPLIT=8, U=2),
+                                 dict(R=4, KSPLIT=1, U=1)])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_kernel_configs_agree(cfg, bits):
+    x, W, S, B, b = _operands(3, 10944, 1000, bits, 64, True, mx.bfloat16, seed=17)
+    ref = _cpu_ref(x, W, S, B, b, 64, bits)
+    assert _rel(quant_gemv.quantized_gemv_cuda(x, W, S, B, b, 64, bits, **cfg), ref) <= 1e-2
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits", [4, 8])
+def test_float32_kernel(bits):
+    x, W, S, B, b = _operands(2, 4096, 1000, bits, 64, True, mx.float32, seed=23)
+    ref = _cpu_ref(x, W, S, B, b, 64, bits)
+    y = quant_gemv.quantized_gemv_cuda(x, W, S, B, b, 64, bits)
+    assert y.dtype == mx.float32 and _rel(y, ref) <= 1e-5
+
+
+@needs_cuda
+def test_fast_form_routing():
+    x, W, S, B, b = _operands(1, 512, 300, 4, 64, True, mx.bfloat16, seed=31)
+    x3 = x.reshape(1, 1, 512)
+    assert quant_gemv.quantized_gemv(x3, W, S, B, b, 64, 4).shape == (1, 1, 300)
+    big = mx.random.normal((quant_gemv.MAX_ROWS + 1, 512)).astype(mx.bfloat16)
+    assert not quant_gemv.applies(big, W, S, 64, 4, "affine", biases=B)
+    assert not quant_gemv.applies(x.astype(mx.float32), W, S, 64, 4, "affine", biases=B)  # mixed dtypes
+    assert not quant_gemv.applies(x, W, S, 64, 4, "mxfp4", biases=B)
+    assert quant_gemv.quantized_gemv(big, W, S, B, b, 64, 4).shape == (quant_gemv.MAX_ROWS + 1, 300)

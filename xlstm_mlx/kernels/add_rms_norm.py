@@ -1,0 +1,110 @@
+"""Residual add + RMSNorm (+ bias) + the cast for the next matmul, in one pass over the row.
+
+    r   = x + h                       (h None: r = x)        x: the residual stream (float32)
+    y   = r * rsqrt(mean(r^2) + eps) * weight (+ bias)       in r's dtype, as RMSNorm computes it
+    y_c = y.astype(out_dtype)                                 the matmul input (bf16 under the 'fast' profile)
+
+    add_rms_norm_ref(x, h, weight, bias, eps, out_dtype) -> (r, y, y_c)   MLX ops (mx.fast.rms_norm)
+    add_rms_norm(...)                                                     one CUDA launch where it applies; elsewhere
+                                                                          the same ops with norm.rms (kernels/norms.py)
+
+Why: in a decode step each of these is its own launch (an add, MLX's rms_norm, a copy for the cast), ~2.5-6 us
+each on an H200 at batch 1 whatever the size (benchmarks/results/gpu_kernels_h200.md: 65 rms_norm and 65 cast
+launches per 7B step); fused, a block's two norms cost two launches instead of five. One CUDA block per row: a
+pass that adds, writes r and sums r^2 (float32), a block reduction, and a pass that scales. The sums run in
+another order than MLX's kernel, so y may differ from the reference in the last float32 bit (and y_c, rarely,
+by one bf16 rounding).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import mlx.core as mx
+
+from xlstm_mlx.kernels import norms
+from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
+
+THREADS = 512
+
+_SOURCE = """
+    constexpr int WARPS = THREADS / 32;
+    constexpr int D = DIM;
+    const size_t row = blockIdx.x;
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const auto* xr = x + row * D;
+    auto* rr = r + row * D;
+    float ss = 0.f;
+    for (int i = tid; i < D; i += THREADS) {
+        float v = xl_float(xr[i]);
+        if (HAS_H) v += xl_float(h[row * D + i]);
+        xl_set(rr + i, v);
+        ss += v * v;
+    }
+    __shared__ float part[WARPS];
+    ss = xl_warp_sum(ss);
+    if (lane == 0) part[warp] = ss;
+    __syncthreads();
+    float tot = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) tot += part[w];
+    const float inv = rsqrtf(tot / D + __int_as_float(EPS_BITS));
+    for (int i = tid; i < D; i += THREADS) {
+        float yv = xl_float(rr[i]) * inv * xl_float(weight[i]);
+        if (HAS_BIAS) yv += xl_float(bias[i]);
+        xl_set(y + row * D + i, yv);
+        xl_set(y_c + row * D + i, yv);
+    }
+"""
+
+_kernel = None
+
+
+def add_rms_norm_ref(x, h, weight, bias, eps: float, out_dtype, rms_norm=norms.rms_norm_ref):
+    r = x if h is None else x + h
+    y = rms_norm(r, weight, eps)
+    if bias is not None:
+        y = y + bias
+    return r, y, y.astype(out_dtype)
+
+
+def applies(x, h, weight, bias) -> bool:
+    ok = (mx.float32,)  # the residual stream of the shipped profiles; its weights and bias in float32 too
+    return (cuda_available() and x.dtype in ok and weight.dtype in ok and (bias is None or bias.dtype in ok)
+            and (h is None or (h.dtype in (mx.float32, mx.bfloat16) and h.shape == x.shape)) and x.ndim >= 1)
+
+
+def _float_bits(v: float) -> int:
+    return struct.unpack("<i", struct.pack("<f", v))[0]
+
+
+def add_rms_norm_cuda(x, h, weight, bias, eps: float, out_dtype):
+    global _kernel
+    if _kernel is None:
+        _kernel = mx.fast.cuda_kernel(name="xlstm_add_rms_norm", input_names=["x", "h", "weight", "bias"],
+                                      output_names=["r", "y", "y_c"], source=_SOURCE, header=VEC_HEADER)
+    rows = x.size // x.shape[-1]
+    r, y, y_c = _kernel(
+        inputs=[x, h if h is not None else mx.zeros((1,), x.dtype), weight,
+                bias if bias is not None else mx.zeros((1,), x.dtype)],
+        template=[("DIM", x.shape[-1]), ("THREADS", THREADS), ("HAS_H", h is not None),
+                  ("HAS_BIAS", bias is not None), ("EPS_BITS", _float_bits(eps))],
+        grid=(rows * THREADS, 1, 1),
+        threadgroup=(THREADS, 1, 1),
+        output_shapes=[x.shape, x.shape, x.shape],
+        output_dtypes=[x.dtype, x.dtype, out_dtype],
+    )
+    return r, y, y_c
+
+
+def add_rms_norm(x, h, weight, bias, eps: float, out_dtype):
+    if applies(x, h, weight, bias):
+        return add_rms_norm_cuda(x, h, weight, bias, eps, out_dtype)
+    # elsewhere the same ops with the registry's norm.rms form (sums by BLAS on the CPU: kernels/norms.py)
+    return add_rms_norm_ref(x, h, weight, bias, eps, out_dtype, rms_norm=norms.rms_norm)
+
+
+def label() -> str:
+    if cuda_available():
+        return "fused CUDA kernel (mx.fast.cuda_kernel): residual add, RMSNorm and the cast in one launch"
+    return f"MLX ops (add, RMSNorm: {norms.label()}, cast; the fused CUDA kernel needs MLX's CUDA backend)"

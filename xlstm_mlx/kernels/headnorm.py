@@ -1,0 +1,138 @@
+"""The mLSTM cell output at decode: per-head LayerNorm, its weight (and bias), times the sigmoid output gate.
+
+    out = sigmoid(o) * (LayerNorm_head(h) * weight (+ bias))         h [B, NH, DH], o [B, NH*DH] -> [B, NH*DH]
+
+After the fused decode step (mlstm_decode.py) these are MLX's layer_norm kernel, a broadcast multiply by the
+weight, the sigmoid and the gate product: three or four launches per layer. Measured on an H200 (ncu, 7B
+shape, benchmarks/results/gpu_kernels_h200.md): MLX's layer_norm<bf16> over the 8 x 512 head rows takes ~6 us
+at batch 1 and ~43 us at batch 16 (0.33 us a row), 1.4 ms of a 9 ms step at batch 16. Here one launch does it
+all: one warp per (sequence, head) row, the row in registers (16-byte loads), two-pass mean and variance by warp
+shuffles, and every rounding of the reference in the same place (normalized value, times weight, plus bias,
+sigmoid, product: each rounded to the input dtype, as MLX's ops on bf16 arrays round).
+
+    headnorm_gate_ref(h, qkvo, o_offset, weight, bias, eps)   MLX ops (mx.fast.layer_norm, mx.sigmoid)
+    headnorm_gate(...)                                        the CUDA kernel where it applies, else the same
+                                                              MLX ops with the registry's math.sigmoid and
+                                                              norm.layer forms
+
+`qkvo` is the fused projection output [B, >= o_offset + NH*DH] holding the output-gate pre-activation o at
+columns o_offset...; passing it whole saves the copy of a strided slice.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import mlx.core as mx
+
+from xlstm_mlx.kernels import fastmath, norms
+from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
+
+THREADS = 256  # 8 warps: 8 (sequence, head) rows per block
+
+_HEADER = VEC_HEADER + """
+__device__ __forceinline__ float xl_round(float v, const __nv_bfloat16*) { return __bfloat162float(__float2bfloat16(v)); }
+__device__ __forceinline__ float xl_round(float v, const float*) { return v; }
+"""
+
+_SOURCE = """
+    constexpr int VEC = 16 / sizeof(T);
+    constexpr int PER_LANE = DH / 32;
+    constexpr int NV = PER_LANE / VEC;                // 16-byte vectors per lane
+    const int NH = h_shape[1];
+    const int rows = h_shape[0] * NH;
+    const int row = blockIdx.x * (THREADS / 32) + threadIdx.x / 32;   // sequence * NH + head
+    const int lane = threadIdx.x % 32;
+    if (row >= rows) return;                          // whole warps leave together
+    const int b = row / NH, hd = row % NH;
+    const int NQ = qkvo_shape[1];
+
+    float x[PER_LANE];
+    const uint4* hv = reinterpret_cast<const uint4*>(h + (size_t)row * DH);
+#pragma unroll
+    for (int v = 0; v < NV; ++v) xl_to_float(hv[v * 32 + lane], x + v * VEC, h);
+    float s = 0.f;
+#pragma unroll
+    for (int e = 0; e < PER_LANE; ++e) s += x[e];
+    const float mean = xl_warp_sum(s) / DH;
+    float s2 = 0.f;
+#pragma unroll
+    for (int e = 0; e < PER_LANE; ++e) { const float d = x[e] - mean; s2 += d * d; }
+    const float inv = rsqrtf(xl_warp_sum(s2) / DH + __int_as_float(EPS_BITS));
+
+    const auto* orow = qkvo + (size_t)b * NQ + O_OFF + hd * DH;
+    auto* out_row = out + (size_t)b * NH * DH + hd * DH;
+#pragma unroll
+    for (int v = 0; v < NV; ++v) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const int c = (v * 32 + lane) * VEC + e;          // column within the head
+            float y = xl_round((x[v * VEC + e] - mean) * inv, h);
+            y = xl_round(y * xl_float(weight[hd * DH + c]), h);
+            if (HAS_BIAS) y = xl_round(y + xl_float(bias[hd * DH + c]), h);
+            const float g = xl_round(1.f / (1.f + expf(-xl_float(orow[c]))), h);
+            xl_set(out_row + c, g * y);
+        }
+    }
+"""
+
+_kernel = None
+
+
+def _ops(h, qkvo, o_offset: int, weight, bias, eps: float, sigmoid, layer_norm=norms.layer_norm_ref):
+    B, NH, DH = h.shape
+    y = layer_norm(h, eps).reshape(B, NH * DH) * weight
+    if bias is not None:
+        y = y + bias
+    return sigmoid(qkvo[:, o_offset:o_offset + NH * DH]) * y
+
+
+def headnorm_gate_ref(h, qkvo, o_offset: int, weight, bias, eps: float):
+    """MLX ops, as MLSTMLayer computes its output before out_proj (HeadwiseLayerNorm, then sigmoid(o) * it)."""
+    return _ops(h, qkvo, o_offset, weight, bias, eps, fastmath.sigmoid_ref)
+
+
+def applies(h, qkvo, weight, bias) -> bool:
+    if not cuda_available() or h.ndim != 3 or qkvo.ndim != 2:
+        return False
+    dt = h.dtype
+    vec = 16 // dt.size if dt in (mx.bfloat16, mx.float32) else 0
+    return (vec > 0 and qkvo.dtype == dt and weight.dtype == dt and (bias is None or bias.dtype == dt)
+            and h.shape[2] % (32 * vec) == 0)
+
+
+def _float_bits(x: float) -> int:
+    return struct.unpack("<i", struct.pack("<f", x))[0]
+
+
+def headnorm_gate_cuda(h, qkvo, o_offset: int, weight, bias, eps: float):
+    global _kernel
+    if _kernel is None:
+        _kernel = mx.fast.cuda_kernel(name="xlstm_headnorm_gate", input_names=["h", "qkvo", "weight", "bias"],
+                                      output_names=["out"], source=_SOURCE, header=_HEADER)
+    B, NH, DH = h.shape
+    rows_per_block = THREADS // 32
+    blocks = -(-(B * NH) // rows_per_block)
+    (out,) = _kernel(
+        inputs=[h, qkvo, weight, bias if bias is not None else mx.zeros((1,), h.dtype)],
+        template=[("T", h.dtype), ("DH", DH), ("O_OFF", o_offset), ("THREADS", THREADS),
+                  ("HAS_BIAS", bias is not None), ("EPS_BITS", _float_bits(eps))],
+        grid=(blocks * THREADS, 1, 1),
+        threadgroup=(THREADS, 1, 1),
+        output_shapes=[(B, NH * DH)],
+        output_dtypes=[h.dtype],
+    )
+    return out
+
+
+def headnorm_gate(h, qkvo, o_offset: int, weight, bias, eps: float):
+    if applies(h, qkvo, weight, bias):
+        return headnorm_gate_cuda(h, qkvo, o_offset, weight, bias, eps)
+    # elsewhere the same ops with the registry's fast forms (sigmoid, and the LayerNorm's sums by BLAS on the CPU)
+    return _ops(h, qkvo, o_offset, weight, bias, eps, fastmath.sigmoid, norms.layer_norm)
+
+
+def label() -> str:
+    if cuda_available():
+        return "fused CUDA kernel (mx.fast.cuda_kernel): head LayerNorm, weight and sigmoid gate in one launch"
+    return "MLX ops (layer_norm, weight, gate; the fused CUDA kernel needs MLX's CUDA backend)"
