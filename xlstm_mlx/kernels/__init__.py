@@ -33,6 +33,10 @@ and the CPU the fast form of those names is their MLX-ops reference, and the lab
                       op on a GPU)
     math.silu         fastmath.silu                 fastmath.silu_ref (x * mx.sigmoid(x), as nn.silu)
     math.soft_cap     fastmath.soft_cap             fastmath.soft_cap_ref (cap * mx.tanh(x / cap))
+    norm.rms          norms.rms_norm (sums by BLAS  norms.rms_norm_ref (mx.fast.rms_norm)
+                      on the CPU, MLX's fused
+                      kernel on a GPU)
+    norm.layer        norms.layer_norm              norms.layer_norm_ref (mx.fast.layer_norm)
 
 `use_reference(True)` (or XLSTM_MLX_REFERENCE_KERNELS=1) makes `get` return the reference of every name:
 tests use it to check a whole model on the slow, simple path. `describe()` says what each name runs here.
@@ -46,6 +50,7 @@ from xlstm_mlx import env
 from xlstm_mlx.kernels import mlstm_decode as _decode
 from xlstm_mlx.kernels import skinny_gemm as _skinny
 from xlstm_mlx.kernels import fastmath
+from xlstm_mlx.kernels import norms
 from xlstm_mlx.kernels import headnorm as _headnorm
 from xlstm_mlx.kernels.headnorm import headnorm_gate, headnorm_gate_ref
 from xlstm_mlx.kernels import quant_matmul as _quant
@@ -88,10 +93,15 @@ KERNELS: dict[str, Kernel] = {
     "math.sigmoid": Kernel(fastmath.sigmoid, fastmath.sigmoid_ref, fastmath.label),
     "math.silu": Kernel(fastmath.silu, fastmath.silu_ref, fastmath.label),
     "math.soft_cap": Kernel(fastmath.soft_cap, fastmath.soft_cap_ref, fastmath.label),
+    # the norms' reductions: MLX's CPU mean is one running float32 sum, inexact at hidden sizes (docs/numerics.md)
+    "norm.rms": Kernel(norms.rms_norm, norms.rms_norm_ref, norms.label),
+    "norm.layer": Kernel(norms.layer_norm, norms.layer_norm_ref, norms.label),
 }
 
 # the element-wise names (activations and soft-caps) a model lists in kernel_names() for the verbose line
 MATH = ("math.sigmoid", "math.silu", "math.soft_cap")
+# the norm names (RMSNorm, the per-head LayerNorm of the xLSTM-7B family)
+NORMS = ("norm.rms", "norm.layer")
 
 # mLSTM names a profile may choose for its prefill and its decode step (profiles.py)
 SEQUENCE_FORMS = ("chunkwise", "parallel", "sequence")
@@ -125,7 +135,7 @@ def describe(names: list[str] | None = None) -> dict[str, str]:
 
 
 __all__ = [
-    "KERNELS", "Kernel", "MATH", "get", "describe", "use_reference", "reference_forced", "SEQUENCE_FORMS", "STEP_FORMS",
+    "KERNELS", "Kernel", "MATH", "NORMS", "get", "describe", "use_reference", "reference_forced", "SEQUENCE_FORMS", "STEP_FORMS",
     "log_sigmoid", "mask_gates", "mlstm_zero_state", "slstm_zero_state", "mlstm_chunkwise", "mlstm_chunkwise_ref",
     "mlstm_parallel", "mlstm_sequence", "mlstm_step", "mlstm_step_ref", "slstm_sequence", "slstm_sequence_ref",
     "slstm_step", "slstm_step_ref", "mlstm_decode_step", "mlstm_decode_step_ref", "skinny_matmul",

@@ -5,7 +5,8 @@
     y_c = y.astype(out_dtype)                                 the matmul input (bf16 under the 'fast' profile)
 
     add_rms_norm_ref(x, h, weight, bias, eps, out_dtype) -> (r, y, y_c)   MLX ops (mx.fast.rms_norm)
-    add_rms_norm(...)                                                     one CUDA launch where it applies
+    add_rms_norm(...)                                                     one CUDA launch where it applies; elsewhere
+                                                                          the same ops with norm.rms (kernels/norms.py)
 
 Why: in a decode step each of these is its own launch (an add, MLX's rms_norm, a copy for the cast), ~2.5-6 us
 each on an H200 at batch 1 whatever the size (benchmarks/results/gpu_kernels_h200.md: 65 rms_norm and 65 cast
@@ -21,6 +22,7 @@ import struct
 
 import mlx.core as mx
 
+from xlstm_mlx.kernels import norms
 from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
 
 THREADS = 512
@@ -58,9 +60,9 @@ _SOURCE = """
 _kernel = None
 
 
-def add_rms_norm_ref(x, h, weight, bias, eps: float, out_dtype):
+def add_rms_norm_ref(x, h, weight, bias, eps: float, out_dtype, rms_norm=norms.rms_norm_ref):
     r = x if h is None else x + h
-    y = mx.fast.rms_norm(r, weight, eps)
+    y = rms_norm(r, weight, eps)
     if bias is not None:
         y = y + bias
     return r, y, y.astype(out_dtype)
@@ -98,10 +100,11 @@ def add_rms_norm_cuda(x, h, weight, bias, eps: float, out_dtype):
 def add_rms_norm(x, h, weight, bias, eps: float, out_dtype):
     if applies(x, h, weight, bias):
         return add_rms_norm_cuda(x, h, weight, bias, eps, out_dtype)
-    return add_rms_norm_ref(x, h, weight, bias, eps, out_dtype)
+    # elsewhere the same ops with the registry's norm.rms form (sums by BLAS on the CPU: kernels/norms.py)
+    return add_rms_norm_ref(x, h, weight, bias, eps, out_dtype, rms_norm=norms.rms_norm)
 
 
 def label() -> str:
     if cuda_available():
         return "fused CUDA kernel (mx.fast.cuda_kernel): residual add, RMSNorm and the cast in one launch"
-    return "MLX ops (add, mx.fast.rms_norm, cast; the fused CUDA kernel needs MLX's CUDA backend)"
+    return f"MLX ops (add, RMSNorm: {norms.label()}, cast; the fused CUDA kernel needs MLX's CUDA backend)"

@@ -12,7 +12,8 @@ sigmoid, product: each rounded to the input dtype, as MLX's ops on bf16 arrays r
 
     headnorm_gate_ref(h, qkvo, o_offset, weight, bias, eps)   MLX ops (mx.fast.layer_norm, mx.sigmoid)
     headnorm_gate(...)                                        the CUDA kernel where it applies, else the same
-                                                              MLX ops with the registry's math.sigmoid form
+                                                              MLX ops with the registry's math.sigmoid and
+                                                              norm.layer forms
 
 `qkvo` is the fused projection output [B, >= o_offset + NH*DH] holding the output-gate pre-activation o at
 columns o_offset...; passing it whole saves the copy of a strided slice.
@@ -24,7 +25,7 @@ import struct
 
 import mlx.core as mx
 
-from xlstm_mlx.kernels import fastmath
+from xlstm_mlx.kernels import fastmath, norms
 from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
 
 THREADS = 256  # 8 warps: 8 (sequence, head) rows per block
@@ -78,9 +79,9 @@ _SOURCE = """
 _kernel = None
 
 
-def _ops(h, qkvo, o_offset: int, weight, bias, eps: float, sigmoid):
+def _ops(h, qkvo, o_offset: int, weight, bias, eps: float, sigmoid, layer_norm=norms.layer_norm_ref):
     B, NH, DH = h.shape
-    y = mx.fast.layer_norm(h, None, None, eps).reshape(B, NH * DH) * weight
+    y = layer_norm(h, eps).reshape(B, NH * DH) * weight
     if bias is not None:
         y = y + bias
     return sigmoid(qkvo[:, o_offset:o_offset + NH * DH]) * y
@@ -127,7 +128,8 @@ def headnorm_gate_cuda(h, qkvo, o_offset: int, weight, bias, eps: float):
 def headnorm_gate(h, qkvo, o_offset: int, weight, bias, eps: float):
     if applies(h, qkvo, weight, bias):
         return headnorm_gate_cuda(h, qkvo, o_offset, weight, bias, eps)
-    return _ops(h, qkvo, o_offset, weight, bias, eps, fastmath.sigmoid)
+    # elsewhere the same ops with the registry's fast forms (sigmoid, and the LayerNorm's sums by BLAS on the CPU)
+    return _ops(h, qkvo, o_offset, weight, bias, eps, fastmath.sigmoid, norms.layer_norm)
 
 
 def label() -> str:

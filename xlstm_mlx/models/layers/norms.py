@@ -1,4 +1,7 @@
-"""Norm layers, on MLX's fused kernels (which reduce in float32 whatever the input dtype).
+"""Norm layers. The xLSTM-7B family's two (RMSNorm, HeadwiseLayerNorm) run the registry's norm.rms / norm.layer
+(kernels/norms.py: sums by a BLAS matrix-vector product on the CPU, where MLX's own float32 mean is one running
+sum; MLX's fused kernels on a GPU; float32 reductions whatever the input dtype, float64 in the exact profile).
+The official-stack family's residual-weight norms stay on MLX's fused kernel.
 
 Two scale rules, named apart: RMSNorm and HeadwiseLayerNorm (xLSTM-7B family) multiply by `weight`;
 ResidualLayerNorm and ResidualHeadwiseLayerNorm (the official xlstm package's LayerNorm with
@@ -15,11 +18,7 @@ relative error, mlx 0.32), so float64 input takes the plain formulas, which are 
 import mlx.core as mx
 import mlx.nn as nn
 
-
-def layer_norm_f64(x, eps: float):
-    """(x - mean) / sqrt(biased var + eps) over the last axis, in x's dtype (float64 for the exact profile)."""
-    d = x - mx.mean(x, axis=-1, keepdims=True)
-    return d * mx.rsqrt(mx.mean(mx.square(d), axis=-1, keepdims=True) + eps)
+from xlstm_mlx import kernels
 
 
 class RMSNorm(nn.Module):
@@ -33,10 +32,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def __call__(self, x):
-        if x.dtype == mx.float64:
-            y = x * mx.rsqrt(mx.mean(mx.square(x), axis=-1, keepdims=True) + self.eps) * self.weight
-        else:
-            y = mx.fast.rms_norm(x, self.weight, self.eps)
+        y = kernels.get("norm.rms")(x, self.weight, self.eps)
         return y + self.bias if "bias" in self else y
 
 
@@ -53,7 +49,7 @@ class HeadwiseLayerNorm(nn.Module):
 
     def __call__(self, x):
         B, T, NH, DH = x.shape
-        y = layer_norm_f64(x, self.eps) if x.dtype == mx.float64 else mx.fast.layer_norm(x, None, None, self.eps)
+        y = kernels.get("norm.layer")(x, self.eps)
         y = y.reshape(B, T, NH * DH) * self.weight
         return y + self.bias if "bias" in self else y
 

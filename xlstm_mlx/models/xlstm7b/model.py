@@ -92,7 +92,7 @@ class Model(RecurrentLM):
         if self.args.weight_mode == "fused" or fuse.is_fused(self):
             names += ["mlstm.decode_step", "mlstm.headnorm_gate"]
         quantized = any(type(m) is nn.QuantizedLinear for _, m in self.leaf_modules_flat())
-        return names + ["matmul.skinny", *(["matmul.quantized"] if quantized else []), *kernels.MATH]
+        return names + ["matmul.skinny", *(["matmul.quantized"] if quantized else []), *kernels.MATH, *kernels.NORMS]
 
     def describe(self) -> dict:
         a = self.args
