@@ -112,6 +112,26 @@ def refresh(model) -> bool:
     return changed
 
 
+def adopt_traced(model) -> None:
+    """After an inference call: record the single layers' current weight objects as the fused views.
+
+    mx.compile (the compiled decode step, whose inputs are the parameter tree) swaps tracers into the tree while
+    it traces and then puts the arrays back as *new Python objects* of the same arrays: same buffers, new
+    identities. Without this, refresh() took every traced step for a weight update, fused every group again
+    and dropped the compiled step, which traced again: measured 20-60 ms a token extra on the 64m model on a
+    CPU. Nothing else can change a weight inside an inference call, so what differs here is that rewrap."""
+    for block in model.backbone.blocks:
+        for name, (sub, parts) in FUSED_PARTS.items():
+            owner = block[sub]
+            hit = owner.__dict__.get(_KEY + name)
+            if hit is None:
+                continue
+            w, b, views = hit
+            if all(owner[p] is m for p, (m, _, _) in zip(parts, views)):
+                owner.__dict__[_KEY + name] = (w, b, [(m, m.weight, m.bias if vb is not None else None)
+                                                      for m, _, vb in views])
+
+
 def group(owner: nn.Module, name: str):
     """(weight, bias) of a fused group to use now, or None (not fused, or not inside an inference call)."""
     hit = owner.__dict__.get(_KEY + name) if _inference.value else None

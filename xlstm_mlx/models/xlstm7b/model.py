@@ -54,7 +54,9 @@ class Model(RecurrentLM):
             return super().__call__(input_ids, **kw)
         fuse.refresh(self)  # parts updated or quantized since the fusing: fuse them again / stop
         with fuse.inference_call():
-            return super().__call__(input_ids, **kw)
+            out = super().__call__(input_ids, **kw)
+        fuse.adopt_traced(self)  # a compiled step's trace rewraps the weights: not a change (fuse.py)
+        return out
 
     def forward(self, input_ids, states, mask, check: bool):
         """(ids [B, T], per-block states) -> (float32 logits [B, T, V], new states)."""
