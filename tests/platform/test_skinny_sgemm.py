@@ -120,13 +120,28 @@ def _shapes(rng):
     return out
 
 
-def test_kernel_against_float64(rng):
+def test_every_instruction_set_of_this_cpu_is_listed():
     _need_kernel()
+    isas = skinny.supported_isas()
+    assert skinny.isa() == isas[0] and len(isas) >= 2, isas  # the widest in use; the baseline always runs
+    with pytest.raises(ValueError, match="no bogus kernels"):
+        with skinny.use_isa("bogus"):
+            pass
+
+
+@pytest.mark.parametrize("isa", skinny.ALL_ISAS)
+def test_kernel_against_float64(rng, isa):
+    """Every kernel instance this CPU can run (AVX-512, AVX2, SSE2 on x86-64; NEON on aarch64)."""
+    _need_kernel()
+    if isa not in skinny.supported_isas():
+        pytest.skip(f"this CPU does not run the {isa} kernels")
     fn = skinny.address()
     skinny.counts(reset=True)
     shapes = _shapes(rng)
-    for case in shapes:
-        _run(fn, rng, *case)
+    with skinny.use_isa(isa):
+        assert skinny.isa() == isa
+        for case in shapes:
+            _run(fn, rng, *case)
     computed, forwarded = skinny.counts()
     limit = skinny.max_rows()
     want = sum(1 for c in shapes if min(c[3], c[4]) <= limit)

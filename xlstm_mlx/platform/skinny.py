@@ -54,13 +54,18 @@ def _open() -> ctypes.CDLL | None:
     except OSError as e:
         _missing = f"cannot load {path.name}: {e}"
         return None
-    lib.xl_skinny_sgemm.argtypes = SGEMM_ARGS
-    lib.xl_skinny_sgemm.restype = None
-    lib.xl_skinny_init.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-    lib.xl_skinny_set_enabled.argtypes = [ctypes.c_int]
-    lib.xl_skinny_isa.restype = ctypes.c_char_p
-    lib.xl_skinny_real.restype = ctypes.c_void_p
-    lib.xl_skinny_counts.argtypes = [ctypes.POINTER(ctypes.c_ulonglong), ctypes.c_int]
+    try:
+        lib.xl_skinny_sgemm.argtypes = SGEMM_ARGS
+        lib.xl_skinny_sgemm.restype = None
+        lib.xl_skinny_init.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        lib.xl_skinny_set_enabled.argtypes = [ctypes.c_int]
+        lib.xl_skinny_isa.restype = ctypes.c_char_p
+        lib.xl_skinny_set_isa.argtypes = [ctypes.c_char_p]
+        lib.xl_skinny_real.restype = ctypes.c_void_p
+        lib.xl_skinny_counts.argtypes = [ctypes.POINTER(ctypes.c_ulonglong), ctypes.c_int]
+    except AttributeError as e:  # a build from another version of the source
+        _missing = f"{path.name} is a stale build ({e}); reinstall xlstm-mlx to rebuild it"
+        return None
     _lib = lib
     return lib
 
@@ -102,6 +107,33 @@ def isa() -> str | None:
     """The vector instruction set the kernel picked for this CPU (avx512f, avx2+fma, sse2, neon, generic)."""
     lib = _open()
     return None if lib is None else lib.xl_skinny_isa().decode()
+
+
+ALL_ISAS = ("avx512f", "avx2+fma", "sse2", "neon", "generic")
+
+
+def supported_isas() -> list[str]:
+    """Every instruction set whose kernels this CPU runs (the widest is the one in use unless use_isa())."""
+    lib = _open()
+    if lib is None:
+        return []
+    current = isa()
+    out = [name for name in ALL_ISAS if lib.xl_skinny_set_isa(name.encode())]
+    lib.xl_skinny_set_isa(current.encode())
+    return out
+
+
+@contextlib.contextmanager
+def use_isa(name: str):
+    """Run the kernels of `name` (one of supported_isas()) inside the block, process-wide (tests)."""
+    lib = _open()
+    current = isa()
+    if lib is None or not lib.xl_skinny_set_isa(name.encode()):
+        raise ValueError(f"no {name} kernels on this CPU (supported: {supported_isas()})")
+    try:
+        yield
+    finally:
+        lib.xl_skinny_set_isa(current.encode())
 
 
 def max_rows() -> int | None:

@@ -103,28 +103,47 @@ static inline __attribute__((always_inline)) void put(const problem *p, int s, i
 
 /* ---- state ---- */
 
+#define BASE_ISA_UNSET "unset"
+
 static sgemm_fn real_sgemm;
 static threads_fn real_threads;
 static int enabled;                       /* 0: every call goes to real_sgemm (the reference path) */
 static range_fn dot_range = dot_range_base, axpy_range = axpy_range_base;
-static const char *isa = "generic";
+static const char *isa = BASE_ISA_UNSET;
 static unsigned long long calls_kernel, calls_forwarded;
 
-static void pick_isa(void) {
+#if defined(__x86_64__) || defined(__i386__)
+#define BASE_ISA "sse2"
+#elif defined(__aarch64__)
+#define BASE_ISA "neon"
+#else
+#define BASE_ISA "generic"
+#endif
+
+/* Use the kernels for `name` if this CPU runs them; returns 1 on success. */
+int xl_skinny_set_isa(const char *name) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) {
+    if (!strcmp(name, "avx512f") && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma")) {
         dot_range = dot_range_avx512, axpy_range = axpy_range_avx512, isa = "avx512f";
-        return;
+        return 1;
     }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    if (!strcmp(name, "avx2+fma") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         dot_range = dot_range_avx2, axpy_range = axpy_range_avx2, isa = "avx2+fma";
-        return;
+        return 1;
     }
-    isa = "sse2";
-#elif defined(__aarch64__)
-    isa = "neon";
 #endif
+    if (!strcmp(name, BASE_ISA)) {
+        dot_range = dot_range_base, axpy_range = axpy_range_base, isa = BASE_ISA;
+        return 1;
+    }
+    return 0;
+}
+
+/* The widest instruction set this CPU runs (tests switch to the others with xl_skinny_set_isa). */
+static void pick_isa(void) {
+    if (!xl_skinny_set_isa("avx512f") && !xl_skinny_set_isa("avx2+fma")) xl_skinny_set_isa(BASE_ISA);
 }
 
 /* ---- threads ---- */
