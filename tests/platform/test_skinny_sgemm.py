@@ -156,6 +156,30 @@ def test_library_sgemm_meets_the_same_bound(rng):
         _run(fn, rng, *case)
 
 
+@pytest.mark.parametrize("isa", skinny.ALL_ISAS)
+def test_same_bits_whatever_the_layout_or_row_count(rng, isa):
+    """Each element is summed in one order: the weight as W (dot form) or as a contiguous W.T (axpy form), and
+    one row or eight, give identical bits (OpenBLAS' sgemm has this property; a saved-and-loaded model whose
+    weight comes back in the other layout must give the same logits)."""
+    _need_kernel()
+    if isa not in skinny.supported_isas():
+        pytest.skip(f"this CPU does not run the {isa} kernels")
+    fn = skinny.address()
+    with skinny.use_isa(isa):
+        for k in (1, 15, 16, 17, 63, 64, 65, 200, 515):
+            n = int(rng.integers(1, 70))
+            x = rng.standard_normal((8, k)).astype(np.float32)
+            w = rng.standard_normal((n, k)).astype(np.float32)
+            wt = np.ascontiguousarray(w.T)
+            dot, axpy, one = (np.zeros((8, n), np.float32) for _ in range(3))
+            skinny.sgemm(fn, ROW, N_, T_, 8, n, k, 1.0, x, k, w, k, 0.0, dot, n)  # x @ W.T, W [n, k]
+            skinny.sgemm(fn, ROW, N_, N_, 8, n, k, 1.0, x, k, wt, n, 0.0, axpy, n)  # x @ W.T, W.T stored [k, n]
+            for r in range(8):
+                skinny.sgemm(fn, ROW, N_, T_, 1, n, k, 1.0, x[r:r + 1], k, w, k, 0.0, one[r:r + 1], n)
+            assert np.array_equal(dot, axpy), (isa, k, n, float(np.abs(dot - axpy).max()))
+            assert np.array_equal(dot, one), (isa, k, n, float(np.abs(dot - one).max()))
+
+
 def test_reference_switch_forwards_everything(rng):
     _need_kernel()
     fn = skinny.address()

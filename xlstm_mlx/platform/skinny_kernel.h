@@ -4,12 +4,12 @@
  *   KNAME(x)   name of function x in this instance (x ## _avx512, ...)
  *   TARGET     function attribute that enables the ISA (empty for the baseline)
  *   VL         float lanes per vector
- *   SB         dot form: rows of X per pass over one W row (2*SB + 1 vector registers); SB is 4 or 8
- *   NV, SA     axpy form: vectors of columns per tile, rows of X per tile (NV*SA + NV + 1 registers)
+ *   SB         dot form: rows of X per pass over one W row (4*SB + 4 vector registers)
  *
- * Both forms read every element of W from memory once per call: the tile of W stays in L1 while the rows
- * of X (packed, a few KB) are swept over it. All loops below have compile-time trip counts once the
- * always_inline tiles are expanded with constant nb/sb, so the accumulators live in registers.
+ * Both forms read every element of W from memory once per call, while the packed rows of X (a few KB) stay
+ * in cache. The loops over rows have compile-time trip counts once the always_inline tiles are expanded with
+ * a constant sb, so the accumulators live in registers. Compiled without FMA contraction (setup.py): both
+ * forms must round every element in the same order.
  */
 
 typedef float KNAME(vec) __attribute__((vector_size(VL * sizeof(float))));
@@ -48,27 +48,10 @@ static inline __attribute__((always_inline)) TARGET float KNAME(hsum)(KNAME(vec)
     return (q[0] + q[2]) + (q[1] + q[3]);
 }
 
-/* One row of X (batch-1 decode): W read strictly in order, one row at a time, four accumulators (the
- * memory streams at its sequential rate; four interleaved W rows ran at less than half of it). */
-static TARGET void KNAME(dot1_range)(const problem *p, int n0, int n1) {
-    const int K = p->K;
-    const float *x = p->X;
-    for (int n = n0; n < n1; ++n) {
-        const float *w = p->W + (ptrdiff_t)n * p->wn;
-        KNAME(vec) a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-        int k = 0;
-        for (; k + 4 * VL <= K; k += 4 * VL) {
-            a0 += KNAME(load)(w + k) * KNAME(load)(x + k);
-            a1 += KNAME(load)(w + k + VL) * KNAME(load)(x + k + VL);
-            a2 += KNAME(load)(w + k + 2 * VL) * KNAME(load)(x + k + 2 * VL);
-            a3 += KNAME(load)(w + k + 3 * VL) * KNAME(load)(x + k + 3 * VL);
-        }
-        for (; k + VL <= K; k += VL) a0 += KNAME(load)(w + k) * KNAME(load)(x + k);
-        float s = KNAME(hsum)((a0 + a1) + (a2 + a3));
-        for (; k < K; ++k) s += w[k] * x[k];
-        put(p, 0, n, s);
-    }
-}
+/* The order every element's sum follows, in both forms: four vector accumulators a0..a3, a_j taking the
+ * VL-blocks k0 = 4*VL*q + j*VL (four independent chains per row, which is what lets one row stream W at the
+ * memory's sequential rate); the remaining VL-blocks into a0; then (a0 + a1) + (a2 + a3), the lane tree of
+ * hsum(), and the last K % VL products in order. */
 
 /* C[s0 + i, n] for i < sb: W row n against sb rows of X (the row stays in L1 for the next sb rows). */
 static inline __attribute__((always_inline)) TARGET void KNAME(dot_tile)(const problem *p, int n, int s0,
@@ -76,26 +59,36 @@ static inline __attribute__((always_inline)) TARGET void KNAME(dot_tile)(const p
     const int K = p->K;
     const float *w = p->W + (ptrdiff_t)n * p->wn;
     const float *x[SB];
-    KNAME(vec) acc[SB];
-    for (int i = 0; i < sb; ++i) x[i] = p->X + (ptrdiff_t)(s0 + i) * K, acc[i] = (KNAME(vec)){0};
+    KNAME(vec) a0[SB], a1[SB], a2[SB], a3[SB];
+    for (int i = 0; i < sb; ++i) {
+        x[i] = p->X + (ptrdiff_t)(s0 + i) * K;
+        a0[i] = a1[i] = a2[i] = a3[i] = (KNAME(vec)){0};
+    }
     int k = 0;
+    for (; k + 4 * VL <= K; k += 4 * VL) {
+        const KNAME(vec) w0 = KNAME(load)(w + k), w1 = KNAME(load)(w + k + VL);
+        const KNAME(vec) w2 = KNAME(load)(w + k + 2 * VL), w3 = KNAME(load)(w + k + 3 * VL);
+        for (int i = 0; i < sb; ++i) {
+            a0[i] += w0 * KNAME(load)(x[i] + k);
+            a1[i] += w1 * KNAME(load)(x[i] + k + VL);
+            a2[i] += w2 * KNAME(load)(x[i] + k + 2 * VL);
+            a3[i] += w3 * KNAME(load)(x[i] + k + 3 * VL);
+        }
+    }
     for (; k + VL <= K; k += VL) {
-        const KNAME(vec) wv = KNAME(load)(w + k);
-        for (int i = 0; i < sb; ++i) acc[i] += wv * KNAME(load)(x[i] + k);
+        const KNAME(vec) w0 = KNAME(load)(w + k);
+        for (int i = 0; i < sb; ++i) a0[i] += w0 * KNAME(load)(x[i] + k);
     }
     for (int i = 0; i < sb; ++i) {
-        float s = KNAME(hsum)(acc[i]);
+        float s = KNAME(hsum)((a0[i] + a1[i]) + (a2[i] + a3[i]));
         for (int kk = k; kk < K; ++kk) s += w[kk] * x[i][kk];
         put(p, s0 + i, n, s);
     }
 }
 
-/* Several rows of X: W row by row (in order), SB rows of X at a time against it. */
+/* W row by row (in order), SB rows of X at a time against it; one accumulator per element, so the sum of
+ * each element is in the same order whatever the number of rows (batch 1 and batch 8 give the same bits). */
 static TARGET void KNAME(dot_range)(const problem *p, int n0, int n1) {
-    if (p->S == 1) {
-        KNAME(dot1_range)(p, n0, n1);
-        return;
-    }
     for (int n = n0; n < n1; ++n) {
         int s = 0;
         for (; s + SB <= p->S; s += SB) KNAME(dot_tile)(p, n, s, SB);
@@ -118,53 +111,65 @@ static TARGET void KNAME(dot_range)(const problem *p, int n0, int n1) {
     }
 }
 
-/* C[s0+i, n0 .. n0 + nv*VL) for i < sb, with W rows contiguous along N (wn == 1). */
-static inline __attribute__((always_inline)) TARGET void KNAME(axpy_tile)(const problem *p, int n0, int s0,
-                                                                           const int nv, const int sb) {
+/* C[s, n0 .. n0 + VL) with W contiguous along N (wn == 1), in exactly the dot form's order for each element
+ * (the partial sums of its 4*VL accumulator lanes, kept here as 4*VL column vectors). So a product gives the
+ * same bits whichever operand layout MLX passes: a transposed view of a weight and its contiguous copy agree
+ * exactly, as they do with OpenBLAS' sgemm. (This layout is rare at decode: x @ W with W stored [K, N].) */
+static inline __attribute__((always_inline)) TARGET void KNAME(axpy_cols)(const problem *p, int n0, int s) {
     const int K = p->K;
-    KNAME(vec) acc[SA][NV];
-    const float *x[SA];
-    for (int i = 0; i < sb; ++i) x[i] = p->X + (ptrdiff_t)(s0 + i) * K;
-    for (int i = 0; i < sb; ++i)
-        for (int v = 0; v < nv; ++v) acc[i][v] = (KNAME(vec)){0};
-    const float *wk = p->W + n0;
-    for (int k = 0; k < K; ++k, wk += p->wk) {
-        KNAME(vec) wv[NV];
-        for (int v = 0; v < nv; ++v) wv[v] = KNAME(load)(wk + v * VL);
-        for (int i = 0; i < sb; ++i) {
-            const float xs = x[i][k];
-            for (int v = 0; v < nv; ++v) acc[i][v] += xs * wv[v];
-        }
-    }
-    for (int i = 0; i < sb; ++i)
-        for (int v = 0; v < nv; ++v)
-            for (int l = 0; l < VL; ++l) put(p, s0 + i, n0 + v * VL + l, acc[i][v][l]);
+    const float *x = p->X + (ptrdiff_t)s * K;
+    const float *w = p->W + n0;
+    const ptrdiff_t wk = p->wk;
+    KNAME(vec) acc[4 * VL]; /* acc[j*VL + l]: lane l of a_j of the dot form, for VL columns */
+    for (int r = 0; r < 4 * VL; ++r) acc[r] = (KNAME(vec)){0};
+    int k = 0;
+    for (; k + 4 * VL <= K; k += 4 * VL)
+        for (int r = 0; r < 4 * VL; ++r) acc[r] += KNAME(load)(w + (ptrdiff_t)(k + r) * wk) * x[k + r];
+    for (; k + VL <= K; k += VL)
+        for (int r = 0; r < VL; ++r) acc[r] += KNAME(load)(w + (ptrdiff_t)(k + r) * wk) * x[k + r];
+    KNAME(vec) v[VL]; /* the vector (a0 + a1) + (a2 + a3), lane by lane */
+    for (int l = 0; l < VL; ++l) v[l] = (acc[l] + acc[VL + l]) + (acc[2 * VL + l] + acc[3 * VL + l]);
+#if VL == 16
+    for (int l = 0; l < 8; ++l) v[l] += v[l + 8];
+#endif
+#if VL >= 8
+    for (int l = 0; l < 4; ++l) v[l] += v[l + 4];
+#endif
+    KNAME(vec) t = (v[0] + v[2]) + (v[1] + v[3]);
+    for (; k < K; ++k) t += KNAME(load)(w + (ptrdiff_t)k * wk) * x[k];
+    for (int l = 0; l < VL; ++l) put(p, s, n0 + l, t[l]);
 }
 
-static inline __attribute__((always_inline)) TARGET void KNAME(axpy_cols)(const problem *p, int n0, const int nv) {
-    int s = 0;
-    for (; s + SA <= p->S; s += SA) KNAME(axpy_tile)(p, n0, s, nv, SA);
-    switch (p->S - s) {
-#if SA > 3
-    case 3: KNAME(axpy_tile)(p, n0, s, nv, 3); break;
+/* One column (fewer than VL left), the same order in scalars. */
+static inline __attribute__((always_inline)) TARGET void KNAME(axpy_col1)(const problem *p, int n, int s) {
+    const int K = p->K;
+    const float *x = p->X + (ptrdiff_t)s * K;
+    const float *w = p->W + n;
+    const ptrdiff_t wk = p->wk;
+    float acc[4 * VL];
+    for (int r = 0; r < 4 * VL; ++r) acc[r] = 0.0f;
+    int k = 0;
+    for (; k + 4 * VL <= K; k += 4 * VL)
+        for (int r = 0; r < 4 * VL; ++r) acc[r] += w[(ptrdiff_t)(k + r) * wk] * x[k + r];
+    for (; k + VL <= K; k += VL)
+        for (int r = 0; r < VL; ++r) acc[r] += w[(ptrdiff_t)(k + r) * wk] * x[k + r];
+    float v[VL];
+    for (int l = 0; l < VL; ++l) v[l] = (acc[l] + acc[VL + l]) + (acc[2 * VL + l] + acc[3 * VL + l]);
+#if VL == 16
+    for (int l = 0; l < 8; ++l) v[l] += v[l + 8];
 #endif
-#if SA > 2
-    case 2: KNAME(axpy_tile)(p, n0, s, nv, 2); break;
+#if VL >= 8
+    for (int l = 0; l < 4; ++l) v[l] += v[l + 4];
 #endif
-    case 1: KNAME(axpy_tile)(p, n0, s, nv, 1); break;
-    default: break;
-    }
+    float t = (v[0] + v[2]) + (v[1] + v[3]);
+    for (; k < K; ++k) t += w[(ptrdiff_t)k * wk] * x[k];
+    put(p, s, n, t);
 }
 
 static TARGET void KNAME(axpy_range)(const problem *p, int n0, int n1) {
     int n = n0;
-    for (; n + NV * VL <= n1; n += NV * VL) KNAME(axpy_cols)(p, n, NV);
-    for (; n + VL <= n1; n += VL) KNAME(axpy_cols)(p, n, 1);
-    for (; n < n1; ++n) /* fewer than VL columns left: one dot product each, W read with stride wk */
-        for (int s = 0; s < p->S; ++s) {
-            const float *x = p->X + (ptrdiff_t)s * p->K;
-            float acc = 0.0f;
-            for (int k = 0; k < p->K; ++k) acc += x[k] * p->W[(ptrdiff_t)k * p->wk + n];
-            put(p, s, n, acc);
-        }
+    for (; n + VL <= n1; n += VL)
+        for (int s = 0; s < p->S; ++s) KNAME(axpy_cols)(p, n, s);
+    for (; n < n1; ++n)
+        for (int s = 0; s < p->S; ++s) KNAME(axpy_col1)(p, n, s);
 }

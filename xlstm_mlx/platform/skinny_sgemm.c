@@ -10,8 +10,8 @@
  * written without being read), row- or column-major, either transpose, any lda/ldb/ldc. The kernels run when
  * min(M, N) <= MAX_ROWS (the small side becomes the rows of X, the other operand is W); everything else,
  * and every degenerate or invalid call (alpha == 0, K == 0, bad leading dimension: the library reports it),
- * goes to the real sgemm unchanged. Each element is one float32 dot product over K (vector lanes, then a
- * horizontal sum): within the usual K * eps * sum |a||b| bound.
+ * goes to the real sgemm unchanged. Each element is one float32 dot product over K, summed in one fixed
+ * order whatever the layout and row count (skinny_kernel.h): within the usual K * eps * sum |a||b| bound.
  *
  * Loaded with ctypes (it is not a Python module). Built at install time by setup.py (optional).
  */
@@ -56,30 +56,22 @@ static inline __attribute__((always_inline)) void put(const problem *p, int s, i
 #define KNAME(x) x##_avx512
 #define TARGET __attribute__((target("avx512f,avx2,fma")))
 #define VL 16
-#define SB 8
-#define NV 4
-#define SA 4
+#define SB 4
 #include "skinny_kernel.h"
 #undef KNAME
 #undef TARGET
 #undef VL
 #undef SB
-#undef NV
-#undef SA
 
 #define KNAME(x) x##_avx2
 #define TARGET __attribute__((target("avx2,fma")))
 #define VL 8
-#define SB 4
-#define NV 2
-#define SA 4
+#define SB 2
 #include "skinny_kernel.h"
 #undef KNAME
 #undef TARGET
 #undef VL
 #undef SB
-#undef NV
-#undef SA
 #endif
 
 /* The baseline of the compiler's target: SSE2 on x86-64, NEON (Advanced SIMD, 32 registers) on aarch64. */
@@ -87,19 +79,15 @@ static inline __attribute__((always_inline)) void put(const problem *p, int s, i
 #define TARGET
 #define VL 4
 #if defined(__aarch64__)
-#define SB 8
-#else
 #define SB 4
+#else
+#define SB 2
 #endif
-#define NV 2
-#define SA 4
 #include "skinny_kernel.h"
 #undef KNAME
 #undef TARGET
 #undef VL
 #undef SB
-#undef NV
-#undef SA
 
 /* ---- state ---- */
 
@@ -250,7 +238,7 @@ void xl_skinny_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha
     if (p.wk == 1) /* W contiguous along K (x @ W.T, W @ x): dot products; else along N (x @ W): axpys */
         run(&p, dot_range, 16);
     else
-        run(&p, axpy_range, 64);
+        run(&p, axpy_range, 16);
     if (xp != stack_buf) free(xp);
 }
 
