@@ -181,6 +181,8 @@ def test_describe_names_blocks(mix):
     _, _, model = mix
     d = model.describe()
     assert d["block_types"] == "mlstm,slstm,slstm,mlstm" and d["architecture"] == "xLSTM[2:2]"
+    # the mLSTM layer's SiLUs go through the registry (the CPU's fused form), named for the verbose line
+    assert "math.silu" in model.kernel_names()
 
 
 def test_reference_kernels_give_the_same_logits(mix):

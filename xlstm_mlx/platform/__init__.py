@@ -53,5 +53,7 @@ def describe() -> str:
         return "cuda (float32 matmuls: TF32)" if tf32_active() else "cuda (float32 matmuls: full float32)"
     b = blas.info()
     if b["active"]:
-        return f"cpu (BLAS: {b['library']}, core {b.get('core')}, {b.get('threads')} threads)"
+        sk = b.get("skinny", {})
+        path = f"skinny sgemm {sk.get('isa')}" if sk.get("active") else "no skinny sgemm"
+        return f"cpu (BLAS: {b['library']}, core {b.get('core')}, {b.get('threads')} threads, {path})"
     return f"cpu (BLAS: MLX's bundled reference BLAS, slow: {b['reason']}; see docs/cpu-blas.md)"

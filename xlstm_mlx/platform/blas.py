@@ -15,6 +15,9 @@ Library choice (env `XLSTM_MLX_BLAS`):
 Core type: OpenBLAS' own detection, unless it chose a core older than the CPU's features (seen on VMs), in
 which case a second instance is loaded with OPENBLAS_CORETYPE set from /proc/cpuinfo. A user-set
 OPENBLAS_CORETYPE is always respected. `XLSTM_MLX_VERBOSE=1` prints the outcome to stderr.
+
+cblas_sgemm itself goes to the skinny-product kernel (skinny.py: products with few rows, as at decode; every
+other call forwarded to the library's sgemm) unless XLSTM_MLX_SKINNY_SGEMM=0 or the kernel was not built.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import tempfile
 from pathlib import Path
 
 import xlstm_mlx.platform.elf_got as _elf_got
+import xlstm_mlx.platform.skinny as _skinny
 from xlstm_mlx import env
 from xlstm_mlx.errors import UsageError
 
@@ -51,7 +55,8 @@ _info: dict = {"active": False, "reason": "not set up"}
 
 
 def info() -> dict:
-    """What `setup()` did: {'active', 'library', 'version', 'core', 'threads', 'symbols', 'reason'}."""
+    """What `setup()` did: {'active', 'library', 'version', 'core', 'threads', 'symbols', 'reason', 'skinny'};
+    'skinny' is {'active', 'isa', 'max_rows', 'reason'} for the small-row sgemm path."""
     return dict(_info)
 
 
@@ -210,10 +215,46 @@ def _check() -> str | None:
     err = float(np.abs(got - mm(a, b)).max())
     if not err < 1e-3:
         return f"matmul max-abs error {err:.3g}"
+    # the few-row shapes the skinny kernel takes: x @ W.T (decode), W @ x, x @ W, with odd sizes
+    x = rng.standard_normal((3, 45)).astype(np.float32)
+    w = rng.standard_normal((77, 45)).astype(np.float32)
+    with mx.stream(mx.cpu):
+        mw, mxx = mx.array(w), mx.array(x)
+        outs = [np.array(mxx @ mw.T), np.array(mw @ mxx[:1].T), np.array(mx.array(x[:, :38]) @ mx.array(b[:38]))]
+    refs = [mm(x, w.T), mm(w, x[:1].T), mm(x[:, :38], b[:38])]
+    for got_s, ref_s, what in zip(outs, refs, ("x @ W.T", "W @ x", "x @ W")):
+        err = float(np.abs(got_s - ref_s).max())
+        if not err < 1e-3:
+            return f"{what} (few rows) max-abs error {err:.3g}"
     err = float(np.abs(mm(inv, s) - np.eye(24)).max())
     if not err < 1e-3:
         return f"inverse residual {err:.3g}"
     return None
+
+
+def _attach_skinny(lib: _Lib, base: int, imports, targets: dict) -> dict:
+    """Point the cblas_sgemm slot at the skinny-product kernel (which forwards to the library's sgemm), check
+    it, and keep the library's sgemm there if it is switched off, missing or fails the check."""
+    real = targets.get("cblas_sgemm")
+    if not _skinny.wanted():
+        return {"active": False, "reason": "XLSTM_MLX_SKINNY_SGEMM=0"}
+    entry = _skinny.attach(real, lib.address("openblas_get_num_threads"))
+    if entry is None:
+        return {"active": False, "reason": _skinny.unavailable_reason()}
+    _elf_got.write_slots(base, imports, {"cblas_sgemm": entry})
+    bad = _check()
+    if bad:
+        _elf_got.write_slots(base, imports, {"cblas_sgemm": real})
+        return {"active": False, "reason": f"the kernel failed its check ({bad}); OpenBLAS' sgemm kept"}
+    return {"active": True, "isa": _skinny.isa(), "max_rows": _skinny.max_rows(), "reason": "ok"}
+
+
+def describe_skinny(skinny: dict) -> str:
+    """One phrase for the verbose line: which code computes the few-row products."""
+    if skinny.get("active"):
+        return (f"products with <= {skinny['max_rows']} rows: xlstm-mlx skinny sgemm ({skinny['isa']}), "
+                "others: the library's sgemm")
+    return f"every sgemm through the library's sgemm ({skinny.get('reason')})"
 
 
 def setup() -> dict:
@@ -258,10 +299,13 @@ def setup() -> dict:
             _elf_got.restore_slots(old, imports, base)
             reasons.append(f"{label} at {path}: check failed ({bad})")
             continue
+        skinny = _attach_skinny(lib, base, imports, targets)
         _info = {"active": True, "library": label, "path": lib.path, "version": lib.config,
-                 "core": lib.core, "threads": lib.threads, "symbols": len(targets), "reason": "ok"}
+                 "core": lib.core, "threads": lib.threads, "symbols": len(targets), "reason": "ok",
+                 "skinny": skinny}
         _say(f"CPU BLAS: {label} ({lib.config or path}; core {lib.core or '?'}, {lib.threads} threads), "
-             f"{len(targets)} of libmlx's {len(imports.slots)} BLAS/LAPACK imports redirected")
+             f"{len(targets)} of libmlx's {len(imports.slots)} BLAS/LAPACK imports redirected; "
+             f"{describe_skinny(skinny)}")
         return info()
     _info = {"active": False, "reason": "; ".join(reasons) or "no optimized BLAS found"}
     _say(f"CPU BLAS: MLX's bundled reference BLAS (slow). {_info['reason']}. See docs/cpu-blas.md")

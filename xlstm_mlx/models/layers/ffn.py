@@ -2,6 +2,7 @@
 
 import mlx.core as mx
 import mlx.nn as nn
+from xlstm_mlx import kernels
 from xlstm_mlx.errors import UsageError
 
 
@@ -10,10 +11,13 @@ ACT_FNS = {
     "gelu": nn.gelu,
     "relu": nn.relu,
     "relu^2": lambda x: mx.square(nn.relu(x)),
-    "sigmoid": mx.sigmoid,
-    "swish": nn.silu,
+    # looked up at each call, so the CPU's fused forms (and a forced reference) apply (kernels/fastmath.py)
+    "sigmoid": lambda x: kernels.get("math.sigmoid")(x),
+    "swish": lambda x: kernels.get("math.silu")(x),
     "selu": nn.selu,
 }
+# the registry kernel behind each activation that has one (for a model's kernel_names())
+ACT_KERNELS = {"sigmoid": "math.sigmoid", "swish": "math.silu"}
 
 
 def act_fn(name: str):

@@ -70,7 +70,7 @@ class MLSTMLayerV1(nn.Module):
         cd = profile.mx_compute_dtype
         x_m, z = mx.split(self.proj_up(x.astype(cd)), 2, axis=-1)
         x_c, conv = self.conv1d(x_m, conv, mask)
-        x_c = nn.silu(x_c)
+        x_c = kernels.get("math.silu")(x_c)  # the fused form on the CPU (kernels/fastmath.py)
         q, k, v = self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m)
 
         cell = self.mlstm_cell
@@ -96,5 +96,5 @@ class MLSTMLayerV1(nn.Module):
             seq = kernels.get(f"mlstm.{profile.prefill_kernel}")
             h, (C, n, m) = seq(qh, kh, vh, i, f, (C, n, m), eps=eps, chunk_size=profile.chunk_size)
         h = cell.outnorm(h.transpose(0, 2, 1, 3).astype(mx.float32)).astype(cd)  # [B, T, D]
-        h = (h + self.learnable_skip.astype(cd) * x_c) * nn.silu(z)
+        h = (h + self.learnable_skip.astype(cd) * x_c) * kernels.get("math.silu")(z)
         return self.proj_down(h), (C, n, m, conv)

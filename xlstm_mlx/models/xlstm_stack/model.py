@@ -15,6 +15,7 @@ import mlx.nn as nn
 from xlstm_mlx.errors import UsageError
 from xlstm_mlx.models.base import RecurrentLM
 from xlstm_mlx.models.describe import blocks_line, runs
+from xlstm_mlx.models.layers.ffn import ACT_KERNELS
 from xlstm_mlx.models.layers.norms import ResidualLayerNorm
 from xlstm_mlx.models.numerics_check import assert_finite
 from xlstm_mlx.models.xlstm_stack.args import StackArgs
@@ -55,6 +56,11 @@ class StackModel(RecurrentLM):
             names += [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}"]
         if "slstm" in self.args.block_types:
             names += ["slstm.sequence", "slstm.step"]
+        s = self.args.slstm
+        if "mlstm" in self.args.block_types or (s is not None and s.conv1d_kernel_size > 0):
+            names.append("math.silu")  # the mLSTM layer's conv and output gate, the sLSTM conv
+        if s is not None and s.ffn_up_dim and ACT_KERNELS.get(s.ffn_act_fn) not in (None, *names):
+            names.append(ACT_KERNELS[s.ffn_act_fn])
         return names
 
     def describe(self) -> dict:

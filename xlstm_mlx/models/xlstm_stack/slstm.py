@@ -68,7 +68,7 @@ class SLSTMLayer(nn.Module):
         y0, c0, n0, m0, conv = state
         if self.conv_kernel_size > 0:
             x_conv, conv = self.conv1d(x, conv, mask)
-            x_conv = nn.silu(x_conv)
+            x_conv = kernels.get("math.silu")(x_conv)
         else:
             x_conv = x
         # per head, gate-major pre-activations [B, T, NH, 4*DH] in the order i, f, z, o
