@@ -17,14 +17,7 @@ from xlstm_mlx import kernels
 from xlstm_mlx.kernels import headnorm, mlstm_decode, skinny_gemm as skinny_matmul
 from xlstm_mlx.kernels.cuda_common import cuda_available
 
-needs_cuda = pytest.mark.skipif(not cuda_available(), reason="CUDA kernels need MLX's CUDA backend with the GPU as "
-                                "default device (XLSTM_MLX_TEST_DEVICE=gpu on a CUDA machine); CPU CI cannot run them")
-
-
-def _rel(out, ref):
-    o, r = out.astype(mx.float32), ref.astype(mx.float32)
-    assert bool(mx.all(mx.isfinite(o)).item()), "NaN or inf in the kernel's output"
-    return float(mx.linalg.norm((o - r).reshape(-1)).item() / mx.linalg.norm(r.reshape(-1)).item())
+from cuda_checks import needs_cuda, rel_error as _rel
 
 
 def test_fast_forms_fall_back_to_their_references_without_cuda():
