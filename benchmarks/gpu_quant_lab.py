@@ -125,7 +125,7 @@ def matrix_section(name: str, K: int, N: int, bits: int, rows: list[int], calls:
         timed("qmm", qmm, qbytes)
         if M <= quant_gemv.MAX_ROWS and run_kernel:
             W, S, B = qs[0]
-            row["kernel_cfg"] = quant_gemv.default_config(M, N, K * bits // 128)
+            row["kernel_cfg"] = quant_gemv.default_config(M, N, K * bits // 128, bits)
             if not quant_gemv.applies(x, W, S, GROUP, bits, "affine", biases=B):
                 row["kernel_error"] = "applies() is False for these operands"
             else:

@@ -115,7 +115,7 @@ def test_kernel_source_builds_for_hopper_without_spills(dtype):
     for bits in quant_gemv.BITS:
         for M in range(1, quant_gemv.MAX_ROWS + 1):
             for N in (12288, 50304):
-                c = quant_gemv.default_config(M, N, K * bits // 128)
+                c = quant_gemv.default_config(M, N, K * bits // 128, bits)
                 variants.append({"T": "__nv_bfloat16" if bf16 else "float", "M": M, **c, "WARPS": quant_gemv.WARPS,
                                  "BITS": bits, "GS": 64, "HAS_BIAS": True})
     reports = host_cuda.device_build(quant_gemv._SOURCE, quant_gemv._HEADER, inputs, ("y", 1, bf16), variants)

@@ -242,7 +242,13 @@ SMS = 132  # multiprocessors of an H100 / H200 (SXM): the wave size below
 BLOCKS_PER_SM = 2  # the configs below stay within 128 registers a thread (nvcc -Xptxas -v, sm_90): 2 blocks of 8 warps
 
 
-def default_config(rows: int, n: int, k_vectors: int) -> dict:
+# One row, measured on the H200 (benchmarks/results/gpu_h200_2026-12-02.md, the quantized-matmul lab): the best
+# of the configurations tried, against the register-count rule below: 4-bit R4/K1/U1 36.4 us on 4096->12288 (rule:
+# 50.8), 49.8 on 4096->21888 (72.8), 95.5 on 4096->50304 (103.8); 8-bit R4/K2/U2 45.6 on 4096->12288 (53.6).
+MEASURED_ONE_ROW = {4: {"R": 4, "KSPLIT": 1, "U": 1}, 8: {"R": 4, "KSPLIT": 2, "U": 2}}
+
+
+def default_config(rows: int, n: int, k_vectors: int, bits: int | None = None) -> dict:
     """R weight rows per warp (each x vector loaded from L1 serves R rows), U 16-byte vectors per row in flight,
     picked to stay within 128 registers with bf16 x (2 blocks of 8 warps per SM; checked with nvcc for sm_90 by
     the tests): R=4, U=2 at one row; R=2, U=4 at two; R=2, U=2 at 3-5; R=2, U=1 at 6-8 (the R x M accumulators
@@ -250,6 +256,10 @@ def default_config(rows: int, n: int, k_vectors: int) -> dict:
     last wave of blocks best (equal blocks finish together, so a wave 1.45 full runs at 73%), the
     smallest of those within 3% of the best, among those that give every lane U vectors of the k_vectors of a
     row (16-byte vectors: K * bits / 128), so no warp of the split sits idle."""
+    if rows == 1 and bits in MEASURED_ONE_ROW:
+        cfg = dict(MEASURED_ONE_ROW[bits])
+        if 32 * cfg["KSPLIT"] * cfg["U"] <= k_vectors:  # every lane of the split has its U vectors
+            return cfg
     r, u = (4, 2) if rows <= 1 else (2, 4) if rows == 2 else (2, 2) if rows <= 5 else (2, 1)
     slots = SMS * BLOCKS_PER_SM
 
@@ -271,7 +281,7 @@ def quantized_gemv_cuda(x: mx.array, w: mx.array, scales: mx.array, biases: mx.a
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
     M = x2.shape[0]
-    cfg = default_config(M, N, K * bits // 128)
+    cfg = default_config(M, N, K * bits // 128, bits)
     R, KSPLIT, U = R or cfg["R"], KSPLIT or cfg["KSPLIT"], U or cfg["U"]
     if WARPS % KSPLIT:
         raise ValueError(f"KSPLIT={KSPLIT} must divide the {WARPS} warps of a block")

@@ -5,11 +5,12 @@
     quantized_matmul(...)                                                      the path chosen by the rows of x
 
 On MLX's CUDA backend, mx.quantized_matmul is slow: measured on an H200 (7B shape, 4-bit,
-benchmarks/results/gpu_decode_h200_2026-12-02.md) its matrix-vector kernel reads the 4-bit weights at ~0.9 TB/s
+benchmarks/results/gpu_h200_2026-12-02.md) its matrix-vector kernel reads the 4-bit weights at ~0.9 TB/s
 (bf16: ~3.7), a decode step at batch 16 took 50.8 ms against 9.0 ms with the same weights in bf16, and a
 2,048-token prefill ran at 6.6k tok/s against 15.7k. So on CUDA:
-  - below DEQUANT_MIN_ROWS rows, our quantized GEMV (kernels/quant_gemv.py: 16-byte streaming loads,
-    dequantized in registers) where it applies, unless XLSTM_MLX_QUANT_GEMV=0; else MLX's kernel;
+  - up to GEMV_MAX_ROWS rows and from GEMV_MIN_OUTPUTS outputs, our quantized GEMV (kernels/quant_gemv.py:
+    16-byte streaming loads, dequantized in registers) where it applies, unless XLSTM_MLX_QUANT_GEMV=0; else
+    MLX's kernel (faster on the 4,096-output matrices, and from ~8 rows);
   - from DEQUANT_MIN_ROWS rows on, the weight dequantized to x's dtype and MLX's bf16 GEMM: one write and one
     read of the bf16 weight per call, small against a GEMM over many rows.
 On Metal and the CPU MLX's quantized kernels run at every size.
@@ -30,6 +31,7 @@ from xlstm_mlx.kernels.quant_gemv import quantized_matmul_ref
 
 DEQUANT_MIN_ROWS = 256  # rows of x from which CUDA takes dequantize + GEMM (the H200 lab: see above)
 GEMV_MAX_ROWS = 4  # rows of x up to which our GEMV beats MLX's qmv (the H200 lab)
+GEMV_MIN_OUTPUTS = 8192  # and outputs from which: it won at N = 12288, 21888, 50304 and lost at 4096 (K 4096, 10944)
 
 
 def dequantized_matmul(x, w, scales, biases, bias, group_size: int, bits: int, mode: str = "affine"):
@@ -47,7 +49,8 @@ def uses_dequantized(x) -> bool:
 
 
 def uses_gemv(x, w, scales, biases, bias, group_size: int, bits: int, mode: str) -> bool:
-    return (_rows(x) <= GEMV_MAX_ROWS and biases is not None and env.flag("XLSTM_MLX_QUANT_GEMV")
+    return (_rows(x) <= GEMV_MAX_ROWS and w.shape[0] >= GEMV_MIN_OUTPUTS and biases is not None
+            and env.flag("XLSTM_MLX_QUANT_GEMV")
             and quant_gemv.applies(x, w, scales, group_size, bits, mode, biases=biases, bias=bias))
 
 
@@ -64,8 +67,9 @@ def quantized_matmul(x, w, scales, biases, bias, group_size: int, bits: int, mod
 
 def label() -> str:
     if cuda_available():
-        few = ("CUDA quantized GEMV (4/8-bit affine)" if env.flag("XLSTM_MLX_QUANT_GEMV")
-               else "MLX quantized matmul (XLSTM_MLX_QUANT_GEMV=0)")
+        few = (f"CUDA quantized GEMV (4/8-bit affine) up to {GEMV_MAX_ROWS} rows with >= {GEMV_MIN_OUTPUTS} outputs, "
+               "MLX's quantized matmul for the rest" if env.flag("XLSTM_MLX_QUANT_GEMV")
+               else "MLX's quantized matmul (XLSTM_MLX_QUANT_GEMV=0)")
         return (f"{few} below {DEQUANT_MIN_ROWS} rows; from {DEQUANT_MIN_ROWS} rows on, dequantize to the input "
                 "dtype + MLX matmul (MLX's CUDA quantized GEMM is slow there)")
     return "MLX quantized matmul (mx.quantized_matmul)"
