@@ -144,7 +144,7 @@ def test_kernel_against_float64(rng, isa):
             _run(fn, rng, *case)
     computed, forwarded = skinny.counts()
     limit = skinny.max_rows()
-    want = sum(1 for c in shapes if min(c[3], c[4]) <= limit)
+    want = sum(1 for c in shapes if c[3] <= limit and c[4] > 0)  # few rows of op(A); few columns go to the library
     assert computed >= want and forwarded >= len(shapes) - want, (computed, forwarded, want)
 
 
@@ -267,7 +267,8 @@ def test_mlx_matmul_through_the_slot(rng):
                     f"{path}: {name} rows={rows} K={k} N={n}: max error {err.max():.3g}")
             computed, forwarded = skinny.counts()
             if path == "kernel" and rows <= skinny.max_rows():
-                assert computed >= 4, (rows, computed, forwarded)
+                # W @ x has N = 1 column but n rows: the library's (few columns, many rows), unless n is small too
+                assert computed >= (4 if n <= skinny.max_rows() else 3), (rows, n, computed, forwarded)
             if path == "reference":
                 assert computed == 0, computed
 

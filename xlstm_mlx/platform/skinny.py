@@ -2,7 +2,7 @@
 
 At decode every nn.Linear multiplies a few rows of activations by a whole weight matrix. OpenBLAS' sgemm
 repacks the weight on every such call; the compiled kernel streams it once (docs/cpu-blas.md has the
-figures). It handles products whose smaller side (M or N) has at most `max_rows()` rows and forwards every
+figures). It handles products with at most `max_rows()` rows of op(A) (M) and forwards every
 other call to the library's sgemm unchanged, so the redirection stays exact-by-contract for prefill and
 everything else.
 

@@ -8,7 +8,7 @@
  *
  * What it computes: exactly cblas_sgemm's contract, C = alpha * op(A) op(B) + beta * C (beta == 0: C is
  * written without being read), row- or column-major, either transpose, any lda/ldb/ldc. The kernels run when
- * min(M, N) <= MAX_ROWS (the small side becomes the rows of X, the other operand is W); everything else,
+ * M <= MAX_ROWS (op(A) becomes the rows of X, op(B) is W; or, where N < M, the transposed product); everything else,
  * and every degenerate or invalid call (alpha == 0, K == 0, bad leading dimension: the library reports it),
  * goes to the real sgemm unchanged. Each element is one float32 dot product over K, summed in one fixed
  * order whatever the layout and row count (skinny_kernel.h): within the usual K * eps * sum |a||b| bound.
@@ -193,8 +193,12 @@ static int valid(int order, int ta, int tb, int M, int N, int K, int lda, int ld
 
 void xl_skinny_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                      const float *B, int ldb, float beta, float *C, int ldc) {
-    int small = M < N ? M : N;
-    if (!__atomic_load_n(&enabled, __ATOMIC_RELAXED) || small > MAX_ROWS || small == 0 || K == 0 ||
+    /* Only a few rows of op(A): the activations of x @ W.T. A product with few columns and many rows (gate
+     * projections and norm sums over a prompt) stays with the library: its FMA accumulation kept the float32
+     * full forward at least as close to float64 as the canonical code, where this kernel's (no contraction, for
+     * the same bits in both forms) lost by a few percent (tests/models/test_parity_f64.py). */
+    int small = M <= MAX_ROWS ? M : MAX_ROWS + 1;
+    if (!__atomic_load_n(&enabled, __ATOMIC_RELAXED) || small > MAX_ROWS || small == 0 || N == 0 || K == 0 ||
         alpha == 0.0f || !valid(order, ta, tb, M, N, K, lda, ldb, ldc)) {
         __atomic_fetch_add(&calls_forwarded, 1, __ATOMIC_RELAXED);
         real_sgemm(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
