@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.machinery
+import sys
 from pathlib import Path
 
 from xlstm_mlx import env
@@ -32,11 +33,15 @@ SGEMM_ARGS = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int
 
 
 def library_path() -> Path | None:
-    """The built extension next to this file (any of this interpreter's extension suffixes), or None."""
+    """The built extension next to this file (any of this interpreter's extension suffixes), else the one of an
+    installed copy of the package on sys.path (a source checkout run from its root, e.g. `python -m pytest`
+    after `pip install .`, imports the unbuilt source tree first), or None."""
     here = Path(__file__).parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        if (here / (_NAME + suffix)).exists():
-            return here / (_NAME + suffix)
+    dirs = [here] + [Path(p) / "xlstm_mlx" / "platform" for p in sys.path if p]
+    for d in dirs:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            if (d / (_NAME + suffix)).is_file():
+                return d / (_NAME + suffix)
     return None
 
 
