@@ -292,3 +292,18 @@ def test_prefill_evaluates_every_block_group(tmp_path, monkeypatch, group, chunk
     with pytest.raises(ValueError, match="blocks per evaluation"):
         with evaluating_blocks(1.5):
             pass
+
+
+def test_prefill_blocks_per_eval_defaults_by_device(tmp_path, monkeypatch):
+    """None (the default) is 1 on a GPU and 0 on the CPU, where the peak does not grow with the depth and the
+    extra synchronization only costs speed (models/base.py default_blocks_per_eval)."""
+    from xlstm_mlx.models import base
+
+    assert base.default_blocks_per_eval() == (1 if mx.default_device().type == mx.gpu else 0)
+    d = make_random_checkpoint(tmp_path / "ck", "tiny", seed=2)
+    model, _ = load(d, dtype="float32")
+    submits = []
+    real_async = mx.async_eval
+    monkeypatch.setattr(base.mx, "async_eval", lambda *a: (submits.append(1), real_async(*a))[1])
+    prefill(model, mx.array([[5, 6, 7, 8]], dtype=mx.int32), model.make_cache(1))
+    assert len(submits) == (model.args.num_blocks if base.default_blocks_per_eval() else 0)

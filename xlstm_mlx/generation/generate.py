@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Sequence
 
 import mlx.core as mx
 
-from xlstm_mlx.models.base import evaluating_blocks
+from xlstm_mlx.models.base import default_blocks_per_eval, evaluating_blocks
 from xlstm_mlx.models.compiled import decode_fn
 from xlstm_mlx.generation.sample import LogitsProcessor, Sampler, apply_processors, make_logits_processors
 from xlstm_mlx.generation.stopping import StopStringFilter, check_stop_strings
@@ -56,13 +56,16 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 
 def prefill(model, tokens: mx.array, cache, mask: mx.array | None = None, prefill_step_size: int = 2048,
-            progress: bool = False, blocks_per_eval: int = 1) -> None:
+            progress: bool = False, blocks_per_eval: int | None = None) -> None:
     """Feed tokens [B, T] (and mask [B, T]) into `cache` in chunks; only the state is ever computed.
 
     progress: a tqdm bar on stderr (tokens/s) once the prefill has run for PROGRESS_DELAY_S seconds.
     blocks_per_eval: each chunk's forward is evaluated every this many blocks, so only that many blocks'
-    transient buffers are alive at once (0: the whole forward as one graph; models/base.py, docs/bench.md)."""
+    transient buffers are alive at once (0: the whole forward as one graph; None: 1 on a GPU, 0 on the CPU,
+    models/base.py default_blocks_per_eval; docs/bench.md)."""
     _check_int("prefill_step_size", prefill_step_size, 1)
+    if blocks_per_eval is None:
+        blocks_per_eval = default_blocks_per_eval()
     _check_int("blocks_per_eval", blocks_per_eval, 0)
     T = tokens.shape[1]
     if T == 0:
@@ -129,7 +132,7 @@ def generate_step(
     prefill_step_size: int = 2048,
     on_prefill: Callable | None = None,
     progress: bool = False,
-    blocks_per_eval: int = 1,
+    blocks_per_eval: int | None = None,
 ) -> Iterator[mx.array]:
     """Yield sampled tokens [B] (int32) one step at a time, the next step already computing.
 

@@ -134,6 +134,14 @@ _blocks_per_eval = env.Setting(0)
 _in_flight = env.Setting(None)  # the last group handed to async_eval, inside one forward call
 
 
+def default_blocks_per_eval() -> int:
+    """1 on a GPU (Metal, CUDA), 0 on the CPU. The CPU runs kernels as they are queued and frees buffers as it
+    goes, so its peak does not grow with the depth (measured: 0.31 / 0.47 GB either way, 64m shape) while the
+    extra synchronization costs prefill speed (2,834-2,869 against 2,467-2,600 tok/s at 1 x 512, 2,143-2,355
+    against 1,626-1,809 at 1 x 2,048 on the 2-core VM, 2026-12-02, alternating runs)."""
+    return 1 if mx.default_device().type == mx.gpu else 0
+
+
 def evaluating_blocks(group: int):
     """`with evaluating_blocks(n):` forward calls (not the compiled step) evaluate after every n blocks."""
     if isinstance(group, bool) or not isinstance(group, int) or group < 0:

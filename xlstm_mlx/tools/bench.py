@@ -92,7 +92,7 @@ def quantized(model, source: str, bits: int, group_size: int):
     return model, f"{source}, quantized {bits}-bit group {group_size} (convert -q layout)"
 
 
-def bench_prefill(model, batch, length, reps, budget, rng_key, step_size, blocks_per_eval=1):
+def bench_prefill(model, batch, length, reps, budget, rng_key, step_size, blocks_per_eval=None):
     """The generation path's prefill (state only, in chunks of `step_size`): prompt tokens/s."""
     mx.clear_cache()  # each figure starts from an empty buffer cache, whatever ran before it
     ids = mx.random.randint(0, model.args.vocab_size, (batch, length), key=rng_key).astype(mx.int32)
@@ -133,7 +133,7 @@ def bench_decode(model, batch, steps, reps, budget, rng_key, prompt_len=16):
             "reps": len(times), "peak_memory_bytes": mx.get_peak_memory()}
 
 
-def bench_ttft(model, length, reps, budget, rng_key, step_size, blocks_per_eval=1):
+def bench_ttft(model, length, reps, budget, rng_key, step_size, blocks_per_eval=None):
     """Prompt in, first sampled token on the host (batch 1), through generate_step."""
     mx.clear_cache()  # each figure starts from an empty buffer cache, whatever ran before it
     ids = mx.random.randint(0, model.args.vocab_size, (1, length), key=rng_key).astype(mx.int32)
@@ -179,7 +179,9 @@ def validate(args) -> None:
         from xlstm_mlx.checkpoints.quantize import check_settings
 
         check_settings(args.quantize, args.group_size)
-    for name, low in (("reps", 1), ("prefill_step_size", 1), ("ttft_len", 0), ("blocks_per_eval", 0)):
+    if args.blocks_per_eval is not None and args.blocks_per_eval < 0:
+        raise UsageError(f"--blocks-per-eval must be >= 0, got {args.blocks_per_eval}")
+    for name, low in (("reps", 1), ("prefill_step_size", 1), ("ttft_len", 0)):
         if getattr(args, name) < low:
             raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
     if not args.budget >= 0:
@@ -269,8 +271,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill-grid", nargs="+", metavar="BxT",
                    help="explicit (batch x length) pairs, e.g. 1x2048 8x512 (instead of the batch x length product)")
     p.add_argument("--prefill-step-size", type=int, default=2048, help="prefill chunk length (as in generate)")
-    p.add_argument("--blocks-per-eval", type=int, default=1,
-                   help="prefill: evaluate every N blocks, bounding the transient memory (0: one graph per chunk)")
+    p.add_argument("--blocks-per-eval", type=int, default=None,
+                   help="prefill: evaluate every N blocks, bounding the transient memory (0: one graph per chunk; "
+                        "default 1 on a GPU, 0 on the CPU)")
     p.add_argument("--decode-batch", type=int, nargs="*", default=[1, 8, 64])
     p.add_argument("--decode-steps", type=int, default=32, help="timed decode steps per repetition")
     p.add_argument("--ttft-len", type=int, default=2048, help="prompt length for time to first token (0: skip)")
