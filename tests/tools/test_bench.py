@@ -68,3 +68,17 @@ def test_bench_quantize_times_the_quantized_model(tmp_path, capsys):
     assert "bits must be one of" in capsys.readouterr().err
     assert main(common + ["-q", "4", "--group-size", "48"]) == 2
     assert "group size must be one of" in capsys.readouterr().err
+
+
+def test_bench_quantize_refuses_an_already_quantized_checkpoint_and_weight_mode_with_a_model(tmp_path, capsys):
+    from xlstm_mlx.checkpoints.convert import convert
+    from xlstm_mlx.checkpoints.random import make_random_checkpoint
+
+    d = make_random_checkpoint(tmp_path / "ck", "tiny", seed=1)
+    q = convert(d, tmp_path / "q", quantize=True, bits=4, group_size=64, progress=False)["out"]
+    common = ["--cpu", "--prefill-grid", "1x8", "--decode-batch", "1", "--decode-steps", "1", "--ttft-len", "0",
+              "--reps", "1", "--budget", "0"]
+    assert main(["bench", "--model", str(q), "-q", "4", *common]) == 2
+    assert "already quantized" in capsys.readouterr().err
+    assert main(["bench", "--model", str(d), "--weight-mode", "single", *common]) == 2
+    assert "--weight-mode applies to random weights" in capsys.readouterr().err
