@@ -1,4 +1,4 @@
-"""Where one decode step's time goes on an NVIDIA GPU: every kernel of the compiled step, timed by Nsight Compute.
+"""Where one decode step's (or one prefill's) time goes on an NVIDIA GPU: every kernel, timed by Nsight Compute.
 
 Run under ncu, which profiles only between cudaProfilerStart and cudaProfilerStop (this script calls them around
 the profiled steps, after the warm-up has compiled everything):
@@ -6,6 +6,9 @@ the profiled steps, after the warm-up has compiled everything):
     ncu --clock-control none --profile-from-start off --metrics gpu__time_duration.sum --csv \
         --log-file $OUT/ncu_b1.csv python3 benchmarks/gpu_step_profile.py --shape 7b --batch 1 [--quantize 4]
     python3 benchmarks/gpu_step_profile.py --summarize $OUT/ncu_b1.csv      # the table (any machine)
+
+With --prefill T the profiled work is one prefill of batch x T tokens through the generation path (state only,
+bench's prefill), and "per step" in the table means per prefill.
 
 ncu serializes the kernels and times each alone, so the sum is the step's kernel time without launch gaps: set
 beside the step time measured without ncu (printed by the run itself), the difference is what the gaps cost.
@@ -62,12 +65,18 @@ def _cuda_profiler(start: bool) -> bool:
 def run(args) -> None:
     import mlx.core as mx
 
+    from xlstm_mlx import platform
+
+    platform.setup()  # as the CLI does: full float32 matmuls (no TF32), the measured configuration
+
     from xlstm_mlx.generation.generate import generate_step
     from xlstm_mlx.tools.bench import build_model, quantized
 
     model, source = build_model(None, args.shape, "bfloat16", None, 0, args.weight_mode)
     if args.quantize:
         model, source = quantized(model, source, args.quantize, 64)
+    if args.prefill:
+        return run_prefill(model, source, args)
     ids = mx.random.randint(0, model.args.vocab_size, (args.batch, 8), key=mx.random.key(0)).astype(mx.int32)
     gen = generate_step(model, ids, max_tokens=10_000)
     for _ in range(args.warmup):
@@ -85,6 +94,33 @@ def run(args) -> None:
     _cuda_profiler(False)
     gen.close()
     print(json.dumps({"profiled_steps": args.steps, "profiler_started": started}), flush=True)
+
+
+def run_prefill(model, source: str, args) -> None:
+    import mlx.core as mx
+
+    from xlstm_mlx.generation.generate import prefill
+
+    ids = mx.random.randint(0, model.args.vocab_size, (args.batch, args.prefill), key=mx.random.key(0))
+    ids = ids.astype(mx.int32)
+
+    def once():
+        cache = model.make_cache(args.batch)
+        prefill(model, ids, cache)
+        mx.eval(*cache.arrays())
+        mx.synchronize()
+
+    once()
+    t = time.perf_counter()
+    for _ in range(3):
+        once()
+    ms = (time.perf_counter() - t) / 3 * 1e3
+    print(json.dumps({"source": source, "batch": args.batch, "prefill": args.prefill, "ms_unprofiled": ms,
+                      "tok_s_unprofiled": args.batch * args.prefill / ms * 1e3}), flush=True)
+    started = _cuda_profiler(True)
+    once()
+    _cuda_profiler(False)
+    print(json.dumps({"profiled_prefills": 1, "profiler_started": started}), flush=True)
 
 
 def summarize(path: str, steps: int) -> dict:
@@ -122,6 +158,7 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--timed", type=int, default=32, help="steps timed without the profiler")
     p.add_argument("--steps", type=int, default=1, help="steps profiled")
+    p.add_argument("--prefill", type=int, metavar="T", help="profile one prefill of batch x T tokens instead")
     p.add_argument("--summarize", metavar="CSV", help="print the per-kind table of an ncu --csv log and exit")
     args = p.parse_args()
     if args.summarize:

@@ -1,0 +1,217 @@
+"""Compile this package's mx.fast.cuda_kernel sources with NVRTC on a machine without a GPU (a developer's check).
+
+MLX's CUDA backend JIT-compiles each custom kernel on first use, so a syntax or type error in a kernel shows up
+only on the GPU machine. This script catches those here: it replaces mx.fast.cuda_kernel by a stand-in that
+builds the kernel source the way MLX 0.32's CUDA backend does (mlx/backend/cuda/custom_kernel.cpp: its default
+header, the signature from the input dtypes, `<name>_shape/_strides/_ndim` where the source uses them, the
+template constants), compiles it to PTX for sm_90 with NVRTC and returns zero outputs of the requested shapes,
+so the Python wrapper runs to its end. It checks that the kernels compile, never what they compute: the GPU
+parity tests (XLSTM_MLX_TEST_DEVICE=gpu) do that.
+
+Set-up (developer tools, not a dependency of the package):
+    pip install nvidia-cuda-nvrtc==13.5.37 nvidia-cuda-runtime==13.5.37 nvidia-cuda-crt==13.5.37 nvidia-cuda-cccl
+
+    python scripts/cuda_compile_check.py            # every kernel wrapper listed in CHECKS, small shapes
+    python scripts/cuda_compile_check.py --show NAME  # also print the generated source of kernels matching NAME
+
+From Python: `with nvrtc_kernels() as log: <call a wrapper>`; log.compiled lists (kernel name, ok, message).
+MLX's own device header (mlx/backend/cuda/device/utils.cuh) is not in the wheels; DEVICE_UTILS below stands in
+for the part a custom kernel sees (Shape, Strides as cuda::std::array, MAX_NDIM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mlx.core as mx  # noqa: E402
+
+ARCH = "compute_90"
+DEVICE_UTILS = """
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda/std/array>
+#include <cuda/std/limits>
+#include <cuda/std/cstdint>
+#define MAX_NDIM 10
+namespace mlx::core::cu {
+using Shape = cuda::std::array<int32_t, MAX_NDIM>;
+using Strides = cuda::std::array<int64_t, MAX_NDIM>;
+}
+using namespace mlx::core::cu;
+"""
+DEFAULT_HEADER = """
+#include <cooperative_groups.h>
+
+#define inf cuda::std::numeric_limits<float>::infinity()
+"""
+CUDA_TYPES = {mx.float32: "float", mx.float16: "__half", mx.bfloat16: "__nv_bfloat16", mx.int32: "int32_t",
+              mx.uint32: "uint32_t", mx.int64: "int64_t", mx.uint64: "uint64_t", mx.int8: "int8_t",
+              mx.uint8: "uint8_t", mx.int16: "int16_t", mx.uint16: "uint16_t", mx.bool_: "bool"}
+
+
+def _nvrtc():
+    import nvidia
+
+    for base in nvidia.__path__:
+        for lib in sorted(Path(base).glob("cu*/lib/libnvrtc.so*")) + sorted(Path(base).glob("cuda_nvrtc/lib/libnvrtc.so*")):
+            if "builtins" not in lib.name:
+                return ctypes.CDLL(str(lib)), [str(p) for p in Path(base).glob("cu*/include")] + \
+                    [str(p) for p in Path(base).glob("cu*/include/cccl")]
+    raise SystemExit("libnvrtc not found: pip install nvidia-cuda-nvrtc==13.5.37 nvidia-cuda-runtime==13.5.37 "
+                     "nvidia-cuda-crt==13.5.37 "
+                     "nvidia-cuda-cccl")
+
+
+def _hash(template) -> str:
+    out = ""
+    for _, arg in template:
+        if isinstance(arg, bool):
+            out += "_t" if arg else "_f"
+        elif isinstance(arg, int):
+            out += f"_{arg}"
+        else:
+            out += "_" + {mx.float32: "float32", mx.bfloat16: "bfloat16", mx.float16: "float16"}.get(arg, str(arg))
+    return out
+
+
+def build_source(name, input_names, output_names, source, header, inputs, output_dtypes, template) -> str:
+    """The kernel source as MLX's CUDA backend builds it (custom_kernel.cpp build_kernel)."""
+    src = DEVICE_UTILS + DEFAULT_HEADER + header + "namespace mlx::core::cu {\n\nnamespace cg = cooperative_groups;\n\n"
+    src += f"__global__ void custom_kernel_{name}{_hash(template)}(\n"
+    for n, a in zip(input_names, inputs):
+        src += f"    const {CUDA_TYPES[a.dtype]}* {n},\n"
+        if a.ndim > 0:
+            if n + "_shape" in source:
+                src += f"    const __grid_constant__ Shape {n}_shape,\n"
+            if n + "_strides" in source:
+                src += f"    const __grid_constant__ Strides {n}_strides,\n"
+            if n + "_ndim" in source:
+                src += f"    const __grid_constant__ int {n}_ndim,\n"
+    src += ",\n".join(f"    {CUDA_TYPES[d]}* {n}" for n, d in zip(output_names, output_dtypes)) + ") {\n"
+    for n, arg in template:
+        if isinstance(arg, bool):
+            src += f"  constexpr bool {n} = {'true' if arg else 'false'};\n"
+        elif isinstance(arg, int):
+            src += f"  constexpr int {n} = {arg};\n"
+        else:
+            src += f"  using {n} = {CUDA_TYPES[arg]};\n"
+    return src + "\n" + source + "\n}\n\n} // namespace mlx::core::cu\n"
+
+
+def compile_ptx(source: str, name: str) -> tuple[bool, str]:
+    lib, includes = _nvrtc()
+    prog = ctypes.c_void_p()
+    rc = lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), f"{name}.cu".encode(), 0, None, None)
+    if rc != 0:
+        return False, f"nvrtcCreateProgram failed ({rc})"
+    opts = [f"--gpu-architecture={ARCH}", "-std=c++17", "-default-device", "--device-as-default-execution-space"]
+    opts += [f"-I{i}" for i in includes]
+    arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
+    rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    buf = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, buf)
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    return rc == 0, buf.value.decode(errors="replace").strip()
+
+
+@dataclass
+class Log:
+    compiled: list = field(default_factory=list)  # (kernel name, ok, message)
+    show: str | None = None
+    sources: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def nvrtc_kernels(show: str | None = None):
+    """Inside: mx.fast.cuda_kernel compiles with NVRTC and returns zeros; cuda_available() is True."""
+    from xlstm_mlx.kernels import cuda_common
+
+    log = Log(show=show)
+    real_kernel, real_available = mx.fast.cuda_kernel, cuda_common.cuda_available
+
+    def fake_kernel(name, input_names, output_names, source, header="", ensure_row_contiguous=True, **_):
+        def call(inputs, output_shapes, output_dtypes, grid, threadgroup, template=(), **__):
+            src = build_source(name, input_names, output_names, source, header, inputs, output_dtypes, template)
+            key = name + _hash(template)
+            if key not in log.sources:
+                log.sources[key] = src
+                ok, msg = compile_ptx(src, key)
+                log.compiled.append((key, ok, msg))
+                if show and show in key:
+                    print(src)
+            for g, t in zip(grid, threadgroup):
+                assert t >= 1 and g >= 1, f"{key}: empty grid {grid} / threadgroup {threadgroup}"
+            assert threadgroup[0] * threadgroup[1] * threadgroup[2] <= 1024, f"{key}: > 1024 threads per block"
+            return [mx.zeros(s, d) for s, d in zip(output_shapes, output_dtypes)]
+        return call
+
+    mx.fast.cuda_kernel = fake_kernel
+    patched = []
+    for mod in list(sys.modules.values()):  # modules that imported cuda_available by name
+        if getattr(mod, "__name__", "").startswith("xlstm_mlx") and getattr(mod, "cuda_available", None) is real_available:
+            patched.append(mod)
+            mod.cuda_available = lambda: True
+    try:
+        yield log
+    finally:
+        mx.fast.cuda_kernel = real_kernel
+        for mod in patched:
+            mod.cuda_available = real_available
+
+
+def _checks():
+    """(label, thunk) pairs: each thunk calls one kernel wrapper with small, representative inputs."""
+    import importlib
+
+    r = lambda *s, dt=mx.bfloat16: mx.random.normal(s).astype(dt)  # noqa: E731
+    checks = []
+    for modname, fn in CHECKS:
+        mod = importlib.import_module(modname)
+        checks.append((f"{modname}.{fn.__name__}", lambda mod=mod, fn=fn: fn(mod, r)))
+    return checks
+
+
+def _headnorm(mod, r):
+    mod.headnorm_gate(r(2, 8, 512), r(2, 8 * 512 * 3), 4096, r(8 * 512), None, 1e-6)
+
+
+def _add_rms(mod, r):
+    f32 = mx.float32
+    mod.add_rms_norm(r(2, 4096, dt=f32), r(2, 4096, dt=f32), r(4096, dt=f32), None, 1e-6, mx.bfloat16)
+
+
+CHECKS = [("xlstm_mlx.kernels.headnorm", _headnorm), ("xlstm_mlx.kernels.add_rms_norm", _add_rms)]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--show", help="print the generated source of kernels whose name contains this")
+    args = p.parse_args()
+    mx.set_default_device(mx.cpu)
+    failed = 0
+    with nvrtc_kernels(args.show) as log:
+        for label, thunk in _checks():
+            try:
+                thunk()
+            except Exception as e:  # a wrapper that fails before its kernel is a failure too
+                log.compiled.append((label, False, f"wrapper raised {type(e).__name__}: {e}"))
+    for key, ok, msg in log.compiled:
+        failed += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {key}")
+        if msg and not ok:
+            print(msg)
+    print(f"{len(log.compiled) - failed} compiled, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
