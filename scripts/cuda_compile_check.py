@@ -189,7 +189,13 @@ def _add_rms(mod, r):
     mod.add_rms_norm(r(2, 4096, dt=f32), r(2, 4096, dt=f32), r(4096, dt=f32), None, 1e-6, mx.bfloat16)
 
 
-CHECKS = [("xlstm_mlx.kernels.headnorm", _headnorm), ("xlstm_mlx.kernels.add_rms_norm", _add_rms)]
+def _swiglu(mod, r):
+    mod.swiglu(r(2, 3, 2 * 4096), 4096)
+    mod.swiglu(r(5, 2 * 136, dt=mx.float32), 136)
+
+
+CHECKS = [("xlstm_mlx.kernels.headnorm", _headnorm), ("xlstm_mlx.kernels.add_rms_norm", _add_rms),
+          ("xlstm_mlx.kernels.swiglu", _swiglu)]
 
 
 def main() -> int:

@@ -222,3 +222,49 @@ def test_add_rms_norm_fast_form_without_cuda_is_the_reference_ops_with_norm_rms(
     r, y, _ = fast
     r_ref, y_ref, _ = kernels.KERNELS["norm.add_rms"].reference(x, h, w, None, 1e-5, mx.bfloat16)
     assert mx.array_equal(r, r_ref) and float(mx.abs(y - y_ref).max()) < 2e-6
+
+
+@needs_cuda
+@pytest.mark.parametrize("shape", [(1, 21888), (16, 1, 21888), (2, 2048, 21888), (3, 5, 136)])
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32])
+def test_swiglu_kernel_matches_the_reference(shape, dtype):
+    """The kernel rounds where MLX's ops round (sigmoid, gate product, z product), so it differs from the
+    reference only where its expf and MLX's sigmoid differ in the last float32 bit and that flips a rounding:
+    bf16 1e-3 relative (statistical: a few flipped roundings of 2^-9 among millions), float32 1e-6."""
+    from xlstm_mlx.kernels import swiglu as sw
+
+    d = shape[-1] // 2
+    gz = (mx.random.normal(shape, key=mx.random.key(shape[-1] + len(shape))) * 3.0).astype(dtype)
+    assert sw.applies(gz, d)
+    with mx.stream(mx.cpu):
+        ref = sw.swiglu_ref(gz, d)
+        mx.eval(ref)
+    out = sw.swiglu_cuda(gz, d)
+    assert out.dtype == dtype and out.shape == (*shape[:-1], d)
+    assert _rel(out, ref) <= (1e-3 if dtype == mx.bfloat16 else 1e-6)
+
+
+def test_swiglu_fast_form_is_silu_times_z_and_names_its_path():
+    """Any backend: the registry's ffn.swiglu against math.silu's reference of the gate half times the up half.
+    Float32: the CPU's fused silu polynomial differs by <= 3e-7 relative (kernels/fastmath.py)."""
+    gz = mx.random.normal((2, 7, 96), key=mx.random.key(3)) * 4.0
+    ref = kernels.KERNELS["ffn.swiglu"].reference(gz, 48)
+    assert mx.allclose(ref, gz[..., :48] * mx.sigmoid(gz[..., :48]) * gz[..., 48:], rtol=1e-6, atol=1e-7)
+    assert _rel(kernels.get("ffn.swiglu")(gz, 48), ref) <= 1e-6
+    want = "CUDA" if cuda_available() else "MLX ops"
+    assert want in kernels.describe(["ffn.swiglu"])["ffn.swiglu"]
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype,tol", [(mx.bfloat16, 1e-2), (mx.float32, 1e-5)])
+def test_headnorm_gate_kernel_over_a_prefill_s_rows(dtype, tol):
+    """Prefill passes every (token, head) row at once: B*T = 2 x 2048 rows of the 7B head shape."""
+    NH, DH, off = 8, 512, 3 * 2048
+    ks = [mx.random.key(90 + i) for i in range(3)]
+    h = (mx.random.normal((4096, NH, DH), key=ks[0]) * 2.0 + 0.5).astype(dtype)
+    qkvo = (mx.random.normal((4096, off + NH * DH), key=ks[1]) * 3.0).astype(dtype)
+    w = (mx.random.normal((NH * DH,), key=ks[2]) * 0.3 + 1.0).astype(dtype)
+    with mx.stream(mx.cpu):
+        ref = headnorm.headnorm_gate_ref(h, qkvo, off, w, None, 1e-6)
+        mx.eval(ref)
+    assert _rel(headnorm.headnorm_gate_cuda(h, qkvo, off, w, None, 1e-6), ref) <= tol

@@ -19,6 +19,8 @@ and what the fast form is on this backend (a string, or a function of nothing fo
                       kernel on CUDA, else MLX ops)
     norm.add_rms      add_rms_norm (fused CUDA      add_rms_norm_ref (add, mx.fast.rms_norm, cast)
                       kernel on CUDA, else the ref)
+    ffn.swiglu        swiglu (fused CUDA kernel     swiglu_ref (math.silu's reference of the gate half
+                      on CUDA, else MLX ops)        times the up half)
     matmul.quantized  quantized_matmul (by rows:    quantized_matmul_ref (nn.QuantizedLinear's
                       dequantize + GEMM for many     mx.quantized_matmul + bias)
                       rows on CUDA)
@@ -55,6 +57,8 @@ from xlstm_mlx.kernels import headnorm as _headnorm
 from xlstm_mlx.kernels.headnorm import headnorm_gate, headnorm_gate_ref
 from xlstm_mlx.kernels import quant_matmul as _quant
 from xlstm_mlx.kernels import add_rms_norm as _add_rms
+from xlstm_mlx.kernels import swiglu as _swiglu
+from xlstm_mlx.kernels.swiglu import swiglu, swiglu_ref
 from xlstm_mlx.kernels.add_rms_norm import add_rms_norm, add_rms_norm_ref
 from xlstm_mlx.kernels.quant_matmul import quantized_matmul, quantized_matmul_ref
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise, mlstm_chunkwise_ref
@@ -89,6 +93,7 @@ KERNELS: dict[str, Kernel] = {
     "matmul.skinny": Kernel(skinny_matmul, skinny_matmul_ref, _skinny.label),
     "matmul.quantized": Kernel(quantized_matmul, quantized_matmul_ref, _quant.label),
     "norm.add_rms": Kernel(add_rms_norm, add_rms_norm_ref, _add_rms.label),
+    "ffn.swiglu": Kernel(swiglu, swiglu_ref, _swiglu.label),
     # element-wise transcendentals: fast forms on the CPU only (MLX's Linux CPU ops are slow; docs/numerics.md)
     "math.sigmoid": Kernel(fastmath.sigmoid, fastmath.sigmoid_ref, fastmath.label),
     "math.silu": Kernel(fastmath.silu, fastmath.silu_ref, fastmath.label),
@@ -140,5 +145,5 @@ __all__ = [
     "mlstm_parallel", "mlstm_sequence", "mlstm_step", "mlstm_step_ref", "slstm_sequence", "slstm_sequence_ref",
     "slstm_step", "slstm_step_ref", "mlstm_decode_step", "mlstm_decode_step_ref", "skinny_matmul",
     "skinny_matmul_ref", "headnorm_gate", "headnorm_gate_ref",
-    "quantized_matmul", "quantized_matmul_ref", "add_rms_norm", "add_rms_norm_ref",
+    "quantized_matmul", "quantized_matmul_ref", "add_rms_norm", "add_rms_norm_ref", "swiglu", "swiglu_ref",
 ]

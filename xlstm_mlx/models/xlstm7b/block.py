@@ -69,10 +69,12 @@ class MLSTMLayer(nn.Module):
         a = self.args
         xc = x.astype(compute_dtype) if xc is None else xc
         if has_fused(self, "qkv_opreact"):
-            q, k, v, o = mx.split(fused_or_layer(self, "qkv_opreact", xc),
-                                  [a.qk_dim, 2 * a.qk_dim, 2 * a.qk_dim + a.v_dim], axis=-1)
+            qkvo = fused_or_layer(self, "qkv_opreact", xc)
+            q, k, v = mx.split(qkvo[..., :2 * a.qk_dim + a.v_dim], [a.qk_dim, 2 * a.qk_dim], axis=-1)
+            o = (qkvo, 2 * a.qk_dim + a.v_dim)  # the output gate stays inside the fused output (no copy)
         else:
-            q, k, v, o = linear(self.q, xc), linear(self.k, xc), linear(self.v, xc), linear(self.ogate_preact, xc)
+            q, k, v = linear(self.q, xc), linear(self.k, xc), linear(self.v, xc)
+            o = (linear(self.ogate_preact, xc), 0)
         if has_fused(self, "ifgate_preact"):
             i, f = mx.split(fused_or_layer(self, "ifgate_preact", x), [a.num_heads], axis=-1)
         else:
@@ -125,8 +127,12 @@ class MLSTMLayer(nn.Module):
         else:
             seq = kernels.get(f"mlstm.{profile.prefill_kernel}")
             h, state = seq(q, k, v, i, f, state, eps=eps, chunk_size=profile.chunk_size)
-        h = self.multihead_norm(h.transpose(0, 2, 1, 3).astype(cd))
-        return linear(self.out_proj, kernels.get("math.sigmoid")(o) * h), state
+        # per-head LayerNorm, weight and sigmoid output gate over all B*T rows: one launch on CUDA
+        norm, (o, o_offset) = self.multihead_norm, o
+        h = kernels.get("mlstm.headnorm_gate")(h.transpose(0, 2, 1, 3).astype(cd).reshape(B * T, a.num_heads, -1),
+                                              o.reshape(B * T, -1), o_offset, norm.weight,
+                                              norm["bias"] if "bias" in norm else None, norm.eps)
+        return linear(self.out_proj, h.reshape(B, T, -1)), state
 
 
 class FeedForward(nn.Module):
@@ -135,6 +141,7 @@ class FeedForward(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         h, d, b = args.hidden_size, args.ffn_dim, args.use_bias
+        self.ffn_dim = d
         self.fused = args.weight_mode == "fused"
         if self.fused:
             self.proj_up_gate_z = nn.Linear(h, 2 * d, bias=b)
@@ -144,11 +151,11 @@ class FeedForward(nn.Module):
         self.proj_down = nn.Linear(d, h, bias=b)
 
     def __call__(self, x):
-        if has_fused(self, "proj_up_gate_z"):
-            gate, z = mx.split(fused_or_layer(self, "proj_up_gate_z", x), 2, axis=-1)
+        if has_fused(self, "proj_up_gate_z"):  # silu(gate) * z straight from the fused output: one launch on CUDA
+            h = kernels.get("ffn.swiglu")(fused_or_layer(self, "proj_up_gate_z", x), self.ffn_dim)
         else:
-            gate, z = linear(self.proj_up_gate, x), linear(self.proj_up, x)
-        return linear(self.proj_down, kernels.get("math.silu")(gate) * z)
+            h = kernels.get("math.silu")(linear(self.proj_up_gate, x)) * linear(self.proj_up, x)
+        return linear(self.proj_down, h)
 
 
 class MLSTMBlock(nn.Module):

@@ -88,9 +88,9 @@ class Model(RecurrentLM):
         return logits, new_states
 
     def kernel_names(self) -> list[str]:
-        names = [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}"]
+        names = [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}", "mlstm.headnorm_gate"]
         if self.args.weight_mode == "fused" or fuse.is_fused(self):
-            names += ["mlstm.decode_step", "mlstm.headnorm_gate"]
+            names += ["mlstm.decode_step", "ffn.swiglu"]
         quantized = any(type(m) is nn.QuantizedLinear for _, m in self.leaf_modules_flat())
         return names + ["matmul.skinny", *(["matmul.quantized"] if quantized else []), *kernels.MATH, *kernels.NORMS]
 

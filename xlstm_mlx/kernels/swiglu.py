@@ -1,0 +1,107 @@
+"""The SwiGLU product of the feed-forward: silu(gate) * z, from the fused up-projection's output in one pass.
+
+    gate_z [..., 2d] = x @ [W_gate; W_up].T          (the FFN's fused proj_up_gate_z)
+    out    [..., d]  = silu(gate_z[..., :d]) * gate_z[..., d:]
+
+    swiglu_ref(gate_z, d)   MLX ops: the registry's math.silu (nn.silu, x * sigmoid(x)) of the left half, times
+                            the right half (both halves strided slices of gate_z)
+    swiglu(gate_z, d)       one CUDA launch where it applies; elsewhere the same ops
+
+Why: measured on an H200 (7B shape, 2,048-token prefill, Nsight Compute; benchmarks/results/), MLX runs this as
+three launches over strided bf16 halves of [2048, 21888]: sigmoid 63 us, two products 54 and 56 us, 5.5 ms of a
+~80 ms prefill over 32 layers; the bytes (read gate_z once, write the product) take ~40 us a layer at the
+measured bandwidth. At decode it is two launches fewer per layer. Each thread takes one 16-byte vector of each
+half (8 bf16 or 4 float32 values) and rounds where MLX's ops on arrays of that dtype round: sigmoid, the
+product with the gate, the product with z (each to the input dtype), so the result matches the reference up
+to the last bit of the sigmoid's own evaluation.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from xlstm_mlx.kernels import fastmath
+from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
+
+THREADS = 256
+
+_HEADER = VEC_HEADER + """
+__device__ __forceinline__ float xs_round(float v, const __nv_bfloat16*) { return __bfloat162float(__float2bfloat16(v)); }
+__device__ __forceinline__ float xs_round(float v, const float*) { return v; }
+
+__device__ __forceinline__ uint4 xs_pack(const float* f, const __nv_bfloat16*) {
+    uint4 u;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) h[e] = __floats2bfloat162_rn(f[2 * e], f[2 * e + 1]);
+    return u;
+}
+
+__device__ __forceinline__ uint4 xs_pack(const float* f, const float*) {
+    return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
+}
+"""
+
+_SOURCE = """
+    constexpr int VEC = 16 / sizeof(T);
+    constexpr int VPR = D / VEC;                       // 16-byte vectors per row of the output
+    size_t rows = 1;                                   // every dimension but the last (a runtime shape: one
+    for (int a = 0; a < gate_z_ndim - 1; ++a) rows *= gate_z_shape[a];   // compiled kernel serves every length)
+    const size_t i = (size_t)blockIdx.x * THREADS + threadIdx.x;
+    if (i >= rows * VPR) return;
+    const size_t row = i / VPR;
+    const int c = (int)(i % VPR) * VEC;
+    const uint4* g4 = reinterpret_cast<const uint4*>(gate_z + row * (2 * D) + c);
+    const uint4* z4 = reinterpret_cast<const uint4*>(gate_z + row * (2 * D) + D + c);
+    float g[VEC], z[VEC], y[VEC];
+    xl_to_float(__ldcs(g4), g, gate_z);
+    xl_to_float(__ldcs(z4), z, gate_z);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+        const float s = xs_round(1.f / (1.f + expf(-g[e])), gate_z);   // sigmoid(gate), rounded as MLX's op
+        y[e] = xs_round(xs_round(g[e] * s, gate_z) * z[e], gate_z);     // silu = gate * sigmoid, then * z
+    }
+    *reinterpret_cast<uint4*>(out + row * D + c) = xs_pack(y, gate_z);
+"""
+
+_kernel = None
+
+
+def swiglu_ref(gate_z: mx.array, d: int) -> mx.array:
+    return fastmath.silu_ref(gate_z[..., :d]) * gate_z[..., d:]
+
+
+def applies(gate_z: mx.array, d: int) -> bool:
+    if not cuda_available() or gate_z.dtype not in (mx.bfloat16, mx.float32) or gate_z.shape[-1] != 2 * d:
+        return False
+    return d % (16 // gate_z.dtype.size) == 0 and gate_z.size > 0
+
+
+def swiglu_cuda(gate_z: mx.array, d: int) -> mx.array:
+    global _kernel
+    if _kernel is None:
+        _kernel = mx.fast.cuda_kernel(name="xlstm_swiglu", input_names=["gate_z"], output_names=["out"],
+                                      source=_SOURCE, header=_HEADER)
+    rows = gate_z.size // gate_z.shape[-1]
+    vectors = rows * d // (16 // gate_z.dtype.size)
+    (out,) = _kernel(
+        inputs=[gate_z],
+        template=[("T", gate_z.dtype), ("D", d), ("THREADS", THREADS)],
+        grid=(-(-vectors // THREADS) * THREADS, 1, 1),
+        threadgroup=(THREADS, 1, 1),
+        output_shapes=[(*gate_z.shape[:-1], d)],
+        output_dtypes=[gate_z.dtype],
+    )
+    return out
+
+
+def swiglu(gate_z: mx.array, d: int) -> mx.array:
+    if applies(gate_z, d):
+        return swiglu_cuda(gate_z, d)
+    return fastmath.silu(gate_z[..., :d]) * gate_z[..., d:]  # the registry's silu form (fused on the CPU)
+
+
+def label() -> str:
+    if cuda_available():
+        return "fused CUDA kernel (mx.fast.cuda_kernel): silu(gate) * z from the fused projection in one launch"
+    return "MLX ops (math.silu of the gate half, times the up half; the fused CUDA kernel needs MLX's CUDA backend)"
