@@ -190,8 +190,8 @@ def _add_rms(mod, r):
 
 
 def _swiglu(mod, r):
-    mod.swiglu(r(2, 3, 2 * 4096), 4096)
-    mod.swiglu(r(5, 2 * 136, dt=mx.float32), 136)
+    mod.swiglu(r(2, 3, 2 * 4096))
+    mod.swiglu(r(5, 2 * 136, dt=mx.float32))
 
 
 CHECKS = [("xlstm_mlx.kernels.headnorm", _headnorm), ("xlstm_mlx.kernels.add_rms_norm", _add_rms),

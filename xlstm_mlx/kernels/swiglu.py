@@ -3,9 +3,9 @@
     gate_z [..., 2d] = x @ [W_gate; W_up].T          (the FFN's fused proj_up_gate_z)
     out    [..., d]  = silu(gate_z[..., :d]) * gate_z[..., d:]
 
-    swiglu_ref(gate_z, d)   MLX ops: the registry's math.silu (nn.silu, x * sigmoid(x)) of the left half, times
+    swiglu_ref(gate_z)      MLX ops: the registry's math.silu (nn.silu, x * sigmoid(x)) of the left half, times
                             the right half (both halves strided slices of gate_z)
-    swiglu(gate_z, d)       one CUDA launch where it applies; elsewhere the same ops
+    swiglu(gate_z)          one CUDA launch where it applies; elsewhere the same ops
 
 Why: measured on an H200 (7B shape, 2,048-token prefill, Nsight Compute; benchmarks/results/), MLX runs this as
 three launches over strided bf16 halves of [2048, 21888]: sigmoid 63 us, two products 54 and 56 us, 5.5 ms of a
@@ -67,18 +67,26 @@ _SOURCE = """
 _kernel = None
 
 
-def swiglu_ref(gate_z: mx.array, d: int) -> mx.array:
+def _half(gate_z: mx.array) -> int:
+    if gate_z.shape[-1] % 2:
+        raise ValueError(f"swiglu: the fused gate/up output has an odd last dimension {gate_z.shape[-1]}")
+    return gate_z.shape[-1] // 2
+
+
+def swiglu_ref(gate_z: mx.array) -> mx.array:
+    d = _half(gate_z)
     return fastmath.silu_ref(gate_z[..., :d]) * gate_z[..., d:]
 
 
-def applies(gate_z: mx.array, d: int) -> bool:
-    if not cuda_available() or gate_z.dtype not in (mx.bfloat16, mx.float32) or gate_z.shape[-1] != 2 * d:
+def applies(gate_z: mx.array) -> bool:
+    if not cuda_available() or gate_z.dtype not in (mx.bfloat16, mx.float32):
         return False
-    return d % (16 // gate_z.dtype.size) == 0 and gate_z.size > 0
+    return _half(gate_z) % (16 // gate_z.dtype.size) == 0 and gate_z.size > 0
 
 
-def swiglu_cuda(gate_z: mx.array, d: int) -> mx.array:
+def swiglu_cuda(gate_z: mx.array) -> mx.array:
     global _kernel
+    d = _half(gate_z)
     if _kernel is None:
         _kernel = mx.fast.cuda_kernel(name="xlstm_swiglu", input_names=["gate_z"], output_names=["out"],
                                       source=_SOURCE, header=_HEADER)
@@ -95,9 +103,10 @@ def swiglu_cuda(gate_z: mx.array, d: int) -> mx.array:
     return out
 
 
-def swiglu(gate_z: mx.array, d: int) -> mx.array:
-    if applies(gate_z, d):
-        return swiglu_cuda(gate_z, d)
+def swiglu(gate_z: mx.array) -> mx.array:
+    if applies(gate_z):
+        return swiglu_cuda(gate_z)
+    d = _half(gate_z)
     return fastmath.silu(gate_z[..., :d]) * gate_z[..., d:]  # the registry's silu form (fused on the CPU)
 
 

@@ -66,11 +66,15 @@ class Model(RecurrentLM):
         x = self.backbone.embeddings(input_ids).astype(self.profile.mx_residual_dtype)
         if check:
             assert_finite("embeddings", x)
-        new_states = []
+        new_states, carried = [], None
         for idx, (block, state) in enumerate(zip(self.backbone.blocks, states)):
-            x, state = block(x, state, mask, self.profile, check=f"block {idx}" if check else None)
+            # each block adds the previous block's FFN output inside its first norm (block.py: `carried`)
+            x, carried, state = block(x, state, mask, self.profile, check=f"block {idx}" if check else None,
+                                      carried=carried)
             new_states.append(state)
-            self.block_done(idx, x, new_states)
+            self.block_done(idx, [x, carried], new_states)
+        if carried is not None:
+            x = x + carried
         if self.args.add_out_norm:
             x = self.backbone.out_norm(x)
         head = self.backbone.embeddings if self.args.tie_word_embeddings else self.lm_head
