@@ -145,8 +145,9 @@ def decode_step_section(batches) -> list[dict]:
             h_ref, s_ref = mlstm_decode.mlstm_decode_step_ref(qkvo, gates, (C, n, m), NH, qk, v, a.gate_soft_cap, a.eps)
             mx.eval(h_ref, *s_ref)
         row = {"batch": B, "state_bytes": 2 * (C.nbytes + n.nbytes + m.nbytes)}
-        for tj in (64, 32):
-            sfx = "" if tj == mlstm_decode.TJ else f"_tj{tj}"
+        row["default_tj"] = mlstm_decode.default_tj(B, dv)
+        for tj in mlstm_decode.TJS:
+            sfx = f"_tj{tj}"
             try:
                 h, s = mlstm_decode.mlstm_decode_step_cuda(qkvo, gates, (C, n, m), NH, qk, v, a.gate_soft_cap, a.eps,
                                                            tj=tj)
@@ -294,13 +295,12 @@ def table(out: dict) -> str:
     if out.get("decode_step"):
         lines.append("mlstm.decode_step, 7B layer (us; TB/s of state read+written; errors vs CPU float32)")
         for r in out["decode_step"]:
-            lines.append(f"  B={r['batch']:>3}: kernel {r.get('kernel_s', float('nan')) * 1e6:8.1f} us "
-                         f"({r.get('kernel_TBps', float('nan')):.2f} TB/s) vs ref {r['ref_s'] * 1e6:8.1f} us; "
-                         f"err h {r.get('h_err', float('nan')):.1e} C {r.get('C_err', float('nan')):.1e} "
-                         f"n {r.get('n_err', float('nan')):.1e} m {r.get('m_err', float('nan')):.1e}; "
-                         f"TJ=32 {r.get('kernel_s_tj32', float('nan')) * 1e6:.1f} us "
-                         f"(h {r.get('h_err_tj32', float('nan')):.1e} C {r.get('C_err_tj32', float('nan')):.1e}) "
-                         f"{r.get('kernel_error', '')[:80]}")
+            per_tj = " | ".join(
+                f"TJ={tj}{'*' if tj == r.get('default_tj') else ''} {r.get(f'kernel_s_tj{tj}', float('nan')) * 1e6:.1f} us "
+                f"{r.get(f'kernel_TBps_tj{tj}', float('nan')):.2f} TB/s err h {r.get(f'h_err_tj{tj}', float('nan')):.1e} "
+                f"C {r.get(f'C_err_tj{tj}', float('nan')):.1e} {r.get(f'kernel_error_tj{tj}', '')[:60]}"
+                for tj in mlstm_decode.TJS)
+            lines.append(f"  B={r['batch']:>3}: ref {r['ref_s'] * 1e6:8.1f} us | {per_tj}  (* default)")
     if out.get("count"):
         lines.append("primitives of one compiled decode step (launching = without views)")
         for r in out["count"]:

@@ -194,7 +194,14 @@ def _swiglu(mod, r):
     mod.swiglu(r(5, 2 * 136, dt=mx.float32))
 
 
-CHECKS = [("xlstm_mlx.kernels.headnorm", _headnorm), ("xlstm_mlx.kernels.add_rms_norm", _add_rms),
+def _decode_step(mod, r):
+    f32 = mx.float32
+    for B, tj in ((1, None), (16, None), (64, 128)):
+        state = (r(B, 8, 256, 512, dt=f32), r(B, 8, 256, dt=f32), r(B, 8, 1, dt=f32))
+        mod.mlstm_decode_step_cuda(r(B, 3 * 2048 + 2 * 4096), r(B, 16, dt=f32), state, 8, 2048, 4096, 15.0, 1e-6, tj=tj)
+
+
+CHECKS = [("xlstm_mlx.kernels.mlstm_decode", _decode_step), ("xlstm_mlx.kernels.headnorm", _headnorm), ("xlstm_mlx.kernels.add_rms_norm", _add_rms),
           ("xlstm_mlx.kernels.swiglu", _swiglu)]
 
 

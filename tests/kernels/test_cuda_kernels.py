@@ -79,9 +79,10 @@ def test_skinny_matmul_keeps_leading_dims_and_routes_big_batches_to_mlx():
 @pytest.mark.parametrize("B", [1, 5])
 @pytest.mark.parametrize("cap", [15.0, None])
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32])
-@pytest.mark.parametrize("tj", [32, 64])
-def test_decode_step_kernel_matches_the_reference(B, cap, dtype, tj):
-    NH, dqk, dv = 4, 32, 128
+@pytest.mark.parametrize("tj", [32, 64, 128, None])
+@pytest.mark.parametrize("dqk", [32, 300])  # 300: rows per warp not a multiple of the 32-row load batch
+def test_decode_step_kernel_matches_the_reference(B, cap, dtype, tj, dqk):
+    NH, dv = 4, 128
     qk, v = NH * dqk, NH * dv
     ks = [mx.random.key(100 * B + 10 * (cap is None) + i) for i in range(5)]
     qkvo = mx.random.normal((B, 2 * qk + 2 * v), key=ks[0]).astype(dtype)

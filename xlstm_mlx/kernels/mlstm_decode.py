@@ -16,7 +16,10 @@ Returns h [B, NH, Dv] in qkvo's dtype and the new state: the equations and round
 gates soft-capped in float32 first as MLSTMLayer does.
 
 CUDA layout: one block per (sequence, head, TJ-column tile of C); 8 warps split the Dqk rows, each lane owns
-TJ/32 columns (TJ=64: 8-byte loads; 32: 4-byte loads, twice the blocks). Every block recomputes the head's gate scalars and q.n (Dqk products: cheap); the
+TJ/32 columns (TJ=32/64/128: 4-/8-/16-byte accesses; default_tj picks 32 for small batches, where more blocks
+are needed to spread the state over the SMs, else 64), and loads a batch of up to 32 rows before any arithmetic
+so that all of them are in flight at once (an H200 at batch 1 was latency-bound with 8 rows in flight: 35 us a
+layer for 8 MB of state traffic; benchmarks/results/gpu_kernels_h200.md). Every block recomputes the head's gate scalars and q.n (Dqk products: cheap); the
 tile-0 block writes n and m.
 """
 
@@ -29,8 +32,15 @@ import mlx.core as mx
 from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
 from xlstm_mlx.kernels.mlstm_recurrent import mlstm_step, mlstm_step_ref
 
-TJ = 64  # columns of C per block (32 lanes x 2); 32 gives twice the blocks (batch 1: 8 heads x 16 tiles)
+TJS = (32, 64, 128)  # columns of C per block: 32 lanes x 1, 2 or 4 floats (4-, 8-, 16-byte accesses)
+SMALL_BATCH = 4  # up to this batch, TJ = 32: more, smaller blocks (batch 1, 7B: 8 heads x 16 tiles = 128 blocks)
 THREADS = 256
+
+
+def default_tj(batch: int, dv: int) -> int:
+    """Columns per block: 32 for small batches (blocks enough to spread the state over the SMs), else 64."""
+    tj = 32 if batch <= SMALL_BATCH else 64
+    return tj if dv % tj == 0 else 32
 
 _SOURCE = """
     constexpr int WARPS = THREADS / 32;
@@ -78,29 +88,38 @@ _SOURCE = """
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) qn += qn_sh[w];
 
-    constexpr int CPL = TJ / 32;                      // columns per lane: 1 (4-byte loads) or 2 (8-byte)
+    constexpr int CPL = TJ / 32;                      // columns per lane: 1, 2 or 4 (4-, 8-, 16-byte accesses)
+    using VecC = typename XlVec<CPL>::type;
     const int j = tile * TJ + lane * CPL;
     float vj[CPL], num[CPL];
 #pragma unroll
     for (int c = 0; c < CPL; ++c) { vj[c] = xl_float(vrow[j + c]); num[c] = 0.f; }
     const float* Cin = C + (size_t)bh * DQK * DV + j;
     float* Cout = C_out + (size_t)bh * DQK * DV + j;
-#pragma unroll 8
-    for (int i = warp; i < DQK; i += WARPS) {
-        const float ki = k_sh[i], qi = q_sh[i];
-        if constexpr (CPL == 2) {
-            const float2 c = __ldcs(reinterpret_cast<const float2*>(Cin + (size_t)i * DV));
-            float2 cn;
-            cn.x = fa * c.x + ia * (ki * vj[0]);
-            cn.y = fa * c.y + ia * (ki * vj[1]);
-            __stcs(reinterpret_cast<float2*>(Cout + (size_t)i * DV), cn);
-            num[0] += qi * cn.x;
-            num[1] += qi * cn.y;
-        } else {
-            const float c = __ldcs(Cin + (size_t)i * DV);
-            const float cn = fa * c + ia * (ki * vj[0]);
-            __stcs(Cout + (size_t)i * DV, cn);
-            num[0] += qi * cn;
+    // Rows i = warp, warp + WARPS, ...: a batch of up to RB rows per lane is loaded before any arithmetic, so all
+    // of a batch's loads are in flight together (at batch 1 there are few blocks: the bytes in flight per lane
+    // set the bandwidth). The sums run in the same row order as one row at a time.
+    constexpr int RPW = (DQK + WARPS - 1) / WARPS;    // rows per warp
+    constexpr int RB = RPW < 32 ? RPW : 32;
+    for (int r0 = 0; r0 < RPW; r0 += RB) {
+        VecC cv[RB];
+#pragma unroll
+        for (int r = 0; r < RB; ++r) {
+            const int i = warp + (r0 + r) * WARPS;
+            if (i < DQK) cv[r] = __ldcs(reinterpret_cast<const VecC*>(Cin + (size_t)i * DV));
+        }
+#pragma unroll
+        for (int r = 0; r < RB; ++r) {
+            const int i = warp + (r0 + r) * WARPS;
+            if (i >= DQK) break;
+            const float ki = k_sh[i], qi = q_sh[i];
+            float* c = reinterpret_cast<float*>(&cv[r]);
+#pragma unroll
+            for (int e = 0; e < CPL; ++e) {
+                c[e] = fa * c[e] + ia * (ki * vj[e]);
+                num[e] += qi * c[e];
+            }
+            __stcs(reinterpret_cast<VecC*>(Cout + (size_t)i * DV), cv[r]);
         }
     }
 #pragma unroll
@@ -117,6 +136,13 @@ _SOURCE = """
         }
         if (tile == 0 && lane == 0) m_out[bh] = m_new;
     }
+"""
+
+_HEADER = VEC_HEADER + """
+template <int N> struct XlVec;                        // CPL float32 columns as one load: 4, 8 or 16 bytes
+template <> struct XlVec<1> { using type = float; };
+template <> struct XlVec<2> { using type = float2; };
+template <> struct XlVec<4> { using type = float4; };
 """
 
 _kernel = None
@@ -148,7 +174,7 @@ def mlstm_decode_step_ref(qkvo, gates, state, num_heads: int, qk_dim: int, v_dim
 def applies(qkvo, gates, state, num_heads: int, qk_dim: int, v_dim: int) -> bool:
     dqk, dv = qk_dim // num_heads, v_dim // num_heads
     return (cuda_available() and qkvo.dtype in (mx.bfloat16, mx.float32) and qkvo.ndim == 2
-            and dv % TJ == 0 and dqk <= 4096 and all(s.dtype == mx.float32 for s in state))
+            and dv % 32 == 0 and dqk <= 4096 and all(s.dtype == mx.float32 for s in state))
 
 
 def mlstm_decode_step_cuda(qkvo, gates, state, num_heads: int, qk_dim: int, v_dim: int,
@@ -160,12 +186,14 @@ def mlstm_decode_step_cuda(qkvo, gates, state, num_heads: int, qk_dim: int, v_di
             input_names=["qkvo", "gates", "C", "n", "m"],
             output_names=["h", "C_out", "n_out", "m_out"],
             source=_SOURCE,
-            header=VEC_HEADER,
+            header=_HEADER,
         )
     C, n, m = state
     B = qkvo.shape[0]
     dqk, dv = qk_dim // num_heads, v_dim // num_heads
-    tj = tj or TJ
+    tj = tj or default_tj(B, dv)
+    if tj not in TJS or dv % tj:
+        raise ValueError(f"tj must be one of {TJS} and divide Dv {dv}, got {tj}")
     blocks = B * num_heads * (dv // tj)
     h, C_new, n_new, m_new = _kernel(
         inputs=[qkvo, gates.astype(mx.float32), C, n, m],
