@@ -187,7 +187,7 @@ def test_quantized_matmul_paths_match_float32(M, bits, group_size):
 
 @needs_cuda
 @pytest.mark.parametrize("rows", [1, 16, 2048])
-@pytest.mark.parametrize("D", [4096, 1000])
+@pytest.mark.parametrize("D", [4096, 1000, 20000])  # 20000: beyond the in-register row (32 x 512 elements)
 @pytest.mark.parametrize("h_dtype", [None, mx.bfloat16, mx.float32])
 @pytest.mark.parametrize("bias", [False, True])
 def test_add_rms_norm_kernel_matches_the_reference(rows, D, h_dtype, bias):

@@ -11,7 +11,9 @@
 Why: in a decode step each of these is its own launch (an add, MLX's rms_norm, a copy for the cast), ~2.5-6 us
 each on an H200 at batch 1 whatever the size (benchmarks/results/gpu_kernels_h200.md: 65 rms_norm and 65 cast
 launches per 7B step); fused, a block's two norms cost two launches instead of five. One CUDA block per row: a
-pass that adds, writes r and sums r^2 (float32), a block reduction, and a pass that scales. The sums run in
+pass that adds, writes r and sums r^2 (float32), a block reduction, and a pass that scales; rows of up to
+32 x THREADS elements stay in registers between the passes, their loads all issued first (at decode a row per
+block and a handful of blocks: the loads' latency sets the time, 6-8 us a call on an H200 before). The sums run in
 another order than MLX's kernel, so y may differ from the reference in the last float32 bit (and y_c, rarely,
 by one bf16 rounding).
 """
@@ -30,16 +32,41 @@ THREADS = 512
 _SOURCE = """
     constexpr int WARPS = THREADS / 32;
     constexpr int D = DIM;
+    constexpr int EPT = (D + THREADS - 1) / THREADS;  // elements per thread
+    constexpr bool IN_REGISTERS = EPT <= 32;          // the row stays in registers between the two passes
     const size_t row = blockIdx.x;
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const auto* xr = x + row * D;
     auto* rr = r + row * D;
     float ss = 0.f;
-    for (int i = tid; i < D; i += THREADS) {
-        float v = xl_float(xr[i]);
-        if (HAS_H) v += xl_float(h[row * D + i]);
-        xl_set(rr + i, v);
-        ss += v * v;
+    float v[IN_REGISTERS ? EPT : 1];
+    if constexpr (IN_REGISTERS) {
+        // every load of the row issued before any arithmetic: at decode (one row a block, a handful of
+        // blocks) the latency of the loads, not their bytes, sets the time
+#pragma unroll
+        for (int e = 0; e < EPT; ++e) {
+            const int i = tid + e * THREADS;
+            v[e] = i < D ? xl_float(xr[i]) : 0.f;
+        }
+        if (HAS_H) {
+#pragma unroll
+            for (int e = 0; e < EPT; ++e) {
+                const int i = tid + e * THREADS;
+                if (i < D) v[e] += xl_float(h[row * D + i]);
+            }
+        }
+#pragma unroll
+        for (int e = 0; e < EPT; ++e) {
+            const int i = tid + e * THREADS;
+            if (i < D) { xl_set(rr + i, v[e]); ss += v[e] * v[e]; }
+        }
+    } else {
+        for (int i = tid; i < D; i += THREADS) {
+            float vi = xl_float(xr[i]);
+            if (HAS_H) vi += xl_float(h[row * D + i]);
+            xl_set(rr + i, vi);
+            ss += vi * vi;
+        }
     }
     __shared__ float part[WARPS];
     ss = xl_warp_sum(ss);
@@ -49,11 +76,14 @@ _SOURCE = """
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) tot += part[w];
     const float inv = rsqrtf(tot / D + __int_as_float(EPS_BITS));
-    for (int i = tid; i < D; i += THREADS) {
-        float yv = xl_float(rr[i]) * inv * xl_float(weight[i]);
-        if (HAS_BIAS) yv += xl_float(bias[i]);
-        xl_set(y + row * D + i, yv);
-        xl_set(y_c + row * D + i, yv);
+#pragma unroll
+    for (int e = 0; e < (IN_REGISTERS ? EPT : 1); ++e) {
+        for (int i = tid + e * THREADS; i < D; i += (IN_REGISTERS ? D : THREADS)) {
+            float yv = (IN_REGISTERS ? v[e] : xl_float(rr[i])) * inv * xl_float(weight[i]);
+            if (HAS_BIAS) yv += xl_float(bias[i]);
+            xl_set(y + row * D + i, yv);
+            xl_set(y_c + row * D + i, yv);
+        }
     }
 """
 
