@@ -29,6 +29,7 @@ from xlstm_mlx.kernels import fastmath, norms
 from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
 
 THREADS = 256  # 8 warps: 8 (sequence, head) rows per block
+FEW_ROWS = 264  # up to this many rows (2 per SM of an H200), one warp a block: the rows spread over the SMs
 
 _HEADER = VEC_HEADER + """
 __device__ __forceinline__ float xl_round(float v, const __nv_bfloat16*) { return __bfloat162float(__float2bfloat16(v)); }
@@ -51,6 +52,21 @@ _SOURCE = """
     const uint4* hv = reinterpret_cast<const uint4*>(h + (size_t)row * DH);
 #pragma unroll
     for (int v = 0; v < NV; ++v) xl_to_float(hv[v * 32 + lane], x + v * VEC, h);
+    const auto* orow = qkvo + (size_t)b * NQ + O_OFF + hd * DH;
+    auto* out_row = out + (size_t)b * NH * DH + hd * DH;
+    // gate, weight (and bias) loaded before the reductions above are waited for: at decode there are few rows,
+    // and the loads' latency, not their bytes, sets the time
+    float o[PER_LANE], wt[PER_LANE], bs[HAS_BIAS ? PER_LANE : 1];
+#pragma unroll
+    for (int v = 0; v < NV; ++v) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const int c = (v * 32 + lane) * VEC + e;          // column within the head
+            o[v * VEC + e] = xl_float(orow[c]);
+            wt[v * VEC + e] = xl_float(weight[hd * DH + c]);
+            if (HAS_BIAS) bs[v * VEC + e] = xl_float(bias[hd * DH + c]);
+        }
+    }
     float s = 0.f;
 #pragma unroll
     for (int e = 0; e < PER_LANE; ++e) s += x[e];
@@ -60,17 +76,15 @@ _SOURCE = """
     for (int e = 0; e < PER_LANE; ++e) { const float d = x[e] - mean; s2 += d * d; }
     const float inv = rsqrtf(xl_warp_sum(s2) / DH + __int_as_float(EPS_BITS));
 
-    const auto* orow = qkvo + (size_t)b * NQ + O_OFF + hd * DH;
-    auto* out_row = out + (size_t)b * NH * DH + hd * DH;
 #pragma unroll
     for (int v = 0; v < NV; ++v) {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
-            const int c = (v * 32 + lane) * VEC + e;          // column within the head
+            const int c = (v * 32 + lane) * VEC + e;
             float y = xl_round((x[v * VEC + e] - mean) * inv, h);
-            y = xl_round(y * xl_float(weight[hd * DH + c]), h);
-            if (HAS_BIAS) y = xl_round(y + xl_float(bias[hd * DH + c]), h);
-            const float g = xl_round(1.f / (1.f + expf(-xl_float(orow[c]))), h);
+            y = xl_round(y * wt[v * VEC + e], h);
+            if (HAS_BIAS) y = xl_round(y + bs[v * VEC + e], h);
+            const float g = xl_round(1.f / (1.f + expf(-o[v * VEC + e])), h);
             xl_set(out_row + c, g * y);
         }
     }
@@ -111,14 +125,14 @@ def headnorm_gate_cuda(h, qkvo, o_offset: int, weight, bias, eps: float):
         _kernel = mx.fast.cuda_kernel(name="xlstm_headnorm_gate", input_names=["h", "qkvo", "weight", "bias"],
                                       output_names=["out"], source=_SOURCE, header=_HEADER)
     B, NH, DH = h.shape
-    rows_per_block = THREADS // 32
-    blocks = -(-(B * NH) // rows_per_block)
+    threads = 32 if B * NH <= FEW_ROWS else THREADS
+    blocks = -(-(B * NH) // (threads // 32))
     (out,) = _kernel(
         inputs=[h, qkvo, weight, bias if bias is not None else mx.zeros((1,), h.dtype)],
-        template=[("T", h.dtype), ("DH", DH), ("O_OFF", o_offset), ("THREADS", THREADS),
+        template=[("T", h.dtype), ("DH", DH), ("O_OFF", o_offset), ("THREADS", threads),
                   ("HAS_BIAS", bias is not None), ("EPS_BITS", _float_bits(eps))],
-        grid=(blocks * THREADS, 1, 1),
-        threadgroup=(THREADS, 1, 1),
+        grid=(blocks * threads, 1, 1),
+        threadgroup=(threads, 1, 1),
         output_shapes=[(B, NH * DH)],
         output_dtypes=[h.dtype],
     )
