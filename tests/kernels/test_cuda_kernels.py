@@ -10,6 +10,8 @@ the reference in the same places, so 1e-2 for bf16 (an occasional one-ulp differ
 or sigmoid order rounds the other way: 2^-8 relative on that element) and 1e-5 for float32.
 """
 
+import importlib
+
 import pytest
 import mlx.core as mx
 
@@ -193,7 +195,7 @@ def test_quantized_matmul_paths_match_float32(M, bits, group_size):
 def test_add_rms_norm_kernel_matches_the_reference(rows, D, h_dtype, bias):
     """float32 r and y: the same sums in another order, 1e-6; y in bf16: one rounding, 1e-2 (statistical: a last-
     bit float32 difference can flip a bf16 rounding)."""
-    from xlstm_mlx.kernels import add_rms_norm as arn
+    arn = importlib.import_module("xlstm_mlx.kernels.add_rms_norm")  # the package re-exports the function
 
     ks = [mx.random.key(rows + D + i) for i in range(4)]
     x = mx.random.normal((rows, 1, D), key=ks[0]) * 3.0
@@ -232,7 +234,7 @@ def test_swiglu_kernel_matches_the_reference(shape, dtype):
     """The kernel rounds where MLX's ops round (sigmoid, gate product, z product), so it differs from the
     reference only where its expf and MLX's sigmoid differ in the last float32 bit and that flips a rounding:
     bf16 1e-3 relative (statistical: a few flipped roundings of 2^-9 among millions), float32 1e-6."""
-    from xlstm_mlx.kernels import swiglu as sw
+    sw = importlib.import_module("xlstm_mlx.kernels.swiglu")  # the package re-exports the function by that name
 
     d = shape[-1] // 2
     gz = (mx.random.normal(shape, key=mx.random.key(shape[-1] + len(shape))) * 3.0).astype(dtype)
