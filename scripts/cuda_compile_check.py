@@ -199,9 +199,19 @@ def _decode_step(mod, r):
     for B, tj in ((1, None), (16, None), (64, 128)):
         state = (r(B, 8, 256, 512, dt=f32), r(B, 8, 256, dt=f32), r(B, 8, 1, dt=f32))
         mod.mlstm_decode_step_cuda(r(B, 3 * 2048 + 2 * 4096), r(B, 16, dt=f32), state, 8, 2048, 4096, 15.0, 1e-6, tj=tj)
+        proj = mod.GateProjection(r(B, 4096, dt=f32), r(16, 4096, dt=f32), r(16, dt=f32) if B > 1 else None)
+        mod.mlstm_decode_step_cuda(r(B, 3 * 2048 + 2 * 4096), proj, state, 8, 2048, 4096, 15.0, 1e-6, tj=tj)
 
 
-CHECKS = [("xlstm_mlx.kernels.mlstm_decode", _decode_step), ("xlstm_mlx.kernels.headnorm", _headnorm), ("xlstm_mlx.kernels.add_rms_norm", _add_rms),
+def _embedding(mod, r):
+    import mlx.nn as nn
+    for dt in (mx.bfloat16, mx.float32):
+        table = nn.Embedding(1000, 4096)
+        table.weight = table.weight.astype(dt)
+        mod.embedding_lookup(table, mx.zeros((16, 1), mx.int32))
+
+
+CHECKS = [("xlstm_mlx.kernels.embedding", _embedding), ("xlstm_mlx.kernels.mlstm_decode", _decode_step), ("xlstm_mlx.kernels.headnorm", _headnorm), ("xlstm_mlx.kernels.add_rms_norm", _add_rms),
           ("xlstm_mlx.kernels.swiglu", _swiglu)]
 
 

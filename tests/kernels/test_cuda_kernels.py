@@ -271,3 +271,66 @@ def test_headnorm_gate_kernel_over_a_prefill_s_rows(dtype, tol):
         ref = headnorm.headnorm_gate_ref(h, qkvo, off, w, None, 1e-6)
         mx.eval(ref)
     assert _rel(headnorm.headnorm_gate_cuda(h, qkvo, off, w, None, 1e-6), ref) <= tol
+
+
+@needs_cuda
+@pytest.mark.parametrize("B", [1, 5])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("hidden", [4096, 1000])
+def test_decode_step_kernel_projects_its_own_gates(B, bias, hidden):
+    """The gate projection computed inside the kernel (decode.GateProjection) against the reference, which runs it
+    as the ifgate_preact layer does (MLX's float32 matmul): float32 sums in another order, 1e-5 on the state."""
+    NH, dqk, dv = 8, 64, 128
+    qk, v = NH * dqk, NH * dv
+    ks = [mx.random.key(300 + 10 * B + hidden + i) for i in range(7)]
+    qkvo = mx.random.normal((B, 2 * qk + 2 * v), key=ks[0]).astype(mx.bfloat16)
+    proj = mlstm_decode.GateProjection(mx.random.normal((B, hidden), key=ks[1]),
+                                       mx.random.normal((2 * NH, hidden), key=ks[2]) * hidden**-0.5 * 3.0,
+                                       mx.random.normal((2 * NH,), key=ks[3]) if bias else None)
+    state = (mx.random.normal((B, NH, dqk, dv), key=ks[4]), mx.random.normal((B, NH, dqk), key=ks[5]),
+             mx.random.normal((B, NH, 1), key=ks[6]) * 3.0)
+    assert mlstm_decode.applies(qkvo, proj, state, NH, qk, v)
+    with mx.stream(mx.cpu):
+        h_ref, s_ref = mlstm_decode.mlstm_decode_step_ref(qkvo, proj, state, NH, qk, v, 15.0, 1e-6)
+        mx.eval(h_ref, *s_ref)
+    h, s = mlstm_decode.mlstm_decode_step_cuda(qkvo, proj, state, NH, qk, v, 15.0, 1e-6)
+    assert _rel(h, h_ref) <= 1e-2
+    for a, b in zip(s, s_ref):
+        assert _rel(a, b) <= 1e-5
+
+
+def test_decode_step_reference_takes_a_gate_projection():
+    """Any backend: the reference with a GateProjection is the reference with the projection's output."""
+    NH, dqk, dv, H = 2, 8, 16, 24
+    qkvo = mx.random.normal((3, 2 * NH * dqk + 2 * NH * dv))
+    proj = mlstm_decode.GateProjection(mx.random.normal((3, H)), mx.random.normal((2 * NH, H)),
+                                       mx.random.normal((2 * NH,)))
+    state = (mx.zeros((3, NH, dqk, dv)), mx.zeros((3, NH, dqk)), mx.zeros((3, NH, 1)))
+    gates = mx.addmm(proj.bias, proj.x, proj.weight.T)
+    a = mlstm_decode.mlstm_decode_step_ref(qkvo, proj, state, NH, NH * dqk, NH * dv, 15.0, 1e-6)
+    b = mlstm_decode.mlstm_decode_step_ref(qkvo, gates, state, NH, NH * dqk, NH * dv, 15.0, 1e-6)
+    assert mx.array_equal(a[0], b[0]) and all(mx.array_equal(x, y) for x, y in zip(a[1], b[1]))
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32])
+@pytest.mark.parametrize("ids_shape", [(1, 1), (16, 1), (3, 700)])
+def test_embedding_lookup_kernel_copies_the_rows(dtype, ids_shape):
+    """A copy: bit-identical to the module's gather, any id shape."""
+    emb = importlib.import_module("xlstm_mlx.kernels.embedding")
+    import mlx.nn as nn
+    table = nn.Embedding(5003, 264)
+    table.weight = table.weight.astype(dtype)
+    ids = mx.random.randint(0, 5003, ids_shape, key=mx.random.key(ids_shape[0])).astype(mx.int32)
+    assert emb.applies(table, ids)
+    out = emb.embedding_lookup_cuda(table, ids)
+    assert out.shape == (*ids_shape, 264) and mx.array_equal(out, table(ids))
+
+
+def test_embedding_lookup_fast_form_is_the_module_call():
+    import mlx.nn as nn
+    table = nn.Embedding(50, 16)
+    ids = mx.array([[3, 7, 49]])
+    assert mx.array_equal(kernels.get("embed.lookup")(table, ids), table(ids))
+    q = nn.QuantizedEmbedding(64, 64)  # never the CUDA copy: its rows need dequantizing
+    assert not importlib.import_module("xlstm_mlx.kernels.embedding").applies(q, ids)

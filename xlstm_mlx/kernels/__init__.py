@@ -21,6 +21,8 @@ and what the fast form is on this backend (a string, or a function of nothing fo
                       kernel on CUDA, else the ref)
     ffn.swiglu        swiglu (fused CUDA kernel     swiglu_ref (math.silu's reference of the gate half
                       on CUDA, else MLX ops)        times the up half)
+    embed.lookup      embedding_lookup (CUDA row    embedding_lookup_ref (the embedding module's own call)
+                      copy on CUDA, else the ref)
     matmul.quantized  quantized_matmul (by rows:    quantized_matmul_ref (nn.QuantizedLinear's
                       dequantize + GEMM for many     mx.quantized_matmul + bias)
                       rows on CUDA)
@@ -58,6 +60,7 @@ from xlstm_mlx.kernels.headnorm import headnorm_gate, headnorm_gate_ref
 from xlstm_mlx.kernels import quant_matmul as _quant
 from xlstm_mlx.kernels import add_rms_norm as _add_rms
 from xlstm_mlx.kernels import swiglu as _swiglu
+from xlstm_mlx.kernels import embedding as _embedding
 from xlstm_mlx.kernels.swiglu import swiglu, swiglu_ref
 from xlstm_mlx.kernels.add_rms_norm import add_rms_norm, add_rms_norm_ref
 from xlstm_mlx.kernels.quant_matmul import quantized_matmul, quantized_matmul_ref
@@ -94,6 +97,7 @@ KERNELS: dict[str, Kernel] = {
     "matmul.quantized": Kernel(quantized_matmul, quantized_matmul_ref, _quant.label),
     "norm.add_rms": Kernel(add_rms_norm, add_rms_norm_ref, _add_rms.label),
     "ffn.swiglu": Kernel(swiglu, swiglu_ref, _swiglu.label),
+    "embed.lookup": Kernel(_embedding.embedding_lookup, _embedding.embedding_lookup_ref, _embedding.label),
     # element-wise transcendentals: fast forms on the CPU only (MLX's Linux CPU ops are slow; docs/numerics.md)
     "math.sigmoid": Kernel(fastmath.sigmoid, fastmath.sigmoid_ref, fastmath.label),
     "math.silu": Kernel(fastmath.silu, fastmath.silu_ref, fastmath.label),

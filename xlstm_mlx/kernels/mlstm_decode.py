@@ -10,7 +10,8 @@ writing it once.
                                                                                              it applies, else the ref
 
 qkvo [B, >= 2*qk_dim + v_dim]: the qkv_opreact output, q | k | v (| o, ignored here) in the kernel dtype;
-gates [B, 2*NH]: the ifgate_preact output (input gates, then forget gates), before the soft cap;
+gates [B, 2*NH]: the ifgate_preact output (input gates, then forget gates), before the soft cap; or a
+GateProjection(x, weight, bias) of that layer (float32), which the kernel computes itself (no launch of its own);
 state (C [B, NH, Dqk, Dv], n [B, NH, Dqk], m [B, NH, 1]) float32.
 Returns h [B, NH, Dv] in qkvo's dtype and the new state: the equations and roundings of mlstm_step_ref, the
 gates soft-capped in float32 first as MLSTMLayer does.
@@ -26,6 +27,7 @@ tile-0 block writes n and m.
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 import mlx.core as mx
 
@@ -51,8 +53,38 @@ _SOURCE = """
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int NQ = qkvo_shape[1];                     // row stride of the projection output
 
-    // gate scalars of this head (float32, as mlstm_step_ref)
-    float i_raw = gates[b * 2 * NH + hd], f_raw = gates[b * 2 * NH + NH + hd];
+    // gate pre-activations of this head (float32, as mlstm_step_ref): given, or projected here from the layer's
+    // normalized input x [B, H] by the two rows hd and NH + hd of w_if [2 NH, H] (+ b_if): every block of the
+    // head computes the same two dot products (16 KB of x and 32 KB of w_if from L2 at the 7B shape), in place of
+    // a float32 matmul launch of its own (a cuBLAS dot and reduce pair at batch 1, ~6 us a layer on an H200)
+    float i_raw, f_raw;
+    if constexpr (GATE_PROJ) {
+        __shared__ float gate_sh[2][WARPS];
+        const float* xr = x + (size_t)b * HID;
+        const float* wi = w_if + (size_t)hd * HID;
+        const float* wf = w_if + (size_t)(NH + hd) * HID;
+        float si = 0.f, sf = 0.f;
+#pragma unroll 8
+        for (int k = tid; k < HID; k += THREADS) {
+            const float xk = xr[k];
+            si = fmaf(xk, wi[k], si);
+            sf = fmaf(xk, wf[k], sf);
+        }
+        si = xl_warp_sum(si);
+        sf = xl_warp_sum(sf);
+        if (lane == 0) { gate_sh[0][warp] = si; gate_sh[1][warp] = sf; }
+        __syncthreads();
+        i_raw = HAS_GATE_BIAS ? b_if[hd] : 0.f;
+        f_raw = HAS_GATE_BIAS ? b_if[NH + hd] : 0.f;
+        float ti = 0.f, tf = 0.f;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) { ti += gate_sh[0][w]; tf += gate_sh[1][w]; }
+        i_raw += ti;
+        f_raw += tf;
+    } else {
+        i_raw = gates[b * 2 * NH + hd];
+        f_raw = gates[b * 2 * NH + NH + hd];
+    }
     if (HAS_CAP) {
         const float cap = __int_as_float(CAP_BITS);
         i_raw = cap * tanhf(i_raw / cap);
@@ -158,9 +190,26 @@ def _soft_cap(x: mx.array, cap: float | None) -> mx.array:
     return x if cap is None else cap * mx.tanh(x / cap)  # models/base.py soft_cap, the same arithmetic
 
 
+class GateProjection(NamedTuple):
+    """The gate pre-activations still to compute: x [B, H] @ weight.T [H, 2 NH] (+ bias), all float32."""
+    x: mx.array
+    weight: mx.array
+    bias: mx.array | None
+
+
+def gate_preactivations(gates) -> mx.array:
+    """gates as given, or the projection computed (MLX's float32 matmul, as the ifgate_preact layer runs it)."""
+    if not isinstance(gates, GateProjection):
+        return gates
+    w = gates.weight.T
+    return gates.x @ w if gates.bias is None else mx.addmm(gates.bias, gates.x, w)  # as nn.Linear
+
+
 def mlstm_decode_step_ref(qkvo, gates, state, num_heads: int, qk_dim: int, v_dim: int,
                           gate_soft_cap: float | None, eps: float = 1e-6, step=mlstm_step_ref):
-    """MLX ops: split the projections into heads, soft-cap the gates, then `step` (mlstm_step_ref)."""
+    """MLX ops: split the projections into heads, soft-cap the gates, then `step` (mlstm_step_ref).
+    `gates`: the pre-activations [B, 2 NH] or a GateProjection to compute them from."""
+    gates = gate_preactivations(gates)
     B = qkvo.shape[0]
     dqk, dv = qk_dim // num_heads, v_dim // num_heads
     q = qkvo[:, :qk_dim].reshape(B, num_heads, dqk)
@@ -173,6 +222,12 @@ def mlstm_decode_step_ref(qkvo, gates, state, num_heads: int, qk_dim: int, v_dim
 
 def applies(qkvo, gates, state, num_heads: int, qk_dim: int, v_dim: int) -> bool:
     dqk, dv = qk_dim // num_heads, v_dim // num_heads
+    if isinstance(gates, GateProjection):
+        g = gates
+        if not (g.x.ndim == 2 and g.x.dtype == mx.float32 and g.weight.dtype == mx.float32
+                and g.weight.shape == (2 * num_heads, g.x.shape[1]) and g.x.shape[0] == qkvo.shape[0]
+                and (g.bias is None or (g.bias.dtype == mx.float32 and g.bias.shape == (2 * num_heads,)))):
+            return False
     return (cuda_available() and qkvo.dtype in (mx.bfloat16, mx.float32) and qkvo.ndim == 2
             and dv % 32 == 0 and dqk <= 4096 and all(s.dtype == mx.float32 for s in state))
 
@@ -183,7 +238,7 @@ def mlstm_decode_step_cuda(qkvo, gates, state, num_heads: int, qk_dim: int, v_di
     if _kernel is None:
         _kernel = mx.fast.cuda_kernel(
             name="xlstm_mlstm_decode_step",
-            input_names=["qkvo", "gates", "C", "n", "m"],
+            input_names=["qkvo", "gates", "x", "w_if", "b_if", "C", "n", "m"],
             output_names=["h", "C_out", "n_out", "m_out"],
             source=_SOURCE,
             header=_HEADER,
@@ -195,9 +250,15 @@ def mlstm_decode_step_cuda(qkvo, gates, state, num_heads: int, qk_dim: int, v_di
     if tj not in TJS or dv % tj:
         raise ValueError(f"tj must be one of {TJS} and divide Dv {dv}, got {tj}")
     blocks = B * num_heads * (dv // tj)
+    proj = isinstance(gates, GateProjection)
+    dummy = mx.zeros((1,), mx.float32)
+    g_in = [dummy, gates.x, gates.weight, gates.bias if gates.bias is not None else dummy] if proj else \
+        [gates.astype(mx.float32), dummy, dummy, dummy]
     h, C_new, n_new, m_new = _kernel(
-        inputs=[qkvo, gates.astype(mx.float32), C, n, m],
+        inputs=[qkvo, *g_in, C, n, m],
         template=[("NH", num_heads), ("DQK", dqk), ("DV", dv), ("QK_DIM", qk_dim), ("TJ", tj),
+                  ("GATE_PROJ", proj), ("HAS_GATE_BIAS", proj and gates.bias is not None),
+                  ("HID", gates.x.shape[1] if proj else 1),
                   ("THREADS", THREADS), ("HAS_CAP", gate_soft_cap is not None),
                   ("CAP_BITS", _float_bits(gate_soft_cap or 0.0)), ("EPS_BITS", _float_bits(eps))],
         grid=(blocks * THREADS, 1, 1),

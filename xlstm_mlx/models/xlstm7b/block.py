@@ -7,6 +7,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from xlstm_mlx import kernels
+from xlstm_mlx.kernels import mlstm_decode as decode
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise_flops
 from xlstm_mlx.models.xlstm7b import fuse
 from xlstm_mlx.models.xlstm7b.args import ModelArgs
@@ -83,6 +84,16 @@ class MLSTMLayer(nn.Module):
         f = soft_cap(f.astype(state_dtype), a.gate_soft_cap)
         return q, k, v, o, i, f
 
+    def _gate_projection(self, x):
+        """The float i/f gate projection as a decode.GateProjection (the CUDA decode step computes it inside its
+        own launch), or None where it is quantized."""
+        layer = self["ifgate_preact"] if "ifgate_preact" in self else fuse.group(self, "ifgate_preact")
+        if type(layer) is nn.Linear:
+            return decode.GateProjection(x, layer.weight, layer["bias"] if "bias" in layer else None)
+        if isinstance(layer, fuse.FusedLinear) and layer.quant is None:
+            return decode.GateProjection(x, layer.weight, layer.bias)
+        return None
+
     def _decode_fused(self, x, state, profile: NumericsProfile, xc=None):
         """One token, no mask, fused weights: the "mlstm.decode_step" kernel straight from the projection
         outputs (one launch for gates, state update and read-out on CUDA; the same MLX ops as below elsewhere)."""
@@ -90,12 +101,16 @@ class MLSTMLayer(nn.Module):
         B = x.shape[0]
         cd, kd = profile.mx_compute_dtype, profile.mx_kernel_dtype
         qkvo = fused_or_layer(self, "qkv_opreact", x.astype(cd) if xc is None else xc).reshape(B, -1)
-        gates = fused_or_layer(self, "ifgate_preact", x).reshape(B, -1)
+        qkv = qkvo.astype(kd)
         if state is None:
             state = kernels.mlstm_zero_state(B, a.num_heads, a.qk_head_dim, a.v_head_dim)
         eps = a.eps if profile.eps is None else profile.eps
         step = kernels.get("mlstm.decode_step")
-        h, state = step(qkvo.astype(kd), gates, state, a.num_heads, a.qk_dim, a.v_dim, a.gate_soft_cap, eps)
+        gates = self._gate_projection(x.reshape(B, -1))
+        if gates is None or step is not decode.mlstm_decode_step or not decode.applies(
+                qkv, gates, state, a.num_heads, a.qk_dim, a.v_dim):
+            gates = fused_or_layer(self, "ifgate_preact", x).reshape(B, -1)  # its own matmul
+        h, state = step(qkv, gates, state, a.num_heads, a.qk_dim, a.v_dim, a.gate_soft_cap, eps)
         norm = self.multihead_norm  # its LayerNorm, weight and the output gate: one launch on CUDA
         h = kernels.get("mlstm.headnorm_gate")(h.astype(cd), qkvo, 2 * a.qk_dim + a.v_dim, norm.weight,
                                               norm["bias"] if "bias" in norm else None, norm.eps)

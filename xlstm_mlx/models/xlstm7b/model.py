@@ -63,7 +63,7 @@ class Model(RecurrentLM):
         """(ids [B, T], per-block states) -> (float32 logits [B, T, V], new states)."""
         # the residual stream is carried in profile.residual_dtype (float32: a bf16 residual loses the
         # small sub-layer updates against the running sum; docs/numerics.md)
-        x = self.backbone.embeddings(input_ids).astype(self.profile.mx_residual_dtype)
+        x = kernels.get("embed.lookup")(self.backbone.embeddings, input_ids).astype(self.profile.mx_residual_dtype)
         if check:
             assert_finite("embeddings", x)
         new_states, carried = [], None
@@ -92,7 +92,8 @@ class Model(RecurrentLM):
         return logits, new_states
 
     def kernel_names(self) -> list[str]:
-        names = [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}", "mlstm.headnorm_gate"]
+        names = [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}", "mlstm.headnorm_gate",
+                 "embed.lookup"]
         if self.args.weight_mode == "fused" or fuse.is_fused(self):
             names += ["mlstm.decode_step", "ffn.swiglu"]
         quantized = any(type(m) is nn.QuantizedLinear for _, m in self.leaf_modules_flat())
