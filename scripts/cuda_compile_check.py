@@ -189,7 +189,16 @@ def _add_rms(mod, r):
     mod.add_rms_norm(r(2, 4096, dt=f32), r(2, 4096, dt=f32), r(4096, dt=f32), None, 1e-6, mx.bfloat16)
 
 
-CHECKS = [("xlstm_mlx.kernels.headnorm", _headnorm), ("xlstm_mlx.kernels.add_rms_norm", _add_rms)]
+def _chunkwise(mod, r):
+    """7B head shape (Dqk 256, Dv 512: Dv tiles of 128) with a remainder chunk, and a small one (Dv tiles of 64)."""
+    f32 = mx.float32
+    for B, NH, T, dqk, dv in ((1, 2, 2 * 64 + 5, 256, 512), (2, 1, 64, 64, 64)):
+        q, k, v = r(B, NH, T, dqk), r(B, NH, T, dqk), r(B, NH, T, dv)
+        mod.mlstm_chunkwise_cuda(q, k, v, r(B, NH, T, dt=f32), r(B, NH, T, dt=f32))
+
+
+CHECKS = [("xlstm_mlx.kernels.headnorm", _headnorm), ("xlstm_mlx.kernels.add_rms_norm", _add_rms),
+          ("xlstm_mlx.kernels.mlstm_chunkwise_cuda", _chunkwise)]
 
 
 def main() -> int:

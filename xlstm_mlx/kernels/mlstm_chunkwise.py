@@ -120,7 +120,18 @@ def _chunks(q, k, v, igate, fgate, state, L: int, eps: float):
 
 
 def mlstm_chunkwise(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_size: int = 64):
-    """q, k [B, NH, T, Dqk]; v [B, NH, T, Dv]; gates [B, NH, T]. Returns (h, final state)."""
+    """q, k [B, NH, T, Dqk]; v [B, NH, T, Dv]; gates [B, NH, T]. Returns (h, final state).
+
+    The fused CUDA kernels (mlstm_chunkwise_cuda.py) where they apply, else the MLX ops below."""
+    if chunk_size < 1:
+        raise UsageError(f"chunk_size must be >= 1, got {chunk_size}")
+    if _cuda.applies(q, k, v, igate, fgate, state, chunk_size):
+        return _cuda.mlstm_chunkwise_cuda(q, k, v, igate, fgate, state, eps, chunk_size)
+    return mlstm_chunkwise_ops(q, k, v, igate, fgate, state, eps, chunk_size)
+
+
+def mlstm_chunkwise_ops(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_size: int = 64):
+    """The closed-form chunk scan in MLX ops (any backend, any dtype)."""
     if chunk_size < 1:
         raise UsageError(f"chunk_size must be >= 1, got {chunk_size}")
     B, NH, T, Dqk = q.shape
@@ -155,3 +166,7 @@ def mlstm_chunkwise_ref(q, k, v, igate, fgate, state=None, eps: float = 1e-6, ch
         )
         hs.append(h)
     return mx.concatenate(hs, axis=2), state
+
+
+# last: the CUDA module imports _chunks and MAX_SEGMENT_CHUNKS from this one
+from xlstm_mlx.kernels import mlstm_chunkwise_cuda as _cuda  # noqa: E402
