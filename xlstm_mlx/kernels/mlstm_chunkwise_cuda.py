@@ -42,7 +42,7 @@ import mlx.core as mx
 from xlstm_mlx import env
 from xlstm_mlx.errors import UsageError
 from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
-from xlstm_mlx.kernels.mlstm_chunkwise import MAX_SEGMENT_CHUNKS, _chunks
+from xlstm_mlx.kernels.mlstm_chunkwise import MAX_SEGMENT_CHUNKS, _chunks, mlstm_chunkwise_ops
 from xlstm_mlx.kernels.mlstm_recurrent import mlstm_zero_state
 
 L = 64  # chunk length of the kernels
@@ -510,17 +510,8 @@ def _segment(q, k, v, igate, gates, state, c0: int, ncs: int, eps: float):
     return h, (C, n, m)
 
 
-def mlstm_chunkwise_cuda(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_size: int = 64):
-    """mlstm_chunkwise's signature and result (h, (C, n, m)) through the CUDA kernels; the remainder of
-    T mod 64 steps (all of T < 64) through the MLX-ops chunk."""
+def _forward(q, k, v, igate, fgate, state, eps: float):
     B, NH, T, dqk = q.shape
-    dv = v.shape[-1]
-    if state is None:
-        state = mlstm_zero_state(B, NH, dqk, dv, mx.float32)
-    if not applies(q, k, v, igate, fgate, state, chunk_size):
-        raise UsageError(f"mlstm_chunkwise_cuda does not apply to q {q.shape} {q.dtype}, v {v.shape} {v.dtype}, "
-                         f"gates {igate.dtype}, chunk_size {chunk_size} (needs MLX's CUDA backend, bf16 q/k/v, "
-                         f"float32 gates and state, chunk_size {L}, Dqk and Dv multiples of 64)")
     nc = T // L
     hs = []
     if nc > 0:
@@ -535,6 +526,48 @@ def mlstm_chunkwise_cuda(q, k, v, igate, fgate, state=None, eps: float = 1e-6, c
                            T - whole, eps)
         hs.append(h)
     return (hs[0] if len(hs) == 1 else mx.concatenate(hs, axis=2)), state
+
+
+def with_ops_gradient(forward, eps: float):
+    """`forward` (q, k, v, igate, fgate, state, eps) -> (h, state) as an mx.custom_function whose VJP is that of
+    the MLX-ops scan: a cuda_kernel has no VJP of its own, and training in bfloat16 on CUDA differentiates
+    through this path (the backward recomputes the forward in MLX ops)."""
+
+    @mx.custom_function
+    def fused(q, k, v, igate, fgate, C, n, m):
+        h, (C1, n1, m1) = forward(q, k, v, igate, fgate, (C, n, m), eps)
+        return h, C1, n1, m1
+
+    def ops(q, k, v, igate, fgate, C, n, m):
+        h, (C1, n1, m1) = mlstm_chunkwise_ops(q, k, v, igate, fgate, (C, n, m), eps, L)
+        return h, C1, n1, m1
+
+    @fused.vjp
+    def fused_vjp(primals, cotangents, outputs):
+        _, grads = mx.vjp(ops, list(primals), list(cotangents))
+        return tuple(grads)
+
+    return fused
+
+
+_fused: dict[float, object] = {}  # eps -> the custom function
+
+
+def mlstm_chunkwise_cuda(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_size: int = 64):
+    """mlstm_chunkwise's signature and result (h, (C, n, m)) through the CUDA kernels; the remainder of
+    T mod 64 steps (all of T < 64) through the MLX-ops chunk. Differentiable (by the ops scan's VJP)."""
+    B, NH, T, dqk = q.shape
+    dv = v.shape[-1]
+    if state is None:
+        state = mlstm_zero_state(B, NH, dqk, dv, mx.float32)
+    if not applies(q, k, v, igate, fgate, state, chunk_size):
+        raise UsageError(f"mlstm_chunkwise_cuda does not apply to q {q.shape} {q.dtype}, v {v.shape} {v.dtype}, "
+                         f"gates {igate.dtype}, chunk_size {chunk_size} (needs MLX's CUDA backend, bf16 q/k/v, "
+                         f"float32 gates and state, chunk_size {L}, Dqk and Dv multiples of 64)")
+    if eps not in _fused:
+        _fused[eps] = with_ops_gradient(_forward, eps)
+    h, C, n, m = _fused[eps](q, k, v, igate, fgate, *state)
+    return h, (C, n, m)
 
 
 def label() -> str:
