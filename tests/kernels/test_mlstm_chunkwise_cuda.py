@@ -196,6 +196,45 @@ def test_registry_routes_bf16_to_the_kernels_and_the_switch_turns_them_off(monke
     assert not cwc.applies(q2, k2, v2, i2, f2, None, 64)
 
 
+@needs_cuda
+def test_gradient_through_the_kernels_is_the_ops_scans():
+    """The kernels have no VJP of their own: mx.custom_function gives them the ops scan's (training in bf16)."""
+    q, k, v, i, f, st = make(13, 1, 2, 130, 64, 64, state=True)
+    w = mx.random.normal((1, 2, 130, 64), key=mx.random.key(14)).astype(mx.bfloat16)
+
+    def loss(fn):
+        def value(q, k, v, i, f, C):
+            h, (C1, n1, m1) = fn(q, k, v, i, f, (C, st[1], st[2]))
+            return (h * w).astype(mx.float32).sum() + C1.sum() + n1.sum()
+        return value
+
+    args = (q, k, v, i, f, st[0])
+    gk = mx.grad(loss(cwc.mlstm_chunkwise_cuda), argnums=list(range(6)))(*args)
+    go = mx.grad(loss(mlstm_chunkwise_ops), argnums=list(range(6)))(*args)
+    errs = [rel_error(a, b) for a, b in zip(gk, go)]
+    assert max(errs) <= 1e-5, errs
+
+
+def test_ops_gradient_wrapper_gives_the_ops_gradient():
+    """Any backend: with_ops_gradient around any forward differentiates as the ops scan (here the forward is the
+    ops scan itself, so values and gradients are equal)."""
+    q, k, v, i, f, st = make(15, 1, 2, 70, 64, 64, state=True)
+    q, k, v = (x.astype(mx.float32) for x in (q, k, v))
+    fused = cwc.with_ops_gradient(lambda *a: mlstm_chunkwise_ops(*a[:6], a[6], 64), 1e-6)
+
+    def via_fused(q, k, v, i, f):
+        h, C, n, m = fused(q, k, v, i, f, *st)
+        return (h * h).sum() + C.sum() + (n * n).sum()
+
+    def via_ops(q, k, v, i, f):
+        h, (C, n, m) = mlstm_chunkwise_ops(q, k, v, i, f, st)
+        return (h * h).sum() + C.sum() + (n * n).sum()
+
+    gf = mx.grad(via_fused, argnums=list(range(5)))(q, k, v, i, f)
+    go = mx.grad(via_ops, argnums=list(range(5)))(q, k, v, i, f)
+    assert all(mx.array_equal(a, b) for a, b in zip(gf, go))
+
+
 def test_without_cuda_the_ops_path_runs_and_the_label_says_so():
     if cuda_available():
         pytest.skip("CUDA present: the kernels run (tested above)")
