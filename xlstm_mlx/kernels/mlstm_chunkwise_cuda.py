@@ -465,7 +465,8 @@ def applies(q, k, v, igate, fgate, state, chunk_size: int) -> bool:
     return (q.dtype == k.dtype == v.dtype == mx.bfloat16 and igate.dtype == fgate.dtype == mx.float32
             and k.shape == q.shape and v.shape[:3] == (B, NH, T) and igate.shape == fgate.shape == (B, NH, T)
             and dqk % KT == 0 and dv % 64 == 0
-            and (state is None or all(s.dtype == mx.float32 for s in state)))
+            and (state is None or (all(s.dtype == mx.float32 for s in state)
+                                   and tuple(s.shape for s in state) == ((B, NH, dqk, dv), (B, NH, dqk), (B, NH, 1)))))
 
 
 def _gate_sums(igate, fgate, nc: int):
