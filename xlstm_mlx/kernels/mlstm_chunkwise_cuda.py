@@ -9,13 +9,15 @@ an f32 SIMT sgemm for q @ C, the closed-form w @ X, the X = [C0, kv] copy, the k
       lf = log sigmoid(f~) (float32; +inf -> 0 exactly, so masked steps are identities),
       a_s = sum_{j > s} lf_j + i~_s (log weight of key s at its chunk's end, summed directly from the end),
       g = sum_j lf_j (the chunk's total log decay), a* = max(max_s a_s, -1e30).
-  kernel A, the recurrence (one block per (Dqk tile of 64, Dv tile, sequence*head), walking the chunks in order):
+  kernel A, the recurrence (one block per (Dqk tile of 64, Dv tile of 64, sequence*head), walking the chunks in
+  order; small tiles because the walk is latency-bound: 256 blocks at the 7B shape and batch 1, two per SM):
       writes the state at the START of every chunk (C_k in bfloat16, n_k and m_k float32), then
       m_next = max(g + m, a*),  C = e^{g+m-m_next} C + sum_s e^{a_s-m_next} k_s v_s^T,  n likewise.
       C lives in float32 wmma accumulator fragments for the whole walk; k e^{a_s - m_next} is rounded to bf16
       for the tensor-core product (as the official does), n's sum is float32 from the bf16 k. Returns the final
       state in float32. a* is clamped, so a chunk of only masked steps (a_s = -inf, g = 0) gives weight 0, not NaN.
-  kernel B, the output (one block per (Dv tile, chunk, sequence*head)):
+  kernel B, the output (one block per (Dv tile of 128, or 64 where Dv % 128 != 0; chunk; sequence*head);
+  128 registers a thread, so two blocks of 8 warps per SM: `cuda_compile_check.py --resources` reports it):
       S = q k^T and q C_k by bf16 wmma over Dqk in slices of 64 (float32 accumulators), then in shared memory
       log D[t, s] = sum_{s < j <= t} lf_j + i~_s (summed over the segment itself, never b_t - b_s: see
       mlstm_gates.log_decay_matrix), m_t = max(b_t + m_k, max_s log D[t, s]),
@@ -28,8 +30,8 @@ A remainder of T mod 64 steps runs through the MLX-ops chunk (mlstm_chunkwise._c
 state; so does a whole prompt shorter than one chunk.
 
 Where it applies (`applies`): MLX's CUDA backend, q/k/v bfloat16 [B, NH, T, D], gates float32 [B, NH, T], the
-state (if given) float32, chunk_size 64, Dqk and Dv multiples of 64 (Dv tiles of 128 where Dv % 128 == 0, else
-64), and XLSTM_MLX_CHUNKWISE_CUDA not off. Elsewhere mlstm_chunkwise runs today's ops.
+state (if given) float32 of the matching shapes, chunk_size 64, Dqk and Dv multiples of 64, and
+XLSTM_MLX_CHUNKWISE_CUDA not off. Elsewhere mlstm_chunkwise runs today's ops.
 Inputs must start 16-byte aligned (uint4 loads): true of every MLX allocation and of whole-array views.
 """
 
@@ -314,7 +316,7 @@ _PARALLEL_SOURCE = """
         }
         if (tid < KS) n_sh[tid] = ns[st * DQK + ks + tid];
         __syncthreads();
-#pragma unroll
+#pragma unroll 1
         for (int kk = 0; kk < KS / 16; ++kk) {
             wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
             wmma::load_matrix_sync(fa, q_sh + 16 * fr * KS + 16 * kk, KS);
@@ -365,12 +367,6 @@ _PARALLEL_SOURCE = """
         float b = 0.f;
         for (int t = 0; t < L; ++t) { b += lf_sh[t]; b_sh[t] = b; }
     }
-    uint4 vr[VU];                                     // v tile, fetched while the gates are worked out
-#pragma unroll
-    for (int r = 0; r < VU; ++r) {
-        const int u = tid + r * THREADS, t = u / (VT / 8), col = (u % (VT / 8)) * 8;
-        vr[r] = *reinterpret_cast<const uint4*>(v + (row0 + t) * DV + j0 + col);
-    }
     __syncthreads();
 
     // 3. per row t (one warp): m_t, S' = S e^{logD - m_t} scale (bf16 for the product), the denominator
@@ -393,8 +389,13 @@ _PARALLEL_SOURCE = """
         }
     }
     __syncthreads();
+    // (loaded only now, not prefetched into registers during step 3: 16 more registers per thread would
+    // leave room for one block per SM instead of two)
 #pragma unroll
-    for (int r = 0; r < VU; ++r) reinterpret_cast<uint4*>(v_sh)[tid + r * THREADS] = vr[r];
+    for (int r = 0; r < VU; ++r) {
+        const int u = tid + r * THREADS, t = u / (VT / 8), col = (u % (VT / 8)) * 8;
+        reinterpret_cast<uint4*>(v_sh)[u] = *reinterpret_cast<const uint4*>(v + (row0 + t) * DV + j0 + col);
+    }
     __syncthreads();
 
     // 4. h = (e_t scale q C + S' V) / den: the q C rows scaled through the warp's scratch, S' V accumulated on top
@@ -486,6 +487,7 @@ def _segment(q, k, v, igate, gates, state, c0: int, ncs: int, eps: float):
     B, NH, T, dqk = q.shape
     dv = v.shape[-1]
     vt = _v_tile(dv)
+    vt_a = 64  # kernel A: Dv tiles of 64 (twice the blocks of 128: the walk over the chunks is latency-bound)
     lf, a, g, amax = gates
     C0, n0, m0 = state
     seg = mx.array([c0, ncs], dtype=mx.int32)
@@ -493,8 +495,8 @@ def _segment(q, k, v, igate, gates, state, c0: int, ncs: int, eps: float):
                   ["Cs", "ns", "ms", "C_out", "n_out", "m_out"], _RECURRENT_SOURCE)
     Cs, ns, ms, C, n, m = rec(
         inputs=[k, v, a, g, amax, C0, n0, m0, seg],
-        template=[("DQK", dqk), ("DV", dv), ("L", L), ("KT", KT), ("VT", vt), ("THREADS", THREADS)],
-        grid=((dqk // KT) * (dv // vt) * B * NH * THREADS, 1, 1), threadgroup=(THREADS, 1, 1),
+        template=[("DQK", dqk), ("DV", dv), ("L", L), ("KT", KT), ("VT", vt_a), ("THREADS", THREADS)],
+        grid=((dqk // KT) * (dv // vt_a) * B * NH * THREADS, 1, 1), threadgroup=(THREADS, 1, 1),
         output_shapes=[(B, NH, ncs, dqk, dv), (B, NH, ncs, dqk), (B, NH, ncs), (B, NH, dqk, dv), (B, NH, dqk),
                        (B, NH, 1)],
         output_dtypes=[mx.bfloat16, mx.float32, mx.float32, mx.float32, mx.float32, mx.float32],
