@@ -197,6 +197,16 @@ def test_registry_routes_bf16_to_the_kernels_and_the_switch_turns_them_off(monke
 
 
 @needs_cuda
+def test_transposed_views_as_the_model_passes_them_give_the_same_result():
+    """The 7B block hands q/k/v as [B, T, NH, D] -> [B, NH, T, D] views and gates as [B, T, NH] -> [B, NH, T]."""
+    q, k, v, i, f, st = make(17, 2, 2, 64 * 3 + 9, 64, 128, state=True)
+    view = lambda x: mx.contiguous(x.swapaxes(1, 2)).swapaxes(1, 2)  # noqa: E731  (same values, strided)
+    h, s = cwc.mlstm_chunkwise_cuda(q, k, v, i, f, st)
+    hv, sv = cwc.mlstm_chunkwise_cuda(view(q), view(k), view(v), view(i[..., None])[..., 0], f, st)
+    assert mx.array_equal(h, hv) and all(mx.array_equal(a, b) for a, b in zip(s, sv))
+
+
+@needs_cuda
 def test_gradient_through_the_kernels_is_the_ops_scans():
     """The kernels have no VJP of their own: mx.custom_function gives them the ops scan's (training in bf16)."""
     q, k, v, i, f, st = make(13, 1, 2, 130, 64, 64, state=True)

@@ -36,3 +36,15 @@ def test_emulated_kernels_match_ops_and_float64(case):
     ops = mlstm_chunkwise_ops(q, k, v, i, f, st)
     mx.eval(ops)
     check(name, out, ops, truth(q, k, v, i, f, st), opts, (B, NH, T, dqk, dv))
+
+
+def test_emulated_kernels_take_the_models_transposed_views():
+    """q/k/v as [B, T, NH, D] -> [B, NH, T, D] views, gates as [B, T, NH] -> [B, NH, T] (what the 7B block passes)."""
+    q, k, v, i, f, st = make(22, 1, 2, 64 + 3, 64, 64, state=True)
+    view = lambda x: mx.contiguous(x.swapaxes(1, 2)).swapaxes(1, 2)  # noqa: E731  (same values, strided)
+    with cuda_emulator.emulated(cwc):
+        h, s = cwc.mlstm_chunkwise_cuda(q, k, v, i, f, st)
+        hv, sv = cwc.mlstm_chunkwise_cuda(view(q), view(k), view(v), view(i[..., None])[..., 0],
+                                          view(f[..., None])[..., 0], st)
+        mx.eval(h, s, hv, sv)
+    assert mx.array_equal(h, hv) and all(mx.array_equal(a, b) for a, b in zip(s, sv))

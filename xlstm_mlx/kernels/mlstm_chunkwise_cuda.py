@@ -518,6 +518,9 @@ def _forward(q, k, v, igate, fgate, state, eps: float):
     nc = T // L
     hs = []
     if nc > 0:
+        # Row-contiguous once here: the model hands transposed views ([B, T, NH, D] -> [B, NH, T, D]), and each
+        # kernel call would otherwise copy the whole array again (every segment's launches read the full arrays).
+        q, k, v, igate = (mx.contiguous(x) for x in (q, k, v, igate))
         gates = _gate_sums(igate, fgate, nc)
         for c0 in range(0, nc, MAX_SEGMENT_CHUNKS):
             h, state = _segment(q, k, v, igate, gates, state, c0, min(MAX_SEGMENT_CHUNKS, nc - c0), eps)
