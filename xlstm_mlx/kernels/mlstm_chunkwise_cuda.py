@@ -127,6 +127,9 @@ _RECURRENT_SOURCE = """
     __shared__ __align__(32) __nv_bfloat16 v_sh[L * VT];
     __shared__ __align__(32) float scratch[WARPS][256];     // one 16 x 16 fragment per warp
     __shared__ float w_sh[L];
+    constexpr int NP = THREADS / KT;                  // n's sum over s in NP parts (all threads of a tile-0 block)
+    static_assert(NP * KT == THREADS && L % NP == 0, "n parts");
+    __shared__ float n_part[NP][KT];
     float* scr = scratch[warp];
 
     // the incoming state: C into float32 accumulators (through shared memory: no layout assumed), n, m
@@ -167,9 +170,17 @@ _RECURRENT_SOURCE = """
     };
     if (NCS > 0) fetch(c0);
 
+    float decay_prev = 0.f;
+    auto n_combine = [&]() {                          // n = decay n + the previous chunk's parts
+        float s = 0.f;
+#pragma unroll
+        for (int p = 0; p < NP; ++p) s += n_part[p][tid];
+        n_reg = decay_prev * n_reg + s;
+    };
     for (int c = 0; c < NCS; ++c) {
         const float m_next = fmaxf(gc + m, ac);
         const float decay = expf(gc + m - m_next);
+        if (c > 0 && n_block) n_combine();            // the parts were written before the last __syncthreads
 
         // 1. the state at this chunk's start: C rounded to bf16 (kernel B's q C operand), n and m float32
         const size_t st = (size_t)bh * NCS + c;
@@ -219,13 +230,15 @@ _RECURRENT_SOURCE = """
                 wmma::mma_sync(acc[f], fa, fb, acc[f]);
             }
         }
-        // n = decay n + sum_s w_s k_s in float32
-        if (n_block) {
+        // n's sum_s w_s k_s in float32, in NP parts of L / NP steps (combined at the next chunk's start)
+        if (tj == 0) {
+            const int i = tid % KT, p = tid / KT;
             float s = 0.f;
-#pragma unroll 8
-            for (int j = 0; j < L; ++j) s += w_sh[j] * __bfloat162float(k_sh[j * KT + tid]);
-            n_reg = decay * n_reg + s;
+#pragma unroll
+            for (int j = p * (L / NP); j < (p + 1) * (L / NP); ++j) s += w_sh[j] * __bfloat162float(k_sh[j * KT + i]);
+            n_part[p][i] = s;
         }
+        decay_prev = decay;
         m = m_next;
         __syncthreads();                              // the next chunk overwrites the staged tiles
     }
@@ -240,6 +253,7 @@ _RECURRENT_SOURCE = """
         *reinterpret_cast<float4*>(dst + 4) = *reinterpret_cast<const float4*>(scr + lr * 16 + lc + 4);
         __syncwarp();
     }
+    if (NCS > 0 && n_block) n_combine();
     if (n_block) n_out[(size_t)bh * DQK + i0 + tid] = n_reg;
     if (m_block) m_out[bh] = m;
 """
