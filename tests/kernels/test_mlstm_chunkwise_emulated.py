@@ -12,7 +12,7 @@ from xlstm_mlx.kernels.cuda_common import cuda_available
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise_ops
 
 import cuda_emulator
-from test_mlstm_chunkwise_cuda import check, make, truth
+from test_mlstm_chunkwise_cuda import check, check_left_padding, make, truth
 
 pytestmark = pytest.mark.skipif(cuda_available() or not cuda_emulator.available(),
                                 reason="needs g++ and no CUDA (where CUDA runs, the real kernels are tested)")
@@ -48,3 +48,9 @@ def test_emulated_kernels_take_the_models_transposed_views():
                                           view(f[..., None])[..., 0], st)
         mx.eval(h, s, hv, sv)
     assert mx.array_equal(h, hv) and all(mx.array_equal(a, b) for a, b in zip(s, sv))
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_emulated_left_padding_is_an_identity(with_state):
+    with cuda_emulator.emulated(cwc):
+        check_left_padding(cwc.mlstm_chunkwise_cuda, with_state, T=64 * 3, dv=64, pad=130)
