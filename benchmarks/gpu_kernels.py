@@ -209,6 +209,19 @@ def chunkwise_section(shapes) -> list[dict]:
                                                   for _ in range(3)])
         except Exception as e:
             row["kernel_error"] = f"{type(e).__name__}: {e}"[:600]
+        defaults = (mlstm_chunkwise_cuda.VT_A, mlstm_chunkwise_cuda.VT_B)
+        for vt_a, vt_b in ((128, 128), (64, 64), (128, 64)):  # the other Dv tiles of kernels A and B
+            name = f"A{vt_a}_B{vt_b}"
+            mlstm_chunkwise_cuda.VT_A, mlstm_chunkwise_cuda.VT_B = vt_a, vt_b
+            try:
+                out = mlstm_chunkwise_cuda.mlstm_chunkwise_cuda(q, k, v, i, f)
+                row[f"{name}_h_err_vs_ops"] = rel_err(out[0], ops[0])
+                row[f"{name}_s"] = chain_time(lambda: [mlstm_chunkwise_cuda.mlstm_chunkwise_cuda(q, k, v, i, f)[0]
+                                                       for _ in range(3)])
+            except Exception as e:
+                row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
+            finally:
+                mlstm_chunkwise_cuda.VT_A, mlstm_chunkwise_cuda.VT_B = defaults
         row["ops_s"] = chain_time(lambda: [mlstm_chunkwise_ops(q, k, v, i, f)[0] for _ in range(3)])
         res.append(row)
         print(f"[lab] chunkwise {row}", file=sys.stderr, flush=True)
@@ -358,6 +371,8 @@ def table(out: dict) -> str:
                          f"C {r.get('C_err_vs_ops', float('nan')):.1e}; vs f64 h kernel "
                          f"{r.get('h_err_f64', float('nan')):.1e} ops {r.get('ops_h_err_f64', float('nan')):.1e} "
                          f"{r.get('kernel_error', '')[:120]}")
+            lines.append("    Dv tiles: " + ", ".join(f"{k[:-2]} {v * 1e6:.1f} us" for k, v in r.items()
+                                                      if k.startswith("A") and k.endswith("_s")))
     if out.get("count"):
         lines.append("primitives of one compiled decode step (launching = without views)")
         for r in out["count"]:

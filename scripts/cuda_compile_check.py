@@ -195,11 +195,19 @@ def _add_rms(mod, r):
 
 
 def _chunkwise(mod, r):
-    """7B head shape (Dqk 256, Dv 512: Dv tiles of 128) with a remainder chunk, and a small one (Dv tiles of 64)."""
+    """7B head shape (Dqk 256, Dv 512) with a remainder chunk, a small one (Dv 64), and the other Dv tiles."""
     f32 = mx.float32
     for B, NH, T, dqk, dv in ((1, 2, 2 * 64 + 5, 256, 512), (2, 1, 64, 64, 64)):
         q, k, v = r(B, NH, T, dqk), r(B, NH, T, dqk), r(B, NH, T, dv)
         mod.mlstm_chunkwise_cuda(q, k, v, r(B, NH, T, dt=f32), r(B, NH, T, dt=f32))
+    defaults = (mod.VT_A, mod.VT_B)
+    try:  # the other Dv tiles the kernel lab times
+        for vt_a, vt_b in ((128, 128), (64, 64)):
+            mod.VT_A, mod.VT_B = vt_a, vt_b
+            q, k, v = r(1, 1, 64, 256), r(1, 1, 64, 256), r(1, 1, 64, 512)
+            mod.mlstm_chunkwise_cuda(q, k, v, r(1, 1, 64, dt=f32), r(1, 1, 64, dt=f32))
+    finally:
+        mod.VT_A, mod.VT_B = defaults
 
 
 CHECKS = [("xlstm_mlx.kernels.headnorm", _headnorm), ("xlstm_mlx.kernels.add_rms_norm", _add_rms),

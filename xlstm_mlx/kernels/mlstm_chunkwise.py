@@ -168,5 +168,5 @@ def mlstm_chunkwise_ref(q, k, v, igate, fgate, state=None, eps: float = 1e-6, ch
     return mx.concatenate(hs, axis=2), state
 
 
-# last: the CUDA module imports _chunks and MAX_SEGMENT_CHUNKS from this one
+# last: the CUDA module imports MAX_SEGMENT_CHUNKS, _chunks and mlstm_chunkwise_ops from this one
 from xlstm_mlx.kernels import mlstm_chunkwise_cuda as _cuda  # noqa: E402

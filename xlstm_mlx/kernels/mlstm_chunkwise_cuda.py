@@ -50,6 +50,11 @@ from xlstm_mlx.kernels.mlstm_recurrent import mlstm_zero_state
 L = 64  # chunk length of the kernels
 KT = 64  # Dqk rows of kernel A's C tile; kernel B's Dqk slice
 THREADS = 256  # 8 warps
+# Dv tiles (64 or 128; 128 only where Dv % 128 == 0): kernel A 64, since its walk over the chunks is latency-bound
+# (twice the blocks of 128); kernel B 128 (half the q k^T recomputation and q/k reads of 64). Module settings, so
+# that the kernel lab (benchmarks/gpu_kernels.py) can time the other choices.
+VT_A = 64
+VT_B = 128
 
 _HEADER = VEC_HEADER + """
 #include <mma.h>
@@ -465,8 +470,8 @@ def _float_bits(x: float) -> int:
     return struct.unpack("<i", struct.pack("<f", x))[0]
 
 
-def _v_tile(dv: int) -> int:
-    return 128 if dv % 128 == 0 else 64
+def _v_tile(dv: int, wanted: int) -> int:
+    return 128 if wanted == 128 and dv % 128 == 0 else 64
 
 
 def applies(q, k, v, igate, fgate, state, chunk_size: int) -> bool:
@@ -500,8 +505,7 @@ def _segment(q, k, v, igate, gates, state, c0: int, ncs: int, eps: float):
     """Chunks c0 .. c0+ncs-1: kernel A (chunk-start states, final state), then kernel B (h)."""
     B, NH, T, dqk = q.shape
     dv = v.shape[-1]
-    vt = _v_tile(dv)
-    vt_a = 64  # kernel A: Dv tiles of 64 (twice the blocks of 128: the walk over the chunks is latency-bound)
+    vt, vt_a = _v_tile(dv, VT_B), _v_tile(dv, VT_A)
     lf, a, g, amax = gates
     C0, n0, m0 = state
     seg = mx.array([c0, ncs], dtype=mx.int32)
