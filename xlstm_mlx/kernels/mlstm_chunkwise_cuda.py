@@ -115,6 +115,9 @@ _RECURRENT_SOURCE = """
     constexpr int KU = L * KT / 8 / THREADS;          // uint4 of the k tile per thread
     constexpr int VU = L * VT / 8 / THREADS;          // uint4 of the v tile per thread
     static_assert(KT == 64 && WARPS == 8 && FPW * WARPS == FC * 4 && KU >= 1 && VU >= 1, "tile shape");
+    // rows of the wmma operand tiles padded by 16 bytes: unpadded rows of 128/256 bytes all start in the same
+    // shared-memory banks, and a fragment load reading 16 rows would serialize on them
+    constexpr int KP = KT + 8, VP = VT + 8;
     const int tj = blockIdx.x % NTJ;
     const int ti = (blockIdx.x / NTJ) % NTI;
     const int bh = blockIdx.x / (NTJ * NTI);
@@ -127,9 +130,9 @@ _RECURRENT_SOURCE = """
     const bool n_block = tj == 0 && tid < KT;         // the Dv-tile-0 blocks carry n
     const bool m_block = ti == 0 && tj == 0 && tid == 0;
 
-    __shared__ __align__(32) __nv_bfloat16 kw_sh[L * KT];   // k_s e^{a_s - m_next} (bf16): k^T as col-major A
+    __shared__ __align__(32) __nv_bfloat16 kw_sh[L * KP];   // k_s e^{a_s - m_next} (bf16): k^T as col-major A
     __shared__ __align__(32) __nv_bfloat16 k_sh[L * KT];    // k as loaded, for n's float32 sum
-    __shared__ __align__(32) __nv_bfloat16 v_sh[L * VT];
+    __shared__ __align__(32) __nv_bfloat16 v_sh[L * VP];
     __shared__ __align__(32) float scratch[WARPS][256];     // one 16 x 16 fragment per warp
     __shared__ float w_sh[L];
     constexpr int NP = THREADS / KT;                  // n's sum over s in NP parts (all threads of a tile-0 block)
@@ -209,11 +212,14 @@ _RECURRENT_SOURCE = """
             xl_to_float(kr[r], x, (const __nv_bfloat16*)nullptr);
 #pragma unroll
             for (int e = 0; e < 8; ++e) x[e] *= w;
-            reinterpret_cast<uint4*>(kw_sh)[u] = xl_pack_bf16(x);
+            *reinterpret_cast<uint4*>(kw_sh + (u / (KT / 8)) * KP + (u % (KT / 8)) * 8) = xl_pack_bf16(x);
             reinterpret_cast<uint4*>(k_sh)[u] = kr[r];
         }
 #pragma unroll
-        for (int r = 0; r < VU; ++r) reinterpret_cast<uint4*>(v_sh)[tid + r * THREADS] = vr[r];
+        for (int r = 0; r < VU; ++r) {
+            const int u = tid + r * THREADS;
+            *reinterpret_cast<uint4*>(v_sh + (u / (VT / 8)) * VP + (u % (VT / 8)) * 8) = vr[r];
+        }
         if (tid < L) w_sh[tid] = expf(aw - m_next);
         __syncthreads();
         if (c + 1 < NCS) fetch(c0 + c + 1);
@@ -227,11 +233,11 @@ _RECURRENT_SOURCE = """
 #pragma unroll
         for (int kk = 0; kk < L / 16; ++kk) {
             wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::col_major> fa;
-            wmma::load_matrix_sync(fa, kw_sh + 16 * kk * KT + 16 * fr, KT);
+            wmma::load_matrix_sync(fa, kw_sh + 16 * kk * KP + 16 * fr, KP);
 #pragma unroll
             for (int f = 0; f < FPW; ++f) {
                 wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
-                wmma::load_matrix_sync(fb, v_sh + 16 * kk * VT + 16 * (fc0 + f), VT);
+                wmma::load_matrix_sync(fb, v_sh + 16 * kk * VP + 16 * (fc0 + f), VP);
                 wmma::mma_sync(acc[f], fa, fb, acc[f]);
             }
         }
@@ -275,7 +281,15 @@ _PARALLEL_SOURCE = """
     constexpr int CU = KS * VT / 8 / THREADS;         // uint4 of a C slice per thread
     constexpr int VU = L * VT / 8 / THREADS;          // uint4 of the v tile per thread
     static_assert(L == 64 && WARPS == 8 && FPW * WARPS == FC * 4 && DQK % KS == 0, "tile shape");
-    static_assert(VT * L * 2 <= 16384 && KS * VT * 2 <= 16384, "shared memory plan");
+    // rows of the wmma operand tiles padded by 16 bytes (see kernel A)
+    constexpr int QP = KS + 8, CP = VT + 8, SP = L + 8;
+    // one buffer, three plans (bytes): step 1 q | k slices, C slice; steps 2-3 S (float) | log D (float) | S' (bf16);
+    // step 4 v | per-warp scratch, S' kept
+    constexpr int OFF_K = L * QP * 2, OFF_C = 2 * L * QP * 2, END1 = OFF_C + KS * CP * 2;
+    constexpr int OFF_D = L * L * 4, OFF_SB = 2 * L * L * 4, END3 = OFF_SB + L * SP * 2;
+    constexpr int OFF_SCR = L * CP * 2, END4 = OFF_SCR + WARPS * 256 * 4;
+    constexpr int BUF = END1 > END3 ? END1 : END3;
+    static_assert(END4 <= OFF_SB && OFF_SCR % 32 == 0 && OFF_C % 32 == 0 && OFF_K % 32 == 0, "shared memory plan");
     const int NCS = seg[1];
     const int tj = blockIdx.x % NTJ;
     const int c = (blockIdx.x / NTJ) % NCS;
@@ -294,17 +308,15 @@ _PARALLEL_SOURCE = """
     const float eps = __int_as_float(EPS_BITS);
     const float m_k = ms[st];
 
-    // one buffer, three plans: [0,16K) q|k slices, then S (float), then v; [16K,32K) C slice, then log D / P,
-    // then per-warp scratch; [32K,40K) S' (bf16)
-    __shared__ __align__(128) unsigned char smem[40960];
+    __shared__ __align__(128) unsigned char smem[BUF];
     __nv_bfloat16* q_sh = reinterpret_cast<__nv_bfloat16*>(smem);
-    __nv_bfloat16* k_sh = q_sh + L * KS;
-    __nv_bfloat16* c_sh = reinterpret_cast<__nv_bfloat16*>(smem + 16384);
+    __nv_bfloat16* k_sh = reinterpret_cast<__nv_bfloat16*>(smem + OFF_K);
+    __nv_bfloat16* c_sh = reinterpret_cast<__nv_bfloat16*>(smem + OFF_C);
     float* s_f = reinterpret_cast<float*>(smem);
-    float* d_f = reinterpret_cast<float*>(smem + 16384);
-    __nv_bfloat16* s_b = reinterpret_cast<__nv_bfloat16*>(smem + 32768);
+    float* d_f = reinterpret_cast<float*>(smem + OFF_D);
+    __nv_bfloat16* s_b = reinterpret_cast<__nv_bfloat16*>(smem + OFF_SB);
     __nv_bfloat16* v_sh = reinterpret_cast<__nv_bfloat16*>(smem);
-    float* scr = reinterpret_cast<float*>(smem + 16384) + warp * 256;
+    float* scr = reinterpret_cast<float*>(smem + OFF_SCR) + warp * 256;
     __shared__ float lf_sh[L], i_sh[L], b_sh[L], e_sh[L], den_sh[L], di_sh[L], n_sh[KS];
 
     if (tid < L) {
@@ -325,30 +337,30 @@ _PARALLEL_SOURCE = """
 #pragma unroll
         for (int r = 0; r < QU; ++r) {
             const int u = tid + r * THREADS, t = u / (KS / 8), col = (u % (KS / 8)) * 8;
-            reinterpret_cast<uint4*>(q_sh)[u] = *reinterpret_cast<const uint4*>(q + (row0 + t) * DQK + ks + col);
-            reinterpret_cast<uint4*>(k_sh)[u] = *reinterpret_cast<const uint4*>(k + (row0 + t) * DQK + ks + col);
+            *reinterpret_cast<uint4*>(q_sh + t * QP + col) = *reinterpret_cast<const uint4*>(q + (row0 + t) * DQK + ks + col);
+            *reinterpret_cast<uint4*>(k_sh + t * QP + col) = *reinterpret_cast<const uint4*>(k + (row0 + t) * DQK + ks + col);
         }
 #pragma unroll
         for (int r = 0; r < CU; ++r) {
             const int u = tid + r * THREADS, i = u / (VT / 8), col = (u % (VT / 8)) * 8;
-            reinterpret_cast<uint4*>(c_sh)[u] = *reinterpret_cast<const uint4*>(c_blk + (size_t)(ks + i) * DV + col);
+            *reinterpret_cast<uint4*>(c_sh + i * CP + col) = *reinterpret_cast<const uint4*>(c_blk + (size_t)(ks + i) * DV + col);
         }
         if (tid < KS) n_sh[tid] = ns[st * DQK + ks + tid];
         __syncthreads();
 #pragma unroll 1
         for (int kk = 0; kk < KS / 16; ++kk) {
             wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
-            wmma::load_matrix_sync(fa, q_sh + 16 * fr * KS + 16 * kk, KS);
+            wmma::load_matrix_sync(fa, q_sh + 16 * fr * QP + 16 * kk, QP);
 #pragma unroll
             for (int f = 0; f < 2; ++f) {             // k^T: k row-major [s][i] read as col-major B
                 wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fk;
-                wmma::load_matrix_sync(fk, k_sh + 16 * (sfc0 + f) * KS + 16 * kk, KS);
+                wmma::load_matrix_sync(fk, k_sh + 16 * (sfc0 + f) * QP + 16 * kk, QP);
                 wmma::mma_sync(s_acc[f], fa, fk, s_acc[f]);
             }
 #pragma unroll
             for (int f = 0; f < FPW; ++f) {
                 wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fc;
-                wmma::load_matrix_sync(fc, c_sh + 16 * kk * VT + 16 * (fc0 + f), VT);
+                wmma::load_matrix_sync(fc, c_sh + 16 * kk * CP + 16 * (fc0 + f), CP);
                 wmma::mma_sync(n_acc[f], fa, fc, n_acc[f]);
             }
         }
@@ -356,7 +368,7 @@ _PARALLEL_SOURCE = """
             float x[8];
 #pragma unroll
             for (int h2 = 0; h2 < 2; ++h2) {
-                xl_to_float(reinterpret_cast<const uint4*>(q_sh)[drow * (KS / 8) + dpart * 2 + h2], x,
+                xl_to_float(*reinterpret_cast<const uint4*>(q_sh + drow * QP + dpart * 16 + h2 * 8), x,
                             (const __nv_bfloat16*)nullptr);
 #pragma unroll
                 for (int e = 0; e < 8; ++e) di += x[e] * n_sh[dpart * 16 + h2 * 8 + e];
@@ -398,8 +410,8 @@ _PARALLEL_SOURCE = """
         const float mt = fmaxf(bt + m_k, rm);
         const float s0 = s_f[t * L + lane] * (expf(d0 - mt) * scale);
         const float s1 = s_f[t * L + lane + 32] * (expf(d1 - mt) * scale);
-        s_b[t * L + lane] = __float2bfloat16(s0);
-        s_b[t * L + lane + 32] = __float2bfloat16(s1);
+        s_b[t * SP + lane] = __float2bfloat16(s0);
+        s_b[t * SP + lane + 32] = __float2bfloat16(s1);
         const float rs = xl_warp_sum(s0 + s1);
         if (lane == 0) {
             const float et = expf(bt + m_k - mt) * scale;     // weight of the chunk's start state, times scale
@@ -413,7 +425,7 @@ _PARALLEL_SOURCE = """
 #pragma unroll
     for (int r = 0; r < VU; ++r) {
         const int u = tid + r * THREADS, t = u / (VT / 8), col = (u % (VT / 8)) * 8;
-        reinterpret_cast<uint4*>(v_sh)[u] = *reinterpret_cast<const uint4*>(v + (row0 + t) * DV + j0 + col);
+        *reinterpret_cast<uint4*>(v_sh + t * CP + col) = *reinterpret_cast<const uint4*>(v + (row0 + t) * DV + j0 + col);
     }
     __syncthreads();
 
@@ -432,11 +444,11 @@ _PARALLEL_SOURCE = """
 #pragma unroll
     for (int kk = 0; kk < L / 16; ++kk) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
-        wmma::load_matrix_sync(fa, s_b + 16 * fr * L + 16 * kk, L);
+        wmma::load_matrix_sync(fa, s_b + 16 * fr * SP + 16 * kk, SP);
 #pragma unroll
         for (int f = 0; f < FPW; ++f) {
             wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
-            wmma::load_matrix_sync(fb, v_sh + 16 * kk * VT + 16 * (fc0 + f), VT);
+            wmma::load_matrix_sync(fb, v_sh + 16 * kk * CP + 16 * (fc0 + f), CP);
             wmma::mma_sync(n_acc[f], fa, fb, n_acc[f]);
         }
     }
