@@ -1,7 +1,7 @@
 """mLSTM chunkwise prefill as three CUDA launches per segment: gate sums, the inter-chunk recurrence, the
-intra-chunk output (the design of the official TFLA "limit_chunk" kernels; the math of mlstm_chunkwise.py).
+intra-chunk output (the design of the official TFLA "limit_chunk" kernels; the math of mlstm_chunk_scan.py).
 
-The MLX-ops form (mlstm_chunkwise.py) costs ~60 small kernels per layer on an H200 at the 7B shape (~500-600 us:
+The MLX-ops form (mlstm_chunk_scan.py) costs ~60 small kernels per layer on an H200 at the 7B shape (~500-600 us:
 an f32 SIMT sgemm for q @ C, the closed-form w @ X, the X = [C0, kv] copy, the kv cast, elementwise passes over
 [B, NH, nc, L, L]). Here, per segment of at most MAX_SEGMENT_CHUNKS chunks of L = 64 steps:
 
@@ -26,7 +26,7 @@ an f32 SIMT sgemm for q @ C, the closed-form w @ X, the X = [C0, kv] copy, the k
       den_t the same sums against n_k and 1 (float32); S' = S e^{logD - m} scale is rounded to bf16 for S' V.
       D never reaches device memory. h is bfloat16 [B, NH, T, Dv].
 
-A remainder of T mod 64 steps runs through the MLX-ops chunk (mlstm_chunkwise._chunks) from the kernels' final
+A remainder of T mod 64 steps runs through the MLX-ops chunk (mlstm_chunk_scan._chunks) from the kernels' final
 state; so does a whole prompt shorter than one chunk.
 
 Where it applies (`applies`): MLX's CUDA backend, q/k/v bfloat16 [B, NH, T, D], gates float32 [B, NH, T], the
@@ -44,7 +44,7 @@ import mlx.core as mx
 from xlstm_mlx import env
 from xlstm_mlx.errors import UsageError
 from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
-from xlstm_mlx.kernels.mlstm_chunkwise import MAX_SEGMENT_CHUNKS, _chunks, mlstm_chunkwise_ops
+from xlstm_mlx.kernels.mlstm_chunk_scan import MAX_SEGMENT_CHUNKS, _chunks, mlstm_chunkwise_ops
 from xlstm_mlx.kernels.mlstm_recurrent import mlstm_zero_state
 
 L = 64  # chunk length of the kernels
