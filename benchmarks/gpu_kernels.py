@@ -49,6 +49,7 @@ from xlstm_mlx.checkpoints.random import randomize, shape_args  # noqa: E402
 from xlstm_mlx.kernels import mlstm_decode, skinny_gemm as skinny_matmul  # noqa: E402
 from xlstm_mlx.kernels import mlstm_chunkwise_cuda  # noqa: E402
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise_ops  # noqa: E402
+from xlstm_mlx.kernels.mlstm_recurrent import mlstm_zero_state  # noqa: E402
 from xlstm_mlx.kernels.cuda_common import cuda_available  # noqa: E402
 from xlstm_mlx.models.compiled import compiled_forward  # noqa: E402
 from xlstm_mlx.models.xlstm7b.model import Model  # noqa: E402
@@ -209,6 +210,24 @@ def chunkwise_section(shapes) -> list[dict]:
                                                   for _ in range(3)])
         except Exception as e:
             row["kernel_error"] = f"{type(e).__name__}: {e}"[:600]
+        try:  # each launch alone (one segment of <= 32 chunks): where the kernel time goes
+            cw = mlstm_chunkwise_cuda
+            nc = min(T // 64, 32)
+            st0 = mlstm_zero_state(B, NH, dqk, dv)
+            qc, kc, vc, ic = (mx.contiguous(x) for x in (q, k, v, i))
+            gates = cw._gate_sums(ic, f, T // 64)
+            seg = mx.array([0, nc], dtype=mx.int32)
+            starts, _ = cw._recurrent(kc, vc, gates, st0, seg, nc)
+            mx.eval(gates, starts, qc, kc, vc, ic)
+            row["gates_s"] = chain_time(lambda: [cw._gate_sums(ic, f, T // 64)[1] for _ in range(3)])
+            row["recurrent_s_per_segment"] = chain_time(lambda: [cw._recurrent(kc, vc, gates, st0, seg, nc)[0][0]
+                                                                 for _ in range(3)])
+            row["parallel_s_per_segment"] = chain_time(lambda: [cw._parallel(qc, kc, vc, ic, gates, starts, seg, nc,
+                                                                             1e-6) for _ in range(3)])
+            row["chunks_per_segment"] = nc
+            del starts, gates
+        except Exception as e:
+            row["launch_timing_error"] = f"{type(e).__name__}: {e}"[:300]
         defaults = (mlstm_chunkwise_cuda.VT_A, mlstm_chunkwise_cuda.VT_B)
         for vt_a, vt_b in ((128, 128), (64, 64), (128, 64)):  # the other Dv tiles of kernels A and B
             name = f"A{vt_a}_B{vt_b}"
@@ -371,6 +390,10 @@ def table(out: dict) -> str:
                          f"C {r.get('C_err_vs_ops', float('nan')):.1e}; vs f64 h kernel "
                          f"{r.get('h_err_f64', float('nan')):.1e} ops {r.get('ops_h_err_f64', float('nan')):.1e} "
                          f"{r.get('kernel_error', '')[:120]}")
+            lines.append(f"    per launch: gates {r.get('gates_s', float('nan')) * 1e6:.1f} us, recurrence "
+                         f"{r.get('recurrent_s_per_segment', float('nan')) * 1e6:.1f} us and output "
+                         f"{r.get('parallel_s_per_segment', float('nan')) * 1e6:.1f} us per segment of "
+                         f"{r.get('chunks_per_segment', '?')} chunks {r.get('launch_timing_error', '')[:100]}")
             lines.append("    Dv tiles: " + ", ".join(f"{k[:-2]} {v * 1e6:.1f} us" for k, v in r.items()
                                                       if k.startswith("A") and k.endswith("_s")))
     if out.get("count"):

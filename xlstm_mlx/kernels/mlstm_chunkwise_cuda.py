@@ -513,34 +513,49 @@ def _gate_sums(igate, fgate, nc: int):
                 output_dtypes=[mx.float32] * 4)
 
 
-def _segment(q, k, v, igate, gates, state, c0: int, ncs: int, eps: float):
-    """Chunks c0 .. c0+ncs-1: kernel A (chunk-start states, final state), then kernel B (h)."""
-    B, NH, T, dqk = q.shape
+def _recurrent(k, v, gates, state, seg, ncs: int):
+    """Kernel A over one segment: the chunk-start states (C_k bf16, n_k, m_k) and the final state (float32)."""
+    B, NH, T, dqk = k.shape
     dv = v.shape[-1]
-    vt, vt_a = _v_tile(dv, VT_B), _v_tile(dv, VT_A)
-    lf, a, g, amax = gates
+    vt = _v_tile(dv, VT_A)
+    _, a, g, amax = gates
     C0, n0, m0 = state
-    seg = mx.array([c0, ncs], dtype=mx.int32)
     rec = _kernel("xlstm_mlstm_chunk_recurrent", ["k", "v", "alog", "g", "amax", "C0", "n0", "m0", "seg"],
                   ["Cs", "ns", "ms", "C_out", "n_out", "m_out"], _RECURRENT_SOURCE)
     Cs, ns, ms, C, n, m = rec(
         inputs=[k, v, a, g, amax, C0, n0, m0, seg],
-        template=[("DQK", dqk), ("DV", dv), ("L", L), ("KT", KT), ("VT", vt_a), ("THREADS", THREADS)],
-        grid=((dqk // KT) * (dv // vt_a) * B * NH * THREADS, 1, 1), threadgroup=(THREADS, 1, 1),
+        template=[("DQK", dqk), ("DV", dv), ("L", L), ("KT", KT), ("VT", vt), ("THREADS", THREADS)],
+        grid=((dqk // KT) * (dv // vt) * B * NH * THREADS, 1, 1), threadgroup=(THREADS, 1, 1),
         output_shapes=[(B, NH, ncs, dqk, dv), (B, NH, ncs, dqk), (B, NH, ncs), (B, NH, dqk, dv), (B, NH, dqk),
                        (B, NH, 1)],
         output_dtypes=[mx.bfloat16, mx.float32, mx.float32, mx.float32, mx.float32, mx.float32],
     )
+    return (Cs, ns, ms), (C, n, m)
+
+
+def _parallel(q, k, v, igate, gates, starts, seg, ncs: int, eps: float):
+    """Kernel B over one segment: h [B, NH, ncs * L, Dv] from the chunk-start states."""
+    B, NH, T, dqk = q.shape
+    dv = v.shape[-1]
+    vt = _v_tile(dv, VT_B)
+    Cs, ns, ms = starts
     par = _kernel("xlstm_mlstm_chunk_parallel", ["q", "k", "v", "lf", "igate", "Cs", "ns", "ms", "seg"], ["h"],
                   _PARALLEL_SOURCE)
     (h,) = par(
-        inputs=[q, k, v, lf, igate, Cs, ns, ms, seg],
+        inputs=[q, k, v, gates[0], igate, Cs, ns, ms, seg],
         template=[("DQK", dqk), ("DV", dv), ("L", L), ("VT", vt), ("THREADS", THREADS),
                   ("EPS_BITS", _float_bits(eps))],
         grid=((dv // vt) * ncs * B * NH * THREADS, 1, 1), threadgroup=(THREADS, 1, 1),
         output_shapes=[(B, NH, ncs * L, dv)], output_dtypes=[mx.bfloat16],
     )
-    return h, (C, n, m)
+    return h
+
+
+def _segment(q, k, v, igate, gates, state, c0: int, ncs: int, eps: float):
+    """Chunks c0 .. c0+ncs-1: kernel A (chunk-start states, final state), then kernel B (h)."""
+    seg = mx.array([c0, ncs], dtype=mx.int32)
+    starts, final = _recurrent(k, v, gates, state, seg, ncs)
+    return _parallel(q, k, v, igate, gates, starts, seg, ncs, eps), final
 
 
 def _forward(q, k, v, igate, fgate, state, eps: float):
