@@ -9,15 +9,19 @@ float64 oracle in test_mlstm.py).
 
 Tolerances are statistical, in relative Frobenius error (cuda_checks.rel_error), because bf16 rounds to 2^-9
 relative: h is rounded to bf16 at the end (~1e-3 alone), the intra-chunk weights S' and the chunk-start states C_k
-are rounded to bf16 for the tensor-core products (another ~1e-3 each, averaged over the sums):
-  h: <= 2e-2 against float64, and at most 2x the ops path's own error against float64 plus 2e-3;
-  C (final, float32; built from bf16-rounded k e^{a-m} and float32 accumulation): <= 5e-3, and <= 2x ops + 1e-4;
-  n (final, float32 sums of the exact bf16 k): <= 1e-3;
-  m (final): normwise max|dm| / max(max|m|, 1) <= 1e-4 (only float32 gate sums: ~1e-6 expected).
+are rounded to bf16 for the tensor-core products (another ~1e-3 each, averaged over the sums). The kernels' own
+sources through the CPU emulator (test_mlstm_chunkwise_emulated.py) measure h 2e-3 - 5e-3 on these cases; the ops
+scan itself measures 3e-3 - 2e-2 with trained-like gates and up to 0.4 with harsh gates and a state (its bf16
+q k^T, amplified by small denominators), so the comparison with it is one-sided:
+  h: <= 2e-2 with trained-like ("typical") gates, <= 0.1 with harsh or saturated ones (their T mod 64 remainder
+     runs through the ops chunk), and in every case <= 2x the ops scan's own error + 2e-3;
+  C (final, float32 from bf16-rounded k e^{a-m}, float32 accumulation): <= 5e-3 and <= 2x ops + 1e-4;
+  n (final, float32 sums of the exact bf16 k; a remainder chunk's through ops): <= 5e-3 and <= 2x ops + 1e-5;
+  m (final): normwise max|dm| / max(max|m|, 1) <= 1e-4 (only float32 gate sums: ~1e-7 measured).
 NaN or inf anywhere fails (rel_error asserts finiteness). Every failure message names the case and lists all
-errors, so one GPU run is enough to see what broke.
+errors (kernel and ops against float64, kernel against ops); -s prints them for the passing cases too.
 
-    XLSTM_MLX_TEST_DEVICE=gpu python -m pytest -q tests/kernels/test_mlstm_chunkwise_cuda.py
+    XLSTM_MLX_TEST_DEVICE=gpu python -m pytest -q -s tests/kernels/test_mlstm_chunkwise_cuda.py
 """
 
 import zlib
