@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_kernels.py --json $OUT/gpu_kernels.json            # everything (on MLX's CUDA backend)
     python benchmarks/gpu_kernels.py --skip-model                             # kernels only
+    python benchmarks/gpu_kernels.py --chunkwise-only --json $OUT/chunkwise.json # the chunkwise prefill only
     python benchmarks/gpu_kernels.py --count-only                             # kernel count of a decode step (any device)
 
 Sections (each one's failure is recorded and the rest still run):
@@ -16,7 +17,10 @@ Sections (each one's failure is recorded and the rest still run):
   4. the kernel count of one compiled decode step (the primitives of the compiled graph, from mx.export_to_dot;
      views such as reshape/transpose/slice counted apart since they launch nothing by themselves), single vs
      fused projections, reference vs fast kernels;
-  5. the whole 7B-shape decode step (random bf16 weights, generate_step's loop as `xlstm-mlx bench` times it) at
+  5. mlstm.chunkwise (kernels/mlstm_chunkwise_cuda.py) at the 7B head shape (NH 8, Dqk 256, Dv 512), B=1 T=2048
+     and B=8 T=8192: parity of the fused kernels and of the MLX-ops scan against a float64 CPU reference (and
+     kernel against ops), time per call of each (median of chains of 3 calls);
+  6. the whole 7B-shape decode step (random bf16 weights, generate_step's loop as `xlstm-mlx bench` times it) at
      batch 1/16/64 with each kernel on and off, single vs fused projections at batch 1; each variant in a fresh
      process (in one process, two runs of the same path were seen 15% apart: allocator and compile-cache state).
 A short table is printed last; all numbers go to --json.
@@ -39,9 +43,13 @@ from mlx.utils import tree_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import xlstm_mlx.platform  # noqa: E402
 from xlstm_mlx import kernels  # noqa: E402
 from xlstm_mlx.checkpoints.random import randomize, shape_args  # noqa: E402
 from xlstm_mlx.kernels import mlstm_decode, skinny_gemm as skinny_matmul  # noqa: E402
+from xlstm_mlx.kernels import mlstm_chunkwise_cuda  # noqa: E402
+from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise_ops  # noqa: E402
+from xlstm_mlx.kernels.mlstm_recurrent import mlstm_zero_state  # noqa: E402
 from xlstm_mlx.kernels.cuda_common import cuda_available  # noqa: E402
 from xlstm_mlx.models.compiled import compiled_forward  # noqa: E402
 from xlstm_mlx.models.xlstm7b.model import Model  # noqa: E402
@@ -165,6 +173,79 @@ def decode_step_section(batches) -> list[dict]:
         row["ref_s"], row["ref_TBps"] = t, row["state_bytes"] / t / 1e12
         res.append(row)
         print(f"[lab] decode_step {row}", file=sys.stderr, flush=True)
+    return res
+
+
+def chunkwise_section(shapes) -> list[dict]:
+    """The fused chunkwise prefill against the MLX-ops scan (both on the GPU), 7B head shape."""
+    a = shape_args("7b")
+    NH = a.num_heads
+    dqk, dv = a.qk_dim // NH, a.v_dim // NH
+    res = []
+    for B, T in shapes:
+        ks = [mx.random.key(9000 + 10 * B + j) for j in range(5)]
+        q = mx.random.normal((B, NH, T, dqk), key=ks[0]).astype(mx.bfloat16)
+        k = mx.random.normal((B, NH, T, dqk), key=ks[1]).astype(mx.bfloat16)
+        v = mx.random.normal((B, NH, T, dv), key=ks[2]).astype(mx.bfloat16)
+        i = 2.0 * mx.random.normal((B, NH, T), key=ks[3]) - 2.0  # trained-model-like gates
+        f = 1.5 * mx.random.normal((B, NH, T), key=ks[4]) + 4.0
+        mx.eval(q, k, v, i, f)
+        row = {"batch": B, "T": T, "applies": mlstm_chunkwise_cuda.applies(q, k, v, i, f, None, 64)}
+        ops = mlstm_chunkwise_ops(q, k, v, i, f)
+        mx.eval(ops)
+        if B * T <= 2048:  # the float64 reference on the CPU: only the small shape (seconds, not minutes)
+            with mx.stream(mx.cpu):
+                c = lambda x: x.astype(mx.float64)  # noqa: E731
+                ref = mlstm_chunkwise_ops(c(q), c(k), c(v), c(i), c(f))
+                mx.eval(ref)
+            row.update({"ops_h_err_f64": rel_err(ops[0], ref[0]), "ops_C_err_f64": rel_err(ops[1][0], ref[1][0])})
+        try:
+            out = mlstm_chunkwise_cuda.mlstm_chunkwise_cuda(q, k, v, i, f)
+            mx.eval(out)
+            row.update({"h_err_vs_ops": rel_err(out[0], ops[0]), "C_err_vs_ops": rel_err(out[1][0], ops[1][0]),
+                        "n_err_vs_ops": rel_err(out[1][1], ops[1][1]), "m_err_vs_ops": rel_err(out[1][2], ops[1][2])})
+            if B * T <= 2048:
+                row.update({"h_err_f64": rel_err(out[0], ref[0]), "C_err_f64": rel_err(out[1][0], ref[1][0]),
+                            "n_err_f64": rel_err(out[1][1], ref[1][1]), "m_err_f64": rel_err(out[1][2], ref[1][2])})
+            row["kernel_s"] = chain_time(lambda: [mlstm_chunkwise_cuda.mlstm_chunkwise_cuda(q, k, v, i, f)[0]
+                                                  for _ in range(3)])
+        except Exception as e:
+            row["kernel_error"] = f"{type(e).__name__}: {e}"[:600]
+        try:  # each launch alone (one segment of <= 32 chunks): where the kernel time goes
+            cw = mlstm_chunkwise_cuda
+            nc = min(T // 64, 32)
+            st0 = mlstm_zero_state(B, NH, dqk, dv)
+            qc, kc, vc, ic = (mx.contiguous(x) for x in (q, k, v, i))
+            gates = cw._gate_sums(ic, f, T // 64)
+            seg = mx.array([0, nc], dtype=mx.int32)
+            starts, _ = cw._recurrent(kc, vc, gates, st0, seg, nc)
+            mx.eval(gates, starts, qc, kc, vc, ic)
+            row["gates_s"] = chain_time(lambda: [cw._gate_sums(ic, f, T // 64)[1] for _ in range(3)])
+            row["recurrent_s_per_segment"] = chain_time(lambda: [cw._recurrent(kc, vc, gates, st0, seg, nc)[0][0]
+                                                                 for _ in range(3)])
+            row["parallel_s_per_segment"] = chain_time(lambda: [cw._parallel(qc, kc, vc, ic, gates, starts, seg, nc,
+                                                                             1e-6) for _ in range(3)])
+            row["chunks_per_segment"] = nc
+            del starts, gates
+        except Exception as e:
+            row["launch_timing_error"] = f"{type(e).__name__}: {e}"[:300]
+        defaults = (mlstm_chunkwise_cuda.VT_A, mlstm_chunkwise_cuda.VT_B)
+        for vt_a, vt_b in ((128, 128), (64, 64), (128, 64)):  # the other Dv tiles of kernels A and B
+            name = f"A{vt_a}_B{vt_b}"
+            mlstm_chunkwise_cuda.VT_A, mlstm_chunkwise_cuda.VT_B = vt_a, vt_b
+            try:
+                out = mlstm_chunkwise_cuda.mlstm_chunkwise_cuda(q, k, v, i, f)
+                row[f"{name}_h_err_vs_ops"] = rel_err(out[0], ops[0])
+                row[f"{name}_s"] = chain_time(lambda: [mlstm_chunkwise_cuda.mlstm_chunkwise_cuda(q, k, v, i, f)[0]
+                                                       for _ in range(3)])
+            except Exception as e:
+                row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
+            finally:
+                mlstm_chunkwise_cuda.VT_A, mlstm_chunkwise_cuda.VT_B = defaults
+        row["ops_s"] = chain_time(lambda: [mlstm_chunkwise_ops(q, k, v, i, f)[0] for _ in range(3)])
+        res.append(row)
+        print(f"[lab] chunkwise {row}", file=sys.stderr, flush=True)
+        del q, k, v, ops
     return res
 
 
@@ -301,6 +382,20 @@ def table(out: dict) -> str:
                 f"C {r.get(f'C_err_tj{tj}', float('nan')):.1e} {r.get(f'kernel_error_tj{tj}', '')[:60]}"
                 for tj in mlstm_decode.TJS)
             lines.append(f"  B={r['batch']:>3}: ref {r['ref_s'] * 1e6:8.1f} us | {per_tj}  (* default)")
+    if out.get("chunkwise"):
+        lines.append("mlstm.chunkwise, 7B head shape, one layer (us; errors: rel. Frobenius)")
+        for r in out["chunkwise"]:
+            lines.append(f"  B={r['batch']} T={r['T']}: kernel {r.get('kernel_s', float('nan')) * 1e6:9.1f} us vs ops "
+                         f"{r['ops_s'] * 1e6:9.1f} us; kernel vs ops h {r.get('h_err_vs_ops', float('nan')):.1e} "
+                         f"C {r.get('C_err_vs_ops', float('nan')):.1e}; vs f64 h kernel "
+                         f"{r.get('h_err_f64', float('nan')):.1e} ops {r.get('ops_h_err_f64', float('nan')):.1e} "
+                         f"{r.get('kernel_error', '')[:120]}")
+            lines.append(f"    per launch: gates {r.get('gates_s', float('nan')) * 1e6:.1f} us, recurrence "
+                         f"{r.get('recurrent_s_per_segment', float('nan')) * 1e6:.1f} us and output "
+                         f"{r.get('parallel_s_per_segment', float('nan')) * 1e6:.1f} us per segment of "
+                         f"{r.get('chunks_per_segment', '?')} chunks {r.get('launch_timing_error', '')[:100]}")
+            lines.append("    Dv tiles: " + ", ".join(f"{k[:-2]} {v * 1e6:.1f} us" for k, v in r.items()
+                                                      if k.startswith("A") and k.endswith("_s")))
     if out.get("count"):
         lines.append("primitives of one compiled decode step (launching = without views)")
         for r in out["count"]:
@@ -328,11 +423,13 @@ def main() -> int:
     p.add_argument("--skip-model", action="store_true")
     p.add_argument("--skip-skinny", action="store_true")
     p.add_argument("--count-only", action="store_true")
+    p.add_argument("--chunkwise-only", action="store_true", help="only the chunkwise prefill section")
     p.add_argument("--count-shape", default="7b")
     p.add_argument("--model-variants", nargs="+", default=["all reference", "all fast", "skinny on"],
                    choices=list(MODEL_VARIANTS))
     p.add_argument("--model-run", choices=list(MODEL_VARIANTS), help=argparse.SUPPRESS)  # one variant (internal)
     args = p.parse_args()
+    xlstm_mlx.platform.setup()  # float32 matmuls not as TF32 (MLX_ENABLE_TF32=0), as load() and the CLI do
     if args.model_run:
         print(json.dumps(model_run(args.model_run, args.batches, args.steps, args.count_shape), default=str))
         return 0
@@ -352,8 +449,11 @@ def main() -> int:
         if not args.skip_skinny:
             sections.append(("skinny", lambda: skinny_section(args.rows, [mx.bfloat16, mx.float32], variants)))
         sections += [("decode_step", lambda: decode_step_section(args.batches)),
+                     ("chunkwise", lambda: chunkwise_section([(1, 2048), (8, 8192)])),
                      ("count", lambda: count_section(args.count_shape))]
-        if not args.skip_model:
+        if args.chunkwise_only:
+            sections = [("chunkwise", lambda: chunkwise_section([(1, 2048), (8, 8192)]))]
+        elif not args.skip_model:
             sections.append(("model", lambda: model_section(args.batches, args.steps, args.model_variants)))
     for name, fn in sections:
         t = time.time()

@@ -13,6 +13,7 @@ Set-up (developer tools, not a dependency of the package):
 
     python scripts/cuda_compile_check.py            # every kernel wrapper listed in CHECKS, small shapes
     python scripts/cuda_compile_check.py --show NAME  # also print the generated source of kernels matching NAME
+    python scripts/cuda_compile_check.py --resources  # SASS for sm_90: registers, spills, shared memory per kernel
 
 From Python: `with nvrtc_kernels() as log: <call a wrapper>`; log.compiled lists (kernel name, ok, message).
 MLX's own device header (mlx/backend/cuda/device/utils.cuh) is not in the wheels; DEVICE_UTILS below stands in
@@ -105,13 +106,16 @@ def build_source(name, input_names, output_names, source, header, inputs, output
     return src + "\n" + source + "\n}\n\n} // namespace mlx::core::cu\n"
 
 
-def compile_ptx(source: str, name: str) -> tuple[bool, str]:
+def compile_ptx(source: str, name: str, resources: bool = False) -> tuple[bool, str]:
+    """PTX for ARCH; with `resources`, SASS for sm_90 with ptxas' report (registers, spills, shared memory)."""
     lib, includes = _nvrtc()
     prog = ctypes.c_void_p()
     rc = lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), f"{name}.cu".encode(), 0, None, None)
     if rc != 0:
         return False, f"nvrtcCreateProgram failed ({rc})"
-    opts = [f"--gpu-architecture={ARCH}", "-std=c++17", "-default-device", "--device-as-default-execution-space"]
+    arch = ARCH.replace("compute_", "sm_") if resources else ARCH
+    opts = [f"--gpu-architecture={arch}", "-std=c++17", "-default-device", "--device-as-default-execution-space"]
+    opts += ["--ptxas-options=--verbose"] if resources else []
     opts += [f"-I{i}" for i in includes]
     arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
     rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
@@ -128,14 +132,15 @@ class Log:
     compiled: list = field(default_factory=list)  # (kernel name, ok, message)
     show: str | None = None
     sources: dict = field(default_factory=dict)
+    resources: bool = False
 
 
 @contextlib.contextmanager
-def nvrtc_kernels(show: str | None = None):
+def nvrtc_kernels(show: str | None = None, resources: bool = False):
     """Inside: mx.fast.cuda_kernel compiles with NVRTC and returns zeros; cuda_available() is True."""
     from xlstm_mlx.kernels import cuda_common
 
-    log = Log(show=show)
+    log = Log(show=show, resources=resources)
     real_kernel, real_available = mx.fast.cuda_kernel, cuda_common.cuda_available
 
     def fake_kernel(name, input_names, output_names, source, header="", ensure_row_contiguous=True, **_):
@@ -144,7 +149,7 @@ def nvrtc_kernels(show: str | None = None):
             key = name + _hash(template)
             if key not in log.sources:
                 log.sources[key] = src
-                ok, msg = compile_ptx(src, key)
+                ok, msg = compile_ptx(src, key, log.resources)
                 log.compiled.append((key, ok, msg))
                 if show and show in key:
                     print(src)
@@ -211,17 +216,35 @@ def _embedding(mod, r):
         mod.embedding_lookup(table, mx.zeros((16, 1), mx.int32))
 
 
-CHECKS = [("xlstm_mlx.kernels.embedding", _embedding), ("xlstm_mlx.kernels.mlstm_decode", _decode_step), ("xlstm_mlx.kernels.headnorm", _headnorm), ("xlstm_mlx.kernels.add_rms_norm", _add_rms),
+def _chunkwise(mod, r):
+    """7B head shape (Dqk 256, Dv 512) with a remainder chunk, a small one (Dv 64), and the other Dv tiles."""
+    f32 = mx.float32
+    for B, NH, T, dqk, dv in ((1, 2, 2 * 64 + 5, 256, 512), (2, 1, 64, 64, 64)):
+        q, k, v = r(B, NH, T, dqk), r(B, NH, T, dqk), r(B, NH, T, dv)
+        mod.mlstm_chunkwise_cuda(q, k, v, r(B, NH, T, dt=f32), r(B, NH, T, dt=f32))
+    defaults = (mod.VT_A, mod.VT_B)
+    try:  # the other Dv tiles the kernel lab times
+        for vt_a, vt_b in ((128, 128), (64, 64)):
+            mod.VT_A, mod.VT_B = vt_a, vt_b
+            q, k, v = r(1, 1, 64, 256), r(1, 1, 64, 256), r(1, 1, 64, 512)
+            mod.mlstm_chunkwise_cuda(q, k, v, r(1, 1, 64, dt=f32), r(1, 1, 64, dt=f32))
+    finally:
+        mod.VT_A, mod.VT_B = defaults
+
+
+CHECKS = [("xlstm_mlx.kernels.mlstm_chunkwise_cuda", _chunkwise), ("xlstm_mlx.kernels.embedding", _embedding), ("xlstm_mlx.kernels.mlstm_decode", _decode_step), ("xlstm_mlx.kernels.headnorm", _headnorm), ("xlstm_mlx.kernels.add_rms_norm", _add_rms),
           ("xlstm_mlx.kernels.swiglu", _swiglu)]
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--show", help="print the generated source of kernels whose name contains this")
+    p.add_argument("--resources", action="store_true",
+                   help="compile to sm_90 SASS and print ptxas' registers, spills and shared memory per kernel")
     args = p.parse_args()
     mx.set_default_device(mx.cpu)
     failed = 0
-    with nvrtc_kernels(args.show) as log:
+    with nvrtc_kernels(args.show, args.resources) as log:
         for label, thunk in _checks():
             try:
                 thunk()
@@ -232,6 +255,10 @@ def main() -> int:
         print(f"{'ok  ' if ok else 'FAIL'} {key}")
         if msg and not ok:
             print(msg)
+        elif ok and args.resources:
+            for line in msg.splitlines():
+                if "registers" in line or "spill" in line:
+                    print("      " + line.split(":", 1)[-1].strip().removeprefix("ptxas").strip(" ."))
     print(f"{len(log.compiled) - failed} compiled, {failed} failed")
     return 1 if failed else 0
 

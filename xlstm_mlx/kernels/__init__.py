@@ -4,8 +4,10 @@ Every entry is (fast, reference, label): the fast form, a reference with the sam
 and what the fast form is on this backend (a string, or a function of nothing for backend-dependent forms):
 
     name              fast                          reference
-    mlstm.chunkwise   mlstm_chunkwise (closed-form   mlstm_chunkwise_ref (the parallel form chunk by chunk)
-                      chunk scan)
+    mlstm.chunkwise   mlstm_chunkwise (fused CUDA    mlstm_chunkwise_ref (the parallel form chunk by chunk)
+                      kernels on CUDA where they
+                      apply, else the closed-form
+                      chunk scan in MLX ops)
     mlstm.parallel    mlstm_parallel                mlstm_parallel (quadratic; the reference of all forms)
     mlstm.sequence    mlstm_sequence                mlstm_sequence (a loop of reference steps)
     mlstm.step        mlstm_step (mx.compile)       mlstm_step_ref
@@ -65,6 +67,7 @@ from xlstm_mlx.kernels.swiglu import swiglu, swiglu_ref
 from xlstm_mlx.kernels.add_rms_norm import add_rms_norm, add_rms_norm_ref
 from xlstm_mlx.kernels.quant_matmul import quantized_matmul, quantized_matmul_ref
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise, mlstm_chunkwise_ref
+from xlstm_mlx.kernels import mlstm_chunkwise_cuda as _chunkwise_cuda
 from xlstm_mlx.kernels.mlstm_decode import mlstm_decode_step, mlstm_decode_step_ref
 from xlstm_mlx.kernels.skinny_gemm import skinny_matmul, skinny_matmul_ref
 from xlstm_mlx.kernels.mlstm_gates import log_sigmoid, mask_gates
@@ -85,7 +88,7 @@ class Kernel(NamedTuple):
 
 
 KERNELS: dict[str, Kernel] = {
-    "mlstm.chunkwise": Kernel(mlstm_chunkwise, mlstm_chunkwise_ref, "closed-form chunk scan (MLX ops)"),
+    "mlstm.chunkwise": Kernel(mlstm_chunkwise, mlstm_chunkwise_ref, _chunkwise_cuda.label),
     "mlstm.parallel": Kernel(mlstm_parallel, mlstm_parallel, "quadratic parallel form (MLX ops)"),
     "mlstm.sequence": Kernel(mlstm_sequence, mlstm_sequence, "loop of reference steps (MLX ops)"),
     "mlstm.step": Kernel(mlstm_step, mlstm_step_ref, "compiled step (mx.compile)"),

@@ -60,7 +60,7 @@ def log_decay_matrix(lf: mx.array) -> mx.array:
     formed as b_t - b_s of one running sum b: the difference carries the rounding of the whole prefix,
     ~|b_t| * 2^-24 in float32, and |b| reaches hundreds within a chunk when forget gates shut (|log f| up to
     the soft cap of 15), while the segment's own sum is as exact as its length allows. Same trick as the
-    segment sum across chunks (mlstm_chunkwise._segment_sum). Costs one L x L cumulative sum.
+    segment sum across chunks (mlstm_chunk_scan._segment_sum). Costs one L x L cumulative sum.
     """
     L = lf.shape[-1]
     t = mx.arange(L)

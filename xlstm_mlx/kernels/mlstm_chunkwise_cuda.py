@@ -1,0 +1,629 @@
+"""mLSTM chunkwise prefill as three CUDA launches per segment: gate sums, the inter-chunk recurrence, the
+intra-chunk output (the design of the official TFLA "limit_chunk" kernels; the math of mlstm_chunk_scan.py).
+
+The MLX-ops form (mlstm_chunk_scan.py) costs ~60 small kernels per layer on an H200 at the 7B shape (~500-600 us:
+an f32 SIMT sgemm for q @ C, the closed-form w @ X, the X = [C0, kv] copy, the kv cast, elementwise passes over
+[B, NH, nc, L, L]). Here, per segment of at most MAX_SEGMENT_CHUNKS chunks of L = 64 steps:
+
+  gates (one launch for the whole call; one block of L threads per (sequence*head, chunk)):
+      lf = log sigmoid(f~) (float32; +inf -> 0 exactly, so masked steps are identities),
+      a_s = sum_{j > s} lf_j + i~_s (log weight of key s at its chunk's end, summed directly from the end),
+      g = sum_j lf_j (the chunk's total log decay), a* = max(max_s a_s, -1e30).
+  kernel A, the recurrence (one block per (Dqk tile of 64, Dv tile of 64, sequence*head), walking the chunks in
+  order; small tiles because the walk is latency-bound: 256 blocks at the 7B shape and batch 1, two per SM):
+      writes the state at the START of every chunk (C_k in bfloat16, n_k and m_k float32), then
+      m_next = max(g + m, a*),  C = e^{g+m-m_next} C + sum_s e^{a_s-m_next} k_s v_s^T,  n likewise.
+      C lives in float32 wmma accumulator fragments for the whole walk; k e^{a_s - m_next} is rounded to bf16
+      for the tensor-core product (as the official does), n's sum is float32 from the bf16 k. Returns the final
+      state in float32. a* is clamped, so a chunk of only masked steps (a_s = -inf, g = 0) gives weight 0, not NaN.
+  kernel B, the output (one block per (Dv tile of 128, or 64 where Dv % 128 != 0; chunk; sequence*head);
+  128 registers a thread, so two blocks of 8 warps per SM: `cuda_compile_check.py --resources` reports it):
+      S = q k^T and q C_k by bf16 wmma over Dqk in slices of 64 (float32 accumulators), then in shared memory
+      log D[t, s] = sum_{s < j <= t} lf_j + i~_s (summed over the segment itself, never b_t - b_s: see
+      mlstm_gates.log_decay_matrix), m_t = max(b_t + m_k, max_s log D[t, s]),
+      h_t = (e^{b_t+m_k-m_t} q_t C_k * scale + sum_s e^{logD-m_t} (q_t.k_s * scale) v_s)
+            / (max(|den_t|, e^{-m_t}) + eps),
+      den_t the same sums against n_k and 1 (float32); S' = S e^{logD - m} scale is rounded to bf16 for S' V.
+      D never reaches device memory. h is bfloat16 [B, NH, T, Dv].
+
+A remainder of T mod 64 steps runs through the MLX-ops chunk (mlstm_chunk_scan._chunks) from the kernels' final
+state; so does a whole prompt shorter than one chunk.
+
+Where it applies (`applies`): MLX's CUDA backend, q/k/v bfloat16 [B, NH, T, D], gates float32 [B, NH, T], the
+state (if given) float32 of the matching shapes, chunk_size 64, Dqk and Dv multiples of 64, and
+XLSTM_MLX_CHUNKWISE_CUDA not off. Elsewhere mlstm_chunkwise runs today's ops.
+Inputs must start 16-byte aligned (uint4 loads): true of every MLX allocation and of whole-array views.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import mlx.core as mx
+
+from xlstm_mlx import env
+from xlstm_mlx.errors import UsageError
+from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
+from xlstm_mlx.kernels.mlstm_chunk_scan import MAX_SEGMENT_CHUNKS, _chunks, mlstm_chunkwise_ops
+from xlstm_mlx.kernels.mlstm_recurrent import mlstm_zero_state
+
+L = 64  # chunk length of the kernels
+KT = 64  # Dqk rows of kernel A's C tile; kernel B's Dqk slice
+THREADS = 256  # 8 warps
+# Dv tiles (64 or 128; 128 only where Dv % 128 == 0): kernel A 64, since its walk over the chunks is latency-bound
+# (twice the blocks of 128); kernel B 128 (half the q k^T recomputation and q/k reads of 64). Module settings, so
+# that the kernel lab (benchmarks/gpu_kernels.py) can time the other choices.
+VT_A = 64
+VT_B = 128
+
+_HEADER = VEC_HEADER + """
+#include <mma.h>
+
+__device__ __forceinline__ uint4 xl_pack_bf16(const float* f) {
+    uint4 u;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) h[e] = __floats2bfloat162_rn(f[2 * e], f[2 * e + 1]);
+    return u;
+}
+
+__device__ __forceinline__ float xl_neg_inf() { return __int_as_float(0xff800000); }
+"""
+
+# one block of L threads per (sequence*head, chunk) of the whole chunks
+_GATES_SOURCE = """
+    const int T = fgate_shape[2];
+    const int NC = T / L;
+    const int bh = blockIdx.x / NC, c = blockIdx.x % NC;
+    const int t = threadIdx.x;
+    const size_t src = (size_t)bh * T + (size_t)c * L + t;
+    const size_t dst = ((size_t)bh * NC + c) * L + t;
+    __shared__ float lf_sh[L];
+    __shared__ float max_sh[L / 32];
+    const float f = fgate[src];
+    const float lfv = -(fmaxf(-f, 0.f) + log1pf(expf(-fabsf(f))));   // log sigmoid: +inf -> 0, -inf -> -inf
+    lf_sh[t] = lfv;
+    lf_out[dst] = lfv;
+    __syncthreads();
+    float to_end = 0.f;                                // sum_{j > t} lf_j, from the chunk's end
+    for (int j = L - 1; j > t; --j) to_end += lf_sh[j];
+    const float av = to_end + igate[src];
+    a_out[dst] = av;
+    float am = av;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
+    if (t % 32 == 0) max_sh[t / 32] = am;
+    __syncthreads();
+    if (t == 0) {
+        float gs = 0.f;                                // b_L: summed from the chunk's start, as kernel B's b
+        for (int j = 0; j < L; ++j) gs += lf_sh[j];
+        float amax = max_sh[0];
+        for (int w = 1; w < L / 32; ++w) amax = fmaxf(amax, max_sh[w]);
+        g_out[(size_t)bh * NC + c] = gs;
+        // clamped: a chunk of only masked steps (every a_s = -inf) must give e^{a_s - m_next} = 0, never NaN
+        amax_out[(size_t)bh * NC + c] = fmaxf(amax, -1e30f);
+    }
+"""
+
+# kernel A: the recurrence over the chunks of one segment; one block per (Dqk tile, Dv tile, sequence*head)
+_RECURRENT_SOURCE = """
+    namespace wmma = nvcuda::wmma;
+    constexpr int WARPS = THREADS / 32;
+    constexpr int NTI = DQK / KT, NTJ = DV / VT;
+    constexpr int FC = VT / 16;                       // fragment columns of the C tile (4 fragment rows)
+    constexpr int FPW = FC * (KT / 16) / WARPS;       // fragments per warp
+    constexpr int KU = L * KT / 8 / THREADS;          // uint4 of the k tile per thread
+    constexpr int VU = L * VT / 8 / THREADS;          // uint4 of the v tile per thread
+    static_assert(KT == 64 && WARPS == 8 && FPW * WARPS == FC * 4 && KU >= 1 && VU >= 1, "tile shape");
+    // rows of the wmma operand tiles padded by 16 bytes: unpadded rows of 128/256 bytes all start in the same
+    // shared-memory banks, and a fragment load reading 16 rows would serialize on them
+    constexpr int KP = KT + 8, VP = VT + 8;
+    const int tj = blockIdx.x % NTJ;
+    const int ti = (blockIdx.x / NTJ) % NTI;
+    const int bh = blockIdx.x / (NTJ * NTI);
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int i0 = ti * KT, j0 = tj * VT;
+    const int T = k_shape[2];
+    const int NC = g_shape[2];                        // whole chunks of the call
+    const int c0 = seg[0], NCS = seg[1];              // this segment's first chunk and its chunk count
+    const int fr = warp % 4, fc0 = (warp / 4) * FPW;  // this warp's fragments: row fr, columns fc0..
+    const bool n_block = tj == 0 && tid < KT;         // the Dv-tile-0 blocks carry n
+    const bool m_block = ti == 0 && tj == 0 && tid == 0;
+
+    __shared__ __align__(32) __nv_bfloat16 kw_sh[L * KP];   // k_s e^{a_s - m_next} (bf16): k^T as col-major A
+    __shared__ __align__(32) __nv_bfloat16 k_sh[L * KT];    // k as loaded, for n's float32 sum
+    __shared__ __align__(32) __nv_bfloat16 v_sh[L * VP];
+    __shared__ __align__(32) float scratch[WARPS][256];     // one 16 x 16 fragment per warp
+    __shared__ float w_sh[L];
+    constexpr int NP = THREADS / KT;                  // n's sum over s in NP parts (all threads of a tile-0 block)
+    static_assert(NP * KT == THREADS && L % NP == 0, "n parts");
+    __shared__ float n_part[NP][KT];
+    float* scr = scratch[warp];
+
+    // the incoming state: C into float32 accumulators (through shared memory: no layout assumed), n, m
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[FPW];
+    const int lr = lane / 2, lc = (lane % 2) * 8;     // a lane's 8 elements of a 16 x 16 fragment
+#pragma unroll
+    for (int f = 0; f < FPW; ++f) {
+        const float* src = C0 + ((size_t)bh * DQK + i0 + 16 * fr + lr) * DV + j0 + 16 * (fc0 + f) + lc;
+        *reinterpret_cast<float4*>(scr + lr * 16 + lc) = *reinterpret_cast<const float4*>(src);
+        *reinterpret_cast<float4*>(scr + lr * 16 + lc + 4) = *reinterpret_cast<const float4*>(src + 4);
+        __syncwarp();
+        wmma::load_matrix_sync(acc[f], scr, 16, wmma::mem_row_major);
+        __syncwarp();
+    }
+    float n_reg = n_block ? n0[(size_t)bh * DQK + i0 + tid] : 0.f;
+    float m = m0[bh];
+
+    // next chunk's k, v tiles and gate values, fetched into registers while this chunk computes
+    uint4 kr[KU], vr[VU];
+    float ar[KU], aw = 0.f, gc = 0.f, ac = 0.f;
+    auto fetch = [&](int cg) {
+        const size_t row0 = (size_t)bh * T + (size_t)cg * L;
+        const size_t arow = ((size_t)bh * NC + cg) * L;
+#pragma unroll
+        for (int r = 0; r < KU; ++r) {
+            const int u = tid + r * THREADS, s = u / (KT / 8), col = (u % (KT / 8)) * 8;
+            kr[r] = *reinterpret_cast<const uint4*>(k + (row0 + s) * DQK + i0 + col);
+            ar[r] = alog[arow + s];
+        }
+#pragma unroll
+        for (int r = 0; r < VU; ++r) {
+            const int u = tid + r * THREADS, s = u / (VT / 8), col = (u % (VT / 8)) * 8;
+            vr[r] = *reinterpret_cast<const uint4*>(v + (row0 + s) * DV + j0 + col);
+        }
+        if (tid < L) aw = alog[arow + tid];
+        gc = g[(size_t)bh * NC + cg];
+        ac = amax[(size_t)bh * NC + cg];
+    };
+    if (NCS > 0) fetch(c0);
+
+    float decay_prev = 0.f;
+    auto n_combine = [&]() {                          // n = decay n + the previous chunk's parts
+        float s = 0.f;
+#pragma unroll
+        for (int p = 0; p < NP; ++p) s += n_part[p][tid];
+        n_reg = decay_prev * n_reg + s;
+    };
+    for (int c = 0; c < NCS; ++c) {
+        const float m_next = fmaxf(gc + m, ac);
+        const float decay = expf(gc + m - m_next);
+        if (c > 0 && n_block) n_combine();            // the parts were written before the last __syncthreads
+
+        // 1. the state at this chunk's start: C rounded to bf16 (kernel B's q C operand), n and m float32
+        const size_t st = (size_t)bh * NCS + c;
+#pragma unroll
+        for (int f = 0; f < FPW; ++f) {
+            wmma::store_matrix_sync(scr, acc[f], 16, wmma::mem_row_major);
+            __syncwarp();
+            *reinterpret_cast<uint4*>(Cs + (st * DQK + i0 + 16 * fr + lr) * DV + j0 + 16 * (fc0 + f) + lc) =
+                xl_pack_bf16(scr + lr * 16 + lc);
+            __syncwarp();
+        }
+        if (n_block) ns[st * DQK + i0 + tid] = n_reg;
+        if (m_block) ms[st] = m;
+
+        // 2. stage k (as loaded and weighted by e^{a_s - m_next}, rounded to bf16) and v
+#pragma unroll
+        for (int r = 0; r < KU; ++r) {
+            const int u = tid + r * THREADS;
+            const float w = expf(ar[r] - m_next);
+            float x[8];
+            xl_to_float(kr[r], x, (const __nv_bfloat16*)nullptr);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) x[e] *= w;
+            *reinterpret_cast<uint4*>(kw_sh + (u / (KT / 8)) * KP + (u % (KT / 8)) * 8) = xl_pack_bf16(x);
+            reinterpret_cast<uint4*>(k_sh)[u] = kr[r];
+        }
+#pragma unroll
+        for (int r = 0; r < VU; ++r) {
+            const int u = tid + r * THREADS;
+            *reinterpret_cast<uint4*>(v_sh + (u / (VT / 8)) * VP + (u % (VT / 8)) * 8) = vr[r];
+        }
+        if (tid < L) w_sh[tid] = expf(aw - m_next);
+        __syncthreads();
+        if (c + 1 < NCS) fetch(c0 + c + 1);
+
+        // 3. C = decay C + (k w)^T v on the tensor cores, float32 accumulation
+#pragma unroll
+        for (int f = 0; f < FPW; ++f) {
+#pragma unroll
+            for (int e = 0; e < acc[f].num_elements; ++e) acc[f].x[e] *= decay;   // one scalar: layout-free
+        }
+#pragma unroll
+        for (int kk = 0; kk < L / 16; ++kk) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::col_major> fa;
+            wmma::load_matrix_sync(fa, kw_sh + 16 * kk * KP + 16 * fr, KP);
+#pragma unroll
+            for (int f = 0; f < FPW; ++f) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
+                wmma::load_matrix_sync(fb, v_sh + 16 * kk * VP + 16 * (fc0 + f), VP);
+                wmma::mma_sync(acc[f], fa, fb, acc[f]);
+            }
+        }
+        // n's sum_s w_s k_s in float32, in NP parts of L / NP steps (combined at the next chunk's start)
+        if (tj == 0) {
+            const int i = tid % KT, p = tid / KT;
+            float s = 0.f;
+#pragma unroll
+            for (int j = p * (L / NP); j < (p + 1) * (L / NP); ++j) s += w_sh[j] * __bfloat162float(k_sh[j * KT + i]);
+            n_part[p][i] = s;
+        }
+        decay_prev = decay;
+        m = m_next;
+        __syncthreads();                              // the next chunk overwrites the staged tiles
+    }
+
+    // the final state, float32
+#pragma unroll
+    for (int f = 0; f < FPW; ++f) {
+        wmma::store_matrix_sync(scr, acc[f], 16, wmma::mem_row_major);
+        __syncwarp();
+        float* dst = C_out + ((size_t)bh * DQK + i0 + 16 * fr + lr) * DV + j0 + 16 * (fc0 + f) + lc;
+        *reinterpret_cast<float4*>(dst) = *reinterpret_cast<const float4*>(scr + lr * 16 + lc);
+        *reinterpret_cast<float4*>(dst + 4) = *reinterpret_cast<const float4*>(scr + lr * 16 + lc + 4);
+        __syncwarp();
+    }
+    if (NCS > 0 && n_block) n_combine();
+    if (n_block) n_out[(size_t)bh * DQK + i0 + tid] = n_reg;
+    if (m_block) m_out[bh] = m;
+"""
+
+# kernel B: the output of one chunk's Dv tile; one block per (Dv tile, chunk of the segment, sequence*head)
+_PARALLEL_SOURCE = """
+    namespace wmma = nvcuda::wmma;
+    constexpr int WARPS = THREADS / 32;
+    constexpr int KS = 64;                            // Dqk slice
+    constexpr int NTJ = DV / VT;
+    constexpr int FC = VT / 16;
+    constexpr int FPW = FC * (L / 16) / WARPS;        // output fragments per warp
+    constexpr int QU = L * KS / 8 / THREADS;          // uint4 of a q (or k) slice per thread
+    constexpr int CU = KS * VT / 8 / THREADS;         // uint4 of a C slice per thread
+    constexpr int VU = L * VT / 8 / THREADS;          // uint4 of the v tile per thread
+    static_assert(L == 64 && WARPS == 8 && FPW * WARPS == FC * 4 && DQK % KS == 0, "tile shape");
+    // rows of the wmma operand tiles padded by 16 bytes (see kernel A)
+    constexpr int QP = KS + 8, CP = VT + 8, SP = L + 8;
+    // one buffer, three plans (bytes): step 1 q | k slices, C slice; steps 2-3 S (float) | log D (float) | S' (bf16);
+    // step 4 v | per-warp scratch, S' kept
+    constexpr int OFF_K = L * QP * 2, OFF_C = 2 * L * QP * 2, END1 = OFF_C + KS * CP * 2;
+    constexpr int OFF_D = L * L * 4, OFF_SB = 2 * L * L * 4, END3 = OFF_SB + L * SP * 2;
+    constexpr int OFF_SCR = L * CP * 2, END4 = OFF_SCR + WARPS * 256 * 4;
+    constexpr int BUF = END1 > END3 ? END1 : END3;
+    static_assert(END4 <= OFF_SB && OFF_SCR % 32 == 0 && OFF_C % 32 == 0 && OFF_K % 32 == 0, "shared memory plan");
+    const int NCS = seg[1];
+    const int tj = blockIdx.x % NTJ;
+    const int c = (blockIdx.x / NTJ) % NCS;
+    const int bh = blockIdx.x / (NTJ * NCS);
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int T = q_shape[2];
+    const int NCW = lf_shape[2] / L;                  // whole chunks of the call
+    const int cg = seg[0] + c;
+    const size_t row0 = (size_t)bh * T + (size_t)cg * L;     // this chunk's first row of q, k, v, igate
+    const size_t st = (size_t)bh * NCS + c;           // this chunk's start state
+    const int j0 = tj * VT;
+    const int fr = warp % 4;                          // this warp's fragment row (16 steps t)
+    const int sfc0 = (warp / 4) * 2;                  // its two fragments of S (columns s)
+    const int fc0 = (warp / 4) * FPW;                 // its output fragments (columns of the Dv tile)
+    const float scale = 1.0f / sqrtf((float)DQK);
+    const float eps = __int_as_float(EPS_BITS);
+    const float m_k = ms[st];
+
+    __shared__ __align__(128) unsigned char smem[BUF];
+    __nv_bfloat16* q_sh = reinterpret_cast<__nv_bfloat16*>(smem);
+    __nv_bfloat16* k_sh = reinterpret_cast<__nv_bfloat16*>(smem + OFF_K);
+    __nv_bfloat16* c_sh = reinterpret_cast<__nv_bfloat16*>(smem + OFF_C);
+    float* s_f = reinterpret_cast<float*>(smem);
+    float* d_f = reinterpret_cast<float*>(smem + OFF_D);
+    __nv_bfloat16* s_b = reinterpret_cast<__nv_bfloat16*>(smem + OFF_SB);
+    __nv_bfloat16* v_sh = reinterpret_cast<__nv_bfloat16*>(smem);
+    float* scr = reinterpret_cast<float*>(smem + OFF_SCR) + warp * 256;
+    __shared__ float lf_sh[L], i_sh[L], b_sh[L], e_sh[L], den_sh[L], di_sh[L], n_sh[KS];
+
+    if (tid < L) {
+        lf_sh[tid] = lf[(size_t)bh * NCW * L + (size_t)cg * L + tid];
+        i_sh[tid] = igate[row0 + tid];
+    }
+
+    // 1. S = q k^T and q C_k over Dqk slices (bf16 wmma, float32 accumulators); q . n_k in float32
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> s_acc[2], n_acc[FPW];
+#pragma unroll
+    for (int f = 0; f < 2; ++f) wmma::fill_fragment(s_acc[f], 0.f);
+#pragma unroll
+    for (int f = 0; f < FPW; ++f) wmma::fill_fragment(n_acc[f], 0.f);
+    const int drow = tid / 4, dpart = tid % 4;        // q . n: 4 threads per row, 16 columns each
+    float di = 0.f;
+    const __nv_bfloat16* c_blk = Cs + st * DQK * DV + j0;
+    for (int ks = 0; ks < DQK; ks += KS) {
+#pragma unroll
+        for (int r = 0; r < QU; ++r) {
+            const int u = tid + r * THREADS, t = u / (KS / 8), col = (u % (KS / 8)) * 8;
+            *reinterpret_cast<uint4*>(q_sh + t * QP + col) = *reinterpret_cast<const uint4*>(q + (row0 + t) * DQK + ks + col);
+            *reinterpret_cast<uint4*>(k_sh + t * QP + col) = *reinterpret_cast<const uint4*>(k + (row0 + t) * DQK + ks + col);
+        }
+#pragma unroll
+        for (int r = 0; r < CU; ++r) {
+            const int u = tid + r * THREADS, i = u / (VT / 8), col = (u % (VT / 8)) * 8;
+            *reinterpret_cast<uint4*>(c_sh + i * CP + col) = *reinterpret_cast<const uint4*>(c_blk + (size_t)(ks + i) * DV + col);
+        }
+        if (tid < KS) n_sh[tid] = ns[st * DQK + ks + tid];
+        __syncthreads();
+#pragma unroll 1
+        for (int kk = 0; kk < KS / 16; ++kk) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+            wmma::load_matrix_sync(fa, q_sh + 16 * fr * QP + 16 * kk, QP);
+#pragma unroll
+            for (int f = 0; f < 2; ++f) {             // k^T: k row-major [s][i] read as col-major B
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fk;
+                wmma::load_matrix_sync(fk, k_sh + 16 * (sfc0 + f) * QP + 16 * kk, QP);
+                wmma::mma_sync(s_acc[f], fa, fk, s_acc[f]);
+            }
+#pragma unroll
+            for (int f = 0; f < FPW; ++f) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fc;
+                wmma::load_matrix_sync(fc, c_sh + 16 * kk * CP + 16 * (fc0 + f), CP);
+                wmma::mma_sync(n_acc[f], fa, fc, n_acc[f]);
+            }
+        }
+        {
+            float x[8];
+#pragma unroll
+            for (int h2 = 0; h2 < 2; ++h2) {
+                xl_to_float(*reinterpret_cast<const uint4*>(q_sh + drow * QP + dpart * 16 + h2 * 8), x,
+                            (const __nv_bfloat16*)nullptr);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) di += x[e] * n_sh[dpart * 16 + h2 * 8 + e];
+            }
+        }
+        __syncthreads();                              // the next slice overwrites q, k, C, n
+    }
+    di += __shfl_xor_sync(0xffffffffu, di, 1);
+    di += __shfl_xor_sync(0xffffffffu, di, 2);
+    if (dpart == 0) di_sh[drow] = di;
+
+    // 2. S to shared memory; log D[t, s] = sum_{s < j <= t} lf_j + i_s by columns (the segment's own sum),
+    //    b_t = sum_{j <= t} lf_j
+#pragma unroll
+    for (int f = 0; f < 2; ++f)
+        wmma::store_matrix_sync(s_f + 16 * fr * L + 16 * (sfc0 + f), s_acc[f], L, wmma::mem_row_major);
+    if (tid < L) {
+        const int s = tid;
+        const float is = i_sh[s];
+        float acc = 0.f;
+#pragma unroll
+        for (int t = 0; t < L; ++t) {
+            if (t > s) acc += lf_sh[t];
+            d_f[t * L + s] = t >= s ? acc + is : xl_neg_inf();
+        }
+    } else if (tid == L) {
+        float b = 0.f;
+        for (int t = 0; t < L; ++t) { b += lf_sh[t]; b_sh[t] = b; }
+    }
+    __syncthreads();
+
+    // 3. per row t (one warp): m_t, S' = S e^{logD - m_t} scale (bf16 for the product), the denominator
+    for (int t = warp; t < L; t += WARPS) {
+        const float d0 = d_f[t * L + lane], d1 = d_f[t * L + lane + 32];
+        float rm = fmaxf(d0, d1);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) rm = fmaxf(rm, __shfl_xor_sync(0xffffffffu, rm, o));
+        const float bt = b_sh[t];
+        const float mt = fmaxf(bt + m_k, rm);
+        const float s0 = s_f[t * L + lane] * (expf(d0 - mt) * scale);
+        const float s1 = s_f[t * L + lane + 32] * (expf(d1 - mt) * scale);
+        s_b[t * SP + lane] = __float2bfloat16(s0);
+        s_b[t * SP + lane + 32] = __float2bfloat16(s1);
+        const float rs = xl_warp_sum(s0 + s1);
+        if (lane == 0) {
+            const float et = expf(bt + m_k - mt) * scale;     // weight of the chunk's start state, times scale
+            e_sh[t] = et;
+            den_sh[t] = fmaxf(fabsf(et * di_sh[t] + rs), expf(-mt)) + eps;
+        }
+    }
+    __syncthreads();
+    // (loaded only now, not prefetched into registers during step 3: 16 more registers per thread would
+    // leave room for one block per SM instead of two)
+#pragma unroll
+    for (int r = 0; r < VU; ++r) {
+        const int u = tid + r * THREADS, t = u / (VT / 8), col = (u % (VT / 8)) * 8;
+        *reinterpret_cast<uint4*>(v_sh + t * CP + col) = *reinterpret_cast<const uint4*>(v + (row0 + t) * DV + j0 + col);
+    }
+    __syncthreads();
+
+    // 4. h = (e_t scale q C + S' V) / den: the q C rows scaled through the warp's scratch, S' V accumulated on top
+    const int lr = lane / 2, lc = (lane % 2) * 8;
+#pragma unroll
+    for (int f = 0; f < FPW; ++f) {
+        wmma::store_matrix_sync(scr, n_acc[f], 16, wmma::mem_row_major);
+        __syncwarp();
+#pragma unroll
+        for (int e = lane; e < 256; e += 32) scr[e] *= e_sh[16 * fr + e / 16];
+        __syncwarp();
+        wmma::load_matrix_sync(n_acc[f], scr, 16, wmma::mem_row_major);
+        __syncwarp();
+    }
+#pragma unroll
+    for (int kk = 0; kk < L / 16; ++kk) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+        wmma::load_matrix_sync(fa, s_b + 16 * fr * SP + 16 * kk, SP);
+#pragma unroll
+        for (int f = 0; f < FPW; ++f) {
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
+            wmma::load_matrix_sync(fb, v_sh + 16 * kk * CP + 16 * (fc0 + f), CP);
+            wmma::mma_sync(n_acc[f], fa, fb, n_acc[f]);
+        }
+    }
+    const size_t hrow = (size_t)bh * NCS * L + (size_t)c * L;
+#pragma unroll
+    for (int f = 0; f < FPW; ++f) {
+        wmma::store_matrix_sync(scr, n_acc[f], 16, wmma::mem_row_major);
+        __syncwarp();
+        const int t = 16 * fr + lr;
+        const float den = den_sh[t];
+        float x[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) x[e] = scr[lr * 16 + lc + e] / den;
+        *reinterpret_cast<uint4*>(h + (hrow + t) * DV + j0 + 16 * (fc0 + f) + lc) = xl_pack_bf16(x);
+        __syncwarp();
+    }
+"""
+
+_kernels: dict[str, object] = {}
+
+
+def _kernel(name: str, inputs: list[str], outputs: list[str], source: str):
+    if name not in _kernels:
+        _kernels[name] = mx.fast.cuda_kernel(name=name, input_names=inputs, output_names=outputs, source=source,
+                                             header=_HEADER)
+    return _kernels[name]
+
+
+def _float_bits(x: float) -> int:
+    """A float32's bit pattern as a signed int: eps reaches the kernel as a compile-time constant."""
+    return struct.unpack("<i", struct.pack("<f", x))[0]
+
+
+def _v_tile(dv: int, wanted: int) -> int:
+    return 128 if wanted == 128 and dv % 128 == 0 else 64
+
+
+def applies(q, k, v, igate, fgate, state, chunk_size: int) -> bool:
+    """Where the kernels run: see the module doc (dtypes, Dqk and Dv multiples of 64, chunk_size 64)."""
+    if not (cuda_available() and env.flag("XLSTM_MLX_CHUNKWISE_CUDA")):
+        return False
+    if chunk_size != L or q.ndim != 4 or k.ndim != 4 or v.ndim != 4 or igate.ndim != 3 or fgate.ndim != 3:
+        return False
+    B, NH, T, dqk = q.shape
+    dv = v.shape[-1]
+    return (q.dtype == k.dtype == v.dtype == mx.bfloat16 and igate.dtype == fgate.dtype == mx.float32
+            and k.shape == q.shape and v.shape[:3] == (B, NH, T) and igate.shape == fgate.shape == (B, NH, T)
+            and dqk % KT == 0 and dv % 64 == 0
+            and (state is None or (all(s.dtype == mx.float32 for s in state)
+                                   and tuple(s.shape for s in state) == ((B, NH, dqk, dv), (B, NH, dqk), (B, NH, 1)))))
+
+
+def _gate_sums(igate, fgate, nc: int):
+    """lf, a [B, NH, nc*L]; g, a* [B, NH, nc] over the whole chunks (see the module doc)."""
+    B, NH, _ = fgate.shape
+    kern = _kernel("xlstm_mlstm_chunk_gates", ["igate", "fgate"], ["lf_out", "a_out", "g_out", "amax_out"],
+                   _GATES_SOURCE)
+    T = nc * L
+    i, f = (igate, fgate) if igate.shape[2] == T else (igate[:, :, :T], fgate[:, :, :T])
+    return kern(inputs=[i, f], template=[("L", L)], grid=(B * NH * nc * L, 1, 1), threadgroup=(L, 1, 1),
+                output_shapes=[(B, NH, T), (B, NH, T), (B, NH, nc), (B, NH, nc)],
+                output_dtypes=[mx.float32] * 4)
+
+
+def _recurrent(k, v, gates, state, seg, ncs: int):
+    """Kernel A over one segment: the chunk-start states (C_k bf16, n_k, m_k) and the final state (float32)."""
+    B, NH, T, dqk = k.shape
+    dv = v.shape[-1]
+    vt = _v_tile(dv, VT_A)
+    _, a, g, amax = gates
+    C0, n0, m0 = state
+    rec = _kernel("xlstm_mlstm_chunk_recurrent", ["k", "v", "alog", "g", "amax", "C0", "n0", "m0", "seg"],
+                  ["Cs", "ns", "ms", "C_out", "n_out", "m_out"], _RECURRENT_SOURCE)
+    Cs, ns, ms, C, n, m = rec(
+        inputs=[k, v, a, g, amax, C0, n0, m0, seg],
+        template=[("DQK", dqk), ("DV", dv), ("L", L), ("KT", KT), ("VT", vt), ("THREADS", THREADS)],
+        grid=((dqk // KT) * (dv // vt) * B * NH * THREADS, 1, 1), threadgroup=(THREADS, 1, 1),
+        output_shapes=[(B, NH, ncs, dqk, dv), (B, NH, ncs, dqk), (B, NH, ncs), (B, NH, dqk, dv), (B, NH, dqk),
+                       (B, NH, 1)],
+        output_dtypes=[mx.bfloat16, mx.float32, mx.float32, mx.float32, mx.float32, mx.float32],
+    )
+    return (Cs, ns, ms), (C, n, m)
+
+
+def _parallel(q, k, v, igate, gates, starts, seg, ncs: int, eps: float):
+    """Kernel B over one segment: h [B, NH, ncs * L, Dv] from the chunk-start states."""
+    B, NH, T, dqk = q.shape
+    dv = v.shape[-1]
+    vt = _v_tile(dv, VT_B)
+    Cs, ns, ms = starts
+    par = _kernel("xlstm_mlstm_chunk_parallel", ["q", "k", "v", "lf", "igate", "Cs", "ns", "ms", "seg"], ["h"],
+                  _PARALLEL_SOURCE)
+    (h,) = par(
+        inputs=[q, k, v, gates[0], igate, Cs, ns, ms, seg],
+        template=[("DQK", dqk), ("DV", dv), ("L", L), ("VT", vt), ("THREADS", THREADS),
+                  ("EPS_BITS", _float_bits(eps))],
+        grid=((dv // vt) * ncs * B * NH * THREADS, 1, 1), threadgroup=(THREADS, 1, 1),
+        output_shapes=[(B, NH, ncs * L, dv)], output_dtypes=[mx.bfloat16],
+    )
+    return h
+
+
+def _segment(q, k, v, igate, gates, state, c0: int, ncs: int, eps: float):
+    """Chunks c0 .. c0+ncs-1: kernel A (chunk-start states, final state), then kernel B (h)."""
+    seg = mx.array([c0, ncs], dtype=mx.int32)
+    starts, final = _recurrent(k, v, gates, state, seg, ncs)
+    return _parallel(q, k, v, igate, gates, starts, seg, ncs, eps), final
+
+
+def _forward(q, k, v, igate, fgate, state, eps: float):
+    B, NH, T, dqk = q.shape
+    nc = T // L
+    hs = []
+    if nc > 0:
+        # Row-contiguous once here: the model hands transposed views ([B, T, NH, D] -> [B, NH, T, D]), and each
+        # kernel call would otherwise copy the whole array again (every segment's launches read the full arrays).
+        q, k, v, igate = (mx.contiguous(x) for x in (q, k, v, igate))
+        gates = _gate_sums(igate, fgate, nc)
+        for c0 in range(0, nc, MAX_SEGMENT_CHUNKS):
+            h, state = _segment(q, k, v, igate, gates, state, c0, min(MAX_SEGMENT_CHUNKS, nc - c0), eps)
+            hs.append(h)
+    whole = nc * L
+    if whole < T:
+        sl = slice(whole, T)
+        h, state = _chunks(q[:, :, sl], k[:, :, sl], v[:, :, sl], igate[:, :, sl], fgate[:, :, sl], state,
+                           T - whole, eps)
+        hs.append(h)
+    return (hs[0] if len(hs) == 1 else mx.concatenate(hs, axis=2)), state
+
+
+def with_ops_gradient(forward, eps: float):
+    """`forward` (q, k, v, igate, fgate, state, eps) -> (h, state) as an mx.custom_function whose VJP is that of
+    the MLX-ops scan: a cuda_kernel has no VJP of its own, and training in bfloat16 on CUDA differentiates
+    through this path (the backward recomputes the forward in MLX ops)."""
+
+    @mx.custom_function
+    def fused(q, k, v, igate, fgate, C, n, m):
+        h, (C1, n1, m1) = forward(q, k, v, igate, fgate, (C, n, m), eps)
+        return h, C1, n1, m1
+
+    def ops(q, k, v, igate, fgate, C, n, m):
+        h, (C1, n1, m1) = mlstm_chunkwise_ops(q, k, v, igate, fgate, (C, n, m), eps, L)
+        return h, C1, n1, m1
+
+    @fused.vjp
+    def fused_vjp(primals, cotangents, outputs):
+        _, grads = mx.vjp(ops, list(primals), list(cotangents))
+        return tuple(grads)
+
+    return fused
+
+
+_fused: dict[float, object] = {}  # eps -> the custom function
+
+
+def mlstm_chunkwise_cuda(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_size: int = 64):
+    """mlstm_chunkwise's signature and result (h, (C, n, m)) through the CUDA kernels; the remainder of
+    T mod 64 steps (all of T < 64) through the MLX-ops chunk. Differentiable (by the ops scan's VJP)."""
+    B, NH, T, dqk = q.shape
+    dv = v.shape[-1]
+    if state is None:
+        state = mlstm_zero_state(B, NH, dqk, dv, mx.float32)
+    if not applies(q, k, v, igate, fgate, state, chunk_size):
+        raise UsageError(f"mlstm_chunkwise_cuda does not apply to q {q.shape} {q.dtype}, v {v.shape} {v.dtype}, "
+                         f"gates {igate.dtype}, chunk_size {chunk_size} (needs MLX's CUDA backend, bf16 q/k/v, "
+                         f"float32 gates and state, chunk_size {L}, Dqk and Dv multiples of 64)")
+    if eps not in _fused:
+        _fused[eps] = with_ops_gradient(_forward, eps)
+    h, C, n, m = _fused[eps](q, k, v, igate, fgate, *state)
+    return h, (C, n, m)
+
+
+def label() -> str:
+    if cuda_available() and env.flag("XLSTM_MLX_CHUNKWISE_CUDA"):
+        return ("fused CUDA kernels (mx.fast.cuda_kernel): gate sums, chunk recurrence, bf16-wmma chunk output; "
+                "MLX ops where they do not apply")
+    why = "off: XLSTM_MLX_CHUNKWISE_CUDA=0" if cuda_available() else "the CUDA kernels need MLX's CUDA backend"
+    return f"closed-form chunk scan (MLX ops; {why})"
