@@ -34,6 +34,9 @@ PRELUDE = """#include "emu.h"
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 """
+# no strict aliasing: the kernels read 16-byte vectors through bf16 pairs (the CUDA idiom), which g++ -O2 may
+# otherwise drop as undefined behaviour (it did: an emulated bf16 kernel read zeros)
+CXXFLAGS = ("-O2", "-fno-strict-aliasing", "-std=c++20", "-pthread", "-shared", "-fPIC", "-Wno-unknown-pragmas")
 _libs: dict[str, ctypes.CDLL] = {}
 
 
@@ -51,6 +54,10 @@ def _library(input_names, output_names, source, header, inputs, output_dtypes, t
             params.append(f"const int* {n}_shape")
             unpack.append(f"(const int*)a[{idx}]")
             idx += 1
+        if n + "_ndim" in source:
+            params.append(f"const int {n}_ndim")
+            unpack.append(f"*(const int*)a[{idx}]")
+            idx += 1
     for n, d in zip(output_names, output_dtypes):
         params.append(f"{CT[d]}* {n}")
         unpack.append(f"({CT[d]}*)a[{idx}]")
@@ -67,14 +74,13 @@ def _library(input_names, output_names, source, header, inputs, output_dtypes, t
     src = PRELUDE + hdr + f"\nstatic void kern({', '.join(params)}) {{\n{consts}\n{source}\n}}\n"
     src += ('extern "C" void launch(int blocks, int threads, void** a) '
             f'{{ emu_launch(blocks, threads, [&] {{ kern({", ".join(unpack)}); }}); }}\n')
-    key = hashlib.sha1((src + (HERE / "emu.h").read_text()).encode()).hexdigest()[:16]
+    key = hashlib.sha1((src + (HERE / "emu.h").read_text() + " ".join(CXXFLAGS)).encode()).hexdigest()[:16]
     CACHE.mkdir(parents=True, exist_ok=True)
     so = CACHE / f"k_{key}.so"
     if not so.exists():
         cpp = CACHE / f"k_{key}.cpp"
         cpp.write_text(src)
-        r = subprocess.run(["g++", "-O2", "-std=c++20", "-pthread", "-shared", "-fPIC", "-Wno-unknown-pragmas",
-                            "-I", str(HERE), str(cpp), "-o", str(so)], capture_output=True, text=True)
+        r = subprocess.run(["g++", *CXXFLAGS, "-I", str(HERE), str(cpp), "-o", str(so)], capture_output=True, text=True)
         if r.returncode:
             raise RuntimeError(f"g++ failed on the emulated kernel:\n{r.stderr[:4000]}")
     if str(so) not in _libs:
@@ -100,6 +106,10 @@ def fake_cuda_kernel(name, input_names, output_names, source, header="", ensure_
                 shape = np.array(list(a.shape) + [0] * (10 - a.ndim), dtype=np.int32)
                 keep.append(shape)
                 ptrs.append(shape.ctypes.data)
+            if n + "_ndim" in source:
+                nd = np.array([a.ndim], dtype=np.int32)
+                keep.append(nd)
+                ptrs.append(nd.ctypes.data)
         outs = []
         for s, d in zip(output_shapes, output_dtypes):
             o = (np.full(s, 0x7FC0, np.uint16) if d == mx.bfloat16 else np.full(s, np.nan, np.float32)
@@ -112,6 +122,13 @@ def fake_cuda_kernel(name, input_names, output_names, source, header="", ensure_
     return call
 
 
+def _forget_cached_kernel(module) -> None:
+    """Modules that cache their one compiled kernel in `_kernel` (not a function of theirs of that name)."""
+    k = getattr(module, "_kernel", ...)
+    if k is not ... and getattr(k, "__module__", None) != module.__name__:
+        module._kernel = None
+
+
 @contextlib.contextmanager
 def emulated(*modules):
     """mx.fast.cuda_kernel emulated on the CPU; each module's cuda_available() True and its kernel cache empty."""
@@ -121,6 +138,7 @@ def emulated(*modules):
     for m in modules:
         m.cuda_available = lambda: True
         getattr(m, "_kernels", {}).clear()
+        _forget_cached_kernel(m)
     try:
         yield
     finally:
@@ -128,3 +146,4 @@ def emulated(*modules):
         for m, fn in saved:
             m.cuda_available = fn
             getattr(m, "_kernels", {}).clear()
+            _forget_cached_kernel(m)

@@ -1,0 +1,93 @@
+"""The decode-path CUDA kernels' own sources run on the CPU through the SIMT emulator (cuda_emulator.py), against
+their MLX-ops references: swiglu, the embedding row copy, the decode step (given gates and its own gate
+projection, every column tile), add + RMSNorm and the head norm + gate. Small shapes (the emulator runs one
+OS thread per CUDA thread). Tolerances as in test_cuda_kernels.py. Skipped where CUDA runs (the real kernels are
+tested there) or g++ is missing.
+"""
+
+import importlib
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+
+from xlstm_mlx.kernels import headnorm, mlstm_decode
+from xlstm_mlx.kernels.cuda_common import cuda_available
+
+import cuda_emulator
+from cuda_checks import rel_error
+
+pytestmark = pytest.mark.skipif(cuda_available() or not cuda_emulator.available(),
+                                reason="needs g++ and no CUDA (where CUDA runs, the real kernels are tested)")
+swiglu = importlib.import_module("xlstm_mlx.kernels.swiglu")
+embedding = importlib.import_module("xlstm_mlx.kernels.embedding")
+add_rms = importlib.import_module("xlstm_mlx.kernels.add_rms_norm")
+
+
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32])
+def test_swiglu_emulated(dtype):
+    gz = (mx.random.normal((2, 3, 2 * 48), key=mx.random.key(1)) * 3.0).astype(dtype)
+    with cuda_emulator.emulated(swiglu):
+        assert swiglu.applies(gz)
+        out = swiglu.swiglu_cuda(gz)
+    ref = swiglu.swiglu_ref(gz)
+    assert out.shape == (2, 3, 48) and rel_error(out, ref) <= (1e-3 if dtype == mx.bfloat16 else 1e-6)
+
+
+def test_embedding_emulated():
+    table = nn.Embedding(37, 24)
+    table.weight = table.weight.astype(mx.bfloat16)
+    ids = mx.array([[0, 36, 5], [7, 7, 1]], dtype=mx.int32)
+    with cuda_emulator.emulated(embedding):
+        out = embedding.embedding_lookup_cuda(table, ids)
+    assert mx.array_equal(out, table(ids))
+
+
+@pytest.mark.parametrize("tj", [32, 64, 128])
+@pytest.mark.parametrize("proj", [False, True])
+def test_decode_step_emulated(tj, proj):
+    B, NH, dqk, dv, H = 2, 2, 20, 128, 40  # dqk 20: rows per warp uneven (8 warps)
+    qk, v = NH * dqk, NH * dv
+    ks = [mx.random.key(40 + i) for i in range(8)]
+    qkvo = mx.random.normal((B, 2 * qk + 2 * v), key=ks[0]).astype(mx.bfloat16)
+    gates = (mlstm_decode.GateProjection(mx.random.normal((B, H), key=ks[1]),
+                                         mx.random.normal((2 * NH, H), key=ks[2]), mx.random.normal((2 * NH,), key=ks[3]))
+             if proj else mx.random.normal((B, 2 * NH), key=ks[1]) * 5.0)
+    state = (mx.random.normal((B, NH, dqk, dv), key=ks[4]), mx.random.normal((B, NH, dqk), key=ks[5]),
+             mx.random.normal((B, NH, 1), key=ks[6]))
+    h_ref, s_ref = mlstm_decode.mlstm_decode_step_ref(qkvo, gates, state, NH, qk, v, 15.0, 1e-6)
+    with cuda_emulator.emulated(mlstm_decode):
+        assert mlstm_decode.applies(qkvo, gates, state, NH, qk, v)
+        h, s = mlstm_decode.mlstm_decode_step_cuda(qkvo, gates, state, NH, qk, v, 15.0, 1e-6, tj=tj)
+    assert rel_error(h, h_ref) <= 1e-2
+    for a, b in zip(s, s_ref):
+        assert rel_error(a, b) <= 1e-5
+
+
+@pytest.mark.parametrize("D", [300, 40])
+@pytest.mark.parametrize("with_h", [False, True])
+def test_add_rms_norm_emulated(D, with_h):
+    x = mx.random.normal((3, D), key=mx.random.key(D)) * 2.0
+    h = mx.random.normal((3, D), key=mx.random.key(D + 1)).astype(mx.bfloat16) if with_h else None
+    w = mx.random.normal((D,), key=mx.random.key(D + 2)) * 0.2 + 1.0
+    ref = add_rms.add_rms_norm_ref(x, h, w, None, 1e-6, mx.bfloat16)
+    with cuda_emulator.emulated(add_rms):
+        got = add_rms.add_rms_norm_cuda(x, h, w, None, 1e-6, mx.bfloat16)
+    assert rel_error(got[0], ref[0]) <= 1e-7 and rel_error(got[1], ref[1]) <= 1e-6 and rel_error(got[2], ref[2]) <= 1e-2
+
+
+@pytest.mark.parametrize("rows", [3, 40])  # one warp a block / eight
+def test_headnorm_gate_emulated(rows):
+    NH, DH, off = 2, 256, 100
+    h = (mx.random.normal((rows, NH, DH), key=mx.random.key(rows)) * 2.0 + 0.5).astype(mx.bfloat16)
+    qkvo = (mx.random.normal((rows, off + NH * DH), key=mx.random.key(rows + 1)) * 3.0).astype(mx.bfloat16)
+    w = (mx.random.normal((NH * DH,), key=mx.random.key(rows + 2)) * 0.3 + 1.0).astype(mx.bfloat16)
+    ref = headnorm.headnorm_gate_ref(h, qkvo, off, w, None, 1e-6)
+    old = headnorm.FEW_ROWS
+    headnorm.FEW_ROWS = 8  # 40 rows take the eight-warp blocks
+    try:
+        with cuda_emulator.emulated(headnorm):
+            out = headnorm.headnorm_gate_cuda(h, qkvo, off, w, None, 1e-6)
+    finally:
+        headnorm.FEW_ROWS = old
+    assert rel_error(out, ref) <= 1e-2
