@@ -189,7 +189,22 @@ def _add_rms(mod, r):
     mod.add_rms_norm(r(2, 4096, dt=f32), r(2, 4096, dt=f32), r(4096, dt=f32), None, 1e-6, mx.bfloat16)
 
 
-CHECKS = [("xlstm_mlx.kernels.headnorm", _headnorm), ("xlstm_mlx.kernels.add_rms_norm", _add_rms)]
+def _quant_gemv(mod, r):
+    """4- and 8-bit, 1 and 16 rows, bf16 and float32 x: the default config; and every config the lab sweeps at
+    bf16, 4-bit, 16 rows (the most registers and shared memory)."""
+    K, N = 512, 300
+    for dt in (mx.bfloat16, mx.float32):
+        for bits in (4, 8):
+            W, S, B = mx.quantize(r(N, K, dt=dt), group_size=64, bits=bits)
+            for rows in (1, 16):
+                mod.quantized_gemv_cuda(r(rows, K, dt=dt), W, S, B, r(N, dt=dt), 64, bits)
+    W, S, B = mx.quantize(r(N, K), group_size=32, bits=4)
+    for cfg in mod.SWEEP_CONFIGS:
+        mod.quantized_gemv_cuda(r(16, K), W, S, B, None, 32, 4, **cfg)
+
+
+CHECKS = [("xlstm_mlx.kernels.headnorm", _headnorm), ("xlstm_mlx.kernels.add_rms_norm", _add_rms),
+          ("xlstm_mlx.kernels.quant_gemv", _quant_gemv)]
 
 
 def main() -> int:
