@@ -119,8 +119,41 @@ def compile_ptx(source: str, name: str) -> tuple[bool, str]:
     lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
     buf = ctypes.create_string_buffer(size.value)
     lib.nvrtcGetProgramLog(prog, buf)
+    msg = buf.value.decode(errors="replace").strip()
+    if rc == 0 and PTXAS["path"]:
+        lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
+        ptx = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetPTX(prog, ptx)
+        msg = (msg + "\n" if msg else "") + _ptxas_report(ptx.value)
     lib.nvrtcDestroyProgram(ctypes.byref(prog))
-    return rc == 0, buf.value.decode(errors="replace").strip()
+    return rc == 0, msg
+
+
+PTXAS = {"path": None}  # set by --ptxas: then each kernel's PTX also goes through ptxas for sm_90 (registers, spills)
+
+
+def _find_ptxas() -> str | None:
+    import shutil
+
+    import nvidia
+
+    for base in nvidia.__path__:  # first the wheel's: the same CUDA release as the NVRTC that wrote the PTX
+        for cand in sorted(Path(base).glob("cu*/bin/ptxas")) + sorted(Path(base).glob("cuda_nvcc/bin/ptxas")):
+            return str(cand)
+    return shutil.which("ptxas")
+
+
+def _ptxas_report(ptx: bytes) -> str:
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "k.ptx").write_bytes(ptx)
+        r = subprocess.run([PTXAS["path"], "-arch=sm_90", "-v", str(Path(d) / "k.ptx"), "-o", str(Path(d) / "k.cubin")],
+                           capture_output=True, text=True)
+    lines = [ln.split("info    : ")[-1] for ln in (r.stdout + r.stderr).splitlines() if "Used" in ln or "spill" in ln
+             or "error" in ln.lower()]
+    return "ptxas: " + " | ".join(lines)
 
 
 @dataclass
@@ -210,7 +243,13 @@ CHECKS = [("xlstm_mlx.kernels.headnorm", _headnorm), ("xlstm_mlx.kernels.add_rms
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--show", help="print the generated source of kernels whose name contains this")
+    p.add_argument("--ptxas", action="store_true", help="also assemble each kernel for sm_90 with ptxas (PATH, or "
+                   "pip install nvidia-cuda-nvcc==13.5.37) and print its registers and spills")
     args = p.parse_args()
+    if args.ptxas:
+        PTXAS["path"] = _find_ptxas()
+        if PTXAS["path"] is None:
+            p.error("--ptxas: no ptxas on PATH or in the nvidia-cuda-nvcc wheel")
     mx.set_default_device(mx.cpu)
     failed = 0
     with nvrtc_kernels(args.show) as log:
@@ -222,8 +261,8 @@ def main() -> int:
     for key, ok, msg in log.compiled:
         failed += not ok
         print(f"{'ok  ' if ok else 'FAIL'} {key}")
-        if msg and not ok:
-            print(msg)
+        if msg and (not ok or PTXAS["path"]):
+            print("     " + msg.replace("\n", "\n     "))
     print(f"{len(log.compiled) - failed} compiled, {failed} failed")
     return 1 if failed else 0
 

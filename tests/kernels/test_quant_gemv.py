@@ -168,38 +168,70 @@ def _cpu_ref(x, W, S, B, b, group_size, bits):
     return ref
 
 
+ROWS = [1, 2, 3, 4, 8, 13, 16]
+
+
+def _check(M, K, N, bits, group_size, bias, dtype, seed, **cfg):
+    """The kernel (default config, or cfg) against the float32 CPU reference: shape, dtype, tolerance."""
+    x, W, S, B, b = _operands(M, K, N, bits, group_size, bias, dtype, seed=seed)
+    assert quant_gemv.applies(x, W, S, group_size, bits, "affine", biases=B, bias=b)
+    ref = _cpu_ref(x, W, S, B, b, group_size, bits)
+    y = quant_gemv.quantized_gemv_cuda(x, W, S, B, b, group_size, bits, **cfg)
+    assert y.shape == (M, N) and y.dtype == dtype
+    assert _rel(y, ref) <= (1e-2 if dtype == mx.bfloat16 else 1e-5), (M, K, N, bits, group_size, bias, cfg)
+
+
 @needs_cuda
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("group_size", [32, 64, 128])
-@pytest.mark.parametrize("M", [1, 2, 3, 5, 8])
-@pytest.mark.parametrize("K,N", [(4096, 1000), (10944, 4096), (4096, 50304)])
+@pytest.mark.parametrize("M", ROWS)
 @pytest.mark.parametrize("bias", [False, True])
-def test_kernel_matches_quantized_linear(bits, group_size, M, K, N, bias):
-    x, W, S, B, b = _operands(M, K, N, bits, group_size, bias, mx.bfloat16, seed=M * 7919 + N + bits + group_size)
-    assert quant_gemv.applies(x, W, S, group_size, bits, "affine", biases=B, bias=b)
-    ref = _cpu_ref(x, W, S, B, b, group_size, bits)
-    y = quant_gemv.quantized_gemv_cuda(x, W, S, B, b, group_size, bits)
-    assert y.shape == (M, N) and y.dtype == mx.bfloat16
-    assert _rel(y, ref) <= 1e-2
-
-
-@needs_cuda
-@pytest.mark.parametrize("cfg", [dict(R=1, KSPLIT=1, U=1), dict(R=2, KSPLIT=2, U=4), dict(R=4, KSPLIT=8, U=2),
-                                 dict(R=4, KSPLIT=1, U=1)])
-@pytest.mark.parametrize("bits", [4, 8])
-def test_kernel_configs_agree(cfg, bits):
-    x, W, S, B, b = _operands(3, 10944, 1000, bits, 64, True, mx.bfloat16, seed=17)
-    ref = _cpu_ref(x, W, S, B, b, 64, bits)
-    assert _rel(quant_gemv.quantized_gemv_cuda(x, W, S, B, b, 64, bits, **cfg), ref) <= 1e-2
+def test_kernel_matches_quantized_linear(bits, group_size, M, bias):
+    """The default config, odd N (a partial 16-row tile, a partial block)."""
+    _check(M, 4096, 1001, bits, group_size, bias, mx.bfloat16, seed=M * 7919 + bits + group_size)
 
 
 @needs_cuda
 @pytest.mark.parametrize("bits", [4, 8])
-def test_float32_kernel(bits):
-    x, W, S, B, b = _operands(2, 4096, 1000, bits, 64, True, mx.float32, seed=23)
-    ref = _cpu_ref(x, W, S, B, b, 64, bits)
-    y = quant_gemv.quantized_gemv_cuda(x, W, S, B, b, 64, bits)
-    assert y.dtype == mx.float32 and _rel(y, ref) <= 1e-5
+@pytest.mark.parametrize("group_size", [32, 64])  # 10944 is no multiple of 128
+@pytest.mark.parametrize("M", [1, 4, 16])
+def test_kernel_7b_ffn_down(bits, group_size, M):
+    """K = 10944: the row's vectors end inside a pipeline step (342 4-bit vectors, steps of 8)."""
+    _check(M, 10944, 4096, bits, group_size, True, mx.bfloat16, seed=M + bits + group_size)
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("M", [1, 8, 16])
+def test_kernel_7b_lm_head(bits, M):
+    _check(M, 4096, 50304, bits, 64, False, mx.bfloat16, seed=M + bits)
+
+
+@needs_cuda
+@pytest.mark.parametrize("cfg", quant_gemv.SWEEP_CONFIGS, ids=lambda c: "R{R}U{U}S{S}K{KSPLIT}W{WARPS}".format(**c))
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("M", ROWS)
+def test_every_lab_config(cfg, bits, M):
+    """Every config the lab sweeps (and MEASURED may name), at every row count, on odd N and K = 10944 / 4096."""
+    _check(M, 10944 if M % 2 else 4096, 1001, bits, 64, True, mx.bfloat16, seed=17 + M, **cfg)
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("M", ROWS)
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_float32_kernel(bits, M, group_size):
+    """float32 x, scales, biases: x in three exact bf16 parts (3M columns: up to 6 column tiles)."""
+    _check(M, 4096, 1001, bits, group_size, M % 2 == 1, mx.float32, seed=23 + M)
+
+
+@needs_cuda
+@pytest.mark.parametrize("cfg", quant_gemv.SWEEP_CONFIGS, ids=lambda c: "R{R}U{U}S{S}K{KSPLIT}W{WARPS}".format(**c))
+@pytest.mark.parametrize("M", [1, 16])
+def test_float32_every_lab_config(cfg, M):
+    if quant_gemv.smem_bytes(cfg, M, 4, 64, mx.float32) > quant_gemv.SMEM_LIMIT:
+        pytest.skip("config over the static shared memory at this many float32 rows (check_config refuses it)")
+    _check(M, 4096, 1001, 4, 64, True, mx.float32, seed=29 + M, **cfg)
 
 
 @needs_cuda

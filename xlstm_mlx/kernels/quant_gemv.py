@@ -191,20 +191,21 @@ __device__ __forceinline__ void xq_bfrag(const float* pf, int part, unsigned (*b
 _SOURCE = r"""
     constexpr int VALS = 128 / BITS;                  // codes per 16-byte vector
     constexpr int KH = VALS / 16;                     // k16 mmas per vector (2 at 4-bit, 1 at 8-bit)
-    constexpr int NCOL = M * P;                       // mma columns: rows of x (x P bf16 parts of a float32 x)
-    constexpr int NT = (NCOL + 7) / 8;                // 8-column mma tiles
     constexpr int SPAN = 4 * U;                       // vectors of a row per pipeline step
     constexpr int NGS = SPAN * VALS / GS > 0 ? SPAN * VALS / GS : 1;   // groups of a row per step
-    constexpr int SP = NGS >= 8 ? NGS + 1 : NGS;      // their pitch in shared memory (odd: no bank conflicts)
+    constexpr int SP = NGS | 1;                       // their pitch in float2 (odd: 8 rows, 8 distinct banks)
+    constexpr int VPG = GS / VALS;                    // vectors per group (1 .. 8)
     constexpr int STAGE = R * U * 64;                 // uint4 per ring stage: R tiles x U units x 2 halves x 32
     constexpr int RING = S * STAGE;
-    constexpr int SBUF = 8 * R * SP;                  // uint4: R tiles x {scale, bias} x 16 rows x SP floats
+    constexpr int SBUF = 8 * R * SP;                  // uint4: R tiles x 16 rows x SP (scale, bias) pairs
     constexpr int RP = NT * 8 + 1;                    // pitch of a row of partial sums (floats; odd)
     constexpr int RED = (R * 16 * RP + 3) / 4;        // uint4: R x 16 rows x RP floats
     constexpr int PER_WARP = RING + SBUF > RED ? RING + SBUF : RED;
     constexpr int ROWS_BLK = 16 * R * (WARPS / KSPLIT);
     __shared__ __align__(128) uint4 smem[WARPS * PER_WARP];
 
+    const int M = x_shape[0];                         // rows of x (at most NT * 8 / P)
+    const int NCOL = M * P;                           // mma columns: rows of x (x P bf16 parts of a float32 x)
     const int K = x_shape[1];
     const int N = w_shape[0];
     const int CV = K / VALS;                          // 16-byte vectors per packed row
@@ -214,7 +215,7 @@ _SOURCE = r"""
     const int wn = warp / KSPLIT, wk = warp % KSPLIT;
     const int row0 = blockIdx.x * ROWS_BLK + wn * 16 * R;
     uint4* ring = smem + warp * PER_WARP;
-    float* sbuf = reinterpret_cast<float*>(ring + RING);
+    float* sbuf = reinterpret_cast<float*>(ring + RING);   // [R][16 rows][SP groups][scale, bias]
     const uint4* w4 = reinterpret_cast<const uint4*>(w);
     const int nsteps = (CV + SPAN - 1) / SPAN;        // steps of a row; this warp takes wk, wk + KSPLIT, ...
     const int my_n = wk < nsteps ? (nsteps - wk + KSPLIT - 1) / KSPLIT : 0;
@@ -277,6 +278,8 @@ _SOURCE = r"""
         xp[t] = col < NCOL ? col / M : 0;
     }
 
+    // a group's running sums (a group can span units and steps): sum of q * x per tile, and x's sum
+    float d[R][NT][4], xs[NT][4];
 #pragma unroll
     for (int i = 0; i < S - 1; ++i) issue(i);
     load_scales(0);
@@ -289,7 +292,7 @@ _SOURCE = r"""
             for (int q = 0; q < NGS; ++q) {
                 const int e = lane + 32 * q;
                 const int gi = e % NGS, rw = (e / NGS) % 16, a = e / (16 * NGS);
-                sbuf[r * 32 * SP + a * 16 * SP + rw * SP + gi] = sreg[r][q];
+                sbuf[((r * 16 + rw) * SP + gi) * 2 + a] = sreg[r][q];
             }
         load_scales(i + 1);                           // one step ahead, in registers
         xq_cp_async_wait<S - 1>();                    // this thread's copies of step i have landed
@@ -316,7 +319,16 @@ _SOURCE = r"""
                         const int gi = ((u * 4 + j) * VALS) / GS;   // this vector's group in the step
                         const int k0 = v * VALS + (VALS / 4) * c;   // first k of thread c's word
                         unsigned b[NT][2][2];
-                        float xs[NT][4];              // x's sum over the vector (every row of the tile)
+                        if (v % VPG == 0) {           // a group starts: fresh sums (warp-uniform)
+#pragma unroll
+                            for (int t = 0; t < NT; ++t)
+#pragma unroll
+                                for (int e = 0; e < 4; ++e) {
+                                    xs[t][e] = 0.f;
+#pragma unroll
+                                    for (int r = 0; r < R; ++r) d[r][t][e] = 0.f;
+                                }
+                        }
 #pragma unroll
                         for (int t = 0; t < NT; ++t) {
                             if (xm[t] >= 0) {
@@ -326,17 +338,10 @@ _SOURCE = r"""
                                 for (int h = 0; h < 2; ++h) b[t][h][0] = b[t][h][1] = 0u;
                             }
 #pragma unroll
-                            for (int e = 0; e < 4; ++e) xs[t][e] = 0.f;
-#pragma unroll
                             for (int h = 0; h < KH; ++h) xq_mma(xs[t], ones, b[t][h], xs[t]);
                         }
 #pragma unroll
                         for (int r = 0; r < R; ++r) {
-                            float d[NT][4];           // sum of q * x over the vector
-#pragma unroll
-                            for (int t = 0; t < NT; ++t)
-#pragma unroll
-                                for (int e = 0; e < 4; ++e) d[t][e] = 0.f;
 #pragma unroll
                             for (int h = 0; h < KH; ++h) {
                                 unsigned a[4];        // A: rows g / g + 8, k-slots 2c, 2c+1 / 2c+8, 2c+9
@@ -352,17 +357,22 @@ _SOURCE = r"""
                                     a[3] = xq_pack(xq_code8(hi[r][j], 2), xq_code8(hi[r][j], 3));
                                 }
 #pragma unroll
-                                for (int t = 0; t < NT; ++t) xq_mma(d[t], a, b[t][h], d[t]);
+                                for (int t = 0; t < NT; ++t) xq_mma(d[r][t], a, b[t][h], d[r][t]);
                             }
-                            const float* sb = sbuf + r * 32 * SP;
-                            const float s_lo = sb[g * SP + gi], s_hi = sb[(g + 8) * SP + gi];
-                            const float b_lo = sb[(16 + g) * SP + gi], b_hi = sb[(24 + g) * SP + gi];
+                        }
+                        if ((v + 1) % VPG == 0) {     // the group ends (K is a multiple of GS: so does the row)
 #pragma unroll
-                            for (int t = 0; t < NT; ++t) {
-                                acc[r][t][0] = fmaf(s_lo, d[t][0], fmaf(b_lo, xs[t][0], acc[r][t][0]));
-                                acc[r][t][1] = fmaf(s_lo, d[t][1], fmaf(b_lo, xs[t][1], acc[r][t][1]));
-                                acc[r][t][2] = fmaf(s_hi, d[t][2], fmaf(b_hi, xs[t][2], acc[r][t][2]));
-                                acc[r][t][3] = fmaf(s_hi, d[t][3], fmaf(b_hi, xs[t][3], acc[r][t][3]));
+                            for (int r = 0; r < R; ++r) {
+                                const float2 sb_lo = reinterpret_cast<const float2*>(sbuf)[(r * 16 + g) * SP + gi];
+                                const float2 sb_hi =
+                                    reinterpret_cast<const float2*>(sbuf)[(r * 16 + g + 8) * SP + gi];
+#pragma unroll
+                                for (int t = 0; t < NT; ++t) {   // acc += s * sum(q x) + b * sum(x)
+                                    acc[r][t][0] = fmaf(sb_lo.x, d[r][t][0], fmaf(sb_lo.y, xs[t][0], acc[r][t][0]));
+                                    acc[r][t][1] = fmaf(sb_lo.x, d[r][t][1], fmaf(sb_lo.y, xs[t][1], acc[r][t][1]));
+                                    acc[r][t][2] = fmaf(sb_hi.x, d[r][t][2], fmaf(sb_hi.y, xs[t][2], acc[r][t][2]));
+                                    acc[r][t][3] = fmaf(sb_hi.x, d[r][t][3], fmaf(sb_hi.y, xs[t][3], acc[r][t][3]));
+                                }
                             }
                         }
                     }
@@ -501,13 +511,18 @@ def smem_bytes(cfg: dict, rows: int, bits: int, group_size: int, x_dtype=mx.bflo
     vals = 128 // bits
     ngs = max(1, 4 * U * vals // group_size)
     sp = ngs + 1 if ngs >= 8 else ngs
-    nt = -(-rows * _parts(x_dtype) // 8)
+    nt = column_tiles(rows, x_dtype)
     red = -(-(R * 16 * (nt * 8 + 1)) // 4)
     return 16 * W * max(S * R * U * 64 + 8 * R * sp, red)
 
 
 def _parts(dtype) -> int:
     return 3 if dtype == mx.float32 else 1
+
+
+def column_tiles(rows: int, x_dtype=mx.bfloat16) -> int:
+    """8-column mma tiles for `rows` rows of x (a template constant: rows 1..8 of bf16 x share one kernel)."""
+    return -(-rows * _parts(x_dtype) // 8)
 
 
 def check_config(cfg: dict, rows: int, bits: int, group_size: int, x_dtype=mx.bfloat16) -> None:
@@ -525,8 +540,8 @@ def check_config(cfg: dict, rows: int, bits: int, group_size: int, x_dtype=mx.bf
 
 def kernel_constants(x_dtype, rows: int, bits: int, group_size: int, has_bias: bool, cfg: dict) -> list:
     """The kernel's template constants, in order (the tests' host build uses the same list)."""
-    return [("M", rows), ("P", _parts(x_dtype)), ("BITS", bits), ("GS", group_size), ("R", cfg["R"]),
-            ("U", cfg["U"]), ("S", cfg["S"]), ("KSPLIT", cfg["KSPLIT"]), ("WARPS", cfg["WARPS"]),
+    return [("NT", column_tiles(rows, x_dtype)), ("P", _parts(x_dtype)), ("BITS", bits), ("GS", group_size),
+            ("R", cfg["R"]), ("U", cfg["U"]), ("S", cfg["S"]), ("KSPLIT", cfg["KSPLIT"]), ("WARPS", cfg["WARPS"]),
             ("HAS_BIAS", has_bias)]
 
 
