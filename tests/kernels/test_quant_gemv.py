@@ -2,20 +2,24 @@
 
 On the CPU (CI): MLX's affine bit layout, pinned twice against mx.dequantize: the plain layout model
 (`unpack_codes`: weight j of a uint32 word in bits [bits*j, bits*(j+1)), lowest first) on hand-packed codes and
-on mx.quantize output, and the numpy model of the kernel's own dequantization (`dequantize_as_kernel`: its
-vector/word/half-word indexing and the exponent trick): equal for bf16 scales, within one rounding of q*s
-for float32 ones (it rounds q*s+b once, MLX twice);
-that the kernel's CUDA source itself, built for the host with stand-ins for the CUDA built-ins
-(tests/kernels/host_cuda.py: one thread per CUDA thread, real barriers and shuffles), matches the reference on
-small odd shapes, tails and split-K included (same tolerances as on the GPU); and that the fast form falls back
-to the reference without CUDA.
+on mx.quantize output, and the numpy model of the kernel's own code extraction (`kernel_codes` /
+`dequantize_as_kernel`: the bf16 magic-number pairs at 4 bits, the float32 exponent trick at 8, placed back at
+their k): equal to MLX for bf16 scales, within one rounding of q*s for float32 ones (the kernel never rounds a
+weight, MLX rounds q*s and then + b); that the kernel's CUDA source itself, built for the host with stand-ins for
+the CUDA built-ins and the PTX it uses (tests/kernels/host_cuda.py: one thread per CUDA thread, real barriers,
+cp.async as a copy, ldmatrix and mma.sync by their documented fragment layouts), matches the reference on small
+odd shapes: tails, split-K, two and six column tiles, float32 x (same tolerances as on the GPU); that every
+config the lab sweeps or default_config picks fits the kernel's limits; that it compiles for sm_90 without
+spills where nvcc is installed; and that the fast form falls back to the reference without CUDA.
 
 On MLX's CUDA backend (XLSTM_MLX_TEST_DEVICE=gpu on a CUDA machine; skipped elsewhere with the reason): the
 kernel against the reference evaluated on the CPU stream in float32 (so no bf16 rounding of intermediates or TF32
-blurs it). Tolerance: relative Frobenius error 1e-2 for bf16 outputs: the kernel's float32 sum is exact to ~1e-6,
-and its single rounding of each output to bf16 gives ~2^-9 / sqrt(3) ~ 1.1e-3 relative (~2e-3 with bias and
-cancellation); 1e-2 is 5x that, and far below what a wrong nibble order, group index or scale would give
-(O(1)). float32 x: 1e-5 (float32 sums in a different order). NaN or inf never passes.
+blurs it), at 1, 2, 3, 4, 8, 13, 16 rows, bits 4 and 8, groups 32/64/128, with and without bias, odd N, bf16
+and float32 x, the default config and every config the lab sweeps. Tolerance: relative Frobenius error 1e-2 for
+bf16 outputs: the kernel's float32 sum is exact to ~1e-6, and its single rounding of each output to bf16 gives
+~2^-9 / sqrt(3) ~ 1.1e-3 relative (~2e-3 with bias and cancellation); 1e-2 is 5x that, and far below what a
+wrong nibble order, group index or scale would give (O(1)). float32 x: 1e-5 (float32 sums in a different order,
+the fold s * sum(q x) + b * sum(x) cancelling a factor ~2-3 per group: ~1e-7). NaN or inf never passes.
 """
 
 import re
@@ -89,7 +93,9 @@ def _host_run(x, W, S, B, b, M, N, bits, group_size, cfg):
 @pytest.mark.parametrize("dtype,M,K,N,bits,group_size,bias,cfg", [
     (mx.bfloat16, 3, 384, 37, 4, 64, True, {}),                               # the default config
     (mx.bfloat16, 1, 352, 37, 4, 32, False, dict(KSPLIT=4)),                  # split-K, a unit's tail vectors
-    (mx.bfloat16, 2, 640, 45, 8, 128, True, dict(R=2, U=1, S=4, KSPLIT=1, WARPS=4)),
+    (mx.bfloat16, 2, 640, 45, 8, 128, True, dict(R=2, U=1, S=4, KSPLIT=1, WARPS=4)),   # groups span 2 steps
+    (mx.bfloat16, 4, 1024, 40, 8, 128, False, dict(R=1, U=1, S=3, KSPLIT=2, WARPS=4)),  # ... of 2 warps
+    (mx.bfloat16, 9, 768, 50, 4, 128, True, dict(R=4, U=1, S=3, KSPLIT=1, WARPS=2)),
     (mx.bfloat16, 8, 512, 19, 8, 32, False, dict(R=1, U=4, S=3, KSPLIT=1, WARPS=2)),
     (mx.bfloat16, 13, 256, 33, 4, 128, True, dict(R=2, U=2, S=3, KSPLIT=2, WARPS=2)),   # two column tiles
     (mx.bfloat16, 16, 1024, 17, 4, 64, True, dict(R=1, U=1, S=4, KSPLIT=4, WARPS=8)),
@@ -127,6 +133,30 @@ def test_kernel_source_builds_for_hopper_without_spills(dtype):
     reports = host_cuda.device_build(quant_gemv._SOURCE, quant_gemv._HEADER, inputs, ("y", 1, bf16), variants)
     for v, report in zip(variants, reports):
         assert " 0 bytes spill stores" in report, (v, report)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_every_config_the_lab_or_the_default_may_pick_fits(bits, group_size):
+    """Each sweep config and each default (the 7B decode matrices and small ones) is one the kernel takes at
+    every row count with bf16 x (the lab's dtype), and the defaults with float32 x too."""
+    for M in range(1, quant_gemv.MAX_ROWS + 1):
+        for cfg in quant_gemv.SWEEP_CONFIGS:
+            quant_gemv.check_config(cfg, M, bits, group_size, mx.bfloat16)
+        for K, N in [(4096, 12288), (4096, 21888), (10944, 4096), (4096, 4096), (4096, 50304), (256, 33)]:
+            cfg = quant_gemv.default_config(M, N, K * bits // 128, bits)
+            for dtype in quant_gemv.DTYPES:
+                quant_gemv.check_config(cfg, M, bits, group_size, dtype)
+    for cfg in quant_gemv.MEASURED.values():
+        assert cfg in quant_gemv.SWEEP_CONFIGS, f"{cfg}: MEASURED names a config the GPU tests do not cover"
+
+
+def test_a_config_the_kernel_cannot_take_is_a_usage_error():
+    from xlstm_mlx.errors import UsageError
+    with pytest.raises(UsageError, match="KSPLIT"):
+        quant_gemv.check_config(dict(R=1, U=2, S=4, KSPLIT=3, WARPS=4), 1, 4, 64)
+    with pytest.raises(UsageError, match="shared memory"):
+        quant_gemv.check_config(dict(R=4, U=4, S=8, KSPLIT=1, WARPS=8), 1, 4, 64)
 
 
 def test_fast_form_falls_back_to_the_reference_without_cuda():
@@ -214,6 +244,15 @@ def test_kernel_7b_lm_head(bits, M):
 def test_every_lab_config(cfg, bits, M):
     """Every config the lab sweeps (and MEASURED may name), at every row count, on odd N and K = 10944 / 4096."""
     _check(M, 10944 if M % 2 else 4096, 1001, bits, 64, True, mx.bfloat16, seed=17 + M, **cfg)
+
+
+@needs_cuda
+@pytest.mark.parametrize("cfg", quant_gemv.SWEEP_CONFIGS, ids=lambda c: "R{R}U{U}S{S}K{KSPLIT}W{WARPS}".format(**c))
+@pytest.mark.parametrize("bits,group_size", [(4, 32), (4, 128), (8, 32), (8, 128)])
+@pytest.mark.parametrize("M", [1, 16])
+def test_every_lab_config_every_group(cfg, bits, group_size, M):
+    """The other group sizes: a group of one vector (4-bit, 32) up to one spanning pipeline steps (8-bit, 128)."""
+    _check(M, 4096, 1001, bits, group_size, M == 1, mx.bfloat16, seed=41 + M, **cfg)
 
 
 @needs_cuda

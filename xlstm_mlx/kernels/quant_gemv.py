@@ -195,6 +195,9 @@ _SOURCE = r"""
     constexpr int NGS = SPAN * VALS / GS > 0 ? SPAN * VALS / GS : 1;   // groups of a row per step
     constexpr int SP = NGS | 1;                       // their pitch in float2 (odd: 8 rows, 8 distinct banks)
     constexpr int VPG = GS / VALS;                    // vectors per group (1 .. 8)
+    // vectors summed before they are folded with their scale: a group, or a step where a group spans steps
+    // (consecutive steps may belong to different warps of the K split)
+    constexpr int FOLD = VPG < SPAN ? VPG : SPAN;
     constexpr int STAGE = R * U * 64;                 // uint4 per ring stage: R tiles x U units x 2 halves x 32
     constexpr int RING = S * STAGE;
     constexpr int SBUF = 8 * R * SP;                  // uint4: R tiles x 16 rows x SP (scale, bias) pairs
@@ -278,7 +281,7 @@ _SOURCE = r"""
         xp[t] = col < NCOL ? col / M : 0;
     }
 
-    // a group's running sums (a group can span units and steps): sum of q * x per tile, and x's sum
+    // the running sums of a group (or of its part in a step): sum of q * x per tile, and x's sum
     float d[R][NT][4], xs[NT][4];
 #pragma unroll
     for (int i = 0; i < S - 1; ++i) issue(i);
@@ -319,7 +322,7 @@ _SOURCE = r"""
                         const int gi = ((u * 4 + j) * VALS) / GS;   // this vector's group in the step
                         const int k0 = v * VALS + (VALS / 4) * c;   // first k of thread c's word
                         unsigned b[NT][2][2];
-                        if (v % VPG == 0) {           // a group starts: fresh sums (warp-uniform)
+                        if (v % FOLD == 0) {          // a group (or step) starts: fresh sums (warp-uniform)
 #pragma unroll
                             for (int t = 0; t < NT; ++t)
 #pragma unroll
@@ -360,7 +363,7 @@ _SOURCE = r"""
                                 for (int t = 0; t < NT; ++t) xq_mma(d[r][t], a, b[t][h], d[r][t]);
                             }
                         }
-                        if ((v + 1) % VPG == 0) {     // the group ends (K is a multiple of GS: so does the row)
+                        if ((v + 1) % FOLD == 0) {    // it ends (K is a multiple of GS: so does the row)
 #pragma unroll
                             for (int r = 0; r < R; ++r) {
                                 const float2 sb_lo = reinterpret_cast<const float2*>(sbuf)[(r * 16 + g) * SP + gi];
@@ -463,19 +466,25 @@ def applies(x: mx.array, w: mx.array, scales: mx.array, group_size: int, bits: i
 
 SMS = 132  # multiprocessors of an H100 / H200 (SXM)
 TARGET_WARPS = 8 * SMS  # warps wanted in the grid: ~8 a multiprocessor, each with (S - 1) steps of bytes in flight
+RING_BUDGET = 96 * 1024  # shared memory a multiprocessor's weight rings may take at many rows (of its 228 KB)
 
 # The configurations one lab run sweeps (benchmarks/gpu_quant_lab.py), all tested on the GPU
 # (tests/kernels/test_quant_gemv.py). R: 16-row tiles a warp; U: 4-vector units a step (a step is R x U KB of
 # weights); S: ring stages (S - 1 steps in flight a warp); KSPLIT: warps of a block splitting K; WARPS a block.
 SWEEP_CONFIGS = [
     dict(R=1, U=2, S=4, KSPLIT=1, WARPS=4),
+    dict(R=1, U=2, S=3, KSPLIT=1, WARPS=4),
     dict(R=1, U=2, S=4, KSPLIT=2, WARPS=4),
     dict(R=1, U=2, S=4, KSPLIT=4, WARPS=4),
+    dict(R=1, U=1, S=4, KSPLIT=1, WARPS=4),
+    dict(R=1, U=1, S=3, KSPLIT=1, WARPS=4),
     dict(R=1, U=1, S=4, KSPLIT=1, WARPS=8),
     dict(R=1, U=1, S=4, KSPLIT=4, WARPS=8),
     dict(R=1, U=4, S=3, KSPLIT=1, WARPS=2),
     dict(R=2, U=1, S=4, KSPLIT=1, WARPS=4),
+    dict(R=2, U=1, S=4, KSPLIT=2, WARPS=4),
     dict(R=2, U=2, S=3, KSPLIT=2, WARPS=2),
+    dict(R=4, U=1, S=3, KSPLIT=1, WARPS=2),
 ]
 
 # Measured best configuration per (bits, rows, N, K) on the H200, filled in by the lead from the lab's JSON
@@ -485,9 +494,12 @@ MEASURED: dict[tuple[int, int, int, int], dict] = {}
 
 def default_config(rows: int, n: int, k_vectors: int, bits: int | None = None) -> dict:
     """The configuration for `rows` rows of x, n outputs and k_vectors 16-byte vectors a packed row (K * bits /
-    128): the measured one where MEASURED has it (rows rounded up to 1, 2, 4, 8, 16), else R=1, U=2, S=4 in
-    blocks of 4 warps, with the smallest split of K over a block's warps (1, 2, 4) that puts TARGET_WARPS warps
-    in the grid, as long as each warp keeps at least 2 steps."""
+    128): the measured one where MEASURED has it (rows rounded up to 1, 2, 4, 8, 16), else R=1, S=4 in blocks of
+    4 warps, with the smallest split of K over a block's warps (1, 2, 4) that puts TARGET_WARPS warps in the
+    grid, as long as each warp keeps at least 2 steps; U=2, or U=1 from 5 rows on where the warps' rings would
+    take more than RING_BUDGET of a multiprocessor's shared memory (every block is resident at once at these
+    sizes): shared memory is carved out of L1, which has to hold x (16 rows x 4096 x bf16 = 128 KB) for the
+    warps that all read it."""
     if bits is not None:
         bucket = next(b for b in (1, 2, 4, 8, 16) if rows <= b) if rows <= 16 else rows
         k = k_vectors * 128 // bits
@@ -502,7 +514,9 @@ def default_config(rows: int, n: int, k_vectors: int, bits: int | None = None) -
         ksplit = ks
         if -(-tiles // (4 // ks)) * 4 >= TARGET_WARPS:
             break
-    return dict(R=1, U=2, S=4, KSPLIT=ksplit, WARPS=4)
+    warps_per_sm = -(-tiles * ksplit // SMS)
+    u = 1 if rows > 4 and warps_per_sm * 4 * 2 * 1024 > RING_BUDGET else 2
+    return dict(R=1, U=u, S=4, KSPLIT=ksplit, WARPS=4)
 
 
 def smem_bytes(cfg: dict, rows: int, bits: int, group_size: int, x_dtype=mx.bfloat16) -> int:
