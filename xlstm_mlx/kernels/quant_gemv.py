@@ -539,17 +539,31 @@ def column_tiles(rows: int, x_dtype=mx.bfloat16) -> int:
     return -(-rows * _parts(x_dtype) // 8)
 
 
-def check_config(cfg: dict, rows: int, bits: int, group_size: int, x_dtype=mx.bfloat16) -> None:
-    """UsageError unless the configuration is one the kernel is written for."""
+MAX_TILE_PRODUCT = 12  # R x column tiles a warp accumulates: ptxas (sm_90) spills R=4 x 6 tiles (float32 x, 16 rows)
+
+
+def config_problem(cfg: dict, rows: int, bits: int, group_size: int, x_dtype=mx.bfloat16) -> str | None:
+    """Why the kernel cannot take this configuration for these operands, or None."""
     R, U, S, KS, W = (cfg.get(k) for k in ("R", "U", "S", "KSPLIT", "WARPS"))
     if R not in (1, 2, 4) or U not in (1, 2, 4) or S not in range(2, 9) or W not in (1, 2, 4, 8):
-        raise UsageError(f"quantized GEMV config {cfg}: needs R and U in 1, 2, 4, S in 2..8, WARPS in 1, 2, 4, 8")
+        return "needs R and U in 1, 2, 4, S in 2..8, WARPS in 1, 2, 4, 8"
     if KS not in (1, 2, 4, 8) or W % KS:
-        raise UsageError(f"quantized GEMV config {cfg}: KSPLIT must divide WARPS")
+        return "KSPLIT must divide WARPS"
+    if R * column_tiles(rows, x_dtype) > MAX_TILE_PRODUCT:
+        return (f"R={R} x {column_tiles(rows, x_dtype)} column tiles ({rows} rows of {x_dtype}) is over "
+                f"{MAX_TILE_PRODUCT} accumulator tiles a warp (the registers spill): lower R")
     nbytes = smem_bytes(cfg, rows, bits, group_size, x_dtype)
     if nbytes > SMEM_LIMIT:
-        raise UsageError(f"quantized GEMV config {cfg} needs {nbytes} bytes of shared memory at {rows} rows, "
-                         f"over the {SMEM_LIMIT} of a static block: lower S, U, R or WARPS")
+        return (f"needs {nbytes} bytes of shared memory at {rows} rows, over the {SMEM_LIMIT} of a static block: "
+                "lower S, U, R or WARPS")
+    return None
+
+
+def check_config(cfg: dict, rows: int, bits: int, group_size: int, x_dtype=mx.bfloat16) -> None:
+    """UsageError unless the configuration is one the kernel is written for (config_problem)."""
+    problem = config_problem(cfg, rows, bits, group_size, x_dtype)
+    if problem:
+        raise UsageError(f"quantized GEMV config {cfg}: {problem}")
 
 
 def kernel_constants(x_dtype, rows: int, bits: int, group_size: int, has_bias: bool, cfg: dict) -> list:
