@@ -115,6 +115,13 @@ __device__ __forceinline__ unsigned xq_pack(float lo, float hi) {
     return r;
 }
 #define xq_syncwarp() __syncwarp()
+// v, in a register ptxas cannot re-materialize: else it rebuilds a constant before every lop3 / mma that uses it,
+// one more instruction each in the inner loop. A shuffle of a lane-varying value (v ^ lane, read from lane 0)
+// is one it cannot fold (it folds a shuffle of a constant, and NVVM an __shfl_sync of one).
+// (salt: different expressions for equal values, which need registers of their own, as an mma operand's four)
+__device__ __forceinline__ unsigned xq_keep(unsigned v, int salt = 0) {
+    return __shfl_sync(0xffffffffu, v ^ ((threadIdx.x & 31u) << salt), 0);
+}
 #else
 inline unsigned xq_smem_addr(const void*) { return 0; }
 inline void xq_cp_async16(void* dst, const void* src) { host_cp_async16(dst, src); }
@@ -131,11 +138,15 @@ inline unsigned xq_pack(float lo, float hi) {
     return unsigned(__float2bfloat16(lo).v) | (unsigned(__float2bfloat16(hi).v) << 16);
 }
 #define xq_syncwarp() host_syncwarp()
+inline unsigned xq_keep(unsigned v, int = 0) { return v; }
 #endif
 
-// 4-bit: the bf16 pair (code i, code i + 4) of a word (codes 0..7 in nibbles 0..7), exact
-__device__ __forceinline__ unsigned xq_pair4(unsigned word, int i) {
-    return xq_minus128(((word >> (4 * i)) & 0x000F000Fu) | 0x43004300u);
+// 4-bit: the bf16 pair (code i, code i + 4) of a word (codes 0..7 in nibbles 0..7), exact; mask = 0x000F000F.
+// SHIFTED: (128 + code i, 128 + code i + 4), also exact (the caller takes 128 * sum(x) off in float32)
+template <bool SHIFTED>
+__device__ __forceinline__ unsigned xq_pair4(unsigned word, int i, unsigned mask) {
+    const unsigned biased = ((word >> (4 * i)) & mask) | 0x43004300u;
+    return SHIFTED ? biased : xq_minus128(biased);
 }
 // 8-bit: code e (byte e) of a word as a float, exact: the bits 0x4B0000qq are the float 2^23 + q
 __device__ __forceinline__ float xq_code8(unsigned word, int e) {
@@ -198,6 +209,11 @@ _SOURCE = r"""
     // vectors summed before they are folded with their scale: a group, or a step where a group spans steps
     // (consecutive steps may belong to different warps of the K split)
     constexpr int FOLD = VPG < SPAN ? VPG : SPAN;
+    // 4-bit codes with bf16 x enter the mma as 128 + q (one instruction less a pair), and the fold takes
+    // 128 * s * sum(x) off through the bias: s * sum((128 + q) x) + (b - 128 s) * sum(x). Exact algebra; the
+    // float32 sum(128 + q) x is ~16x the size of sum(q x), so its rounding is ~1e-6 of the output, against the
+    // 2^-9 of the output's own rounding to bf16. float32 x keeps the exact q (its tolerance is float32's).
+    constexpr bool SHIFTED = BITS == 4 && P == 1;
     constexpr int STAGE = R * U * 64;                 // uint4 per ring stage: R tiles x U units x 2 halves x 32
     constexpr int RING = S * STAGE;
     constexpr int SBUF = 8 * R * SP;                  // uint4: R tiles x 16 rows x SP (scale, bias) pairs
@@ -270,15 +286,19 @@ _SOURCE = r"""
         for (int t = 0; t < NT; ++t)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[r][t][e] = 0.f;
-    const unsigned ones[4] = {0x3F803F80u, 0x3F803F80u, 0x3F803F80u, 0x3F803F80u};   // bf16 1.0 pairs
+    const unsigned mask4 = xq_keep(0x000F000Fu);      // the nibble mask of xq_pair4
+    const unsigned ones[4] = {xq_keep(0x3F803F80u, 0), xq_keep(0x3F803F80u, 1), xq_keep(0x3F803F80u, 2),
+                              xq_keep(0x3F803F80u, 3)};  // bf16 (1, 1) pairs: the A of x's sums
 
     // the x row and part of this thread's B column in each tile (-1: a padding column, zeros)
     int xm[NT], xp[NT];
+    decltype(x) xr[NT];                               // x row of the column, at thread c's word of vector 0
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
         const int col = t * 8 + g;
         xm[t] = col < NCOL ? col % M : -1;
         xp[t] = col < NCOL ? col / M : 0;
+        xr[t] = x + (size_t)(col < NCOL ? col % M : 0) * K + (VALS / 4) * c;
     }
 
     // the running sums of a group (or of its part in a step): sum of q * x per tile, and x's sum
@@ -320,7 +340,6 @@ _SOURCE = r"""
                     const int v = vb + j;
                     if (v < CV) {                     // warp-uniform
                         const int gi = ((u * 4 + j) * VALS) / GS;   // this vector's group in the step
-                        const int k0 = v * VALS + (VALS / 4) * c;   // first k of thread c's word
                         unsigned b[NT][2][2];
                         if (v % FOLD == 0) {          // a group (or step) starts: fresh sums (warp-uniform)
 #pragma unroll
@@ -335,7 +354,7 @@ _SOURCE = r"""
 #pragma unroll
                         for (int t = 0; t < NT; ++t) {
                             if (xm[t] >= 0) {
-                                xq_bfrag<BITS>(x + (size_t)xm[t] * K + k0, xp[t], b[t]);
+                                xq_bfrag<BITS>(xr[t] + v * VALS, xp[t], b[t]);
                             } else {
 #pragma unroll
                                 for (int h = 0; h < 2; ++h) b[t][h][0] = b[t][h][1] = 0u;
@@ -349,10 +368,10 @@ _SOURCE = r"""
                             for (int h = 0; h < KH; ++h) {
                                 unsigned a[4];        // A: rows g / g + 8, k-slots 2c, 2c+1 / 2c+8, 2c+9
                                 if constexpr (BITS == 4) {
-                                    a[0] = xq_pair4(lo[r][j], 2 * h);
-                                    a[1] = xq_pair4(hi[r][j], 2 * h);
-                                    a[2] = xq_pair4(lo[r][j], 2 * h + 1);
-                                    a[3] = xq_pair4(hi[r][j], 2 * h + 1);
+                                    a[0] = xq_pair4<SHIFTED>(lo[r][j], 2 * h, mask4);
+                                    a[1] = xq_pair4<SHIFTED>(hi[r][j], 2 * h, mask4);
+                                    a[2] = xq_pair4<SHIFTED>(lo[r][j], 2 * h + 1, mask4);
+                                    a[3] = xq_pair4<SHIFTED>(hi[r][j], 2 * h + 1, mask4);
                                 } else {
                                     a[0] = xq_pack(xq_code8(lo[r][j], 0), xq_code8(lo[r][j], 1));
                                     a[1] = xq_pack(xq_code8(hi[r][j], 0), xq_code8(hi[r][j], 1));
@@ -366,9 +385,12 @@ _SOURCE = r"""
                         if ((v + 1) % FOLD == 0) {    // it ends (K is a multiple of GS: so does the row)
 #pragma unroll
                             for (int r = 0; r < R; ++r) {
-                                const float2 sb_lo = reinterpret_cast<const float2*>(sbuf)[(r * 16 + g) * SP + gi];
-                                const float2 sb_hi =
-                                    reinterpret_cast<const float2*>(sbuf)[(r * 16 + g + 8) * SP + gi];
+                                float2 sb_lo = reinterpret_cast<const float2*>(sbuf)[(r * 16 + g) * SP + gi];
+                                float2 sb_hi = reinterpret_cast<const float2*>(sbuf)[(r * 16 + g + 8) * SP + gi];
+                                if constexpr (SHIFTED) {
+                                    sb_lo.y = fmaf(-128.f, sb_lo.x, sb_lo.y);
+                                    sb_hi.y = fmaf(-128.f, sb_hi.x, sb_hi.y);
+                                }
 #pragma unroll
                                 for (int t = 0; t < NT; ++t) {   // acc += s * sum(q x) + b * sum(x)
                                     acc[r][t][0] = fmaf(sb_lo.x, d[r][t][0], fmaf(sb_lo.y, xs[t][0], acc[r][t][0]));
