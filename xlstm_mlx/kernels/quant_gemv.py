@@ -495,9 +495,9 @@ RING_BUDGET = 96 * 1024  # shared memory a multiprocessor's weight rings may tak
 # weights); S: ring stages (S - 1 steps in flight a warp); KSPLIT: warps of a block splitting K; WARPS a block.
 SWEEP_CONFIGS = [
     dict(R=1, U=2, S=4, KSPLIT=1, WARPS=4),
-    dict(R=1, U=2, S=3, KSPLIT=1, WARPS=4),
     dict(R=1, U=2, S=4, KSPLIT=2, WARPS=4),
     dict(R=1, U=2, S=4, KSPLIT=4, WARPS=4),
+    dict(R=1, U=2, S=3, KSPLIT=1, WARPS=4),
     dict(R=1, U=1, S=4, KSPLIT=1, WARPS=4),
     dict(R=1, U=1, S=3, KSPLIT=1, WARPS=4),
     dict(R=1, U=1, S=4, KSPLIT=1, WARPS=8),
@@ -505,6 +505,8 @@ SWEEP_CONFIGS = [
     dict(R=1, U=4, S=3, KSPLIT=1, WARPS=2),
     dict(R=2, U=1, S=4, KSPLIT=1, WARPS=4),
     dict(R=2, U=1, S=4, KSPLIT=2, WARPS=4),
+    dict(R=2, U=1, S=4, KSPLIT=4, WARPS=4),
+    dict(R=2, U=1, S=3, KSPLIT=1, WARPS=4),
     dict(R=2, U=2, S=3, KSPLIT=2, WARPS=2),
     dict(R=4, U=1, S=3, KSPLIT=1, WARPS=2),
 ]
@@ -516,9 +518,11 @@ MEASURED: dict[tuple[int, int, int, int], dict] = {}
 
 def default_config(rows: int, n: int, k_vectors: int, bits: int | None = None) -> dict:
     """The configuration for `rows` rows of x, n outputs and k_vectors 16-byte vectors a packed row (K * bits /
-    128): the measured one where MEASURED has it (rows rounded up to 1, 2, 4, 8, 16), else R=1, S=4 in blocks of
-    4 warps, with the smallest split of K over a block's warps (1, 2, 4) that puts TARGET_WARPS warps in the
-    grid, as long as each warp keeps at least 2 steps; U=2, or U=1 from 5 rows on where the warps' rings would
+    128): the measured one where MEASURED has it (rows rounded up to 1, 2, 4, 8, 16), else the rule: R=2 tiles a
+    warp (each x fragment and x sum serves two tiles: ~40 instructions a tile's vector column at 1 row, ~57 at
+    16, against ~48 and ~75 with R=1, in the sm_90 SASS; ~67 fit in the issue slots at 4 TB/s), U=1, S=4 in
+    blocks of 4 warps, with the smallest split of K over a block's warps (1, 2, 4) that puts TARGET_WARPS warps
+    in the grid, as long as each warp keeps at least 2 steps; S=3 from 5 rows on where the warps' rings would
     take more than RING_BUDGET of a multiprocessor's shared memory (every block is resident at once at these
     sizes): shared memory is carved out of L1, which has to hold x (16 rows x 4096 x bf16 = 128 KB) for the
     warps that all read it."""
@@ -527,18 +531,19 @@ def default_config(rows: int, n: int, k_vectors: int, bits: int | None = None) -
         k = k_vectors * 128 // bits
         if (bits, bucket, n, k) in MEASURED:
             return dict(MEASURED[(bits, bucket, n, k)])
-    tiles = -(-n // 16)
-    steps = -(-k_vectors // 8)
+    r, u, warps = 2, 1, 4
+    tiles = -(-n // (16 * r))                  # warp tasks before the split
+    steps = -(-k_vectors // (4 * u))
     ksplit = 1
     for ks in (1, 2, 4):
         if ks > 1 and steps < 2 * ks:
             break
         ksplit = ks
-        if -(-tiles // (4 // ks)) * 4 >= TARGET_WARPS:
+        if -(-tiles // (warps // ks)) * warps >= TARGET_WARPS:
             break
     warps_per_sm = -(-tiles * ksplit // SMS)
-    u = 1 if rows > 4 and warps_per_sm * 4 * 2 * 1024 > RING_BUDGET else 2
-    return dict(R=1, U=u, S=4, KSPLIT=ksplit, WARPS=4)
+    s = 3 if rows > 4 and warps_per_sm * 4 * r * u * 1024 > RING_BUDGET else 4
+    return dict(R=r, U=u, S=s, KSPLIT=ksplit, WARPS=warps)
 
 
 def smem_bytes(cfg: dict, rows: int, bits: int, group_size: int, x_dtype=mx.bfloat16) -> int:
