@@ -7,7 +7,11 @@ runs every CUDA thread of a block as a std::thread: __syncthreads is a block bar
 through memory between two warp barriers, __shared__ arrays are statics (blocks run one after another), loads
 through the cache hints are plain loads. Index arithmetic, bit unpacking, unrolled loops, tails and the block
 reduction therefore run exactly as written; only timing and the hardware's float contraction can differ
-(fmaf is std::fmaf here, a single rounding as on the GPU).
+(fmaf is std::fmaf here, a single rounding as on the GPU). A kernel that uses PTX (kernels/quant_gemv.py) calls
+it through wrappers whose host side is here, with the PTX ISA's documented semantics: host_cp_async16 (a copy
+that lands at once), host_ldmatrix_x4 (lanes exchange row addresses), host_mma_16816 (mma.sync m16n8k16 bf16 ->
+float32 by its fragment layouts: lanes exchange their registers), host_syncwarp; so the host run checks the
+kernel's own fragment bookkeeping against that reading of the ISA (not the hardware itself).
 
     available()                     whether a C++20 host compiler is there (else the tests skip)
     run(source, header, inputs, output, constants, blocks, threads)   -> the output as a numpy array

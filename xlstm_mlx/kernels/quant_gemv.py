@@ -40,21 +40,31 @@ Kernel design:
     k-slots (4 per thread of a quad) all come from ONE vector, hence one group, whatever the group size (the
     copy swizzles the 16-byte slots so that neither the copy nor ldmatrix has bank conflicts);
   - the k order inside an mma is free as long as weights and x agree: 4-bit codes become bf16 pairs (code i,
-    code i + 4) of a word with one shift, one lop3 (mask 0x000F000F | 0x43004300: the bf16 128 + q, exact) and
-    one bf16x2 fma (- 128, exact); x's 8 values of the word are loaded with one 16-byte __ldg and paired the same
-    way by two byte_perms a register. 8-bit codes go through float32 (byte_perm into 0x4B0000qq = 2^23 + q,
-    minus 2^23, exact) and one cvt to a bf16 pair, in natural order, against x's 4 values as they lie;
-  - x (a few KB, read by every warp) comes through L1 with __ldg, the scales and biases of a step (16 rows x
-    the step's groups) with coalesced __ldg one step ahead, into per-warp shared memory as float32.
+    code i + 4) of a word with one shift and one lop3 (mask 0x000F000F | 0x43004300: the bf16 128 + q, exact),
+    plus one bf16x2 fma (- 128, exact) for a float32 x; with bf16 x the 128 + q go into the mma as they are and
+    the fold takes 128 * s * sum(x) off through the bias (b - 128 s). x's 8 values of the word are loaded with
+    one 16-byte __ldg and paired the same way by two byte_perms a register. 8-bit codes go through float32
+    (byte_perm into 0x4B0000qq = 2^23 + q, minus 2^23, exact) and one cvt to a bf16 pair, in natural order,
+    against x's 4 values as they lie;
+  - the sums of a group (or of its part in one step) are folded into the output accumulator once:
+    acc += s * sum(q x) + b * sum(x), two FMAs an accumulator;
+  - x (a few KB to 128 KB, read by every warp of a multiprocessor at about the same k: the K split interleaves
+    steps) comes through L1 with __ldg; the scales and biases of a step (16 rows x the step's groups) with
+    coalesced __ldg one step ahead, into per-warp shared memory as float32 (scale, bias) pairs;
+  - the mask and the ones are kept in registers through a shuffle (xq_keep): ptxas otherwise re-materializes
+    each constant before every use. The inner loop is ~40-57 sm_90 instructions per 16-row tile and 16-byte
+    vector column (256 bytes of weight) with R=2, 1-16 rows, 4-bit; ~67 fit the issue slots at 4 TB/s.
 Rows of x beyond MAX_ROWS go to MLX (quantized_matmul_ref): more rows need a real GEMM.
 
 Numerics against the reference (MLX dequantizes w in float32, rounding q * s and then + b, and sums in float32):
-the kernel never rounds a weight; its products q_k x_k are exact, the per-vector sums are float32 (tensor-core
+the kernel never rounds a weight; its products q_k x_k are exact, the per-group sums are float32 (tensor-core
 accumulation), and s * sum(q x) + b * sum(x) reassociates the per-weight sum; one rounding to x's dtype at the
-end. So the output differs from quantized_matmul_ref by float32 rounding (relative ~1e-6 for non-cancelling
-outputs; b * sum(x) and s * sum(q x) are each of the size of the outputs' terms, nothing cancels catastrophically
-for weights q * s + b with q in [0, 2^bits)) plus the reference's own per-weight roundings; a float32 x is exact
-in its three bf16 parts unless a part underflows (|x| < ~2^-110), far below anything a decode step produces.
+end. So the output differs from quantized_matmul_ref by float32 rounding plus the reference's own per-weight
+roundings: for weights q * s + b with q in [0, 2^bits) the two terms are each a few times the size of the group's
+contribution (b ~ -2^(bits-1) s), so nothing cancels catastrophically (~1e-7 relative with float32 x); with bf16
+x at 4 bits sum((128 + q) x) is ~16x larger again (~1e-6 relative), far below the output's own rounding to bf16
+(2^-9). A float32 x is exact in its three bf16 parts unless a part underflows (|x| < ~2^-110), far below
+anything a decode step produces.
 """
 
 from __future__ import annotations
