@@ -22,8 +22,6 @@ wrong nibble order, group index or scale would give (O(1)). float32 x: 1e-5 (flo
 the fold s * sum(q x) + b * sum(x) cancelling a factor ~2-3 per group: ~1e-7). NaN or inf never passes.
 """
 
-import re
-
 import numpy as np
 import pytest
 import mlx.core as mx
