@@ -1,25 +1,27 @@
-"""Quantized-matmul lab: MLX's affine 4-/8-bit matmul against our CUDA GEMV (kernels/quant_gemv.py), in ONE run.
+"""Quantized-matmul lab: our CUDA GEMV (kernels/quant_gemv.py), every config it may pick, against MLX, in ONE run.
 
-    python3 benchmarks/gpu_quant_lab.py --json $OUT/gpu_quant_lab.json        # the 7B decode matrices (H200)
+    python3 benchmarks/gpu_quant_lab.py --json $OUT/gpu_quant_lab.json        # the 7B decode matrices (H200, < 4 min)
     python3 benchmarks/gpu_quant_lab.py --quick                               # small shapes, any device (CPU: kernel skipped)
 
 For each 7B decode matrix (K -> N: fused q|k|v|o 4096->12288, FFN gate|up 4096->21888, FFN down 10944->4096,
 out_proj 4096->4096, lm_head 4096->50304), bits 4 and 8 (group 64, the `convert -q` layout, bf16 scales), rows
-M in 1, 2, 4, 8, 16, 32, 64, 256, 2048:
-  (a) parity: the kernel (M <= MAX_ROWS) and MLX's quantized matmul against the reference evaluated on the CPU
-      stream in float32 (relative Frobenius error; the bf16 output rounding alone puts it near 2e-3);
-  (b) time per call, the median over --reps chains of --calls independent calls (a third of them, 3 chains,
-      past 64 rows) with the weights rotated over 3 copies (so no call finds its weight in the 60 MB L2),
-      mx.synchronize() around each chain, for
+M in 1, 2, 4, 8, 16 (--rows):
+  (a) parity: every kernel config (quant_gemv.SWEEP_CONFIGS and the default) and MLX's quantized matmul against
+      the reference evaluated on the CPU stream in float32 (relative Frobenius error; the bf16 output rounding
+      alone puts it near 2e-3; a config above 1e-2 is marked BAD and never "best");
+  (b) time per call, the median over --reps chains of --calls independent calls with the weights rotated over
+      enough copies (>= 3, >= 128 MB in all) that no call finds its weight in the 60 MB L2, mx.synchronize()
+      around each chain (built lazily before the clock starts: Python's dispatch is not timed), for
         qmm      MLX's mx.quantized_matmul (what nn.QuantizedLinear runs),
-        kernel   our CUDA GEMV, default config and a few others at M = 1 and 8,
-        deq_mm   mx.dequantize then the bf16 x @ w.T,
-        bf16     MLX's bf16 matmul on the dequantized weight alone (the bf16 baseline),
+        kernel   our CUDA GEMV with its default config, and each SWEEP config (cfg:R1U2S4K1W4 ...),
+        deq_mm   mx.dequantize then the bf16 x @ w.T (only for rows beyond the kernel's MAX_ROWS),
+        bf16     MLX's bf16 matmul on the dequantized weight (the bf16 baseline of the same shape),
       and effective TB/s = weight bytes / time (packed weight + scales + biases for the quantized variants,
       the bf16 weight for bf16).
 Every (matrix, bits) section is in try/except: one failure is recorded and the rest still run. A short table is
-printed last (matrix, bits, M, us and TB/s per variant, the best quantized variant); all numbers go to --json
-(written after every section, atomically).
+printed last (matrix, bits, M: qmm, default kernel, best config with its TB/s, bf16), then the MEASURED table
+for quant_gemv.py built from the best configs; all numbers go to --json (written after every section,
+atomically).
 """
 
 from __future__ import annotations
@@ -44,13 +46,13 @@ from xlstm_mlx.kernels.cuda_common import cuda_available  # noqa: E402
 MATRICES = {"qkvo": (4096, 12288), "ffn_up": (4096, 21888), "ffn_down": (10944, 4096), "out": (4096, 4096),
             "lm_head": (4096, 50304)}
 QUICK_MATRICES = {"small": (512, 1000), "odd": (1024, 333)}
-ROWS = [1, 2, 4, 8, 16, 32, 64, 256, 2048]
+ROWS = [1, 2, 4, 8, 16]  # default_config's row buckets: MEASURED is keyed by them
 QUICK_ROWS = [1, 4, 16]
-# other kernel configs timed at M = 1 and 8 (each is one more JIT compile, ~1 s)
-CONFIGS = [dict(R=4, KSPLIT=1, U=2), dict(R=4, KSPLIT=2, U=2), dict(R=4, KSPLIT=1, U=1), dict(R=2, KSPLIT=1, U=4),
-           dict(R=2, KSPLIT=1, U=2), dict(R=1, KSPLIT=1, U=8)]
 GROUP = 64
-COPIES = 3
+MIN_COPIES = 3
+ROTATE_BYTES = 128e6  # weight bytes a chain rotates over: twice the H200's L2
+MAX_COPIES = 16
+BAD_ERR = 1e-2
 
 
 def rel_err(out, ref) -> float:
@@ -60,17 +62,29 @@ def rel_err(out, ref) -> float:
     return float((mx.linalg.norm((o - r).reshape(-1)) / mx.maximum(mx.linalg.norm(r.reshape(-1)), 1e-30)).item())
 
 
-def chain_time(call, calls: int, reps: int) -> float:
-    """Median seconds per call of `call(i)` (i picks the weight copy): chains of `calls` independent calls."""
-    mx.eval([call(i) for i in range(COPIES)])  # warm-up: compile, allocate
+def copies_for(nbytes: int) -> int:
+    return max(MIN_COPIES, min(MAX_COPIES, -(-int(ROTATE_BYTES) // max(nbytes, 1))))
+
+
+def chain_time(call, copies: int, calls: int, reps: int) -> float:
+    """Median seconds per call of `call(i)` (i picks the weight copy, mod copies): chains of independent calls.
+    Each chain's lazy graph is built before the clock starts, so the time is the launches and the kernels, not
+    Python's dispatch (tens of microseconds a call, more than a 7 us kernel)."""
+    mx.eval([call(i) for i in range(copies)])  # warm-up: compile, allocate, touch every copy
     times = []
     for _ in range(reps):
+        outs = [call(i) for i in range(calls)]
         mx.synchronize()
         t = time.perf_counter()
-        mx.eval([call(i) for i in range(calls)])
+        mx.eval(outs)
         mx.synchronize()
         times.append((time.perf_counter() - t) / calls)
+        del outs
     return statistics.median(times)
+
+
+def cfg_tag(cfg: dict) -> str:
+    return "cfg:R{R}U{U}S{S}K{KSPLIT}W{WARPS}".format(**cfg)
 
 
 def _err(e: BaseException) -> str:
@@ -80,22 +94,28 @@ def _err(e: BaseException) -> str:
 def matrix_section(name: str, K: int, N: int, bits: int, rows: list[int], calls: int, reps: int,
                    run_kernel: bool) -> list[dict]:
     seed = 1000 * bits + N
-    ws = [(mx.random.normal((N, K), key=mx.random.key(seed + i)) * K**-0.5).astype(mx.bfloat16)
-          for i in range(COPIES)]
-    qs = [mx.quantize(w, group_size=GROUP, bits=bits) for w in ws]
+    w0 = (mx.random.normal((N, K), key=mx.random.key(seed)) * K**-0.5).astype(mx.bfloat16)
+    q0 = mx.quantize(w0, group_size=GROUP, bits=bits)
+    mx.eval(q0)
+    qbytes = sum(a.nbytes for a in q0)
+    bf16_bytes = N * K * 2
+    nq, nb = copies_for(qbytes), copies_for(bf16_bytes)
+    # the copies: distinct buffers of equal work (codes xor-ed with a copy number, scales and biases shifted);
+    # copy 0 is the one the parity checks use
+    qs = [q0] + [(mx.bitwise_xor(q0[0], mx.array(i * 0x01010101, dtype=mx.uint32)), q0[1] * (1 + 2**-7 * i),
+                  q0[2] + 0.001 * i) for i in range(1, nq)]
     mx.eval(qs)
-    deq = [mx.dequantize(*q, group_size=GROUP, bits=bits) for q in qs]  # the bf16 baseline's weights
+    deq0 = mx.dequantize(*q0, group_size=GROUP, bits=bits)
+    deq = [deq0] + [deq0 + 0.001 * i for i in range(1, nb)]  # the bf16 baseline's weights
     mx.eval(deq)
-    del ws
-    qbytes = sum(a.nbytes for a in qs[0])
-    bf16_bytes = deq[0].nbytes
-    kmax = max(m for m in rows if m <= quant_gemv.MAX_ROWS) if any(m <= quant_gemv.MAX_ROWS for m in rows) else 0
+    del w0
+    kmax = max([m for m in rows if m <= quant_gemv.MAX_ROWS], default=0)
     xall = mx.random.normal((max(rows), K), key=mx.random.key(seed + 99)).astype(mx.bfloat16)
     mx.eval(xall)
     ref_k = None
     if kmax:  # one float32 CPU reference for the kernel's rows; row m of it serves every M > m
         with mx.stream(mx.cpu):
-            W, S, B = qs[0]
+            W, S, B = q0
             ref_k = quant_gemv.quantized_matmul_ref(xall[:kmax].astype(mx.float32), W, S.astype(mx.float32),
                                                     B.astype(mx.float32), None, GROUP, bits)
             mx.eval(ref_k)
@@ -104,83 +124,86 @@ def matrix_section(name: str, K: int, N: int, bits: int, rows: list[int], calls:
         x = xall[:M]
         mx.eval(x)
         row = {"matrix": name, "K": K, "N": N, "bits": bits, "group_size": GROUP, "rows": M,
-               "quant_bytes": qbytes, "bf16_bytes": bf16_bytes}
+               "quant_bytes": qbytes, "bf16_bytes": bf16_bytes, "copies": [nq, nb]}
+        n_calls, n_reps = (calls, reps) if M <= 64 else (max(6, calls // 3), min(reps, 3))
 
-        # past 64 rows a call is compute-bound and long (>= ~100 us): fewer calls keep the run short
-        n_calls, n_reps = (calls, reps) if M <= 64 else (max(2 * COPIES, calls // 3), min(reps, 3))
-
-        def timed(tag, call, nbytes):
+        def timed(tag, call, nbytes, copies):
             try:
-                t = chain_time(call, n_calls, n_reps)
+                t = chain_time(call, copies, n_calls, n_reps)
                 row[f"{tag}_us"], row[f"{tag}_TBps"] = t * 1e6, nbytes / t / 1e12
             except Exception as e:  # one variant failing is recorded, not fatal
                 row[f"{tag}_error"] = _err(e)
 
-        qmm = lambda i: quant_gemv.quantized_matmul_ref(x, *qs[i % COPIES], None, GROUP, bits)  # noqa: E731
+        qmm = lambda i: quant_gemv.quantized_matmul_ref(x, *qs[i % nq], None, GROUP, bits)  # noqa: E731
         if ref_k is not None and M <= kmax:
             try:
                 row["qmm_err"] = rel_err(qmm(0), ref_k[:M])
             except Exception as e:
                 row["qmm_err_error"] = _err(e)
-        timed("qmm", qmm, qbytes)
+        timed("qmm", qmm, qbytes, nq)
         if M <= quant_gemv.MAX_ROWS and run_kernel:
-            W, S, B = qs[0]
-            row["kernel_cfg"] = quant_gemv.default_config(M, N, K * bits // 128, bits)
+            W, S, B = q0
+            default = quant_gemv.default_config(M, N, K * bits // 128, bits)
+            row["kernel_cfg"] = default
             if not quant_gemv.applies(x, W, S, GROUP, bits, "affine", biases=B):
                 row["kernel_error"] = "applies() is False for these operands"
             else:
-                try:
-                    row["kernel_err"] = rel_err(quant_gemv.quantized_gemv_cuda(x, W, S, B, None, GROUP, bits),
-                                                ref_k[:M])
-                except Exception as e:
-                    row["kernel_err_error"] = _err(e)
-                timed("kernel", lambda i: quant_gemv.quantized_gemv_cuda(x, *qs[i % COPIES], None, GROUP, bits),
-                      qbytes)
-                if M in (1, 8):
-                    for cfg in CONFIGS:
-                        tag = "kernel_R{R}_K{KSPLIT}_U{U}".format(**cfg)
-                        try:
-                            row[f"{tag}_err"] = rel_err(quant_gemv.quantized_gemv_cuda(
-                                x, W, S, B, None, GROUP, bits, **cfg), ref_k[:M])
-                        except Exception as e:
-                            row[f"{tag}_err_error"] = _err(e)
-                            continue
-                        timed(tag, lambda i, cfg=cfg: quant_gemv.quantized_gemv_cuda(
-                            x, *qs[i % COPIES], None, GROUP, bits, **cfg), qbytes)
-        deq_mm = lambda i: x @ mx.dequantize(*qs[i % COPIES], group_size=GROUP, bits=bits).T  # noqa: E731
-        try:
-            row["deq_mm_vs_qmm_err"] = rel_err(deq_mm(0), qmm(0))
-        except Exception as e:
-            row["deq_mm_vs_qmm_error"] = _err(e)
-        timed("deq_mm", deq_mm, qbytes)
-        timed("bf16", lambda i: x @ deq[i % COPIES].T, bf16_bytes)
-        quant = {k[:-3]: v for k, v in row.items() if k.endswith("_us") and k != "bf16_us"}
+                variants = [("kernel", default)] + [(cfg_tag(c), c) for c in quant_gemv.SWEEP_CONFIGS]
+                for tag, cfg in variants:
+                    try:
+                        err = rel_err(quant_gemv.quantized_gemv_cuda(x, W, S, B, None, GROUP, bits, **cfg), ref_k[:M])
+                        row[f"{tag}_err"] = err
+                    except Exception as e:
+                        row[f"{tag}_err_error"] = _err(e)
+                        continue
+                    timed(tag, lambda i, cfg=cfg: quant_gemv.quantized_gemv_cuda(
+                        x, *qs[i % nq], None, GROUP, bits, **cfg), qbytes, nq)
+                ok = {k[:-3]: v for k, v in row.items() if k.startswith("cfg:") and k.endswith("_us")
+                      and row.get(k[:-3] + "_err", float("nan")) <= BAD_ERR}
+                if ok:
+                    best = min(ok, key=ok.get)
+                    row["best_cfg"] = best
+                    row["best_cfg_dict"] = next(c for t, c in variants if t == best)
+        if M > quant_gemv.MAX_ROWS or not run_kernel:
+            deq_mm = lambda i: x @ mx.dequantize(*qs[i % nq], group_size=GROUP, bits=bits).T  # noqa: E731
+            timed("deq_mm", deq_mm, qbytes, nq)
+        timed("bf16", lambda i: x @ deq[i % nb].T, bf16_bytes, nb)
+        quant = {k[:-3]: v for k, v in row.items() if k.endswith("_us") and k != "bf16_us"
+                 and not (k.startswith(("cfg:", "kernel")) and not row.get(k[:-3] + "_err", 0.0) <= BAD_ERR)}
         if quant:
             row["best"] = min(quant, key=quant.get)
         res.append(row)
-        print(f"[quant-lab] {row}", file=sys.stderr, flush=True)
+        short = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items() if not k.endswith("_TBps")}
+        print(f"[quant-lab] {short}", file=sys.stderr, flush=True)
     return res
 
 
 def table(out: dict) -> str:
-    lines = ["| matrix | bits | M | qmm us (TB/s) | kernel us (TB/s) | best kernel config us (TB/s) | "
-             "deq+mm us (TB/s) | bf16 us (TB/s) | kernel err | best |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| matrix | bits | M | qmm us (TB/s) | kernel default us (TB/s) | best config us (TB/s) | bf16 us (TB/s) | "
+             "worst kernel err | best |", "|---|---|---|---|---|---|---|---|---|"]
 
     def cell(r, tag):
         return f"{r[tag + '_us']:.1f} ({r[tag + '_TBps']:.2f})" if tag + "_us" in r else "-"
 
     for r in out.get("results", []):
-        cfgs = {k[:-3]: v for k, v in r.items() if k.startswith("kernel_R") and k.endswith("_us")}
-        best_cfg = min(cfgs, key=cfgs.get) if cfgs else None
-        cfg_cell = f"{best_cfg.removeprefix('kernel_')} {cell(r, best_cfg)}" if best_cfg else "-"
-        err = r.get("kernel_err")
-        err_cell = "-" if err is None else f"{err:.1e}"
+        errs = [v for k, v in r.items() if k.endswith("_err") and (k.startswith(("cfg:", "kernel")))]
+        worst = max(errs, default=None, key=lambda e: float("inf") if e != e else e)
+        bad = sum(1 for e in errs if not e <= BAD_ERR)
+        err_cell = "-" if worst is None else f"{worst:.1e}" + (f" ({bad} BAD)" if bad else "")
+        best = r.get("best_cfg")
+        best_cell = f"{best.removeprefix('cfg:')} {cell(r, best)}" if best else "-"
         lines.append(f"| {r['matrix']} {r['K']}->{r['N']} | {r['bits']} | {r['rows']} | {cell(r, 'qmm')} | "
-                     f"{cell(r, 'kernel')} | {cfg_cell} | {cell(r, 'deq_mm')} | {cell(r, 'bf16')} | {err_cell} | "
-                     f"{r.get('best', '-')} |")
+                     f"{cell(r, 'kernel')} | {best_cell} | {cell(r, 'bf16')} | {err_cell} | {r.get('best', '-')} |")
     for k, v in out.get("errors", {}).items():
         lines.append(f"error in {k}: {v.strip().splitlines()[-1]}")
     return "\n".join(lines)
+
+
+def measured_table(out: dict) -> str:
+    """The MEASURED dict of kernels/quant_gemv.py from this run's best configs: (bits, rows, N, K) -> config."""
+    entries = [f"    ({r['bits']}, {r['rows']}, {r['N']}, {r['K']}): {r['best_cfg_dict']},"
+               for r in out.get("results", []) if r.get("best_cfg_dict") and r["rows"] in (1, 2, 4, 8, 16)]
+    return "MEASURED = {\n" + "\n".join(entries) + "\n}" if entries else "MEASURED: no kernel configs timed"
 
 
 def write_json(path: str, out: dict) -> None:
@@ -196,11 +219,11 @@ def main() -> int:
     p.add_argument("--json", help="write all numbers here (after every section)")
     p.add_argument("--quick", action="store_true", help="small shapes and few rows: an end-to-end check, any device")
     p.add_argument("--bits", type=int, nargs="+", default=[4, 8], choices=[4, 8])
-    p.add_argument("--rows", type=int, nargs="+", help="rows of x (default: 1 2 4 8 16 32 64 256 2048)")
+    p.add_argument("--rows", type=int, nargs="+", help="rows of x (default: 1 2 4 8 16)")
     p.add_argument("--matrices", nargs="+", help=f"a subset of {', '.join(MATRICES)}")
     p.add_argument("--calls", type=int, default=20, help="independent calls per timed chain")
     p.add_argument("--reps", type=int, default=5, help="timed chains per variant (the median is kept)")
-    p.add_argument("--max-seconds", type=float, default=240.0,
+    p.add_argument("--max-seconds", type=float, default=225.0,
                    help="start no new (matrix, bits) section after this long; the skipped ones are recorded")
     args = p.parse_args()
     mats = QUICK_MATRICES if args.quick else MATRICES
@@ -214,7 +237,8 @@ def main() -> int:
     run_kernel = cuda_available()
     out = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),
            "mlx_version": mx.__version__, "device": str(mx.default_device()), "cuda": run_kernel,
-           "kernel_label": quant_gemv.label(), "calls": calls, "reps": reps, "results": [], "errors": {}}
+           "kernel_label": quant_gemv.label(), "sweep_configs": quant_gemv.SWEEP_CONFIGS, "calls": calls,
+           "reps": reps, "results": [], "errors": {}}
     try:
         out["device"] = mx.device_info().get("device_name", out["device"])
     except Exception:
@@ -240,9 +264,12 @@ def main() -> int:
             if args.json:
                 write_json(args.json, out)
     out["seconds"] = time.time() - t0
+    out["measured_table"] = measured_table(out)
     if args.json:
         write_json(args.json, out)
     print(table(out))
+    print()
+    print(out["measured_table"])
     return 0
 
 

@@ -123,8 +123,9 @@ def compile_ptx(source: str, name: str, resources: bool = False) -> tuple[bool, 
     lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
     buf = ctypes.create_string_buffer(size.value)
     lib.nvrtcGetProgramLog(prog, buf)
+    msg = buf.value.decode(errors="replace").strip()
     lib.nvrtcDestroyProgram(ctypes.byref(prog))
-    return rc == 0, buf.value.decode(errors="replace").strip()
+    return rc == 0, msg
 
 
 @dataclass
@@ -232,8 +233,24 @@ def _chunkwise(mod, r):
         mod.VT_A, mod.VT_B = defaults
 
 
-CHECKS = [("xlstm_mlx.kernels.mlstm_chunkwise_cuda", _chunkwise), ("xlstm_mlx.kernels.embedding", _embedding), ("xlstm_mlx.kernels.mlstm_decode", _decode_step), ("xlstm_mlx.kernels.headnorm", _headnorm), ("xlstm_mlx.kernels.add_rms_norm", _add_rms),
-          ("xlstm_mlx.kernels.swiglu", _swiglu)]
+def _quant_gemv(mod, r):
+    """4- and 8-bit, 1 and 16 rows, bf16 and float32 x: the default config; and every config the lab sweeps at
+    bf16, 4-bit, 16 rows (the most registers and shared memory)."""
+    K, N = 512, 300
+    for dt in (mx.bfloat16, mx.float32):
+        for bits in (4, 8):
+            W, S, B = mx.quantize(r(N, K, dt=dt), group_size=64, bits=bits)
+            for rows in (1, 16):
+                mod.quantized_gemv_cuda(r(rows, K, dt=dt), W, S, B, r(N, dt=dt), 64, bits)
+    W, S, B = mx.quantize(r(N, K), group_size=32, bits=4)
+    for cfg in mod.SWEEP_CONFIGS:
+        mod.quantized_gemv_cuda(r(16, K), W, S, B, None, 32, 4, **cfg)
+
+
+CHECKS = [("xlstm_mlx.kernels.mlstm_chunkwise_cuda", _chunkwise), ("xlstm_mlx.kernels.embedding", _embedding),
+          ("xlstm_mlx.kernels.mlstm_decode", _decode_step), ("xlstm_mlx.kernels.headnorm", _headnorm),
+          ("xlstm_mlx.kernels.add_rms_norm", _add_rms), ("xlstm_mlx.kernels.swiglu", _swiglu),
+          ("xlstm_mlx.kernels.quant_gemv", _quant_gemv)]
 
 
 def main() -> int:

@@ -170,7 +170,7 @@ def test_quantized_matmul_routes_and_falls_back():
 
 
 @needs_cuda
-@pytest.mark.parametrize("M", [1, 8, 64, 300])
+@pytest.mark.parametrize("M", [1, 8, 13, 16, 17, 64, 300])  # 13, 16: the GEMV; 17: past it
 @pytest.mark.parametrize("bits,group_size", [(4, 64), (8, 64), (4, 128)])
 def test_quantized_matmul_paths_match_float32(M, bits, group_size):
     """Both CUDA paths against nn.QuantizedLinear's computation in float32 on the CPU: bf16 output rounding and

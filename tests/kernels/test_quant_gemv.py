@@ -2,23 +2,25 @@
 
 On the CPU (CI): MLX's affine bit layout, pinned twice against mx.dequantize: the plain layout model
 (`unpack_codes`: weight j of a uint32 word in bits [bits*j, bits*(j+1)), lowest first) on hand-packed codes and
-on mx.quantize output, and the numpy model of the kernel's own dequantization (`dequantize_as_kernel`: its
-vector/word/half-word indexing and the exponent trick): equal for bf16 scales, within one rounding of q*s
-for float32 ones (it rounds q*s+b once, MLX twice);
-that the kernel's CUDA source itself, built for the host with stand-ins for the CUDA built-ins
-(tests/kernels/host_cuda.py: one thread per CUDA thread, real barriers and shuffles), matches the reference on
-small odd shapes, tails and split-K included (same tolerances as on the GPU); and that the fast form falls back
-to the reference without CUDA.
+on mx.quantize output, and the numpy model of the kernel's own code extraction (`kernel_codes` /
+`dequantize_as_kernel`: the bf16 magic-number pairs at 4 bits, the float32 exponent trick at 8, placed back at
+their k): equal to MLX for bf16 scales, within one rounding of q*s for float32 ones (the kernel never rounds a
+weight, MLX rounds q*s and then + b); that the kernel's CUDA source itself, built for the host with stand-ins for
+the CUDA built-ins and the PTX it uses (tests/kernels/host_cuda.py: one thread per CUDA thread, real barriers,
+cp.async as a copy, ldmatrix and mma.sync by their documented fragment layouts), matches the reference on small
+odd shapes: tails, split-K, two and six column tiles, float32 x (same tolerances as on the GPU); that every
+config the lab sweeps or default_config picks fits the kernel's limits; that it compiles for sm_90 without
+spills where nvcc is installed; and that the fast form falls back to the reference without CUDA.
 
 On MLX's CUDA backend (XLSTM_MLX_TEST_DEVICE=gpu on a CUDA machine; skipped elsewhere with the reason): the
 kernel against the reference evaluated on the CPU stream in float32 (so no bf16 rounding of intermediates or TF32
-blurs it). Tolerance: relative Frobenius error 1e-2 for bf16 outputs: the kernel's float32 sum is exact to ~1e-6,
-and its single rounding of each output to bf16 gives ~2^-9 / sqrt(3) ~ 1.1e-3 relative (~2e-3 with bias and
-cancellation); 1e-2 is 5x that, and far below what a wrong nibble order, group index or scale would give
-(O(1)). float32 x: 1e-5 (float32 sums in a different order). NaN or inf never passes.
+blurs it), at 1, 2, 3, 4, 8, 13, 16 rows, bits 4 and 8, groups 32/64/128, with and without bias, odd N, bf16
+and float32 x, the default config and every config the lab sweeps. Tolerance: relative Frobenius error 1e-2 for
+bf16 outputs: the kernel's float32 sum is exact to ~1e-6, and its single rounding of each output to bf16 gives
+~2^-9 / sqrt(3) ~ 1.1e-3 relative (~2e-3 with bias and cancellation); 1e-2 is 5x that, and far below what a
+wrong nibble order, group index or scale would give (O(1)). float32 x: 1e-5 (float32 sums in a different order,
+the fold s * sum(q x) + b * sum(x) cancelling a factor ~2-3 per group: ~1e-7). NaN or inf never passes.
 """
-
-import re
 
 import numpy as np
 import pytest
@@ -72,57 +74,91 @@ def _bits(a: mx.array) -> tuple[np.ndarray, bool]:
     return (np.array(a.view(mx.uint16)), True) if a.dtype == mx.bfloat16 else (np.array(a), False)
 
 
+def _host_run(x, W, S, B, b, M, N, bits, group_size, cfg):
+    """The kernel's CUDA source built for the host (host_cuda), as quantized_gemv_cuda would launch it."""
+    dtype = x.dtype
+    bf16 = dtype == mx.bfloat16
+    inputs = [("x", *_bits(x)), ("w", np.array(W), False), ("scales", *_bits(S)), ("biases", *_bits(B)),
+              ("bias", *_bits(b if b is not None else B))]
+    consts = dict(quant_gemv.kernel_constants(dtype, M, bits, group_size, b is not None, cfg))
+    raw = host_cuda.run(quant_gemv._SOURCE, quant_gemv._HEADER, inputs, ("y", M * N, bf16), consts,
+                        quant_gemv.launch_blocks(N, cfg), cfg["WARPS"] * 32)
+    return (mx.array(raw).view(mx.bfloat16) if bf16 else mx.array(raw)).reshape(M, N)
+
+
 @pytest.mark.skipif(not host_cuda.available(), reason="needs a C++20 host compiler (g++ or clang++) to build the "
                     "kernel source for the CPU")
 @pytest.mark.parametrize("dtype,M,K,N,bits,group_size,bias,cfg", [
     (mx.bfloat16, 3, 384, 37, 4, 64, True, {}),                               # the default config
-    (mx.bfloat16, 1, 384, 37, 4, 32, False, dict(R=1, KSPLIT=4, U=2)),        # split-K, idle lanes
-    (mx.bfloat16, 2, 640, 45, 8, 128, True, dict(R=2, KSPLIT=2, U=4)),        # lanes past the row's end
-    (mx.bfloat16, 8, 512, 19, 8, 32, False, dict(R=4, KSPLIT=1, U=1)),
-    (mx.float32, 5, 256, 33, 4, 128, True, dict(R=4, KSPLIT=8, U=2)),
+    (mx.bfloat16, 1, 352, 37, 4, 32, False, dict(KSPLIT=4)),                  # split-K, a unit's tail vectors
+    (mx.bfloat16, 2, 640, 45, 8, 128, True, dict(R=2, U=1, S=4, KSPLIT=1, WARPS=4)),   # groups span 2 steps
+    (mx.bfloat16, 4, 1024, 40, 8, 128, False, dict(R=1, U=1, S=3, KSPLIT=2, WARPS=4)),  # ... of 2 warps
+    (mx.bfloat16, 9, 768, 50, 4, 128, True, dict(R=4, U=1, S=3, KSPLIT=1, WARPS=2)),
+    (mx.bfloat16, 8, 512, 19, 8, 32, False, dict(R=1, U=4, S=3, KSPLIT=1, WARPS=2)),
+    (mx.bfloat16, 13, 256, 33, 4, 128, True, dict(R=2, U=2, S=3, KSPLIT=2, WARPS=2)),   # two column tiles
+    (mx.bfloat16, 16, 1024, 17, 4, 64, True, dict(R=1, U=1, S=4, KSPLIT=4, WARPS=8)),
+    (mx.float32, 5, 256, 33, 4, 128, True, dict(KSPLIT=2)),                   # 15 columns: x's bf16 parts
     (mx.float32, 2, 640, 21, 8, 64, False, {}),
+    (mx.float32, 16, 128, 18, 8, 32, True, dict(R=1, U=1, S=2, KSPLIT=1, WARPS=2)),     # 6 column tiles
 ])
 def test_kernel_source_runs_right_on_the_host(dtype, M, K, N, bits, group_size, bias, cfg):
     x, W, S, B, b = _operands(M, K, N, bits, group_size, bias, dtype, seed=M * 31 + N)
-    c = quant_gemv.default_config(M, N, K * bits // 128)
+    c = quant_gemv.default_config(M, N, K * bits // 128, bits)
     c.update(cfg)
-    bf16 = dtype == mx.bfloat16
-    inputs = [("x", *_bits(x)), ("w", np.array(W), False), ("scales", *_bits(S)), ("biases", *_bits(B)),
-              ("bias", *_bits(b if bias else mx.zeros((1,), dtype)))]
-    consts = {"T": "__nv_bfloat16" if bf16 else "float", "M": M, "R": c["R"], "KSPLIT": c["KSPLIT"], "U": c["U"],
-              "WARPS": quant_gemv.WARPS, "BITS": bits, "GS": group_size, "HAS_BIAS": bias}
-    blocks = -(-N // ((quant_gemv.WARPS // c["KSPLIT"]) * c["R"]))
-    raw = host_cuda.run(quant_gemv._SOURCE, quant_gemv._HEADER, inputs, ("y", M * N, bf16), consts, blocks,
-                        quant_gemv.WARPS * 32)
-    y = (mx.array(raw).view(mx.bfloat16) if bf16 else mx.array(raw)).reshape(M, N)
+    quant_gemv.check_config(c, M, bits, group_size, dtype)
+    y = _host_run(x, W, S, B, b, M, N, bits, group_size, c)
     ref = _cpu_ref(x, W, S, B, b, group_size, bits)
-    assert _rel(y, ref) <= (1e-2 if bf16 else 1e-5)
+    assert _rel(y, ref) <= (1e-2 if dtype == mx.bfloat16 else 1e-5)
 
 
 @pytest.mark.skipif(not host_cuda.nvcc_available(), reason="needs CUDA's compiler (nvcc) to build the kernel for "
                     "the GPU; no GPU is needed")
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32])
 def test_kernel_source_builds_for_hopper_without_spills(dtype):
-    """The default configs (rows 1..8, bits 4/8, with and without split-K) compile for sm_90 (one nvcc run),
-    ptxas spills nothing, and with bf16 x (the decode dtype) each stays within 128 registers a thread
-    (default_config's 2 blocks per SM; float32 x takes up to ~134 at two rows: 1 block per SM there)."""
+    """Every configuration the lab sweeps (and the defaults) at rows 1, 8, 16, bits 4/8, compile for sm_90 (one
+    nvcc run) and ptxas spills nothing."""
     bf16 = dtype == mx.bfloat16
     K = 4096
     zeros = lambda *shape: np.zeros(shape, np.uint16 if bf16 else np.float32)  # noqa: E731
-    inputs = [("x", zeros(8, K), bf16), ("w", np.zeros((16, K // 8), np.uint32), False),
+    inputs = [("x", zeros(16, K), bf16), ("w", np.zeros((16, K // 8), np.uint32), False),
               ("scales", zeros(16, K // 64), bf16), ("biases", zeros(16, K // 64), bf16), ("bias", zeros(16), bf16)]
     variants = []
     for bits in quant_gemv.BITS:
-        for M in range(1, quant_gemv.MAX_ROWS + 1):
-            for N in (12288, 50304):
-                c = quant_gemv.default_config(M, N, K * bits // 128, bits)
-                variants.append({"T": "__nv_bfloat16" if bf16 else "float", "M": M, **c, "WARPS": quant_gemv.WARPS,
-                                 "BITS": bits, "GS": 64, "HAS_BIAS": True})
+        for M in (1, 8, 16):
+            for cfg in quant_gemv.SWEEP_CONFIGS + [quant_gemv.default_config(M, 12288, K * bits // 128, bits)]:
+                if quant_gemv.config_problem(cfg, M, bits, 64, dtype) is None:
+                    variants.append(dict(quant_gemv.kernel_constants(dtype, M, bits, 64, True, cfg)))
     reports = host_cuda.device_build(quant_gemv._SOURCE, quant_gemv._HEADER, inputs, ("y", 1, bf16), variants)
     for v, report in zip(variants, reports):
         assert " 0 bytes spill stores" in report, (v, report)
-        regs = int(re.search(r"Used (\d+) registers", report).group(1))
-        assert regs <= 128 or not bf16, (v, regs)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_every_config_the_lab_or_the_default_may_pick_fits(bits, group_size):
+    """Each sweep config and each default (the 7B decode matrices and small ones) is one the kernel takes at
+    every row count with bf16 x (the lab's dtype), and the defaults with float32 x too."""
+    for M in range(1, quant_gemv.MAX_ROWS + 1):
+        for cfg in quant_gemv.SWEEP_CONFIGS:
+            quant_gemv.check_config(cfg, M, bits, group_size, mx.bfloat16)
+        for K, N in [(4096, 12288), (4096, 21888), (10944, 4096), (4096, 4096), (4096, 50304), (256, 33)]:
+            cfg = quant_gemv.default_config(M, N, K * bits // 128, bits)
+            for dtype in quant_gemv.DTYPES:
+                quant_gemv.check_config(cfg, M, bits, group_size, dtype)
+            if K != 256:  # the 7B decode matrices: their defaults are among the configs the GPU tests cover
+                assert cfg in quant_gemv.SWEEP_CONFIGS, (K, N, M, bits, cfg)
+    for cfg in quant_gemv.MEASURED.values():
+        assert cfg in quant_gemv.SWEEP_CONFIGS, f"{cfg}: MEASURED names a config the GPU tests do not cover"
+
+
+def test_a_config_the_kernel_cannot_take_is_a_usage_error():
+    from xlstm_mlx.errors import UsageError
+    with pytest.raises(UsageError, match="KSPLIT"):
+        quant_gemv.check_config(dict(R=1, U=2, S=4, KSPLIT=3, WARPS=4), 1, 4, 64)
+    with pytest.raises(UsageError, match="shared memory"):
+        quant_gemv.check_config(dict(R=4, U=4, S=8, KSPLIT=1, WARPS=8), 1, 4, 64)
+    with pytest.raises(UsageError, match="spill"):
+        quant_gemv.check_config(dict(R=4, U=1, S=3, KSPLIT=1, WARPS=2), 16, 4, 64, mx.float32)
 
 
 def test_fast_form_falls_back_to_the_reference_without_cuda():
@@ -164,38 +200,80 @@ def _cpu_ref(x, W, S, B, b, group_size, bits):
     return ref
 
 
+ROWS = [1, 2, 3, 4, 8, 13, 16]
+
+
+def _check(M, K, N, bits, group_size, bias, dtype, seed, **cfg):
+    """The kernel (default config, or cfg) against the float32 CPU reference: shape, dtype, tolerance."""
+    x, W, S, B, b = _operands(M, K, N, bits, group_size, bias, dtype, seed=seed)
+    assert quant_gemv.applies(x, W, S, group_size, bits, "affine", biases=B, bias=b)
+    ref = _cpu_ref(x, W, S, B, b, group_size, bits)
+    y = quant_gemv.quantized_gemv_cuda(x, W, S, B, b, group_size, bits, **cfg)
+    assert y.shape == (M, N) and y.dtype == dtype
+    assert _rel(y, ref) <= (1e-2 if dtype == mx.bfloat16 else 1e-5), (M, K, N, bits, group_size, bias, cfg)
+
+
 @needs_cuda
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("group_size", [32, 64, 128])
-@pytest.mark.parametrize("M", [1, 2, 3, 5, 8])
-@pytest.mark.parametrize("K,N", [(4096, 1000), (10944, 4096), (4096, 50304)])
+@pytest.mark.parametrize("M", ROWS)
 @pytest.mark.parametrize("bias", [False, True])
-def test_kernel_matches_quantized_linear(bits, group_size, M, K, N, bias):
-    x, W, S, B, b = _operands(M, K, N, bits, group_size, bias, mx.bfloat16, seed=M * 7919 + N + bits + group_size)
-    assert quant_gemv.applies(x, W, S, group_size, bits, "affine", biases=B, bias=b)
-    ref = _cpu_ref(x, W, S, B, b, group_size, bits)
-    y = quant_gemv.quantized_gemv_cuda(x, W, S, B, b, group_size, bits)
-    assert y.shape == (M, N) and y.dtype == mx.bfloat16
-    assert _rel(y, ref) <= 1e-2
-
-
-@needs_cuda
-@pytest.mark.parametrize("cfg", [dict(R=1, KSPLIT=1, U=1), dict(R=2, KSPLIT=2, U=4), dict(R=4, KSPLIT=8, U=2),
-                                 dict(R=4, KSPLIT=1, U=1)])
-@pytest.mark.parametrize("bits", [4, 8])
-def test_kernel_configs_agree(cfg, bits):
-    x, W, S, B, b = _operands(3, 10944, 1000, bits, 64, True, mx.bfloat16, seed=17)
-    ref = _cpu_ref(x, W, S, B, b, 64, bits)
-    assert _rel(quant_gemv.quantized_gemv_cuda(x, W, S, B, b, 64, bits, **cfg), ref) <= 1e-2
+def test_kernel_matches_quantized_linear(bits, group_size, M, bias):
+    """The default config, odd N (a partial 16-row tile, a partial block)."""
+    _check(M, 4096, 1001, bits, group_size, bias, mx.bfloat16, seed=M * 7919 + bits + group_size)
 
 
 @needs_cuda
 @pytest.mark.parametrize("bits", [4, 8])
-def test_float32_kernel(bits):
-    x, W, S, B, b = _operands(2, 4096, 1000, bits, 64, True, mx.float32, seed=23)
-    ref = _cpu_ref(x, W, S, B, b, 64, bits)
-    y = quant_gemv.quantized_gemv_cuda(x, W, S, B, b, 64, bits)
-    assert y.dtype == mx.float32 and _rel(y, ref) <= 1e-5
+@pytest.mark.parametrize("group_size", [32, 64])  # 10944 is no multiple of 128
+@pytest.mark.parametrize("M", [1, 4, 16])
+def test_kernel_7b_ffn_down(bits, group_size, M):
+    """K = 10944: the row's vectors end inside a pipeline step (342 4-bit vectors, steps of 8)."""
+    _check(M, 10944, 4096, bits, group_size, True, mx.bfloat16, seed=M + bits + group_size)
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("M", [1, 8, 16])
+def test_kernel_7b_lm_head(bits, M):
+    _check(M, 4096, 50304, bits, 64, False, mx.bfloat16, seed=M + bits)
+
+
+@needs_cuda
+@pytest.mark.parametrize("cfg", quant_gemv.SWEEP_CONFIGS, ids=lambda c: "R{R}U{U}S{S}K{KSPLIT}W{WARPS}".format(**c))
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("M", ROWS)
+def test_every_lab_config(cfg, bits, M):
+    """Every config the lab sweeps (and MEASURED may name), at every row count, on odd N and K = 10944 / 4096."""
+    _check(M, 10944 if M % 2 else 4096, 1001, bits, 64, True, mx.bfloat16, seed=17 + M, **cfg)
+
+
+@needs_cuda
+@pytest.mark.parametrize("cfg", quant_gemv.SWEEP_CONFIGS, ids=lambda c: "R{R}U{U}S{S}K{KSPLIT}W{WARPS}".format(**c))
+@pytest.mark.parametrize("bits,group_size", [(4, 32), (4, 128), (8, 32), (8, 128)])
+def test_every_lab_config_every_group(cfg, bits, group_size):
+    """The other group sizes: a group of one vector (4-bit, 32) up to one spanning pipeline steps (8-bit, 128);
+    13 rows: two column tiles, one partly padding."""
+    _check(13, 4096, 1001, bits, group_size, True, mx.bfloat16, seed=41 + bits + group_size, **cfg)
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("M", ROWS)
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_float32_kernel(bits, M, group_size):
+    """float32 x, scales, biases: x in three exact bf16 parts (3M columns: up to 6 column tiles)."""
+    _check(M, 4096, 1001, bits, group_size, M % 2 == 1, mx.float32, seed=23 + M)
+
+
+@needs_cuda
+@pytest.mark.parametrize("cfg", quant_gemv.SWEEP_CONFIGS, ids=lambda c: "R{R}U{U}S{S}K{KSPLIT}W{WARPS}".format(**c))
+@pytest.mark.parametrize("M", [1, 16])
+def test_float32_every_lab_config(cfg, M):
+    problem = quant_gemv.config_problem(cfg, M, 4, 64, mx.float32)
+    if problem:
+        pytest.skip(f"check_config refuses it: {problem}")
+    _check(M, 4096, 1001, 4, 64, True, mx.float32, seed=29 + M, **cfg)
 
 
 @needs_cuda

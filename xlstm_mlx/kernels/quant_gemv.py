@@ -1,9 +1,10 @@
-"""y = x @ dequantize(w).T (+ bias) for few rows of x and MLX's affine 4-/8-bit weights: a bandwidth-bound CUDA kernel.
+"""y = x @ dequantize(w).T (+ bias) for 1-16 rows of x and MLX's affine 4-/8-bit weights: a bandwidth-bound CUDA kernel.
 
 At decode each quantized matmul reads its packed weight once for a handful of rows, so its floor is the packed
-bytes (weight + scales + biases) over the memory bandwidth. MLX's own quantized matrix-vector kernel reads the
-7B decode matrices at ~0.9 TB/s on an H200 (4-bit, one row), a quarter of what its bf16 GEMV reaches, so 4-bit
-decode gains nothing from its 3.5x fewer bytes. This kernel dequantizes in registers while streaming the weight.
+bytes (weight + scales + biases) over the memory bandwidth (~7.5 us for the 28 MB of the 7B 4-bit 4096->12288 on
+an H200). At 8-16 rows one float32 FMA per weight and row on the CUDA cores already costs more than the bytes
+(16 rows of 4096->12288: 0.8 G FMAs, ~24 us at the H200's 67 TFLOPS), so this kernel multiplies on the tensor
+cores (mma.sync m16n8k16, bf16 in, float32 accumulation), which also serve one row at no extra cost.
 
     quantized_matmul_ref(x, w, scales, biases, bias, group_size, bits, mode)   what nn.QuantizedLinear computes
     quantized_gemv_cuda(...)   the CUDA kernel (no fallback: callers check `applies`)
@@ -16,25 +17,55 @@ tests/kernels/test_quant_gemv.py (`unpack_codes`, a numpy model of exactly what 
     nibble of the word is the first weight of the eight);
   - scales and biases are [N, K / group_size] in the weight's float dtype (bf16 after `convert -q`); weight k of
     row n is q * scales[n, k // group_size] + biases[n, k // group_size].
-So a 16-byte vector of the packed row (4 words) holds 128 / bits consecutive weights (32 at 4-bit, 16 at 8-bit),
-always inside one group (group sizes 32, 64, 128 are multiples of those counts).
+So a 16-byte vector of the packed row (4 words) holds VALS = 128 / bits consecutive weights (32 at 4-bit, 16 at
+8-bit), always inside one group (group sizes 32, 64, 128 are multiples of those counts).
 
-Kernel design (kernels/skinny_gemm.py's, with the dequantization in registers):
-  - a block of WARPS warps; each warp owns R consecutive output rows (R weight rows share every x load) and a
-    KSPLIT-th of K (split-K where N / R warps would not fill the chip; a shared-memory sum across the split);
-  - each lane streams 16-byte vectors of its R packed rows with __ldcs (read once: past the caches), U vectors
-    per row in flight (all loads of a step issued before any arithmetic), plus each vector's group scale/bias;
-  - a weight code becomes a float exactly through the exponent trick, with one mask per weight and one shift
-    per 32-bit word (xq_dequant8): the bits 0x4B000000 | (word & (mask << bits*j)) are the float
-    2^23 + q * 2^(bits*j) for the weights of the low 16 bits (j < 16/bits), minus 2^23 gives q * 2^(bits*j)
-    exactly; the word's upper 16 bits, shifted down, the same; the scale comes pre-multiplied by 2^(-bits*j)
-    (exact, a power of two, for |scale| >= 2^-114), so fmaf(q * 2^(bits*j), scale * 2^(-bits*j), bias) is
-    fmaf(q, scale, bias): the exact q*scale + bias rounded once to float32 (mx.dequantize in float32 rounds
-    q*scale and then the sum: at most 1 ulp apart); then acc += w * x in float32;
-  - x (M rows of K, bf16 or float32) is read with __ldg in 16-byte vectors: the same few KB are read by every
-    warp, so they stay in L1/L2;
-  - a shuffle reduction per warp, bias added in float32, one rounding to x's dtype.
-Rows of x beyond MAX_ROWS go to MLX (quantized_matmul_ref): more rows need the matrix units.
+The sum, per 16-byte vector v of a row (codes q_k, its group's scale s and bias b):
+    sum_{k in v} (q_k s + b) x_k = s * (sum_{k in v} q_k x_k) + b * (sum_{k in v} x_k)
+The integer codes q_k (< 256) are exact in bf16, so the tensor cores compute the first sum with exact products
+and float32 accumulation; the second (x's sum over the vector) is one more mma against a matrix of ones; the two
+are folded into the float32 output accumulator with two FMAs per vector. No weight is ever rounded.
+
+Kernel design:
+  - mma tile: 16 weight rows (the mma's M) x 16 k; its N (8 columns) are the rows of x: one tile for M <= 8,
+    two for M <= 16. A float32 x is split exactly into three bf16 parts (hi + lo + lo2 = x for normal floats:
+    8 + 8 + 8 significand bits), each its own column, summed at the end: so 3M columns;
+  - a warp owns R tiles of 16 consecutive rows and a KSPLIT-th of the row's 16-byte vectors, in steps of U units
+    of 4 vectors; a block is WARPS warps (WARPS / KSPLIT row groups x KSPLIT K-parts), the K-parts summed through
+    shared memory at the end, with the bias, and rounded once to x's dtype;
+  - the weights stream global -> shared with cp.async.cg (16 bytes a thread, past L1), S steps in flight per
+    warp (a ring of S stages; no block barrier in the loop: each warp waits for its own copies, then __syncwarp);
+  - thread (g, c) of a warp (g = lane / 4, c = lane % 4) copies vector c of a unit for rows g and g + 8; then
+    ldmatrix.x4 hands it word c of each of the unit's 4 vectors (a 4x4 transpose in the quad): so one mma's 16
+    k-slots (4 per thread of a quad) all come from ONE vector, hence one group, whatever the group size (the
+    copy swizzles the 16-byte slots so that neither the copy nor ldmatrix has bank conflicts);
+  - the k order inside an mma is free as long as weights and x agree: 4-bit codes become bf16 pairs (code i,
+    code i + 4) of a word with one shift and one lop3 (mask 0x000F000F | 0x43004300: the bf16 128 + q, exact),
+    plus one bf16x2 fma (- 128, exact) for a float32 x; with bf16 x the 128 + q go into the mma as they are and
+    the fold takes 128 * s * sum(x) off through the bias (b - 128 s). x's 8 values of the word are loaded with
+    one 16-byte __ldg and paired the same way by two byte_perms a register. 8-bit codes go through float32
+    (byte_perm into 0x4B0000qq = 2^23 + q, minus 2^23, exact) and one cvt to a bf16 pair, in natural order,
+    against x's 4 values as they lie;
+  - the sums of a group (or of its part in one step) are folded into the output accumulator once:
+    acc += s * sum(q x) + b * sum(x), two FMAs an accumulator;
+  - x (a few KB to 128 KB, read by every warp of a multiprocessor at about the same k: the K split interleaves
+    steps) comes through L1 with __ldg; the scales and biases of a step (16 rows x the step's groups) with
+    coalesced __ldg one step ahead, into per-warp shared memory as float32 (scale, bias) pairs;
+  - the mask and the ones are kept in registers through a shuffle (xq_keep): ptxas otherwise re-materializes
+    each constant before every use. The inner loop is ~40-57 sm_90 instructions per 16-row tile and 16-byte
+    vector column (256 bytes of weight) with R=2, 1-16 rows, 4-bit; ~67 fit the issue slots at 4 TB/s.
+Rows of x beyond MAX_ROWS go to MLX (quantized_matmul_ref): more rows need a real GEMM.
+
+Numerics against the reference (MLX dequantizes w in float32, rounding q * s and then + b, and sums in float32):
+the kernel never rounds a weight; its products q_k x_k are exact, the per-group sums are float32 (tensor-core
+accumulation), and s * sum(q x) + b * sum(x) reassociates the per-weight sum; one rounding to x's dtype at the
+end. So the output differs from quantized_matmul_ref by float32 rounding plus the reference's own per-weight
+roundings: for weights q * s + b with q in [0, 2^bits) the two terms are each a few times the size of the group's
+contribution (b ~ -2^(bits-1) s), so nothing cancels catastrophically; with bf16 x at 4 bits sum((128 + q) x)
+is ~16x larger again. A numpy model of these float32 sums (per-16 products, group sums, the fold; K 4096, group
+64, normal weights and x) is 3.3e-7 (relative Frobenius, against float64) with the exact codes and 3.7e-6 with
+128 + q: both far below the output's own rounding to bf16 (~1e-3). A float32 x is exact in its three bf16 parts unless a part underflows (|x| < ~2^-110), far below
+anything a decode step produces.
 """
 
 from __future__ import annotations
@@ -42,148 +73,377 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
+from xlstm_mlx.errors import UsageError
 from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
 
-MAX_ROWS = 8  # x rows the kernel takes (decode batch); beyond, MLX's quantized matmul (matrix units)
-WARPS = 8  # warps per block
+MAX_ROWS = 16  # x rows the kernel takes (decode batch): two 8-column mma tiles; beyond, MLX's quantized matmul
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
 DTYPES = (mx.bfloat16, mx.float32)  # x, scales, biases (and bias) share one of these
+SMEM_LIMIT = 48 * 1024  # static shared memory per block: all mx.fast.cuda_kernel offers (no dynamic smem)
 
-_HEADER = VEC_HEADER + """
-// The 8 weights of sub-vector q (0 .. 128/BITS/8 - 1) of a 16-byte packed vector, dequantized: q * scale + bias.
-// Word layout (MLX affine): weight j of a word sits in bits [BITS*j, BITS*(j+1)), lowest first.
-// A code becomes a float without a shift per weight: the bits 0x4B000000 | (word & (MASK << BITS*j)) are the
-// float 2^23 + q * 2^(BITS*j) (exact while BITS*(j+1) <= 16 < 23, the mantissa's width), so subtracting 2^23
-// gives q * 2^(BITS*j) exactly; the scale comes pre-multiplied by 2^(-BITS*j) (sj[j], exact: a power of two),
-// so fmaf(q * 2^(BITS*j), scale * 2^(-BITS*j), bias) rounds the exact q * scale + bias once, as fmaf(q, scale,
-// bias) would. The upper 16 bits of a word take one shift, then the same masks.
+_HEADER = VEC_HEADER + r"""
+// The PTX the kernel uses, behind small wrappers: the real instructions under NVRTC / nvcc, and a host build's
+// stand-ins (tests/kernels/host_cuda.py: host_cp_async16, host_ldmatrix_x4, host_mma_16816) otherwise, which
+// implement the same documented semantics with one std::thread per CUDA thread.
+#if defined(__CUDACC__)
+__device__ __forceinline__ unsigned xq_smem_addr(const void* p) {
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+// 16 bytes global -> shared, asynchronous, cached in L2 only (.cg): the weight is read once
+__device__ __forceinline__ void xq_cp_async16(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"(xq_smem_addr(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void xq_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int PENDING>
+__device__ __forceinline__ void xq_cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(PENDING) : "memory");
+}
+// four 8x8 b16 matrices; lanes 8j..8j+7 give the 16-byte rows of matrix j; lane t receives in r[j] the 32-bit
+// word t % 4 of row t / 4 of matrix j
+__device__ __forceinline__ void xq_ldmatrix_x4(unsigned* r, const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(xq_smem_addr(row)) : "memory");
+}
+// d = a (16x16 bf16, row) * b (16x8 bf16, col) + c (16x8 float32), the PTX fragment layouts
+__device__ __forceinline__ void xq_mma(float* d, const unsigned* a, const unsigned* b, const float* c) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%10, %11, %12, %13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
+          "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+// bf16 pair (128 + q0, 128 + q1) -> (q0, q1): u * 1 - 128, exact
+__device__ __forceinline__ unsigned xq_minus128(unsigned u) {
+    unsigned r;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(r) : "r"(u), "r"(0x3F803F80u), "r"(0xC300C300u));
+    return r;
+}
+// (lo, hi) -> the bf16 pair, each rounded to nearest (cvt packs its FIRST operand into the upper half)
+__device__ __forceinline__ unsigned xq_pack(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+#define xq_syncwarp() __syncwarp()
+// v, in a register ptxas cannot re-materialize: else it rebuilds a constant before every lop3 / mma that uses it,
+// one more instruction each in the inner loop. A shuffle of a lane-varying value (v ^ lane, read from lane 0)
+// is one it cannot fold (it folds a shuffle of a constant, and NVVM an __shfl_sync of one).
+// (salt: different expressions for equal values, which need registers of their own, as an mma operand's four)
+__device__ __forceinline__ unsigned xq_keep(unsigned v, int salt = 0) {
+    return __shfl_sync(0xffffffffu, v ^ ((threadIdx.x & 31u) << salt), 0);
+}
+#else
+inline unsigned xq_smem_addr(const void*) { return 0; }
+inline void xq_cp_async16(void* dst, const void* src) { host_cp_async16(dst, src); }
+inline void xq_cp_async_commit() {}
+template <int PENDING> inline void xq_cp_async_wait() {}
+inline void xq_ldmatrix_x4(unsigned* r, const void* row) { host_ldmatrix_x4(r, row); }
+inline void xq_mma(float* d, const unsigned* a, const unsigned* b, const float* c) { host_mma_16816(d, a, b, c); }
+inline unsigned xq_minus128(unsigned u) {
+    const float lo = __bfloat162float(__nv_bfloat16{uint16_t(u & 0xFFFFu)}) - 128.0f;
+    const float hi = __bfloat162float(__nv_bfloat16{uint16_t(u >> 16)}) - 128.0f;
+    return unsigned(__float2bfloat16(lo).v) | (unsigned(__float2bfloat16(hi).v) << 16);
+}
+inline unsigned xq_pack(float lo, float hi) {
+    return unsigned(__float2bfloat16(lo).v) | (unsigned(__float2bfloat16(hi).v) << 16);
+}
+#define xq_syncwarp() host_syncwarp()
+inline unsigned xq_keep(unsigned v, int = 0) { return v; }
+#endif
+
+// 4-bit: the bf16 pair (code i, code i + 4) of a word (codes 0..7 in nibbles 0..7), exact; mask = 0x000F000F.
+// SHIFTED: (128 + code i, 128 + code i + 4), also exact (the caller takes 128 * sum(x) off in float32)
+template <bool SHIFTED>
+__device__ __forceinline__ unsigned xq_pair4(unsigned word, int i, unsigned mask) {
+    const unsigned biased = ((word >> (4 * i)) & mask) | 0x43004300u;
+    return SHIFTED ? biased : xq_minus128(biased);
+}
+// 8-bit: code e (byte e) of a word as a float, exact: the bits 0x4B0000qq are the float 2^23 + q
+__device__ __forceinline__ float xq_code8(unsigned word, int e) {
+    return __uint_as_float(__byte_perm(word, 0x4B000000u, 0x7540u | unsigned(e))) - 8388608.0f;
+}
+
+// bf16 part p of a float32 x: x = part0 + part1 + part2 exactly (8 significand bits each, for normal floats)
+__device__ __forceinline__ float xq_part(float f, int p) {
+    const float hi = __uint_as_float(xq_pack(f, 0.f) << 16);
+    if (p == 0) return hi;
+    const float r1 = f - hi;                               // exact
+    const float lo = __uint_as_float(xq_pack(r1, 0.f) << 16);
+    return p == 1 ? lo : r1 - lo;                          // exact, and exactly a bf16
+}
+
+// The 8 (4-bit) or 4 (8-bit) x values of thread c's word of a vector, as the bf16 register pairs of the mma's B
+// operand, in the k order the weights use: 4-bit: b[h] = {(x[2h], x[2h+4]), (x[2h+1], x[2h+5])}, h = 0, 1;
+// 8-bit: b[0] = {(x[0], x[1]), (x[2], x[3])}. A float32 x gives its bf16 part p.
+__device__ __forceinline__ void xq_bfrag4(const uint4& X, unsigned (*b)[2]) {
+    b[0][0] = __byte_perm(X.x, X.z, 0x5410u);
+    b[0][1] = __byte_perm(X.x, X.z, 0x7632u);
+    b[1][0] = __byte_perm(X.y, X.w, 0x5410u);
+    b[1][1] = __byte_perm(X.y, X.w, 0x7632u);
+}
 template <int BITS>
-__device__ __forceinline__ void xq_dequant8(const uint4& v, int q, const float* sj, float bias, float* out) {
-    constexpr int PER = 32 / BITS;                  // weights per 32-bit word
-    constexpr int HALF = PER / 2;                   // weights per 16-bit half word
-    constexpr unsigned int MASK = (1u << BITS) - 1u;
-    const unsigned int words[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-        const unsigned int word = words[q * (8 / PER) + e / PER];
-        const int j = e % PER;                      // position in the word
-        const unsigned int half = j < HALF ? word : word >> 16;
-        const int jh = j % HALF;                    // position in the half word
-        const float code = __uint_as_float(0x4B000000u | (half & (MASK << (BITS * jh)))) - 8388608.0f;
-        out[e] = fmaf(code, sj[jh], bias);
+__device__ __forceinline__ void xq_bfrag(const __nv_bfloat16* p8, int, unsigned (*b)[2]) {
+    if constexpr (BITS == 4) {
+        xq_bfrag4(__ldg(reinterpret_cast<const uint4*>(p8)), b);
+    } else {
+        const uint2 X = __ldg(reinterpret_cast<const uint2*>(p8));
+        b[0][0] = X.x;
+        b[0][1] = X.y;
     }
 }
-
-// 2^(-n) for 0 <= n < 32, exact
-#define XQ_POW2_NEG(n) (1.0f / (float)(1u << (n)))
-
-// 8 consecutive x values as floats (16-byte aligned: K is a multiple of 16)
-__device__ __forceinline__ void xq_load8(const __nv_bfloat16* p, float* out) {
-    xl_to_float(__ldg(reinterpret_cast<const uint4*>(p)), out, p);
-}
-__device__ __forceinline__ void xq_load8(const float* p, float* out) {
-    const uint4* v = reinterpret_cast<const uint4*>(p);
-    xl_to_float(__ldg(v), out, p);
-    xl_to_float(__ldg(v + 1), out + 4, p);
+template <int BITS>
+__device__ __forceinline__ void xq_bfrag(const float* pf, int part, unsigned (*b)[2]) {
+    const uint4* v = reinterpret_cast<const uint4*>(pf);
+    const uint4 a = __ldg(v);
+    const unsigned w0 = xq_pack(xq_part(__uint_as_float(a.x), part), xq_part(__uint_as_float(a.y), part));
+    const unsigned w1 = xq_pack(xq_part(__uint_as_float(a.z), part), xq_part(__uint_as_float(a.w), part));
+    if constexpr (BITS == 4) {
+        const uint4 e = __ldg(v + 1);
+        const unsigned w2 = xq_pack(xq_part(__uint_as_float(e.x), part), xq_part(__uint_as_float(e.y), part));
+        const unsigned w3 = xq_pack(xq_part(__uint_as_float(e.z), part), xq_part(__uint_as_float(e.w), part));
+        xq_bfrag4(make_uint4(w0, w1, w2, w3), b);
+    } else {
+        b[0][0] = w0;
+        b[0][1] = w1;
+    }
 }
 """
 
-_SOURCE = """
-    constexpr int VALS = 128 / BITS;                // weights per 16-byte vector (32 or 16)
-    constexpr int SUBS = VALS / 8;                  // 8-weight sub-vectors per vector
-    constexpr int HALF = 16 / BITS;                 // weights per 16-bit half word
-    constexpr int GROUPS = WARPS / KSPLIT;          // row groups per block
+_SOURCE = r"""
+    constexpr int VALS = 128 / BITS;                  // codes per 16-byte vector
+    constexpr int KH = VALS / 16;                     // k16 mmas per vector (2 at 4-bit, 1 at 8-bit)
+    constexpr int SPAN = 4 * U;                       // vectors of a row per pipeline step
+    constexpr int NGS = SPAN * VALS / GS > 0 ? SPAN * VALS / GS : 1;   // groups of a row per step
+    constexpr int SP = NGS | 1;                       // their pitch in float2 (odd: 8 rows, 8 distinct banks)
+    constexpr int VPG = GS / VALS;                    // vectors per group (1 .. 8)
+    // vectors summed before they are folded with their scale: a group, or a step where a group spans steps
+    // (consecutive steps may belong to different warps of the K split)
+    constexpr int FOLD = VPG < SPAN ? VPG : SPAN;
+    // 4-bit codes with bf16 x enter the mma as 128 + q (one instruction less a pair), and the fold takes
+    // 128 * s * sum(x) off through the bias: s * sum((128 + q) x) + (b - 128 s) * sum(x). Exact algebra; the
+    // float32 sum(128 + q) x is ~16x the size of sum(q x), so its rounding is ~4e-6 of the output, against the
+    // 2^-9 of the output's own rounding to bf16 (a numpy model: 3.7e-6 against 3.3e-7 with the exact q).
+    // float32 x keeps the exact q (its tolerance is float32's).
+    constexpr bool SHIFTED = BITS == 4 && P == 1;
+    constexpr int STAGE = R * U * 64;                 // uint4 per ring stage: R tiles x U units x 2 halves x 32
+    constexpr int RING = S * STAGE;
+    constexpr int SBUF = 8 * R * SP;                  // uint4: R tiles x 16 rows x SP (scale, bias) pairs
+    constexpr int RP = NT * 8 + 1;                    // pitch of a row of partial sums (floats; odd)
+    constexpr int RED = (R * 16 * RP + 3) / 4;        // uint4: R x 16 rows x RP floats
+    constexpr int PER_WARP = RING + SBUF > RED ? RING + SBUF : RED;
+    constexpr int ROWS_BLK = 16 * R * (WARPS / KSPLIT);
+    __shared__ __align__(128) uint4 smem[WARPS * PER_WARP];
+
+    const int M = x_shape[0];                         // rows of x (at most NT * 8 / P)
+    const int NCOL = M * P;                           // mma columns: rows of x (x P bf16 parts of a float32 x)
     const int K = x_shape[1];
     const int N = w_shape[0];
-    const int CV = K / VALS;                        // 16-byte vectors per packed row
-    const int G = scales_shape[1];                  // groups per row (K / GS)
+    const int CV = K / VALS;                          // 16-byte vectors per packed row
+    const int G = scales_shape[1];                    // groups per row
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int group = warp / KSPLIT, kpart = warp % KSPLIT;
-    const int row0 = (blockIdx.x * GROUPS + group) * R;
+    const int g = lane / 4, c = lane % 4;             // the mma fragments' group and thread-in-group
+    const int wn = warp / KSPLIT, wk = warp % KSPLIT;
+    const int row0 = blockIdx.x * ROWS_BLK + wn * 16 * R;
+    uint4* ring = smem + warp * PER_WARP;
+    float* sbuf = reinterpret_cast<float*>(ring + RING);   // [R][16 rows][SP groups][scale, bias]
+    const uint4* w4 = reinterpret_cast<const uint4*>(w);
+    const int nsteps = (CV + SPAN - 1) / SPAN;        // steps of a row; this warp takes wk, wk + KSPLIT, ...
+    const int my_n = wk < nsteps ? (nsteps - wk + KSPLIT - 1) / KSPLIT : 0;
 
-    float acc[R][M];
+    // the weights of the warp's step i into ring stage i % S: thread (g, c) copies vector c of each unit for
+    // rows g and g + 8 of each tile, into 16-byte slot 4g + (c ^ ((g >> 1) & 3)) of the unit's half (swizzled:
+    // the 8 rows an ldmatrix phase reads fall in 8 different bank quads)
+    auto issue = [&](int i) {
+        if (i < my_n) {
+            const int v0 = (wk + i * KSPLIT) * SPAN;
+            uint4* st = ring + (i % S) * STAGE;
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+#pragma unroll
+                for (int u = 0; u < U; ++u)
+#pragma unroll
+                    for (int hf = 0; hf < 2; ++hf) {
+                        const int v = v0 + 4 * u + c;
+                        const int n = min(row0 + 16 * r + 8 * hf + g, N - 1);   // rows past N: dropped below
+                        if (v < CV)
+                            xq_cp_async16(st + ((r * U + u) * 2 + hf) * 32 + 4 * g + (c ^ ((g >> 1) & 3)),
+                                          w4 + (size_t)n * CV + v);
+                    }
+        }
+        xq_cp_async_commit();                         // empty groups too: the wait below counts groups
+    };
+    // the scales and biases of step i's groups (16 rows x NGS each, a tile): lane l holds elements l + 32q of
+    // [scale/bias][row][group] (consecutive lanes: consecutive groups of a row, so the loads coalesce)
+    float sreg[R][NGS];
+    auto load_scales = [&](int i) {
+        if (i < my_n) {
+            const int g0 = ((wk + i * KSPLIT) * SPAN * VALS) / GS;
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+#pragma unroll
+                for (int q = 0; q < NGS; ++q) {
+                    const int e = lane + 32 * q;
+                    const int gi = e % NGS, rw = (e / NGS) % 16, a = e / (16 * NGS);
+                    const size_t at = (size_t)min(row0 + 16 * r + rw, N - 1) * G + min(g0 + gi, G - 1);
+                    sreg[r][q] = a ? xl_float(biases[at]) : xl_float(scales[at]);
+                }
+        }
+    };
+
+    float acc[R][NT][4];
 #pragma unroll
     for (int r = 0; r < R; ++r)
 #pragma unroll
-        for (int m = 0; m < M; ++m) acc[r][m] = 0.f;
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[r][t][e] = 0.f;
+    const unsigned mask4 = xq_keep(0x000F000Fu);      // the nibble mask of xq_pair4
+    const unsigned ones[4] = {xq_keep(0x3F803F80u, 0), xq_keep(0x3F803F80u, 1), xq_keep(0x3F803F80u, 2),
+                              xq_keep(0x3F803F80u, 3)};  // bf16 (1, 1) pairs: the A of x's sums
 
-    int nrow[R];
+    // the x row and part of this thread's B column in each tile (-1: a padding column, zeros)
+    int xm[NT], xp[NT];
+    decltype(x) xr[NT];                               // x row of the column, at thread c's word of vector 0
 #pragma unroll
-    for (int r = 0; r < R; ++r) nrow[r] = min(row0 + r, N - 1);   // rows past N read row N-1; dropped below
-    const uint4* wv4 = reinterpret_cast<const uint4*>(w);
+    for (int t = 0; t < NT; ++t) {
+        const int col = t * 8 + g;
+        xm[t] = col < NCOL ? col % M : -1;
+        xp[t] = col < NCOL ? col / M : 0;
+        xr[t] = x + (size_t)(col < NCOL ? col % M : 0) * K + (VALS / 4) * c;
+    }
 
-    const int step = 32 * KSPLIT;
-    for (int c0 = kpart * 32 + lane; c0 < CV; c0 += step * U) {
-        // loads first: U x R streaming 16-byte loads (and their scales/biases) in flight per lane
-        uint4 wv[U][R];
-        float sc[U][R], bi[U][R];
+    // the running sums of a group (or of its part in a step): sum of q * x per tile, and x's sum
+    float d[R][NT][4], xs[NT][4];
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int c = c0 + u * step;
-            const int g = (c * VALS) / GS;
+    for (int i = 0; i < S - 1; ++i) issue(i);
+    load_scales(0);
+    for (int i = 0; i < my_n; ++i) {
+        xq_syncwarp();                                // every lane is done with stage (i - 1) % S and sbuf
+        issue(i + S - 1);                             // into stage (i - 1) % S
 #pragma unroll
-            for (int r = 0; r < R; ++r) {
-                if (c < CV) {
-                    wv[u][r] = __ldcs(wv4 + (size_t)nrow[r] * CV + c);
-                    sc[u][r] = xl_float(scales[(size_t)nrow[r] * G + g]);
-                    bi[u][r] = xl_float(biases[(size_t)nrow[r] * G + g]);
-                } else {
-                    wv[u][r] = uint4{0u, 0u, 0u, 0u};      // never used: c >= CV skips the arithmetic
-                    sc[u][r] = 0.f;
-                    bi[u][r] = 0.f;
-                }
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int q = 0; q < NGS; ++q) {
+                const int e = lane + 32 * q;
+                const int gi = e % NGS, rw = (e / NGS) % 16, a = e / (16 * NGS);
+                sbuf[((r * 16 + rw) * SP + gi) * 2 + a] = sreg[r][q];
             }
-        }
-        // then the arithmetic
+        load_scales(i + 1);                           // one step ahead, in registers
+        xq_cp_async_wait<S - 1>();                    // this thread's copies of step i have landed
+        xq_syncwarp();                                // and every lane's (and sbuf)
+
+        const int v0 = (wk + i * KSPLIT) * SPAN;
+        const uint4* st = ring + (i % S) * STAGE;
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            const int c = c0 + u * step;
-            if (c < CV) {
-                float sj[R][HALF];                  // scale * 2^(-BITS*j), j < HALF (see xq_dequant8)
+            const int vb = v0 + 4 * u;
+            if (vb < CV) {                            // warp-uniform
+                // word c of the unit's 4 vectors, rows g (lo) and g + 8 (hi) of each tile
+                unsigned lo[R][4], hi[R][4];
+                const int slot = 4 * (lane % 8) + ((lane / 8) ^ (((lane % 8) >> 1) & 3));
 #pragma unroll
-                for (int r = 0; r < R; ++r)
+                for (int r = 0; r < R; ++r) {
+                    xq_ldmatrix_x4(lo[r], st + ((r * U + u) * 2 + 0) * 32 + slot);
+                    xq_ldmatrix_x4(hi[r], st + ((r * U + u) * 2 + 1) * 32 + slot);
+                }
 #pragma unroll
-                    for (int j = 0; j < HALF; ++j) sj[r][j] = sc[u][r] * XQ_POW2_NEG(BITS * j);
+                for (int j = 0; j < 4; ++j) {
+                    const int v = vb + j;
+                    if (v < CV) {                     // warp-uniform
+                        const int gi = ((u * 4 + j) * VALS) / GS;   // this vector's group in the step
+                        unsigned b[NT][2][2];
+                        if (v % FOLD == 0) {          // a group (or step) starts: fresh sums (warp-uniform)
 #pragma unroll
-                for (int q = 0; q < SUBS; ++q) {
-                    float wf[R][8];
+                            for (int t = 0; t < NT; ++t)
 #pragma unroll
-                    for (int r = 0; r < R; ++r) xq_dequant8<BITS>(wv[u][r], q, sj[r], bi[u][r], wf[r]);
-                    const int k = c * VALS + 8 * q;
+                                for (int e = 0; e < 4; ++e) {
+                                    xs[t][e] = 0.f;
 #pragma unroll
-                    for (int m = 0; m < M; ++m) {
-                        float xf[8];
-                        xq_load8(x + (size_t)m * K + k, xf);
+                                    for (int r = 0; r < R; ++r) d[r][t][e] = 0.f;
+                                }
+                        }
 #pragma unroll
-                        for (int r = 0; r < R; ++r)
+                        for (int t = 0; t < NT; ++t) {
+                            if (xm[t] >= 0) {
+                                xq_bfrag<BITS>(xr[t] + v * VALS, xp[t], b[t]);
+                            } else {
 #pragma unroll
-                            for (int e = 0; e < 8; ++e) acc[r][m] = fmaf(wf[r][e], xf[e], acc[r][m]);
+                                for (int h = 0; h < 2; ++h) b[t][h][0] = b[t][h][1] = 0u;
+                            }
+#pragma unroll
+                            for (int h = 0; h < KH; ++h) xq_mma(xs[t], ones, b[t][h], xs[t]);
+                        }
+#pragma unroll
+                        for (int r = 0; r < R; ++r) {
+#pragma unroll
+                            for (int h = 0; h < KH; ++h) {
+                                unsigned a[4];        // A: rows g / g + 8, k-slots 2c, 2c+1 / 2c+8, 2c+9
+                                if constexpr (BITS == 4) {
+                                    a[0] = xq_pair4<SHIFTED>(lo[r][j], 2 * h, mask4);
+                                    a[1] = xq_pair4<SHIFTED>(hi[r][j], 2 * h, mask4);
+                                    a[2] = xq_pair4<SHIFTED>(lo[r][j], 2 * h + 1, mask4);
+                                    a[3] = xq_pair4<SHIFTED>(hi[r][j], 2 * h + 1, mask4);
+                                } else {
+                                    a[0] = xq_pack(xq_code8(lo[r][j], 0), xq_code8(lo[r][j], 1));
+                                    a[1] = xq_pack(xq_code8(hi[r][j], 0), xq_code8(hi[r][j], 1));
+                                    a[2] = xq_pack(xq_code8(lo[r][j], 2), xq_code8(lo[r][j], 3));
+                                    a[3] = xq_pack(xq_code8(hi[r][j], 2), xq_code8(hi[r][j], 3));
+                                }
+#pragma unroll
+                                for (int t = 0; t < NT; ++t) xq_mma(d[r][t], a, b[t][h], d[r][t]);
+                            }
+                        }
+                        if ((v + 1) % FOLD == 0) {    // it ends (K is a multiple of GS: so does the row)
+#pragma unroll
+                            for (int r = 0; r < R; ++r) {
+                                float2 sb_lo = reinterpret_cast<const float2*>(sbuf)[(r * 16 + g) * SP + gi];
+                                float2 sb_hi = reinterpret_cast<const float2*>(sbuf)[(r * 16 + g + 8) * SP + gi];
+                                if constexpr (SHIFTED) {
+                                    sb_lo.y = fmaf(-128.f, sb_lo.x, sb_lo.y);
+                                    sb_hi.y = fmaf(-128.f, sb_hi.x, sb_hi.y);
+                                }
+#pragma unroll
+                                for (int t = 0; t < NT; ++t) {   // acc += s * sum(q x) + b * sum(x)
+                                    acc[r][t][0] = fmaf(sb_lo.x, d[r][t][0], fmaf(sb_lo.y, xs[t][0], acc[r][t][0]));
+                                    acc[r][t][1] = fmaf(sb_lo.x, d[r][t][1], fmaf(sb_lo.y, xs[t][1], acc[r][t][1]));
+                                    acc[r][t][2] = fmaf(sb_hi.x, d[r][t][2], fmaf(sb_hi.y, xs[t][2], acc[r][t][2]));
+                                    acc[r][t][3] = fmaf(sb_hi.x, d[r][t][3], fmaf(sb_hi.y, xs[t][3], acc[r][t][3]));
+                                }
+                            }
+                        }
                     }
                 }
             }
         }
     }
 
-    __shared__ float part[WARPS][R * M];
+    // partial sums -> this warp's shared memory (its ring is free: no copy is pending), then the block's sum
+    xq_cp_async_wait<0>();
+    xq_syncwarp();
+    float* red = reinterpret_cast<float*>(ring);
 #pragma unroll
     for (int r = 0; r < R; ++r)
 #pragma unroll
-        for (int m = 0; m < M; ++m) {
-            const float s = xl_warp_sum(acc[r][m]);
-            if (lane == 0) part[warp][r * M + m] = s;
-        }
-    __syncthreads();
-    if (kpart == 0) {
-        for (int t = lane; t < R * M; t += 32) {
-            const int r = t / M, m = t % M, n = row0 + r;
-            float s = 0.f;
+        for (int t = 0; t < NT; ++t)
 #pragma unroll
-            for (int kp = 0; kp < KSPLIT; ++kp) s += part[group * KSPLIT + kp][t];
-            if (n < N) {
-                if (HAS_BIAS) s += xl_float(bias[n]);
-                xl_set(y + (size_t)m * N + n, s);
-            }
+            for (int e = 0; e < 4; ++e)
+                red[(r * 16 + g + 8 * (e >> 1)) * RP + t * 8 + 2 * c + (e & 1)] = acc[r][t][e];
+    __syncthreads();
+    for (int o = threadIdx.x; o < ROWS_BLK * M; o += WARPS * 32) {
+        const int rb = o % ROWS_BLK, m = o / ROWS_BLK;   // consecutive threads: consecutive outputs n
+        const int n = blockIdx.x * ROWS_BLK + rb;
+        const int gw = rb / (16 * R), rr = rb % (16 * R);
+        float s = 0.f;
+#pragma unroll
+        for (int kp = 0; kp < KSPLIT; ++kp) {
+            const float* rd = reinterpret_cast<const float*>(smem + (gw * KSPLIT + kp) * PER_WARP) + rr * RP;
+#pragma unroll
+            for (int p = 0; p < P; ++p) s += rd[p * M + m];
+        }
+        if (n < N) {
+            if (HAS_BIAS) s += xl_float(bias[n]);
+            xl_set(y + (size_t)m * N + n, s);
         }
     }
 """
@@ -195,7 +455,7 @@ def _kernel():
     global _kernel_cache
     if _kernel_cache is None:
         _kernel_cache = mx.fast.cuda_kernel(
-            name="xlstm_quant_gemv",
+            name="xlstm_quant_gemv_mma",
             input_names=["x", "w", "scales", "biases", "bias"],
             output_names=["y"],
             source=_SOURCE,
@@ -238,62 +498,145 @@ def applies(x: mx.array, w: mx.array, scales: mx.array, group_size: int, bits: i
             and scales.shape == (N, K // group_size))
 
 
-SMS = 132  # multiprocessors of an H100 / H200 (SXM): the wave size below
-BLOCKS_PER_SM = 2  # the configs below stay within 128 registers a thread (nvcc -Xptxas -v, sm_90): 2 blocks of 8 warps
+SMS = 132  # multiprocessors of an H100 / H200 (SXM)
+TARGET_WARPS = 8 * SMS  # warps wanted in the grid: ~8 a multiprocessor, each with (S - 1) steps of bytes in flight
+RING_BUDGET = 96 * 1024  # shared memory a multiprocessor's weight rings may take at many rows (of its 228 KB)
 
+# The configurations one lab run sweeps (benchmarks/gpu_quant_lab.py), all tested on the GPU
+# (tests/kernels/test_quant_gemv.py). R: 16-row tiles a warp; U: 4-vector units a step (a step is R x U KB of
+# weights); S: ring stages (S - 1 steps in flight a warp); KSPLIT: warps of a block splitting K; WARPS a block.
+SWEEP_CONFIGS = [
+    dict(R=1, U=2, S=4, KSPLIT=1, WARPS=4),
+    dict(R=1, U=2, S=4, KSPLIT=2, WARPS=4),
+    dict(R=1, U=2, S=4, KSPLIT=4, WARPS=4),
+    dict(R=1, U=2, S=3, KSPLIT=1, WARPS=4),
+    dict(R=1, U=1, S=4, KSPLIT=1, WARPS=4),
+    dict(R=1, U=1, S=3, KSPLIT=1, WARPS=4),
+    dict(R=1, U=1, S=4, KSPLIT=1, WARPS=8),
+    dict(R=1, U=1, S=4, KSPLIT=4, WARPS=8),
+    dict(R=1, U=4, S=3, KSPLIT=1, WARPS=2),
+    dict(R=2, U=1, S=4, KSPLIT=1, WARPS=4),
+    dict(R=2, U=1, S=4, KSPLIT=2, WARPS=4),
+    dict(R=2, U=1, S=4, KSPLIT=4, WARPS=4),
+    dict(R=2, U=1, S=3, KSPLIT=1, WARPS=4),
+    dict(R=2, U=2, S=3, KSPLIT=2, WARPS=2),
+    dict(R=4, U=1, S=3, KSPLIT=1, WARPS=2),
+]
 
-# One row, measured on the H200 (benchmarks/results/gpu_h200_2026-12-02.md, the quantized-matmul lab): the best
-# of the configurations tried, against the register-count rule below: 4-bit R4/K1/U1 36.4 us on 4096->12288 (rule:
-# 50.8), 49.8 on 4096->21888 (72.8), 95.5 on 4096->50304 (103.8); 8-bit R4/K2/U2 45.6 on 4096->12288 (53.6).
-MEASURED_ONE_ROW = {4: {"R": 4, "KSPLIT": 1, "U": 1}, 8: {"R": 4, "KSPLIT": 2, "U": 2}}
+# Measured best configuration per (bits, rows, N, K) on the H200, filled in by the lead from the lab's JSON
+# (benchmarks/gpu_quant_lab.py prints the table); a shape not listed takes the rule in default_config.
+MEASURED: dict[tuple[int, int, int, int], dict] = {}
 
 
 def default_config(rows: int, n: int, k_vectors: int, bits: int | None = None) -> dict:
-    """R weight rows per warp (each x vector loaded from L1 serves R rows), U 16-byte vectors per row in flight,
-    picked to stay within 128 registers with bf16 x (2 blocks of 8 warps per SM; checked with nvcc for sm_90 by
-    the tests): R=4, U=2 at one row; R=2, U=4 at two; R=2, U=2 at 3-5; R=2, U=1 at 6-8 (the R x M accumulators
-    take the registers; there the FMAs, not the loads in flight, bound the time). KSPLIT (1, 2, 4, 8) fills the
-    last wave of blocks best (equal blocks finish together, so a wave 1.45 full runs at 73%), the
-    smallest of those within 3% of the best, among those that give every lane U vectors of the k_vectors of a
-    row (16-byte vectors: K * bits / 128), so no warp of the split sits idle."""
-    if rows == 1 and bits in MEASURED_ONE_ROW:
-        cfg = dict(MEASURED_ONE_ROW[bits])
-        if 32 * cfg["KSPLIT"] * cfg["U"] <= k_vectors:  # every lane of the split has its U vectors
-            return cfg
-    r, u = (4, 2) if rows <= 1 else (2, 4) if rows == 2 else (2, 2) if rows <= 5 else (2, 1)
-    slots = SMS * BLOCKS_PER_SM
+    """The configuration for `rows` rows of x, n outputs and k_vectors 16-byte vectors a packed row (K * bits /
+    128): the measured one where MEASURED has it (rows rounded up to 1, 2, 4, 8, 16), else the rule: R=2 tiles a
+    warp (each x fragment and x sum serves two tiles: ~40 instructions a tile's vector column at 1 row, ~57 at
+    16, against ~48 and ~75 with R=1, in the sm_90 SASS; ~67 fit in the issue slots at 4 TB/s), U=1, S=4 in
+    blocks of 4 warps, with the smallest split of K over a block's warps (1, 2, 4) that puts TARGET_WARPS warps
+    in the grid, as long as each warp keeps at least 2 steps; S=3 from 5 rows on where the warps' rings would
+    take more than RING_BUDGET of a multiprocessor's shared memory (every block is resident at once at these
+    sizes): shared memory is carved out of L1, which has to hold x (16 rows x 4096 x bf16 = 128 KB) for the
+    warps that all read it."""
+    if bits is not None:
+        bucket = next(b for b in (1, 2, 4, 8, 16) if rows <= b) if rows <= 16 else rows
+        k = k_vectors * 128 // bits
+        if (bits, bucket, n, k) in MEASURED:
+            return dict(MEASURED[(bits, bucket, n, k)])
+    r, u, warps = 2, 1, 4
+    tiles = -(-n // (16 * r))                  # warp tasks before the split
+    steps = -(-k_vectors // (4 * u))
+    ksplit = 1
+    for ks in (1, 2, 4):
+        if ks > 1 and steps < 2 * ks:
+            break
+        ksplit = ks
+        if -(-tiles // (warps // ks)) * warps >= TARGET_WARPS:
+            break
+    warps_per_sm = -(-tiles * ksplit // SMS)
+    s = 3 if rows > 4 and warps_per_sm * 4 * r * u * 1024 > RING_BUDGET else 4
+    return dict(R=r, U=u, S=s, KSPLIT=ksplit, WARPS=warps)
 
-    def fill(ks):
-        blocks = -(-n // ((WARPS // ks) * r))
-        return blocks / (-(-blocks // slots) * slots)
 
-    splits = [ks for ks in (1, 2, 4, 8) if ks == 1 or 32 * ks * u <= k_vectors]
-    best = max(fill(ks) for ks in splits)
-    ksplit = next(ks for ks in splits if fill(ks) >= best - 0.03)
-    return {"R": r, "KSPLIT": ksplit, "U": u}
+def smem_bytes(cfg: dict, rows: int, bits: int, group_size: int, x_dtype=mx.bfloat16) -> int:
+    """The kernel's static shared memory for this configuration (the constexprs at the top of _SOURCE)."""
+    R, U, S, W = cfg["R"], cfg["U"], cfg["S"], cfg["WARPS"]
+    vals = 128 // bits
+    ngs = max(1, 4 * U * vals // group_size)
+    sp = ngs + 1 if ngs >= 8 else ngs
+    nt = column_tiles(rows, x_dtype)
+    red = -(-(R * 16 * (nt * 8 + 1)) // 4)
+    return 16 * W * max(S * R * U * 64 + 8 * R * sp, red)
+
+
+def _parts(dtype) -> int:
+    return 3 if dtype == mx.float32 else 1
+
+
+def column_tiles(rows: int, x_dtype=mx.bfloat16) -> int:
+    """8-column mma tiles for `rows` rows of x (a template constant: rows 1..8 of bf16 x share one kernel)."""
+    return -(-rows * _parts(x_dtype) // 8)
+
+
+MAX_TILE_PRODUCT = 12  # R x column tiles a warp accumulates: ptxas (sm_90) spills R=4 x 6 tiles (float32 x, 16 rows)
+
+
+def config_problem(cfg: dict, rows: int, bits: int, group_size: int, x_dtype=mx.bfloat16) -> str | None:
+    """Why the kernel cannot take this configuration for these operands, or None."""
+    R, U, S, KS, W = (cfg.get(k) for k in ("R", "U", "S", "KSPLIT", "WARPS"))
+    if R not in (1, 2, 4) or U not in (1, 2, 4) or S not in range(2, 9) or W not in (1, 2, 4, 8):
+        return "needs R and U in 1, 2, 4, S in 2..8, WARPS in 1, 2, 4, 8"
+    if KS not in (1, 2, 4, 8) or W % KS:
+        return "KSPLIT must divide WARPS"
+    if R * column_tiles(rows, x_dtype) > MAX_TILE_PRODUCT:
+        return (f"R={R} x {column_tiles(rows, x_dtype)} column tiles ({rows} rows of {x_dtype}) is over "
+                f"{MAX_TILE_PRODUCT} accumulator tiles a warp (the registers spill): lower R")
+    nbytes = smem_bytes(cfg, rows, bits, group_size, x_dtype)
+    if nbytes > SMEM_LIMIT:
+        return (f"needs {nbytes} bytes of shared memory at {rows} rows, over the {SMEM_LIMIT} of a static block: "
+                "lower S, U, R or WARPS")
+    return None
+
+
+def check_config(cfg: dict, rows: int, bits: int, group_size: int, x_dtype=mx.bfloat16) -> None:
+    """UsageError unless the configuration is one the kernel is written for (config_problem)."""
+    problem = config_problem(cfg, rows, bits, group_size, x_dtype)
+    if problem:
+        raise UsageError(f"quantized GEMV config {cfg}: {problem}")
+
+
+def kernel_constants(x_dtype, rows: int, bits: int, group_size: int, has_bias: bool, cfg: dict) -> list:
+    """The kernel's template constants, in order (the tests' host build uses the same list)."""
+    return [("NT", column_tiles(rows, x_dtype)), ("P", _parts(x_dtype)), ("BITS", bits), ("GS", group_size),
+            ("R", cfg["R"]), ("U", cfg["U"]), ("S", cfg["S"]), ("KSPLIT", cfg["KSPLIT"]), ("WARPS", cfg["WARPS"]),
+            ("HAS_BIAS", has_bias)]
+
+
+def launch_blocks(n: int, cfg: dict) -> int:
+    return -(-n // (16 * cfg["R"] * (cfg["WARPS"] // cfg["KSPLIT"])))
 
 
 def quantized_gemv_cuda(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, bias: mx.array | None = None,
                         group_size: int = 64, bits: int = 4, mode: str = "affine", *, R: int | None = None,
-                        KSPLIT: int | None = None, U: int | None = None) -> mx.array:
-    """The CUDA kernel (no fallback: callers check `applies`); R / KSPLIT / U override the defaults."""
+                        KSPLIT: int | None = None, U: int | None = None, S: int | None = None,
+                        WARPS: int | None = None) -> mx.array:
+    """The CUDA kernel (no fallback: callers check `applies`); R / KSPLIT / U / S / WARPS override the
+    defaults (default_config)."""
     K, N = x.shape[-1], w.shape[0]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
     M = x2.shape[0]
     cfg = default_config(M, N, K * bits // 128, bits)
-    R, KSPLIT, U = R or cfg["R"], KSPLIT or cfg["KSPLIT"], U or cfg["U"]
-    if WARPS % KSPLIT:
-        raise ValueError(f"KSPLIT={KSPLIT} must divide the {WARPS} warps of a block")
-    rows_per_block = (WARPS // KSPLIT) * R
-    blocks = -(-N // rows_per_block)
-    b = bias if bias is not None else mx.zeros((1,), x.dtype)
+    for name, val in (("R", R), ("KSPLIT", KSPLIT), ("U", U), ("S", S), ("WARPS", WARPS)):
+        if val is not None:
+            cfg[name] = val
+    check_config(cfg, M, bits, group_size, x.dtype)
+    b = bias if bias is not None else biases  # never read without HAS_BIAS; no extra allocation or launch
     (y,) = _kernel()(
         inputs=[x2, w, scales, biases, b],
-        template=[("T", x.dtype), ("M", M), ("R", R), ("KSPLIT", KSPLIT), ("U", U), ("WARPS", WARPS),
-                  ("BITS", bits), ("GS", group_size), ("HAS_BIAS", bias is not None)],
-        grid=(blocks * WARPS * 32, 1, 1),
-        threadgroup=(WARPS * 32, 1, 1),
+        template=kernel_constants(x.dtype, M, bits, group_size, bias is not None, cfg),
+        grid=(launch_blocks(N, cfg) * cfg["WARPS"] * 32, 1, 1),
+        threadgroup=(cfg["WARPS"] * 32, 1, 1),
         output_shapes=[(M, N)],
         output_dtypes=[x.dtype],
     )
@@ -311,55 +654,64 @@ def quantized_gemv(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array 
 
 def label() -> str:
     if cuda_available():
-        return (f"CUDA quantized GEMV (mx.fast.cuda_kernel; affine {'/'.join(map(str, BITS))}-bit, "
+        return (f"CUDA quantized GEMV (mx.fast.cuda_kernel, tensor-core mma; affine {'/'.join(map(str, BITS))}-bit, "
                 f"<= {MAX_ROWS} rows), MLX quantized_matmul beyond")
     return "MLX quantized_matmul (the CUDA quantized GEMV needs MLX's CUDA backend)"
 
 
 def unpack_codes(w: np.ndarray, bits: int) -> np.ndarray:
     """Numpy model of the layout the kernel reads: packed uint32 [N, K*bits/32] -> integer codes [N, K].
-    Weight j of each word sits in bits [bits*j, bits*(j+1)), lowest first, so the kernel's 16-byte vector c of a
-    row (words 4c .. 4c+3) holds weights [c*128/bits, (c+1)*128/bits), and its 8-weight sub-vector q the words
-    q*bits/4 .. (q+1)*bits/4 - 1 (xq_unpack8)."""
+    Weight j of each word sits in bits [bits*j, bits*(j+1)), lowest first, so the kernel's 16-byte vector v of a
+    row (words 4v .. 4v+3) holds weights [v*128/bits, (v+1)*128/bits), and its word c the weights
+    v*128/bits + c*32/bits + (0 .. 32/bits - 1)."""
     w = np.ascontiguousarray(w, dtype=np.uint32)
     per = 32 // bits
     mask = np.uint32((1 << bits) - 1)
     return np.stack([(w >> np.uint32(bits * j)) & mask for j in range(per)], axis=-1).reshape(w.shape[0], -1)
 
 
-def dequantize_as_kernel(w: np.ndarray, scales: np.ndarray, biases: np.ndarray, group_size: int,
-                         bits: int) -> np.ndarray:
-    """Numpy model of the kernel's dequantization, step by step (xq_dequant8 and the loop that feeds it):
-    16-byte vector c of a row = words 4c..4c+3, group (c * 128/bits) // group_size; its 8-weight sub-vector q,
-    weight e = word q*(8/per) + e//per, position j = e % per; the 16-bit half (the word, or the word >> 16) and
-    the position jh in it; the code through the exponent trick as q * 2^(bits*jh); then code * scale*2^(-bits*jh)
-    + bias, rounded once to float32. Returns float32 [N, K] in the kernel's weight order (k = c*vals + 8q + e)."""
+def _bf16_bits_to_f64(u: np.ndarray) -> np.ndarray:
+    return (u.astype(np.uint32) << np.uint32(16)).view(np.float32).astype(np.float64)
+
+
+def kernel_codes(w: np.ndarray, bits: int) -> np.ndarray:
+    """Numpy model of how the kernel turns a word into the codes of its mma operand, step by step, placed back
+    at their k: [N, K] float64. Word c of vector v (after the ldmatrix transpose: thread c of a quad) covers
+    k0 = v*vals + c*32/bits. 4-bit: pair i (i = 0..3) is ((word >> 4i) & 0x000F000F) | 0x43004300 read as two
+    bf16 (128 + code) minus 128: the codes of k0 + i (low half) and k0 + i + 4 (high half). 8-bit: byte e of
+    the word into the float bits 0x4B0000qq, minus 2^23: the code of k0 + e."""
     w = np.ascontiguousarray(w, dtype=np.uint32)
     N = w.shape[0]
-    per, vals = 32 // bits, 128 // bits
-    half_n, mask = 16 // bits, (1 << bits) - 1
-    vecs = w.reshape(N, -1, 4)                                   # [N, CV, 4]: the 16-byte vectors
-    g = (np.arange(vecs.shape[1]) * vals) // group_size          # group of each vector
-    s = scales.astype(np.float64)[:, g]                          # [N, CV]
-    b = biases.astype(np.float64)[:, g]
-    out = np.empty((N, vecs.shape[1], vals), np.float32)
-    for q in range(vals // 8):
-        for e in range(8):
-            word = vecs[:, :, q * (8 // per) + e // per]
-            j = e % per
-            half = word if j < half_n else word >> np.uint32(16)
-            jh = j % half_n
-            bits_ = np.uint32(0x4B000000) | (half & np.uint32(mask << (bits * jh)))
-            code = bits_.view(np.float32).astype(np.float64) - 8388608.0   # exact: q * 2^(bits*jh)
-            sj = s * 2.0 ** (-bits * jh)
-            out[:, :, 8 * q + e] = (code * sj + b).astype(np.float32)     # one rounding, as fmaf
+    words = w.reshape(N, -1)                                     # word index = 4v + c: k0 = (4v + c) * 32/bits
+    per = 32 // bits
+    out = np.empty((N, words.shape[1], per), np.float64)
+    if bits == 4:
+        for i in range(4):
+            pair = ((words >> np.uint32(4 * i)) & np.uint32(0x000F000F)) | np.uint32(0x43004300)
+            out[:, :, i] = _bf16_bits_to_f64(pair & np.uint32(0xFFFF)) - 128.0
+            out[:, :, i + 4] = _bf16_bits_to_f64(pair >> np.uint32(16)) - 128.0
+    else:
+        for e in range(4):
+            bits_ = np.uint32(0x4B000000) | ((words >> np.uint32(8 * e)) & np.uint32(0xFF))
+            out[:, :, e] = bits_.view(np.float32).astype(np.float64) - 8388608.0
     return out.reshape(N, -1)
+
+
+def dequantize_as_kernel(w: np.ndarray, scales: np.ndarray, biases: np.ndarray, group_size: int,
+                         bits: int) -> np.ndarray:
+    """Numpy model of the weight the kernel's sum effectively uses: its exact codes (kernel_codes) times the
+    vector's group scale plus its bias, exactly (the kernel computes s * sum(q x) + b * sum(x) and never rounds a
+    weight), here rounded once to float32 to compare with mx.dequantize (which rounds q*s, then + b: at most one
+    rounding of q*s apart; equal for bf16 scales, where q*s is exact). float32 [N, K]."""
+    q = kernel_codes(w, bits)
+    g = np.arange(q.shape[1]) // group_size
+    return (q * scales.astype(np.float64)[:, g] + biases.astype(np.float64)[:, g]).astype(np.float32)
 
 
 def dequantize_reference(w: np.ndarray, scales: np.ndarray, biases: np.ndarray, group_size: int,
                          bits: int) -> np.ndarray:
     """float32 weights [N, K] = code * scale + bias of the code's group (k // group_size), in float32 as
-    mx.dequantize computes them (the kernel's fmaf rounds once instead of twice: at most 1 ulp apart)."""
+    mx.dequantize computes them."""
     q = unpack_codes(w, bits).astype(np.float32)
     g = np.arange(q.shape[1]) // group_size
     return q * scales.astype(np.float32)[:, g] + biases.astype(np.float32)[:, g]

@@ -9,8 +9,8 @@ benchmarks/results/gpu_h200_2026-12-02.md) its matrix-vector kernel reads the 4-
 (bf16: ~3.7), a decode step at batch 16 took 50.8 ms against 9.0 ms with the same weights in bf16, and a
 2,048-token prefill ran at 6.6k tok/s against 15.7k. So on CUDA:
   - up to GEMV_MAX_ROWS rows and from GEMV_MIN_OUTPUTS outputs, our quantized GEMV (kernels/quant_gemv.py:
-    16-byte streaming loads, dequantized in registers) where it applies, unless XLSTM_MLX_QUANT_GEMV=0; else
-    MLX's kernel (faster on the 4,096-output matrices, and from ~8 rows);
+    the packed weight streamed through shared memory, exact codes on the tensor cores, up to 16 rows) where it
+    applies, unless XLSTM_MLX_QUANT_GEMV=0; else MLX's kernel;
   - from DEQUANT_MIN_ROWS rows on, the weight dequantized to x's dtype and MLX's bf16 GEMM: one write and one
     read of the bf16 weight per call, small against a GEMM over many rows.
 On Metal and the CPU MLX's quantized kernels run at every size.
@@ -29,9 +29,15 @@ from xlstm_mlx.kernels import quant_gemv
 from xlstm_mlx.kernels.cuda_common import cuda_available
 from xlstm_mlx.kernels.quant_gemv import quantized_matmul_ref
 
+# Thresholds from the H200 quantized-matmul lab (benchmarks/gpu_quant_lab.py, which times our GEMV, MLX's qmm and
+# the bf16 GEMM on the 7B decode matrices at 1/4/8/16 rows); the lead sets them from its table.
 DEQUANT_MIN_ROWS = 256  # rows of x from which CUDA takes dequantize + GEMM (the H200 lab: see above)
-GEMV_MAX_ROWS = 4  # rows of x up to which our GEMV beats MLX's qmv (the H200 lab)
-GEMV_MIN_OUTPUTS = 8192  # and outputs from which: it won at N = 12288, 21888, 50304 and lost at 4096 (K 4096, 10944)
+# rows of x up to which our GEMV runs: provisional at the kernel's limit (quant_gemv.MAX_ROWS = 16) until the lab
+# has timed the tensor-core kernel; the CUDA-core kernel before it lost to MLX's qmm from 8 rows on
+GEMV_MAX_ROWS = quant_gemv.MAX_ROWS
+# and outputs from which: provisional 1 (every matrix) until the lab; the CUDA-core kernel before it lost at
+# N = 4096 (K 4096, 10944) and needed >= 8192
+GEMV_MIN_OUTPUTS = 1
 
 
 def dequantized_matmul(x, w, scales, biases, bias, group_size: int, bits: int, mode: str = "affine"):
