@@ -32,12 +32,14 @@ from xlstm_mlx.kernels.quant_gemv import quantized_matmul_ref
 # Thresholds from the H200 quantized-matmul lab (benchmarks/gpu_quant_lab.py, which times our GEMV, MLX's qmm and
 # the bf16 GEMM on the 7B decode matrices at 1/4/8/16 rows); the lead sets them from its table.
 DEQUANT_MIN_ROWS = 256  # rows of x from which CUDA takes dequantize + GEMM (the H200 lab: see above)
-# rows of x up to which our GEMV runs: provisional at the kernel's limit (quant_gemv.MAX_ROWS = 16) until the lab
-# has timed the tensor-core kernel; the CUDA-core kernel before it lost to MLX's qmm from 8 rows on
-GEMV_MAX_ROWS = quant_gemv.MAX_ROWS
-# and outputs from which: provisional 1 (every matrix) until the lab; the CUDA-core kernel before it lost at
-# N = 4096 (K 4096, 10944) and needed >= 8192
-GEMV_MIN_OUTPUTS = 1
+# Where our GEMV runs: the domain where the kernel before this one was measured faster than MLX's qmm (<= 4 rows,
+# >= 8,192 outputs). The tensor-core kernel (quant_gemv.py, up to 16 rows) has one end-to-end-free lab point on
+# the H200 so far (2026-12-02, the lab's time guard stopped it after the first matrix): 4-bit 4096 -> 12288 at one
+# row, 30.2 us against MLX's qmm 45.3 us and the old kernel's 36-51, every one of its 15 configurations exact
+# against the float32 reference there. Widening to 16 rows and to the 4,096-output matrices waits for the lab's
+# full table.
+GEMV_MAX_ROWS = 4
+GEMV_MIN_OUTPUTS = 8192
 
 
 def dequantized_matmul(x, w, scales, biases, bias, group_size: int, bits: int, mode: str = "affine"):
