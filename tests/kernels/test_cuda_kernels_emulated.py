@@ -45,8 +45,9 @@ def test_embedding_emulated():
 
 @pytest.mark.parametrize("tj", [32, 64, 128])
 @pytest.mark.parametrize("proj", [False, True])
-def test_decode_step_emulated(tj, proj):
-    B, NH, dqk, dv, H = 2, 2, 20, 128, 40  # dqk 20: rows per warp uneven (8 warps)
+@pytest.mark.parametrize("dqk", [20, 300])  # 20: rows per warp uneven (8 warps); 300: two 32-row load batches
+def test_decode_step_emulated(tj, proj, dqk):
+    B, NH, dv, H = 2, 2, 128, 40
     qk, v = NH * dqk, NH * dv
     ks = [mx.random.key(40 + i) for i in range(8)]
     qkvo = mx.random.normal((B, 2 * qk + 2 * v), key=ks[0]).astype(mx.bfloat16)

@@ -53,6 +53,25 @@ _SOURCE = """
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int NQ = qkvo_shape[1];                     // row stride of the projection output
 
+    constexpr int CPL = TJ / 32;                      // columns per lane: 1, 2 or 4 (4-, 8-, 16-byte accesses)
+    using VecC = typename XlVec<CPL>::type;
+    const int j = tile * TJ + lane * CPL;
+    const float* Cin = C + (size_t)bh * DQK * DV + j;
+    float* Cout = C_out + (size_t)bh * DQK * DV + j;
+    // Rows i = warp, warp + WARPS, ...: a batch of up to RB rows per lane is loaded before any arithmetic, so all
+    // of a batch's loads are in flight together (at batch 1 there are few blocks: the bytes in flight per lane
+    // set the bandwidth). The sums run in the same row order as one row at a time. The first batch (all of C's
+    // rows at the 7B shape) is requested before anything else, so that its loads are in flight while the gate
+    // scalars and q.n are computed (an L2 round trip and a block reduction each).
+    constexpr int RPW = (DQK + WARPS - 1) / WARPS;    // rows per warp
+    constexpr int RB = RPW < 32 ? RPW : 32;
+    VecC cv[RB];
+#pragma unroll
+    for (int r = 0; r < RB; ++r) {
+        const int i = warp + r * WARPS;
+        if (i < DQK) cv[r] = __ldcs(reinterpret_cast<const VecC*>(Cin + (size_t)i * DV));
+    }
+
     // gate pre-activations of this head (float32, as mlstm_step_ref): given, or projected here from the layer's
     // normalized input x [B, H] by the two rows hd and NH + hd of w_if [2 NH, H] (+ b_if): every block of the
     // head computes the same two dot products (16 KB of x and 32 KB of w_if from L2 at the 7B shape), in place of
@@ -120,25 +139,16 @@ _SOURCE = """
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) qn += qn_sh[w];
 
-    constexpr int CPL = TJ / 32;                      // columns per lane: 1, 2 or 4 (4-, 8-, 16-byte accesses)
-    using VecC = typename XlVec<CPL>::type;
-    const int j = tile * TJ + lane * CPL;
     float vj[CPL], num[CPL];
 #pragma unroll
     for (int c = 0; c < CPL; ++c) { vj[c] = xl_float(vrow[j + c]); num[c] = 0.f; }
-    const float* Cin = C + (size_t)bh * DQK * DV + j;
-    float* Cout = C_out + (size_t)bh * DQK * DV + j;
-    // Rows i = warp, warp + WARPS, ...: a batch of up to RB rows per lane is loaded before any arithmetic, so all
-    // of a batch's loads are in flight together (at batch 1 there are few blocks: the bytes in flight per lane
-    // set the bandwidth). The sums run in the same row order as one row at a time.
-    constexpr int RPW = (DQK + WARPS - 1) / WARPS;    // rows per warp
-    constexpr int RB = RPW < 32 ? RPW : 32;
     for (int r0 = 0; r0 < RPW; r0 += RB) {
-        VecC cv[RB];
+        if (r0 > 0) {                                 // later batches (Dqk > 32 x WARPS): loaded here
 #pragma unroll
-        for (int r = 0; r < RB; ++r) {
-            const int i = warp + (r0 + r) * WARPS;
-            if (i < DQK) cv[r] = __ldcs(reinterpret_cast<const VecC*>(Cin + (size_t)i * DV));
+            for (int r = 0; r < RB; ++r) {
+                const int i = warp + (r0 + r) * WARPS;
+                if (i < DQK) cv[r] = __ldcs(reinterpret_cast<const VecC*>(Cin + (size_t)i * DV));
+            }
         }
 #pragma unroll
         for (int r = 0; r < RB; ++r) {
