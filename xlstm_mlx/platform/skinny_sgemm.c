@@ -191,17 +191,59 @@ static int valid(int order, int ta, int tb, int M, int N, int K, int lda, int ld
     return lda >= max1(an ? M : K) && ldb >= max1(bn ? K : N) && ldc >= max1(M);
 }
 
+/* ---- many rows: the library's sgemm, in K-blocks ----
+ *
+ * Why: a BLAS GEMM kernel gives each element of C one register lane and adds the K products into it one after
+ * the other, over each of the library's K-panels (OpenBLAS' Haswell kernel, which it picks on AMD Zen as well:
+ * ~384; MKL's: ~128, measured from their errors). The rounding error of such a running sum grows with its
+ * length, so the error of a product depends on the library and the CPU it chose a kernel for: measured
+ * (rms of |error| / sum |a||b|, benchmarks/results/sgemm_accuracy.md) OpenBLAS Haswell 2.7e-8 at K = 256 and
+ * 2.0e-8 at K = 512, torch's MKL 2.0e-8 and 1.7e-8, on one AMD EPYC. Here the sum over K is cut into blocks of
+ * at most ~64 products, one library call each, every block after the first added into C by the library
+ * (beta = 1): a running sum of ~64 terms, then a short one over the blocks. 1.4e-8 at K = 256, 1.1e-8 at
+ * K = 512, whatever the library's panel size, for the cost of re-reading C once per block (measured: within the
+ * noise at hidden 512). At most MAX_K_BLOCKS blocks, so the extra passes over C stay few for very long K. */
+#define MAX_K_BLOCKS 16
+static int k_block = 64;                  /* target block length; 0: forward unchanged */
+
+static void blocked_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                          const float *B, int ldb, float beta, float *C, int ldc) {
+    int target = __atomic_load_n(&k_block, __ATOMIC_RELAXED);
+    int nb = target > 0 ? (K + target - 1) / target : 1;
+    if (target > 0 && nb < 2 && K >= target) nb = 2; /* K = target: two halves still halve the running sum */
+    if (nb > MAX_K_BLOCKS) nb = MAX_K_BLOCKS;
+    int kb = (K + nb - 1) / nb;
+    kb = (kb + 7) / 8 * 8; /* whole 8-float groups: the library's packing stays aligned */
+    if (nb < 2 || kb >= K) {
+        real_sgemm(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    /* step along K of op(A) (M x K) and op(B) (K x N) in their storage */
+    int an = ta == NO_TRANS, bn = tb == NO_TRANS, row = order == ROW_MAJOR;
+    ptrdiff_t a_step = (row == an) ? 1 : lda, b_step = (row == bn) ? ldb : 1;
+    for (int k0 = 0; k0 < K; k0 += kb) {
+        int kk = K - k0 < kb ? K - k0 : kb;
+        real_sgemm(order, ta, tb, M, N, kk, alpha, A + k0 * a_step, lda, B + k0 * b_step, ldb, k0 ? 1.0f : beta,
+                   C, ldc);
+    }
+}
+
 void xl_skinny_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                      const float *B, int ldb, float beta, float *C, int ldc) {
     /* Only a few rows of op(A): the activations of x @ W.T. A product with few columns and many rows (gate
-     * projections and norm sums over a prompt) stays with the library: its FMA accumulation kept the float32
-     * full forward at least as close to float64 as the canonical code, where this kernel's (no contraction, for
-     * the same bits in both forms) lost by a few percent (tests/models/test_parity_f64.py). */
+     * projections and norm sums over a prompt) stays with the library, in K-blocks (blocked_sgemm): its FMA
+     * accumulation over short blocks is more accurate than this kernel's (no contraction, for the same bits in
+     * both forms) and than the canonical's MKL (tests/models/test_parity_f64.py). */
     int small = M <= MAX_ROWS ? M : MAX_ROWS + 1;
-    if (!__atomic_load_n(&enabled, __ATOMIC_RELAXED) || small > MAX_ROWS || small == 0 || N == 0 || K == 0 ||
-        alpha == 0.0f || !valid(order, ta, tb, M, N, K, lda, ldb, ldc)) {
+    if (!__atomic_load_n(&enabled, __ATOMIC_RELAXED) || small == 0 || N == 0 || K == 0 || alpha == 0.0f ||
+        !valid(order, ta, tb, M, N, K, lda, ldb, ldc)) {
         __atomic_fetch_add(&calls_forwarded, 1, __ATOMIC_RELAXED);
         real_sgemm(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    if (small > MAX_ROWS) {
+        __atomic_fetch_add(&calls_forwarded, 1, __ATOMIC_RELAXED);
+        blocked_sgemm(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
     /* op(A)(m, k) at A[m*ar + k*ac], op(B)(k, n) at B[k*br + n*bc], C(m, n) at C[m*cr + n*cc] */
@@ -259,6 +301,9 @@ void xl_skinny_set_enabled(int on) { __atomic_store_n(&enabled, on ? 1 : 0, __AT
 int xl_skinny_enabled(void) { return __atomic_load_n(&enabled, __ATOMIC_RELAXED); }
 
 int xl_skinny_max_rows(void) { return MAX_ROWS; }
+
+/* the K-block length of the many-row products (0: one library call, as the library would sum); returns the old */
+int xl_skinny_set_k_block(int n) { return __atomic_exchange_n(&k_block, n > 0 ? n : 0, __ATOMIC_RELAXED); }
 
 void *xl_skinny_real(void) { return (void *)real_sgemm; }
 
