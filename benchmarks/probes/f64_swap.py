@@ -68,7 +68,19 @@ def _cell_parallel64(q, k, v, i, f, state=None, eps=1e-6, chunk_size=64):
     return _cell64(q, k, v, i, f, state, eps, chunk_size=max(q.shape[2], 1))
 
 
+def _step64(q, k, v, i, f, state, eps=1e-6):
+    from xlstm_mlx.kernels.mlstm_recurrent import mlstm_step_ref
+    h, st = mlstm_step_ref(_up(q), _up(k), _up(v), _up(i), _up(f), tuple(_up(s) for s in state), eps)
+    return _down(h, v.dtype), tuple(_down(s, F32) for s in st)
+
+
+def _decode64(qkvo, gates, state, num_heads, qk_dim, v_dim, gate_soft_cap, eps=1e-6):
+    from xlstm_mlx.kernels.mlstm_decode import mlstm_decode_step_ref
+    return mlstm_decode_step_ref(qkvo, gates, state, num_heads, qk_dim, v_dim, gate_soft_cap, eps, step=_step64)
+
+
 SWAPS = {
+    "step": [("KERNELS", "mlstm.step", _step64), ("KERNELS", "mlstm.decode_step", _decode64)],
     "matmul": [("KERNELS", "matmul.skinny", lambda x, w, b=None: _linear64(x, w, b)),
                ("LINEAR", None, None), ("EMB", None, None)],
     "proj": [("KERNELS", "matmul.skinny", lambda x, w, b=None: _linear64(x, w, b)), ("LINEAR", None, None)],
@@ -135,9 +147,17 @@ CASES = {
 }
 
 
+PREFILL = None  # --prefill P: prefill P tokens, then one-token steps; errors measured at the steps
+
+
 def logits(path, ids, profile):
     model, _ = xlstm_mlx.load(path, profile=profile)
-    return np.array(model(mx.array(ids)).astype(F64))
+    if PREFILL is None:
+        return np.array(model(mx.array(ids)).astype(F64))
+    cache = model.make_cache(ids.shape[0])
+    model(mx.array(ids[:, :PREFILL]), cache=cache)
+    outs = [model(mx.array(ids[:, t:t + 1]), cache=cache) for t in range(PREFILL, ids.shape[1])]
+    return np.array(mx.concatenate(outs, axis=1).astype(F64))
 
 
 def main():
@@ -146,21 +166,27 @@ def main():
     ap.add_argument("--seeds", default="")
     ap.add_argument("--only", default="matmul,proj,head,cell,norms,math")
     ap.add_argument("--canonical", action="store_true")
+    ap.add_argument("--prefill", type=int, default=None, help="measure at the one-token steps after this prefill "
+                    "(canonical: the official xLSTMLarge's steps)")
+    ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--k-block", type=int, default=None, help="the many-row products' K-block (0: the library's "
                     "own sum, as before 2026-12-02; default: the installed setting)")
     a = ap.parse_args()
+    global PREFILL
+    PREFILL = a.prefill
     if a.k_block is not None:
         from xlstm_mlx import platform
         from xlstm_mlx.platform import skinny
         platform.setup()
         skinny.set_k_block(a.k_block)
     rows = [()] + [(n,) for n in a.only.split(",")]
-    full = ("matmul", "cell", "norms", "math")
+    full = ("matmul", "cell", "norms", "math") + (("step",) if a.prefill is not None else ())
     rows.append(full)
     rows += [tuple(n for n in full if n != drop) for drop in full]
     with tempfile.TemporaryDirectory() as td:
         for case in a.cases.split(","):
             opts, T, batch = CASES[case]
+            batch = a.batch or batch
             seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else [100 + sorted(
                 ["fused_bias_tied_h80_T200", "h64_l2_T150", "h96_l3_bias_T130", "saturated_h64_T300",
                  "wide_h520_T130"]).index(case) if case in ("fused_bias_tied_h80_T200", "h64_l2_T150",
@@ -173,7 +199,12 @@ def main():
                 line = f"{case} seed {seed}:"
                 if a.canonical:
                     from oracles.canonical_f64 import hf_logits
-                    e = np.abs(hf_logits(path, ids, Path(td), 'float32') - exact).max(-1)
+                    if PREFILL is None:
+                        z = hf_logits(path, ids, Path(td), 'float32')
+                    else:
+                        from oracles.canonical_f64 import official_steps_logits
+                        z = official_steps_logits(path, ids, PREFILL)[:, PREFILL:]
+                    e = np.abs(z - exact).max(-1)
                     line += f" canonical {e.max():.3g} / {np.median(e):.3g}"
                 for r in rows:
                     with swapped(r):

@@ -17,7 +17,7 @@ which case a second instance is loaded with OPENBLAS_CORETYPE set from /proc/cpu
 OPENBLAS_CORETYPE is always respected. `XLSTM_MLX_VERBOSE=1` prints the outcome to stderr.
 
 cblas_sgemm itself goes to the skinny-product kernel (skinny.py: products with few rows, as at decode; every
-other call forwarded to the library's sgemm, in K-blocks of <= 64 unless XLSTM_MLX_SGEMM_K_BLOCKS=0) unless
+other call forwarded to the library's sgemm in up to 16 K-blocks unless XLSTM_MLX_SGEMM_K_BLOCKS=0) unless
 XLSTM_MLX_SKINNY_SGEMM=0 or the kernel was not built.
 """
 
@@ -254,7 +254,7 @@ def _attach_skinny(lib: _Lib, base: int, imports, targets: dict) -> dict:
 def describe_skinny(skinny: dict) -> str:
     """One phrase for the verbose line: which code computes the few-row products."""
     if skinny.get("active"):
-        blocks = f" in K-blocks of <= {skinny['k_block']}" if skinny.get("k_block") else ""
+        blocks = f" in up to 16 K-blocks (of >= {skinny['k_block']})" if skinny.get("k_block") else ""
         return (f"products with <= {skinny['max_rows']} rows: xlstm-mlx skinny sgemm ({skinny['isa']}), "
                 f"others: the library's sgemm{blocks}")
     return f"every sgemm through the library's sgemm ({skinny.get('reason')})"

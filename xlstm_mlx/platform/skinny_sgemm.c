@@ -198,13 +198,16 @@ static int valid(int order, int ta, int tb, int M, int N, int K, int lda, int ld
  * ~384; MKL's: ~128, measured from their errors). The rounding error of such a running sum grows with its
  * length, so the error of a product depends on the library and the CPU it chose a kernel for: measured
  * (rms of |error| / sum |a||b|, benchmarks/results/sgemm_accuracy.md) OpenBLAS Haswell 2.7e-8 at K = 256 and
- * 2.0e-8 at K = 512, torch's MKL 2.0e-8 and 1.7e-8, on one AMD EPYC. Here the sum over K is cut into blocks of
- * at most ~64 products, one library call each, every block after the first added into C by the library
- * (beta = 1): a running sum of ~64 terms, then a short one over the blocks. 1.4e-8 at K = 256, 1.1e-8 at
- * K = 512, whatever the library's panel size, for the cost of re-reading C once per block (measured: within the
- * noise at hidden 512). At most MAX_K_BLOCKS blocks, so the extra passes over C stay few for very long K. */
+ * 2.0e-8 at K = 512, torch's MKL 2.0e-8 and 1.7e-8, on one AMD EPYC. Here the sum over K is cut into
+ * nb = min(ceil(K / k_block), MAX_K_BLOCKS) blocks (at least 2 once K >= k_block; each a multiple of 8 long), one
+ * library call each, every block after the first added into C by the library (beta = 1): with k_block 16, blocks
+ * of 16 products up to K = 256 and 16 blocks beyond, i.e. a running sum of K / 16 terms, then one of 16 over the
+ * blocks. 1.0e-8 at K = 256, 0.9e-8 at K = 512, whatever the library's panel size. The cost is C re-read and
+ * re-written once per block, and more calls for the small products: within the noise on the 64m prefill
+ * (benchmarks/results/sgemm_k_block_speed.md); MAX_K_BLOCKS keeps the passes over C to 16 for long K (7B
+ * widths: 256-long blocks at K = 4,096). */
 #define MAX_K_BLOCKS 16
-static int k_block = 64;                  /* target block length; 0: forward unchanged */
+static int k_block = 16;                  /* target block length; 0: forward unchanged */
 
 static void blocked_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                           const float *B, int ldb, float beta, float *C, int ldc) {
