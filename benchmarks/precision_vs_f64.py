@@ -122,8 +122,8 @@ def main():
     b = blas.info()
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "device": f"{pyplatform.machine()} CPU ({cpu_model()}), mlx {mx.__version__}, BLAS "
-                      f"{b.get('library', 'none')} core {b.get('core', '-')}, many-row products in K-blocks of "
-                      f"<= {skinny.k_block_now()}",
+                      f"{b.get('library', 'none')} core {b.get('core', '-')}, many-row products in up to 16 K-blocks "
+                      f"(of >= {skinny.k_block_now()})",
             "command": "python " + " ".join(sys.argv)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

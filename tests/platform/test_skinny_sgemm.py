@@ -184,11 +184,18 @@ def test_many_rows_are_summed_in_k_blocks(rng):
     """Products with more than max_rows() rows go to the library cut along K (skinny_sgemm.c, blocked_sgemm): on by
     default, k_block(0) is the library's own call bit for bit, and the blocks' sum is below torch's MKL in error
     (relative to sum |a||b|, rms: MKL 1.7e-8 at K = 512 on an AMD EPYC; OpenBLAS' Haswell kernel alone 2.0e-8,
-    in blocks 0.9e-8). Every layout, alpha and beta is checked against the bound by test_kernel_against_float64."""
+    in blocks 1.1e-8). A product with a small C (<= 8,192 elements) stays one call. Every layout, alpha and beta
+    is checked against the bound by test_kernel_against_float64."""
     _need_kernel()
     assert skinny.k_block_now() == skinny.DEFAULT_K_BLOCK
     fn, real = skinny.address(), skinny.real_address()
-    m, n = 96, 80
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    w = rng.standard_normal((128, 256)).astype(np.float32)
+    small, lib_small = (np.zeros((64, 128), np.float32) for _ in range(2))  # C of 8,192 elements
+    skinny.sgemm(fn, ROW, N_, T_, 64, 128, 256, 1.0, x, 256, w, 256, 0.0, small, 128)
+    skinny.sgemm(real, ROW, N_, T_, 64, 128, 256, 1.0, x, 256, w, 256, 0.0, lib_small, 128)
+    assert np.array_equal(small, lib_small)
+    m, n = 160, 96
     for k in (64, 256, 512, 1408):
         x = rng.standard_normal((m, k)).astype(np.float32)
         w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)

@@ -3,8 +3,9 @@
 At decode every nn.Linear multiplies a few rows of activations by a whole weight matrix. OpenBLAS' sgemm
 repacks the weight on every such call; the compiled kernel streams it once (docs/cpu-blas.md has the
 figures). It handles products with at most `max_rows()` rows of op(A) (M) and forwards every
-other call to the library's sgemm, cut along K into 16 blocks (blocks of 16 products for K <= 256; one library
-call each, accumulated into C by the library): the many-row products of prefill are then summed more accurately than
+other call to the library's sgemm, cut along K into blocks of K / 8 products (at least 16, at most 64, at most
+16 blocks; one library call each, accumulated into C by the library; products with a C of <= 8,192 elements stay
+one call, except matrix-vector products): the many-row products of prefill are then summed more accurately than
 the library sums them by itself (skinny_sgemm.c, blocked_sgemm, says why and what it costs).
 
     XLSTM_MLX_SKINNY_SGEMM=0   the reference path: the slot points at OpenBLAS' sgemm itself
@@ -26,7 +27,7 @@ from pathlib import Path
 from xlstm_mlx import env
 
 _NAME = "_skinny_sgemm"
-DEFAULT_K_BLOCK = 16  # K-block length of the many-row products, at most 16 blocks (skinny_sgemm.c, blocked_sgemm)
+DEFAULT_K_BLOCK = 16  # shortest K-block of the many-row products (skinny_sgemm.c, blocked_sgemm)
 _lib: ctypes.CDLL | None = None
 _missing: str | None = None
 
@@ -152,9 +153,9 @@ def max_rows() -> int | None:
 
 
 def set_k_block(n: int) -> int | None:
-    """Set the K-block length of the many-row products forwarded to the library (0: one call, the library's own
-    summation; default DEFAULT_K_BLOCK, at most 16 blocks: skinny_sgemm.c says why); returns the previous one
-    (None without a kernel)."""
+    """Set the shortest K-block of the many-row products forwarded to the library (0: one call, the library's own
+    summation; default DEFAULT_K_BLOCK; blocks are K / 8 long within [n, max(n, 64)], at most 16 of them:
+    skinny_sgemm.c says why); returns the previous one (None without a kernel)."""
     lib = _open()
     return None if lib is None else int(lib.xl_skinny_set_k_block(int(n)))
 

@@ -198,22 +198,35 @@ static int valid(int order, int ta, int tb, int M, int N, int K, int lda, int ld
  * ~384; MKL's: ~128, measured from their errors). The rounding error of such a running sum grows with its
  * length, so the error of a product depends on the library and the CPU it chose a kernel for: measured
  * (rms of |error| / sum |a||b|, benchmarks/results/sgemm_accuracy.md) OpenBLAS Haswell 2.7e-8 at K = 256 and
- * 2.0e-8 at K = 512, torch's MKL 2.0e-8 and 1.7e-8, on one AMD EPYC. Here the sum over K is cut into
- * nb = min(ceil(K / k_block), MAX_K_BLOCKS) blocks (at least 2 once K >= k_block; each a multiple of 8 long), one
- * library call each, every block after the first added into C by the library (beta = 1): with k_block 16, blocks
- * of 16 products up to K = 256 and 16 blocks beyond, i.e. a running sum of K / 16 terms, then one of 16 over the
- * blocks. 1.0e-8 at K = 256, 0.9e-8 at K = 512, whatever the library's panel size. The cost is C re-read and
- * re-written once per block, and more calls for the small products: within the noise on the 64m prefill
- * (benchmarks/results/sgemm_k_block_speed.md); MAX_K_BLOCKS keeps the passes over C to 16 for long K (7B
- * widths: 256-long blocks at K = 4,096). */
+ * 2.0e-8 at K = 512, torch's MKL 2.0e-8 and 1.7e-8, on one AMD EPYC. Here the sum over K is cut into blocks of
+ * K / 8 products, but at least k_block (16) and at most LONG_K_BLOCK (64) long, and at most MAX_K_BLOCKS (16) of
+ * them (at least 2 once K >= k_block; each a multiple of 8 long): one library call each, every block after the
+ * first added into C by the library (beta = 1). So blocks of 16 up to K = 128, 8 blocks up to K = 512, blocks of
+ * 64 up to K = 1,024, 16 blocks beyond: each element a running sum of <= 64 terms (K / 16 beyond 1,024), then a
+ * short one over the blocks, whatever the library's panel size. 1.6e-8 at K = 64, 1.0e-8 at K = 512. The cost
+ * is C re-read and re-written once per block and more calls for the small products: +1-3 % on the 64m prefill
+ * (benchmarks/results/sgemm_k_block_speed.md); the caps keep the passes over C few for long K (7B widths:
+ * 256-long blocks at K = 4,096). Blocks of 16 throughout (16 of them) measured +3 % there; of 64 throughout,
+ * +1 % but less accurate for small K (docs/numerics.md). */
 #define MAX_K_BLOCKS 16
-static int k_block = 16;                  /* target block length; 0: forward unchanged */
+#define LONG_K_BLOCK 64
+/* Products whose C has at most this many elements (32 KB: the chunkwise cell's per-head, per-chunk L x L and
+ * L x Dv products at the 64m shape) stay one call: there a library call's fixed cost is comparable to a block's
+ * work (measured: splitting them cost ~2 % of the 64m prefill), and making the cell correctly rounded did not
+ * change the logits' typical error (docs/numerics.md). Matrix-vector products (N == 1: the norms' sums over a
+ * prompt, kernels/norms.py) are blocked whatever their size: blocking re-reads only their one-column C. */
+#define MAX_UNBLOCKED_C 8192
+static int k_block = 16;                  /* shortest block length; 0: forward unchanged */
 
 static void blocked_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                           const float *B, int ldb, float beta, float *C, int ldc) {
-    int target = __atomic_load_n(&k_block, __ATOMIC_RELAXED);
-    int nb = target > 0 ? (K + target - 1) / target : 1;
-    if (target > 0 && nb < 2 && K >= target) nb = 2; /* K = target: two halves still halve the running sum */
+    int shortest = __atomic_load_n(&k_block, __ATOMIC_RELAXED);
+    if (N > 1 && M > 1 && (long long)M * N <= MAX_UNBLOCKED_C) shortest = 0;
+    int len = K / 8;
+    if (len > LONG_K_BLOCK) len = LONG_K_BLOCK;
+    if (len < shortest) len = shortest;
+    int nb = shortest > 0 ? (K + len - 1) / len : 1;
+    if (shortest > 0 && nb < 2 && K >= shortest) nb = 2; /* K = shortest: two halves still halve the running sum */
     if (nb > MAX_K_BLOCKS) nb = MAX_K_BLOCKS;
     int kb = (K + nb - 1) / nb;
     kb = (kb + 7) / 8 * 8; /* whole 8-float groups: the library's packing stays aligned */
