@@ -33,6 +33,7 @@ import mlx.core as mx  # noqa: E402
 mx.set_default_device(mx.cpu)
 
 import xlstm_mlx  # noqa: E402
+from xlstm_mlx.platform import blas, skinny  # noqa: E402
 from oracles.canonical import make_hf_checkpoint  # noqa: E402
 from oracles.canonical_f64 import hf_logits, official_steps_logits  # noqa: E402
 
@@ -81,8 +82,12 @@ def measure(name: str, workdir: Path, seed: int = 0, with_hf64: bool = True) -> 
     def med(x, start=0):  # the median over positions of each position's max-abs error (docs/numerics.md: the
         return float(np.median(np.abs(x[:, start:] - exact[:, start:]).max(-1)))  # max is one position's draw
 
-    row["canon_full"] = err(hf_logits(path, ids, workdir, "float32"))
-    row["ours_full"] = err(ours_logits(path, ids, "parity"))
+    canon, ours = hf_logits(path, ids, workdir, "float32"), ours_logits(path, ids, "parity")
+    row["canon_full"], row["ours_full"] = err(canon), err(ours)
+    row["canon_full_median"], row["ours_full_median"] = med(canon), med(ours)
+    with skinny.k_block(0):  # the library's own sum for the many-row products (as before the K-blocks)
+        lib = ours_logits(path, ids, "parity")
+    row["ours_full_lib"], row["ours_full_lib_median"] = err(lib), med(lib)
     row["ours_full_ref"] = err(ours_logits(path, ids, "parity", reference=True))
     if P < T:
         canon, ours = official_steps_logits(path, ids, P), ours_logits(path, ids, "parity", prefill=P)
@@ -92,8 +97,9 @@ def measure(name: str, workdir: Path, seed: int = 0, with_hf64: bool = True) -> 
 
 
 def table(rows: list[dict]) -> str:
-    cols = ["case", "exact_vs_hf64", "canon_full", "ours_full", "ours_full_ref", "canon_steps", "ours_steps",
-            "canon_steps_median", "ours_steps_median"]
+    cols = ["case", "exact_vs_hf64", "canon_full", "ours_full", "ours_full_lib", "ours_full_ref", "canon_full_median",
+            "ours_full_median", "ours_full_lib_median", "canon_steps", "ours_steps", "canon_steps_median",
+            "ours_steps_median"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         out.append("| " + " | ".join(r["case"] if c == "case" else (f"{r[c]:.2e}" if c in r else "-")
@@ -113,16 +119,34 @@ def main():
         for n in names:
             rows.append(measure(n, Path(d), args.seed))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    b = blas.info()
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": f"{pyplatform.machine()} CPU ({pyplatform.processor() or 'unknown'}), mlx {mx.__version__}",
+            "device": f"{pyplatform.machine()} CPU ({cpu_model()}), mlx {mx.__version__}, BLAS "
+                      f"{b.get('library', 'none')} core {b.get('core', '-')}, many-row products in up to 16 K-blocks "
+                      f"(of >= {skinny.k_block_now()})",
             "command": "python " + " ".join(sys.argv)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
-    md = (f"# float32 logits vs float64 (max-abs)\n\ndate {meta['date']}; device {meta['device']}\n\n"
-          f"command: `{meta['command']}`\n\n{table(rows)}\n")
-    out.with_suffix(".md").write_text(md)
+    md = (f"# float32 logits vs float64 (max-abs; _median: over positions of each position's max-abs)\n\n"
+          f"date {meta['date']}; device {meta['device']}\n\ncommand: `{meta['command']}`\n\n"
+          f"ours_full_lib: ours with the library's own sum for the many-row products (XLSTM_MLX_SGEMM_K_BLOCKS=0); "
+          f"ours_full_ref: ours with every kernel's reference\n\n{table(rows)}\n")
+    old = out.with_suffix(".md")
+    if old.exists() and NOTES in old.read_text():  # hand-written measurements below the marker stay
+        md += "\n" + NOTES + old.read_text().split(NOTES, 1)[1]
+    old.write_text(md)
     print(md)
+
+
+NOTES = "<!-- notes: kept when this file is regenerated -->"
+
+
+def cpu_model() -> str:
+    try:
+        return next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return pyplatform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@
     XLSTM_MLX_BLAS_THREADS        auto     OpenBLAS threads: auto (one thread on <= 2 cores) or a count
     XLSTM_MLX_SKINNY_SGEMM        on       products with few rows (decode) through the streaming kernel;
                                            off: OpenBLAS' sgemm for every call (platform/skinny.py)
+    XLSTM_MLX_SGEMM_K_BLOCKS      on       the other (many-row) float32 products summed in up to 16 K-blocks
+                                           (more accurate); off: the library's own sum (platform/skinny_sgemm.c)
     XLSTM_MLX_TEST_DEVICE         cpu      the device the test suite runs on: cpu | gpu (tests/conftest.py)
 
 True is any of 1, true, yes, on; false is any of 0, false, no, off or the empty string (case and
@@ -35,6 +37,7 @@ SWITCHES = {
     "XLSTM_MLX_CHUNKWISE_CUDA": True,
     "XLSTM_MLX_VERBOSE": False,
     "XLSTM_MLX_SKINNY_SGEMM": True,
+    "XLSTM_MLX_SGEMM_K_BLOCKS": True,
 }
 
 

@@ -6,42 +6,51 @@ run in float64 (agreement ~1e-14). Each case measures the max-abs error of
   - prefill + one-token steps, at the step positions: ours and the official xLSTMLarge (float32), which
     stands in for the canonical here (transformers' cache path fails on these shapes: canonical_f64.py).
 
-What is asserted, per case (benchmarks/results/precision_vs_f64.md, docs/numerics.md "Float32 against float64"):
-  - full forward: max-abs, ours <= canonical + 2 float32 ulps of the largest |logit| (an error at that level is
-    the final rounding of the logits themselves, where either side wins by chance).
-  - prefill + steps: the median over step positions of each position's max-abs error, ours <= canonical, no
-    slack. Not the max: at the steps the max is set at the one worst-conditioned position (the mLSTM read-out
-    q^T C nearly cancels and the per-head LayerNorm rescales it to unit size, amplifying the float32 rounding
-    of q and k 10-1000x). There each float32 evaluation's error is a draw, decided mostly by the size of its
-    typical error: a correctly rounded float32 evaluation (each op in float64, rounded once), 2.3x below
-    torch's ops in median, beat the official model's max on 8 of 8 random models but lost to torch's ops on 1
-    of 8; ours, 10-15 % below in median, lost the max on 4 of 9 before and after the norm change, other ones.
-    The max is still bounded, against blow-ups only (STEPS_BLOWUP), never as a fidelity claim.
-The wide case (hidden 520) is a strict xfail, the known gap: there ours is above the canonical on the full
-forward (max-abs 3.4e-5 against 1.2e-5) and on the steps' median (1.9e-6 against 1.8e-6 on another seed).
-Measured cause: the matrix products. At these sizes OpenBLAS runs its GEMM kernel (prefill, and the fused
-[q; k; v; o] decode projection, N = 1,560), relative error 2.9e-7 (K = 520) and 3.5e-7 (K = 1,408) against
-torch's MKL 2.4e-7 / 2.5e-7; the narrower single projections at decode run its GEMV path, 1.1e-7 (MKL 2.2e-7).
-docs/numerics.md has the figures. It turns into a failure (XPASS) the day that is fixed.
+What is asserted, per case (benchmarks/results/precision_vs_f64.md, docs/numerics.md "Float32 against float64"),
+on both the full forward and prefill + steps: the median over positions of each position's max-abs error (over
+batch and vocabulary), ours <= canonical, no slack. The max over positions is bounded against blow-ups only
+(FULL_BLOWUP, STEPS_BLOWUP), never as a fidelity claim. Why not the max: it is set at one to three
+worst-conditioned positions (the mLSTM read-out q^T C nearly cancels and the per-head LayerNorm rescales it to unit
+size, amplifying the float32 rounding of q and k 10-1000x: max/median 10-35x on the full forward), where each
+float32 evaluation's error is a draw. Measured on the full forward (AMD EPYC, 2026-12-02): making a single op
+class correctly rounded (float64, rounded once) moves that max by 0.35-4x either way (RMSNorm alone: 4.2e-5 ->
+1.8e-4 on one model); with our products 0.47-0.71x the canonical's in median error on 32 random models, ours still
+lost the max on 6 of them (by up to 2.1x), before the K-blocked products on 14 (up to 3.3x). At the steps the
+same held before (a correctly rounded evaluation, 2.3x below torch's ops in median, lost the max to them on 1 of
+8 models). The median is decided by the typical size of the arithmetic's error, which is what "closer to float64"
+means; it needs the more accurate products: MLX's CPU matmul reaches OpenBLAS, whose kernel (Haswell, the one it
+picks on AMD Zen too) sums each element over K-panels of ~384 in one running sum, where torch's MKL works in
+~128, so before the K-blocked products (platform/skinny_sgemm.c, blocked_sgemm) ours was above the canonical in
+median on 14 of 32 models on this CPU (up to 1.24x: mostly the FFN down-projection, K = 256).
+The wide case (hidden 520) was a strict xfail for that reason (OpenBLAS's GEMM 2.0e-8 against MKL's 1.7e-8,
+relative to sum |a||b|); in K-blocks it is 1.1e-8.
 """
+
+import sys
 
 import numpy as np
 import pytest
 
 import mlx.core as mx
 import xlstm_mlx
+from xlstm_mlx import platform
+from xlstm_mlx.platform import blas, skinny
 from oracles.canonical import make_hf_checkpoint
 from oracles.canonical_f64 import hf_logits, official_steps_logits
 
 CASES = {
-    # name: (checkpoint options, T, prefill length, batch)
-    "h64_l2_T150": (dict(hidden=64, heads=2, layers=2), 150, 100, 2),
-    "h96_l3_bias_T130": (dict(hidden=96, heads=2, layers=3, use_bias=True, vocab=77), 130, 65, 2),
-    "fused_bias_tied_h80_T200": (dict(hidden=80, heads=2, weight_mode="fused", use_bias=True, tie=True), 200, 129, 2),
-    "saturated_h64_T300": (dict(hidden=64, heads=2, layers=2, gate_bias_scale=12.0), 300, 250, 1),
-    "wide_h520_T130": (dict(hidden=520, heads=4, layers=2), 130, 65, 2),
+    # name: (checkpoint options, seed, T, prefill length, batch)
+    "h64_l2_T150": (dict(hidden=64, heads=2, layers=2), 101, 150, 100, 2),
+    "h64_l2_T150_seed100": (dict(hidden=64, heads=2, layers=2), 100, 150, 100, 2),
+    "h80_l4_T65": (dict(hidden=80, heads=2, layers=4), 103, 65, 33, 2),
+    "h96_l3_bias_T130": (dict(hidden=96, heads=2, layers=3, use_bias=True, vocab=77), 102, 130, 65, 2),
+    "fused_bias_tied_h80_T200": (dict(hidden=80, heads=2, weight_mode="fused", use_bias=True, tie=True), 100, 200, 129,
+                                 2),
+    "saturated_h64_T300": (dict(hidden=64, heads=2, layers=2, gate_bias_scale=12.0), 103, 300, 250, 1),
+    "wide_h520_T130": (dict(hidden=520, heads=4, layers=2), 104, 130, 100, 2),
 }
-KNOWN_ABOVE = {"wide_h520_T130": "OpenBLAS's GEMM kernel accumulates more error than MKL at hidden 520 (module doc)"}
+# max-abs of the full forward: ours <= 4 x canonical (measured worst 2.1x; 3.3x before the K-blocks), against blow-ups
+FULL_BLOWUP = 4.0
 STEPS_BLOWUP = 10.0  # max-abs at the steps: ours <= 10 x canonical, a guard against blow-ups, not a fidelity claim
 
 
@@ -55,24 +64,41 @@ def ours(path, ids, profile, prefill=0):
     return np.array(mx.concatenate(outs, axis=1).astype(mx.float64))
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(reason=KNOWN_ABOVE[c], strict=True))
-                                  if c in KNOWN_ABOVE else c for c in sorted(CASES)])
+def _need_k_blocked_products():
+    """The claim rests on the many-row products summed in K-blocks (module doc): where that path could be active
+    but is not (a stale or missing build of the skinny extension, XLSTM_MLX_SGEMM_K_BLOCKS=0), say so instead of
+    failing on the numbers. Off Linux MLX uses another BLAS (Accelerate), not measured here."""
+    if sys.platform != "linux":
+        return
+    platform.setup()
+    state = blas.info().get("skinny") or {}
+    if not (state.get("active") and skinny.k_block_now()):
+        pytest.fail(f"the many-row float32 products are not summed in K-blocks here (BLAS: "
+                    f"{blas.info().get('reason')}; skinny sgemm: {state.get('reason', 'none')}; K-block "
+                    f"{skinny.k_block_now()}): this comparison depends on them (docs/cpu-blas.md); rebuild the "
+                    "extension (pip install -e .) or unset XLSTM_MLX_SGEMM_K_BLOCKS=0")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_ours_at_least_as_close_to_float64_as_the_canonical(case, tmp_path):
-    opts, T, P, batch = CASES[case]
-    path = make_hf_checkpoint(tmp_path / "ckpt", seed=100 + sorted(CASES).index(case), **opts)
+    _need_k_blocked_products()
+    opts, seed, T, P, batch = CASES[case]
+    path = make_hf_checkpoint(tmp_path / "ckpt", seed=seed, **opts)
     ids = np.random.default_rng(7).integers(0, opts.get("vocab", 101), (batch, T))
     exact = ours(path, ids, "exact")
-    floor = 2 * float(np.spacing(np.float32(np.abs(exact).max())))
 
     def err(z, start=0):
         assert np.isfinite(z).all(), "non-finite logits"
         return float(np.abs(z[:, start:] - exact[:, start:]).max())
 
-    def median(z, start):  # over positions, of each position's max-abs error
+    def median(z, start=0):  # over positions, of each position's max-abs error
         return float(np.median(np.abs(z[:, start:] - exact[:, start:]).max(-1)))
 
-    ours_full, canon_full = err(ours(path, ids, "parity")), err(hf_logits(path, ids, tmp_path, "float32"))
-    assert ours_full <= canon_full + floor, f"full forward: ours {ours_full:.3g} > canonical {canon_full:.3g}"
+    z_ours, z_canon = ours(path, ids, "parity"), hf_logits(path, ids, tmp_path, "float32")
+    ours_med, canon_med, ours_max, canon_max = median(z_ours), median(z_canon), err(z_ours), err(z_canon)
+    assert ours_med <= canon_med, (f"full forward, median over positions: ours {ours_med:.3g} > canonical "
+                                   f"{canon_med:.3g} (max: ours {ours_max:.3g}, canonical {canon_max:.3g})")
+    assert ours_max <= FULL_BLOWUP * canon_max, f"full forward: max {ours_max:.3g} vs canonical {canon_max:.3g}"
     z_ours, z_canon = ours(path, ids, "parity", prefill=P), official_steps_logits(path, ids, P)
     ours_med, canon_med = median(z_ours, P), median(z_canon, P)
     ours_max, canon_max = err(z_ours, P), err(z_canon, P)

@@ -180,6 +180,42 @@ def test_same_bits_whatever_the_layout_or_row_count(rng, isa):
             assert np.array_equal(dot, one), (isa, k, n, float(np.abs(dot - one).max()))
 
 
+def test_many_rows_are_summed_in_k_blocks(rng):
+    """Products with more than max_rows() rows go to the library cut along K (skinny_sgemm.c, blocked_sgemm): on by
+    default, k_block(0) is the library's own call bit for bit, and the blocks' sum is below torch's MKL in error
+    (relative to sum |a||b|, rms: MKL 1.7e-8 at K = 512 on an AMD EPYC; OpenBLAS' Haswell kernel alone 2.0e-8,
+    in blocks 1.1e-8). A product with a small C (<= 8,192 elements) stays one call. Every layout, alpha and beta
+    is checked against the bound by test_kernel_against_float64."""
+    _need_kernel()
+    assert skinny.k_block_now() == skinny.DEFAULT_K_BLOCK
+    fn, real = skinny.address(), skinny.real_address()
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    w = rng.standard_normal((128, 256)).astype(np.float32)
+    small, lib_small = (np.zeros((64, 128), np.float32) for _ in range(2))  # C of 8,192 elements
+    skinny.sgemm(fn, ROW, N_, T_, 64, 128, 256, 1.0, x, 256, w, 256, 0.0, small, 128)
+    skinny.sgemm(real, ROW, N_, T_, 64, 128, 256, 1.0, x, 256, w, 256, 0.0, lib_small, 128)
+    assert np.array_equal(small, lib_small)
+    m, n = 160, 96
+    for k in (64, 256, 512, 1408):
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
+        ref = x.astype(np.float64) @ w.astype(np.float64).T
+        scale = np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)).T
+        got, lib, off = (np.zeros((m, n), np.float32) for _ in range(3))
+        skinny.sgemm(fn, ROW, N_, T_, m, n, k, 1.0, x, k, w, k, 0.0, got, n)
+        skinny.sgemm(real, ROW, N_, T_, m, n, k, 1.0, x, k, w, k, 0.0, lib, n)
+        with skinny.k_block(0):
+            skinny.sgemm(fn, ROW, N_, T_, m, n, k, 1.0, x, k, w, k, 0.0, off, n)
+        assert np.array_equal(off, lib), k
+
+        def rms(c):
+            return float(np.sqrt(np.mean(((c.astype(np.float64) - ref) / scale) ** 2)))
+
+        assert rms(got) <= 1.05 * rms(lib), (k, rms(got), rms(lib))
+        if k >= 256:
+            assert rms(got) < 1.5e-8, (k, rms(got), rms(lib))
+
+
 def test_reference_switch_forwards_everything(rng):
     _need_kernel()
     fn = skinny.address()

@@ -17,7 +17,8 @@ which case a second instance is loaded with OPENBLAS_CORETYPE set from /proc/cpu
 OPENBLAS_CORETYPE is always respected. `XLSTM_MLX_VERBOSE=1` prints the outcome to stderr.
 
 cblas_sgemm itself goes to the skinny-product kernel (skinny.py: products with few rows, as at decode; every
-other call forwarded to the library's sgemm) unless XLSTM_MLX_SKINNY_SGEMM=0 or the kernel was not built.
+other call forwarded to the library's sgemm in up to 16 K-blocks unless XLSTM_MLX_SGEMM_K_BLOCKS=0) unless
+XLSTM_MLX_SKINNY_SGEMM=0 or the kernel was not built.
 """
 
 from __future__ import annotations
@@ -246,14 +247,16 @@ def _attach_skinny(lib: _Lib, base: int, imports, targets: dict) -> dict:
     if bad:
         _elf_got.write_slots(base, imports, {"cblas_sgemm": real})
         return {"active": False, "reason": f"the kernel failed its check ({bad}); OpenBLAS' sgemm kept"}
-    return {"active": True, "isa": _skinny.isa(), "max_rows": _skinny.max_rows(), "reason": "ok"}
+    return {"active": True, "isa": _skinny.isa(), "max_rows": _skinny.max_rows(), "k_block": _skinny.k_block_now(),
+            "reason": "ok"}
 
 
 def describe_skinny(skinny: dict) -> str:
     """One phrase for the verbose line: which code computes the few-row products."""
     if skinny.get("active"):
+        blocks = f" in up to 16 K-blocks (of >= {skinny['k_block']})" if skinny.get("k_block") else ""
         return (f"products with <= {skinny['max_rows']} rows: xlstm-mlx skinny sgemm ({skinny['isa']}), "
-                "others: the library's sgemm")
+                f"others: the library's sgemm{blocks}")
     return f"every sgemm through the library's sgemm ({skinny.get('reason')})"
 
 

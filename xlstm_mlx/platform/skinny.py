@@ -3,10 +3,13 @@
 At decode every nn.Linear multiplies a few rows of activations by a whole weight matrix. OpenBLAS' sgemm
 repacks the weight on every such call; the compiled kernel streams it once (docs/cpu-blas.md has the
 figures). It handles products with at most `max_rows()` rows of op(A) (M) and forwards every
-other call to the library's sgemm unchanged, so the redirection stays exact-by-contract for prefill and
-everything else.
+other call to the library's sgemm, cut along K into blocks of K / 8 products (at least 16, at most 64, at most
+16 blocks; one library call each, accumulated into C by the library; products with a C of <= 8,192 elements stay
+one call, except matrix-vector products): the many-row products of prefill are then summed more accurately than
+the library sums them by itself (skinny_sgemm.c, blocked_sgemm, says why and what it costs).
 
     XLSTM_MLX_SKINNY_SGEMM=0   the reference path: the slot points at OpenBLAS' sgemm itself
+    XLSTM_MLX_SGEMM_K_BLOCKS=0 the kernel for few rows, the library's own sum for the rest (k_block(0))
     reference()                the same for a with-block (the kernel forwards every call), for comparisons
 
 The kernel is a C extension built by `pip install` (setup.py, optional). Without a compiler there is none,
@@ -24,6 +27,7 @@ from pathlib import Path
 from xlstm_mlx import env
 
 _NAME = "_skinny_sgemm"
+DEFAULT_K_BLOCK = 16  # shortest K-block of the many-row products (skinny_sgemm.c, blocked_sgemm)
 _lib: ctypes.CDLL | None = None
 _missing: str | None = None
 
@@ -68,6 +72,7 @@ def _open() -> ctypes.CDLL | None:
         lib.xl_skinny_set_isa.argtypes = [ctypes.c_char_p]
         lib.xl_skinny_real.restype = ctypes.c_void_p
         lib.xl_skinny_counts.argtypes = [ctypes.POINTER(ctypes.c_ulonglong), ctypes.c_int]
+        lib.xl_skinny_set_k_block.argtypes = [ctypes.c_int]
     except AttributeError as e:  # a build from another version of the source
         _missing = f"{path.name} is a stale build ({e}); reinstall xlstm-mlx to rebuild it"
         return None
@@ -93,6 +98,7 @@ def attach(real_sgemm: int, get_threads: int | None) -> int | None:
     if lib is None:
         return None
     lib.xl_skinny_init(real_sgemm, get_threads)
+    lib.xl_skinny_set_k_block(DEFAULT_K_BLOCK if env.flag("XLSTM_MLX_SGEMM_K_BLOCKS") else 0)
     lib.xl_skinny_set_enabled(1)
     return ctypes.cast(lib.xl_skinny_sgemm, ctypes.c_void_p).value
 
@@ -144,6 +150,35 @@ def use_isa(name: str):
 def max_rows() -> int | None:
     lib = _open()
     return None if lib is None else int(lib.xl_skinny_max_rows())
+
+
+def set_k_block(n: int) -> int | None:
+    """Set the shortest K-block of the many-row products forwarded to the library (0: one call, the library's own
+    summation; default DEFAULT_K_BLOCK; blocks are K / 8 long within [n, max(n, 64)], at most 16 of them:
+    skinny_sgemm.c says why); returns the previous one (None without a kernel)."""
+    lib = _open()
+    return None if lib is None else int(lib.xl_skinny_set_k_block(int(n)))
+
+
+def k_block_now() -> int | None:
+    """The K-block length in use (0: the library's own sum; None without a kernel)."""
+    lib = _open()
+    if lib is None:
+        return None
+    n = int(lib.xl_skinny_set_k_block(0))
+    lib.xl_skinny_set_k_block(n)
+    return n
+
+
+@contextlib.contextmanager
+def k_block(n: int):
+    """The K-block length `n` inside the block, process-wide (tests, benchmarks: 0 is the library's sum)."""
+    before = set_k_block(n)
+    try:
+        yield
+    finally:
+        if before is not None:
+            set_k_block(before)
 
 
 def enabled() -> bool:

@@ -191,17 +191,75 @@ static int valid(int order, int ta, int tb, int M, int N, int K, int lda, int ld
     return lda >= max1(an ? M : K) && ldb >= max1(bn ? K : N) && ldc >= max1(M);
 }
 
+/* ---- many rows: the library's sgemm, in K-blocks ----
+ *
+ * Why: a BLAS GEMM kernel gives each element of C one register lane and adds the K products into it one after
+ * the other, over each of the library's K-panels (OpenBLAS' Haswell kernel, which it picks on AMD Zen as well:
+ * ~384; MKL's: ~128, measured from their errors). The rounding error of such a running sum grows with its
+ * length, so the error of a product depends on the library and the CPU it chose a kernel for: measured
+ * (rms of |error| / sum |a||b|, benchmarks/results/sgemm_accuracy.md) OpenBLAS Haswell 2.7e-8 at K = 256 and
+ * 2.0e-8 at K = 512, torch's MKL 2.0e-8 and 1.7e-8, on one AMD EPYC. Here the sum over K is cut into blocks of
+ * K / 8 products, but at least k_block (16) and at most LONG_K_BLOCK (64) long, and at most MAX_K_BLOCKS (16) of
+ * them (at least 2 once K >= k_block; each a multiple of 8 long): one library call each, every block after the
+ * first added into C by the library (beta = 1). So blocks of 16 up to K = 128, 8 blocks up to K = 512, blocks of
+ * 64 up to K = 1,024, 16 blocks beyond: each element a running sum of <= 64 terms (K / 16 beyond 1,024), then a
+ * short one over the blocks, whatever the library's panel size. 1.6e-8 at K = 64, 1.0e-8 at K = 512. The cost
+ * is C re-read and re-written once per block and more calls for the small products: +1-3 % on the 64m prefill
+ * (benchmarks/results/sgemm_k_block_speed.md); the caps keep the passes over C few for long K (7B widths:
+ * 256-long blocks at K = 4,096). Blocks of 16 throughout (16 of them) measured +3 % there; of 64 throughout,
+ * +1 % but less accurate for small K (docs/numerics.md). */
+#define MAX_K_BLOCKS 16
+#define LONG_K_BLOCK 64
+/* Products whose C has at most this many elements (32 KB: the chunkwise cell's per-head, per-chunk L x L and
+ * L x Dv products at the 64m shape) stay one call: there a library call's fixed cost is comparable to a block's
+ * work (measured: splitting them cost ~2 % of the 64m prefill), and making the cell correctly rounded did not
+ * change the logits' typical error (docs/numerics.md). Matrix-vector products (N == 1: the norms' sums over a
+ * prompt, kernels/norms.py) are blocked whatever their size: blocking re-reads only their one-column C. */
+#define MAX_UNBLOCKED_C 8192
+static int k_block = 16;                  /* shortest block length; 0: forward unchanged */
+
+static void blocked_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                          const float *B, int ldb, float beta, float *C, int ldc) {
+    int shortest = __atomic_load_n(&k_block, __ATOMIC_RELAXED);
+    if (N > 1 && M > 1 && (long long)M * N <= MAX_UNBLOCKED_C) shortest = 0;
+    int len = K / 8;
+    if (len > LONG_K_BLOCK) len = LONG_K_BLOCK;
+    if (len < shortest) len = shortest;
+    int nb = shortest > 0 ? (K + len - 1) / len : 1;
+    if (shortest > 0 && nb < 2 && K >= shortest) nb = 2; /* K = shortest: two halves still halve the running sum */
+    if (nb > MAX_K_BLOCKS) nb = MAX_K_BLOCKS;
+    int kb = (K + nb - 1) / nb;
+    kb = (kb + 7) / 8 * 8; /* whole 8-float groups: the library's packing stays aligned */
+    if (nb < 2 || kb >= K) {
+        real_sgemm(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    /* step along K of op(A) (M x K) and op(B) (K x N) in their storage */
+    int an = ta == NO_TRANS, bn = tb == NO_TRANS, row = order == ROW_MAJOR;
+    ptrdiff_t a_step = (row == an) ? 1 : lda, b_step = (row == bn) ? ldb : 1;
+    for (int k0 = 0; k0 < K; k0 += kb) {
+        int kk = K - k0 < kb ? K - k0 : kb;
+        real_sgemm(order, ta, tb, M, N, kk, alpha, A + k0 * a_step, lda, B + k0 * b_step, ldb, k0 ? 1.0f : beta,
+                   C, ldc);
+    }
+}
+
 void xl_skinny_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                      const float *B, int ldb, float beta, float *C, int ldc) {
     /* Only a few rows of op(A): the activations of x @ W.T. A product with few columns and many rows (gate
-     * projections and norm sums over a prompt) stays with the library: its FMA accumulation kept the float32
-     * full forward at least as close to float64 as the canonical code, where this kernel's (no contraction, for
-     * the same bits in both forms) lost by a few percent (tests/models/test_parity_f64.py). */
+     * projections and norm sums over a prompt) stays with the library, in K-blocks (blocked_sgemm): its FMA
+     * accumulation over short blocks is more accurate than this kernel's (no contraction, for the same bits in
+     * both forms) and than the canonical's MKL (tests/models/test_parity_f64.py). */
     int small = M <= MAX_ROWS ? M : MAX_ROWS + 1;
-    if (!__atomic_load_n(&enabled, __ATOMIC_RELAXED) || small > MAX_ROWS || small == 0 || N == 0 || K == 0 ||
-        alpha == 0.0f || !valid(order, ta, tb, M, N, K, lda, ldb, ldc)) {
+    if (!__atomic_load_n(&enabled, __ATOMIC_RELAXED) || small == 0 || N == 0 || K == 0 || alpha == 0.0f ||
+        !valid(order, ta, tb, M, N, K, lda, ldb, ldc)) {
         __atomic_fetch_add(&calls_forwarded, 1, __ATOMIC_RELAXED);
         real_sgemm(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    if (small > MAX_ROWS) {
+        __atomic_fetch_add(&calls_forwarded, 1, __ATOMIC_RELAXED);
+        blocked_sgemm(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
     /* op(A)(m, k) at A[m*ar + k*ac], op(B)(k, n) at B[k*br + n*bc], C(m, n) at C[m*cr + n*cc] */
@@ -259,6 +317,9 @@ void xl_skinny_set_enabled(int on) { __atomic_store_n(&enabled, on ? 1 : 0, __AT
 int xl_skinny_enabled(void) { return __atomic_load_n(&enabled, __ATOMIC_RELAXED); }
 
 int xl_skinny_max_rows(void) { return MAX_ROWS; }
+
+/* the K-block length of the many-row products (0: one library call, as the library would sum); returns the old */
+int xl_skinny_set_k_block(int n) { return __atomic_exchange_n(&k_block, n > 0 ? n : 0, __ATOMIC_RELAXED); }
 
 void *xl_skinny_real(void) { return (void *)real_sgemm; }
 
