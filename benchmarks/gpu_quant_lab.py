@@ -19,8 +19,8 @@ M in 1, 2, 4, 8, 16 (--rows):
       and effective TB/s = weight bytes / time (packed weight + scales + biases for the quantized variants,
       the bf16 weight for bf16).
 Every (matrix, bits) section is in try/except: one failure is recorded and the rest still run. A short table is
-printed last (matrix, bits, M: qmm, default kernel, best config with its TB/s, bf16), then the MEASURED table
-for quant_gemv.py built from the best configs; all numbers go to --json (written after every section,
+printed last (matrix, bits, M: qmm, default kernel, best config with its TB/s, bf16), then the H200 table
+for kernels/quant_gemv_lab.py built from the best configs; all numbers go to --json (written after every section,
 atomically).
 """
 
@@ -46,7 +46,7 @@ from xlstm_mlx.kernels.cuda_common import cuda_available  # noqa: E402
 MATRICES = {"qkvo": (4096, 12288), "ffn_up": (4096, 21888), "ffn_down": (10944, 4096), "out": (4096, 4096),
             "lm_head": (4096, 50304)}
 QUICK_MATRICES = {"small": (512, 1000), "odd": (1024, 333)}
-ROWS = [1, 2, 4, 8, 16]  # default_config's row buckets: MEASURED is keyed by them
+ROWS = [1, 2, 4, 8, 16]  # the table of kernels/quant_gemv_lab.py keeps 1, 4 (for 2..8) and 16 (for 9..16)
 QUICK_ROWS = [1, 4, 16]
 GROUP = 64
 MIN_COPIES = 3
@@ -200,10 +200,17 @@ def table(out: dict) -> str:
 
 
 def measured_table(out: dict) -> str:
-    """The MEASURED dict of kernels/quant_gemv.py from this run's best configs: (bits, rows, N, K) -> config."""
-    entries = [f"    ({r['bits']}, {r['rows']}, {r['N']}, {r['K']}): {r['best_cfg_dict']},"
-               for r in out.get("results", []) if r.get("best_cfg_dict") and r["rows"] in (1, 2, 4, 8, 16)]
-    return "MEASURED = {\n" + "\n".join(entries) + "\n}" if entries else "MEASURED: no kernel configs timed"
+    """The H200 table of kernels/quant_gemv_lab.py from this run: (bits, rows, N, K) -> (best config, its us,
+    MLX qmm us)."""
+    entries = []
+    for r in out.get("results", []):
+        cfg = r.get("best_cfg_dict")
+        if not cfg or r["rows"] not in (1, 4, 16):
+            continue
+        us = r.get(f"cfg:R{cfg['R']}U{cfg['U']}S{cfg['S']}K{cfg['KSPLIT']}W{cfg['WARPS']}_us", r.get("kernel_us"))
+        entries.append(f"    ({r['bits']}, {r['rows']}, {r['N']}, {r['K']}): (dict(R={cfg['R']}, U={cfg['U']}, "
+                       f"S={cfg['S']}, KSPLIT={cfg['KSPLIT']}, WARPS={cfg['WARPS']}), {us:.1f}, {r['qmm_us']:.1f}),")
+    return "H200 = {\n" + "\n".join(entries) + "\n}" if entries else "H200: no kernel configs timed"
 
 
 def write_json(path: str, out: dict) -> None:

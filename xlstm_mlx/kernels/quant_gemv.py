@@ -74,6 +74,7 @@ import mlx.core as mx
 import numpy as np
 
 from xlstm_mlx.errors import UsageError
+from xlstm_mlx.kernels import quant_gemv_lab
 from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
 
 MAX_ROWS = 16  # x rows the kernel takes (decode batch): two 8-column mma tiles; beyond, MLX's quantized matmul
@@ -523,15 +524,16 @@ SWEEP_CONFIGS = [
     dict(R=4, U=1, S=3, KSPLIT=1, WARPS=2),
 ]
 
-# Measured best configuration per (bits, rows, N, K) on the H200, filled in by the lead from the lab's JSON
-# (benchmarks/gpu_quant_lab.py prints the table); a shape not listed takes the rule in default_config.
-MEASURED: dict[tuple[int, int, int, int], dict] = {}
+# Measured best configuration per (bits, rows bucket, N, K) on the H200 (kernels/quant_gemv_lab.py, from the lab's
+# JSON: benchmarks/gpu_quant_lab.py prints the table); a shape not listed takes the rule in default_config.
+MEASURED: dict[tuple[int, int, int, int], dict] = {key: cfg for key, (cfg, _, _) in quant_gemv_lab.H200.items()}
 
 
-def default_config(rows: int, n: int, k_vectors: int, bits: int | None = None) -> dict:
+def default_config(rows: int, n: int, k_vectors: int, bits: int | None = None, group_size: int = 64,
+                   x_dtype=mx.bfloat16) -> dict:
     """The configuration for `rows` rows of x, n outputs and k_vectors 16-byte vectors a packed row (K * bits /
-    128): the measured one where MEASURED has it (rows rounded up to 1, 2, 4, 8, 16), else the rule: R=2 tiles a
-    warp (each x fragment and x sum serves two tiles: ~40 instructions a tile's vector column at 1 row, ~57 at
+    128): the measured one where MEASURED has it (rows bucketed as quant_gemv_lab.bucket: 1, 2..8, 9..16), else
+    the rule: R=2 tiles a warp (each x fragment and x sum serves two tiles: ~40 instructions a tile's vector column at 1 row, ~57 at
     16, against ~48 and ~75 with R=1, in the sm_90 SASS; ~67 fit in the issue slots at 4 TB/s), U=1, S=4 in
     blocks of 4 warps, with the smallest split of K over a block's warps (1, 2, 4) that puts TARGET_WARPS warps
     in the grid, as long as each warp keeps at least 2 steps; S=3 from 5 rows on where the warps' rings would
@@ -539,10 +541,12 @@ def default_config(rows: int, n: int, k_vectors: int, bits: int | None = None) -
     sizes): shared memory is carved out of L1, which has to hold x (16 rows x 4096 x bf16 = 128 KB) for the
     warps that all read it."""
     if bits is not None:
-        bucket = next(b for b in (1, 2, 4, 8, 16) if rows <= b) if rows <= 16 else rows
+        bucket = quant_gemv_lab.bucket(rows)
         k = k_vectors * 128 // bits
-        if (bits, bucket, n, k) in MEASURED:
-            return dict(MEASURED[(bits, bucket, n, k)])
+        cfg = MEASURED.get((bits, bucket, n, k))
+        # measured with bf16 x and group 64: float32 x (3 parts a row) or another group may not fit it
+        if cfg is not None and config_problem(cfg, rows, bits, group_size, x_dtype) is None:
+            return dict(cfg)
     r, u, warps = 2, 1, 4
     tiles = -(-n // (16 * r))                  # warp tasks before the split
     steps = -(-k_vectors // (4 * u))
@@ -626,7 +630,7 @@ def quantized_gemv_cuda(x: mx.array, w: mx.array, scales: mx.array, biases: mx.a
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
     M = x2.shape[0]
-    cfg = default_config(M, N, K * bits // 128, bits)
+    cfg = default_config(M, N, K * bits // 128, bits, group_size, x.dtype)
     for name, val in (("R", R), ("KSPLIT", KSPLIT), ("U", U), ("S", S), ("WARPS", WARPS)):
         if val is not None:
             cfg[name] = val

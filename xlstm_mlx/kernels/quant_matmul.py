@@ -4,13 +4,14 @@
                                                                                (kernels/quant_gemv.py)
     quantized_matmul(...)                                                      the path chosen by the rows of x
 
-On MLX's CUDA backend, mx.quantized_matmul is slow: measured on an H200 (7B shape, 4-bit,
-benchmarks/results/gpu_h200_2026-12-02.md) its matrix-vector kernel reads the 4-bit weights at ~0.9 TB/s
-(bf16: ~3.7), a decode step at batch 16 took 50.8 ms against 9.0 ms with the same weights in bf16, and a
-2,048-token prefill ran at 6.6k tok/s against 15.7k. So on CUDA:
-  - up to GEMV_MAX_ROWS rows and from GEMV_MIN_OUTPUTS outputs, our quantized GEMV (kernels/quant_gemv.py:
-    the packed weight streamed through shared memory, exact codes on the tensor cores, up to 16 rows) where it
-    applies, unless XLSTM_MLX_QUANT_GEMV=0; else MLX's kernel;
+On MLX's CUDA backend, mx.quantized_matmul is slow at few rows: on an H200 (7B decode matrices, group 64,
+kernels/quant_gemv_lab.py) it reads 4-bit weights at 0.4-0.9 TB/s at one row and takes 2.4-3.6x its one-row
+time at 4 rows (0.2-0.6 TB/s), while from 16 rows on it runs as fast as at one row. So on CUDA:
+  - up to quant_gemv.MAX_ROWS (16) rows, our quantized GEMV (kernels/quant_gemv.py: the packed weight streamed
+    through shared memory, exact codes on the tensor cores) where the lab timed it faster than MLX's kernel for
+    that (bits, rows, N, K); for shapes the lab did not time, the rule its table shows: ours for 2..8 rows (it
+    won all 10 measured cases there, by 1.6-6.4x), and for one row at 4 bits (won 5 of 5); MLX's kernel for
+    one row at 8 bits (won 3 of 5) and for 9..16 rows (won 7 of 10). XLSTM_MLX_QUANT_GEMV=0 keeps MLX's kernel;
   - from DEQUANT_MIN_ROWS rows on, the weight dequantized to x's dtype and MLX's bf16 GEMM: one write and one
     read of the bf16 weight per call, small against a GEMM over many rows.
 On Metal and the CPU MLX's quantized kernels run at every size.
@@ -25,21 +26,11 @@ from __future__ import annotations
 import mlx.core as mx
 
 from xlstm_mlx import env
-from xlstm_mlx.kernels import quant_gemv
+from xlstm_mlx.kernels import quant_gemv, quant_gemv_lab
 from xlstm_mlx.kernels.cuda_common import cuda_available
 from xlstm_mlx.kernels.quant_gemv import quantized_matmul_ref
 
-# Thresholds from the H200 quantized-matmul lab (benchmarks/gpu_quant_lab.py, which times our GEMV, MLX's qmm and
-# the bf16 GEMM on the 7B decode matrices at 1/4/8/16 rows); the lead sets them from its table.
-DEQUANT_MIN_ROWS = 256  # rows of x from which CUDA takes dequantize + GEMM (the H200 lab: see above)
-# Where our GEMV runs: the domain where the kernel before this one was measured faster than MLX's qmm (<= 4 rows,
-# >= 8,192 outputs). The tensor-core kernel (quant_gemv.py, up to 16 rows) has one end-to-end-free lab point on
-# the H200 so far (2026-12-02, the lab's time guard stopped it after the first matrix): 4-bit 4096 -> 12288 at one
-# row, 30.2 us against MLX's qmm 45.3 us and the old kernel's 36-51, every one of its 15 configurations exact
-# against the float32 reference there. Widening to 16 rows and to the 4,096-output matrices waits for the lab's
-# full table.
-GEMV_MAX_ROWS = 4
-GEMV_MIN_OUTPUTS = 8192
+DEQUANT_MIN_ROWS = 256  # rows of x from which CUDA takes dequantize + GEMM (an H200 prefill: see above)
 
 
 def dequantized_matmul(x, w, scales, biases, bias, group_size: int, bits: int, mode: str = "affine"):
@@ -56,10 +47,19 @@ def uses_dequantized(x) -> bool:
     return cuda_available() and _rows(x) >= DEQUANT_MIN_ROWS and x.dtype in (mx.bfloat16, mx.float16, mx.float32)
 
 
+def gemv_faster(rows: int, n: int, k: int, bits: int) -> bool:
+    """Whether our GEMV beats MLX's quantized matmul at this size: the lab's time where it measured the shape,
+    else the rule of its table (module doc)."""
+    measured = quant_gemv_lab.kernel_faster(bits, rows, n, k)
+    if measured is not None:
+        return measured
+    return 2 <= rows <= 8 or (rows == 1 and bits == 4)
+
+
 def uses_gemv(x, w, scales, biases, bias, group_size: int, bits: int, mode: str) -> bool:
-    return (_rows(x) <= GEMV_MAX_ROWS and w.shape[0] >= GEMV_MIN_OUTPUTS and biases is not None
-            and env.flag("XLSTM_MLX_QUANT_GEMV")
-            and quant_gemv.applies(x, w, scales, group_size, bits, mode, biases=biases, bias=bias))
+    return (biases is not None and env.flag("XLSTM_MLX_QUANT_GEMV")
+            and quant_gemv.applies(x, w, scales, group_size, bits, mode, biases=biases, bias=bias)
+            and gemv_faster(_rows(x), w.shape[0], x.shape[-1], bits))
 
 
 def quantized_matmul(x, w, scales, biases, bias, group_size: int, bits: int, mode: str = "affine"):
@@ -75,8 +75,8 @@ def quantized_matmul(x, w, scales, biases, bias, group_size: int, bits: int, mod
 
 def label() -> str:
     if cuda_available():
-        few = (f"CUDA quantized GEMV (4/8-bit affine) up to {GEMV_MAX_ROWS} rows with >= {GEMV_MIN_OUTPUTS} outputs, "
-               "MLX's quantized matmul for the rest" if env.flag("XLSTM_MLX_QUANT_GEMV")
+        few = (f"CUDA quantized GEMV (4/8-bit affine, up to {quant_gemv.MAX_ROWS} rows) where the H200 lab timed it "
+               "faster (else: 2..8 rows, or 1 row at 4 bits), MLX's quantized matmul for the rest" if env.flag("XLSTM_MLX_QUANT_GEMV")
                else "MLX's quantized matmul (XLSTM_MLX_QUANT_GEMV=0)")
         return (f"{few} below {DEQUANT_MIN_ROWS} rows; from {DEQUANT_MIN_ROWS} rows on, dequantize to the input "
                 "dtype + MLX matmul (MLX's CUDA quantized GEMM is slow there)")
