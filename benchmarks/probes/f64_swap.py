@@ -86,7 +86,7 @@ SWAPS = {
     "proj": [("KERNELS", "matmul.skinny", lambda x, w, b=None: _linear64(x, w, b)), ("LINEAR", None, None)],
     "head": [("EMB", None, None), ("HEAD", None, None)],
     "cell": [("KERNELS", "mlstm.chunkwise", _cell64)],
-    "norms": [("KERNELS", "norm.add_rms", lambda x, h, w, b, eps, od: tuple(
+    "norms": [("KERNELS", "norm.add_rms", lambda x, h, w, b, eps, od, want_y=True: tuple(
                   _down(t, d) for t, d in zip(_add.add_rms_norm_ref(_up(x), _up(h), _up(w), _up(b), eps, F64,
                                                                     rms_norm=norms.rms_norm),
                                               (x.dtype, x.dtype, od)))),

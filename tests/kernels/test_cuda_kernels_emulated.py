@@ -65,16 +65,22 @@ def test_decode_step_emulated(tj, proj, dqk):
         assert rel_error(a, b) <= 1e-5
 
 
-@pytest.mark.parametrize("D", [300, 40])
+@pytest.mark.parametrize("D", [300, 40, 1100])  # 1100: three elements a thread (registers), the last one partial
 @pytest.mark.parametrize("with_h", [False, True])
-def test_add_rms_norm_emulated(D, with_h):
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_add_rms_norm_emulated(D, with_h, with_bias):
     x = mx.random.normal((3, D), key=mx.random.key(D)) * 2.0
     h = mx.random.normal((3, D), key=mx.random.key(D + 1)).astype(mx.bfloat16) if with_h else None
     w = mx.random.normal((D,), key=mx.random.key(D + 2)) * 0.2 + 1.0
-    ref = add_rms.add_rms_norm_ref(x, h, w, None, 1e-6, mx.bfloat16)
+    b = mx.random.normal((D,), key=mx.random.key(D + 3)) * 0.1 if with_bias else None
+    ref = add_rms.add_rms_norm_ref(x, h, w, b, 1e-6, mx.bfloat16)
     with cuda_emulator.emulated(add_rms):
-        got = add_rms.add_rms_norm_cuda(x, h, w, None, 1e-6, mx.bfloat16)
+        got = add_rms.add_rms_norm_cuda(x, h, w, b, 1e-6, mx.bfloat16)
+        r2, y2, c2 = add_rms.add_rms_norm_cuda(x, h, w, b, 1e-6, mx.bfloat16, want_y=False)
+    # float32 sums in another order than MLX's: r is one addition (exact to 1e-7), y within a few float32
+    # roundings, y_c within one bf16 rounding
     assert rel_error(got[0], ref[0]) <= 1e-7 and rel_error(got[1], ref[1]) <= 1e-6 and rel_error(got[2], ref[2]) <= 1e-2
+    assert y2 is None and mx.array_equal(r2, got[0]) and mx.array_equal(c2, got[2])  # want_y=False: y only dropped
 
 
 @pytest.mark.parametrize("rows", [3, 40])  # one warp a block / eight

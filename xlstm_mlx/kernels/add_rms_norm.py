@@ -4,7 +4,7 @@
     y   = r * rsqrt(mean(r^2) + eps) * weight (+ bias)       in r's dtype, as RMSNorm computes it
     y_c = y.astype(out_dtype)                                 the matmul input (bf16 under the 'fast' profile)
 
-    add_rms_norm_ref(x, h, weight, bias, eps, out_dtype) -> (r, y, y_c)   MLX ops (mx.fast.rms_norm)
+    add_rms_norm_ref(x, h, weight, bias, eps, out_dtype, want_y) -> (r, y, y_c)   MLX ops (mx.fast.rms_norm)
     add_rms_norm(...)                                                     one CUDA launch where it applies; elsewhere
                                                                           the same ops with norm.rms (kernels/norms.py)
 
@@ -15,7 +15,8 @@ pass that adds, writes r and sums r^2 (float32), a block reduction, and a pass t
 32 x THREADS elements stay in registers between the passes, their loads all issued first (at decode a row per
 block and a handful of blocks: the loads' latency sets the time, 6-8 us a call on an H200 before). The sums run in
 another order than MLX's kernel, so y may differ from the reference in the last float32 bit (and y_c, rarely,
-by one bf16 rounding).
+by one bf16 rounding). want_y=False: y is not needed (the FFN's norm feeds only its bf16 matmul), None is
+returned in its place and the kernel does not write it (a 2,048-token prefill of the 7B shape: 1 GB of writes).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ _SOURCE = """
     const auto* xr = x + row * D;
     auto* rr = r + row * D;
     float ss = 0.f;
-    float v[IN_REGISTERS ? EPT : 1];
+    float v[IN_REGISTERS ? EPT : 1], wv[IN_REGISTERS ? EPT : 1], bv[IN_REGISTERS && HAS_BIAS ? EPT : 1];
     if constexpr (IN_REGISTERS) {
         // every load of the row issued before any arithmetic: at decode (one row a block, a handful of
         // blocks) the latency of the loads, not their bytes, sets the time
@@ -48,12 +49,25 @@ _SOURCE = """
             const int i = tid + e * THREADS;
             v[e] = i < D ? xl_float(xr[i]) : 0.f;
         }
+        float hv[HAS_H ? EPT : 1];
         if (HAS_H) {
 #pragma unroll
             for (int e = 0; e < EPT; ++e) {
                 const int i = tid + e * THREADS;
-                if (i < D) v[e] += xl_float(h[row * D + i]);
+                hv[e] = i < D ? xl_float(h[row * D + i]) : 0.f;
             }
+        }
+        // the norm's weight (and bias) too, before the reduction: loaded after it, they were one more memory
+        // round trip on the row's critical path (a cold 16 KB per layer at decode)
+#pragma unroll
+        for (int e = 0; e < EPT; ++e) {
+            const int i = tid + e * THREADS;
+            wv[e] = i < D ? xl_float(weight[i]) : 0.f;
+            if (HAS_BIAS) bv[e] = i < D ? xl_float(bias[i]) : 0.f;
+        }
+        if (HAS_H) {
+#pragma unroll
+            for (int e = 0; e < EPT; ++e) v[e] += hv[e];
         }
 #pragma unroll
         for (int e = 0; e < EPT; ++e) {
@@ -79,9 +93,9 @@ _SOURCE = """
 #pragma unroll
     for (int e = 0; e < (IN_REGISTERS ? EPT : 1); ++e) {
         for (int i = tid + e * THREADS; i < D; i += (IN_REGISTERS ? D : THREADS)) {
-            float yv = (IN_REGISTERS ? v[e] : xl_float(rr[i])) * inv * xl_float(weight[i]);
-            if (HAS_BIAS) yv += xl_float(bias[i]);
-            xl_set(y + row * D + i, yv);
+            float yv = IN_REGISTERS ? v[e] * inv * wv[e] : xl_float(rr[i]) * inv * xl_float(weight[i]);
+            if (HAS_BIAS) yv += IN_REGISTERS ? bv[e] : xl_float(bias[i]);
+            if (WRITE_Y) xl_set(y + row * D + i, yv);
             xl_set(y_c + row * D + i, yv);
         }
     }
@@ -90,12 +104,12 @@ _SOURCE = """
 _kernel = None
 
 
-def add_rms_norm_ref(x, h, weight, bias, eps: float, out_dtype, rms_norm=norms.rms_norm_ref):
+def add_rms_norm_ref(x, h, weight, bias, eps: float, out_dtype, want_y: bool = True, rms_norm=norms.rms_norm_ref):
     r = x if h is None else x + h
     y = rms_norm(r, weight, eps)
     if bias is not None:
         y = y + bias
-    return r, y, y.astype(out_dtype)
+    return r, y if want_y else None, y.astype(out_dtype)
 
 
 def applies(x, h, weight, bias) -> bool:
@@ -108,7 +122,7 @@ def _float_bits(v: float) -> int:
     return struct.unpack("<i", struct.pack("<f", v))[0]
 
 
-def add_rms_norm_cuda(x, h, weight, bias, eps: float, out_dtype):
+def add_rms_norm_cuda(x, h, weight, bias, eps: float, out_dtype, want_y: bool = True):
     global _kernel
     if _kernel is None:
         _kernel = mx.fast.cuda_kernel(name="xlstm_add_rms_norm", input_names=["x", "h", "weight", "bias"],
@@ -118,20 +132,20 @@ def add_rms_norm_cuda(x, h, weight, bias, eps: float, out_dtype):
         inputs=[x, h if h is not None else mx.zeros((1,), x.dtype), weight,
                 bias if bias is not None else mx.zeros((1,), x.dtype)],
         template=[("DIM", x.shape[-1]), ("THREADS", THREADS), ("HAS_H", h is not None),
-                  ("HAS_BIAS", bias is not None), ("EPS_BITS", _float_bits(eps))],
+                  ("HAS_BIAS", bias is not None), ("EPS_BITS", _float_bits(eps)), ("WRITE_Y", want_y)],
         grid=(rows * THREADS, 1, 1),
         threadgroup=(THREADS, 1, 1),
-        output_shapes=[x.shape, x.shape, x.shape],
+        output_shapes=[x.shape, x.shape if want_y else (1,), x.shape],  # (1,): never written
         output_dtypes=[x.dtype, x.dtype, out_dtype],
     )
-    return r, y, y_c
+    return r, y if want_y else None, y_c
 
 
-def add_rms_norm(x, h, weight, bias, eps: float, out_dtype):
+def add_rms_norm(x, h, weight, bias, eps: float, out_dtype, want_y: bool = True):
     if applies(x, h, weight, bias):
-        return add_rms_norm_cuda(x, h, weight, bias, eps, out_dtype)
+        return add_rms_norm_cuda(x, h, weight, bias, eps, out_dtype, want_y)
     # elsewhere the same ops with the registry's norm.rms form (sums by BLAS on the CPU: kernels/norms.py)
-    return add_rms_norm_ref(x, h, weight, bias, eps, out_dtype, rms_norm=norms.rms_norm)
+    return add_rms_norm_ref(x, h, weight, bias, eps, out_dtype, want_y, rms_norm=norms.rms_norm)
 
 
 def label() -> str:

@@ -192,15 +192,16 @@ class MLSTMBlock(nn.Module):
         return a.num_heads * mlstm_chunkwise_flops(a.qk_head_dim, a.v_head_dim, chunk_size)
 
     @staticmethod
-    def _add_norm(norm: RMSNorm, x, h, compute_dtype):
+    def _add_norm(norm: RMSNorm, x, h, compute_dtype, want_y: bool = True):
         """(x + h, RMSNorm(x + h), that in the compute dtype): the "norm.add_rms" kernel (one launch on CUDA);
-        float64 (the exact profile) takes the norm's own float64 formulas."""
+        float64 (the exact profile) takes the norm's own float64 formulas. want_y=False: the middle one is not
+        needed (None; on CUDA it is never written)."""
         if x.dtype == mx.float64:
             r = x if h is None else x + h
             y = norm(r)
             return r, y, y.astype(compute_dtype)
         return kernels.get("norm.add_rms")(x, h, norm.weight, norm["bias"] if "bias" in norm else None, norm.eps,
-                                           compute_dtype)
+                                           compute_dtype, want_y)
 
     def __call__(self, x, state, mask, profile: NumericsProfile, check: str | None = None, carried=None):
         """x is the residual stream (profile.residual_dtype); sub-layer outputs are added to it.
@@ -219,7 +220,7 @@ class MLSTMBlock(nn.Module):
         if check:
             assert_finite(f"{check}.mlstm_layer (state C, n, m)", *state)
             assert_finite(f"{check}.mlstm_layer (output)", h)
-        x, h, hc = self._add_norm(self.norm_ffn, x, h, cd)
+        x, h, hc = self._add_norm(self.norm_ffn, x, h, cd, want_y=bool(check))  # the FFN takes hc only
         if check:
             assert_finite(f"{check}.norm_ffn", h)
         h = self.ffn(hc)
