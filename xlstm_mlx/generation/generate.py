@@ -12,6 +12,15 @@ an EOS is therefore never in the state, and a caller continuing a conversation f
 Long prompts are fed in chunks of `prefill_step_size` tokens; after each chunk only the state is evaluated
 (the logits of prompt positions are never computed), so peak memory does not grow with the prompt length.
 
+The first sampled token: generate_step prefills the WHOLE prompt, and the last chunk also runs the final norm
+and the head on its last position only (the model's `last_only`), evaluated with the state in one graph; the
+first token is sampled from those logits. The prompt's last token therefore goes through the chunkwise path
+with the rest of its chunk, not through a separate one-token decode step after a prefill of T - 1 tokens (on an
+H200 at the 7B shape and 2,048 tokens: 56.1 ms for 2,047 tokens + 6.9 ms for the step, against 52.1 ms for the
+2,048 tokens). The two forms give the same logits up to float rounding (chunkwise vs recurrent summation order;
+tests/generation/test_first_logits.py). The old form (prefill T - 1, then the step) remains where a caller needs
+the state without the last prompt token: `on_prefill` (snapshots keep that token pending) and max_tokens=0.
+
 Batches: prompts are left-padded and the pad positions are masked; the model treats a masked position as an
 exact identity step on the state, so each row decodes as it would alone (equal greedy tokens, tested).
 """
@@ -42,7 +51,8 @@ class GenerationResponse:
     text: str  # new text since the previous response (may be '' while a character or stop string is pending)
     token: int  # the token sampled at this step
     prompt_tokens: int
-    prompt_tps: float  # prompt tokens / time to the first sampled token (prefill + first step)
+    prompt_tps: float  # prompt tokens / time to the first sampled token (the prefill, whose last chunk gives the
+    #                    first logits, + sampling; with on_prefill: prefill of T - 1, the callback, the first step)
     generation_tokens: int  # tokens sampled so far, this one included
     generation_tps: float  # decode speed: tokens after the first / time since the first
     peak_memory: float  # GB, mx.get_peak_memory() since the call started
@@ -56,9 +66,14 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 
 def prefill(model, tokens: mx.array, cache, mask: mx.array | None = None, prefill_step_size: int = 2048,
-            progress: bool = False, blocks_per_eval: int | None = None) -> None:
-    """Feed tokens [B, T] (and mask [B, T]) into `cache` in chunks; only the state is ever computed.
+            progress: bool = False, blocks_per_eval: int | None = None,
+            last_logits: bool = False) -> mx.array | None:
+    """Feed tokens [B, T] (and mask [B, T]) into `cache` in chunks; only the state is computed.
 
+    last_logits: also return the float32 logits of the last position, [B, V] (None for T = 0): the last
+    chunk's forward runs the final norm and the head on that position only (the model's `last_only`; never
+    [B, T, V] logits) and they are evaluated with the state, as one graph. generate_step samples the first
+    token from them. With a mask, the last position must be a real token for the logits to mean anything.
     progress: a tqdm bar on stderr (tokens/s) once the prefill has run for PROGRESS_DELAY_S seconds.
     blocks_per_eval: each chunk's forward is evaluated every this many blocks, so only that many blocks'
     transient buffers are alive at once (0: the whole forward as one graph; None: 1 on a GPU, 0 on the CPU,
@@ -69,19 +84,26 @@ def prefill(model, tokens: mx.array, cache, mask: mx.array | None = None, prefil
     _check_int("blocks_per_eval", blocks_per_eval, 0)
     T = tokens.shape[1]
     if T == 0:
-        return
+        return None
     from tqdm import tqdm
 
+    logits = None
     with tqdm(total=T * tokens.shape[0], desc="prompt", unit="tok", unit_scale=True, file=sys.stderr,
               delay=PROGRESS_DELAY_S, disable=not progress or T <= prefill_step_size, leave=False) as bar:
         for s in range(0, T, prefill_step_size):
             chunk_mask = None if mask is None else mask[:, s : s + prefill_step_size]
             chunk = tokens[:, s : s + prefill_step_size]
             with evaluating_blocks(blocks_per_eval):
-                model(chunk, cache=cache, mask=chunk_mask)  # logits stay unevaluated
-            mx.eval(cache.arrays())
+                # the head on one position per row, and only evaluated for the last chunk when asked for
+                out = model(chunk, cache=cache, mask=chunk_mask, last_only=True)
+            if last_logits and s + prefill_step_size >= T:
+                logits = out[:, -1]
+                mx.eval(logits, cache.arrays())
+            else:
+                mx.eval(cache.arrays())
             mx.clear_cache()  # hand the chunk's buffers back: the next chunk's sizes may differ (fragmentation)
             bar.update(chunk.size)
+    return logits
 
 
 def check_state_finite(cache) -> None:
@@ -93,7 +115,9 @@ def check_state_finite(cache) -> None:
 
 def warm_up_decode(model, batch_size: int = 1) -> None:
     """Run the (compiled) decode step once on a throwaway state, so that its one-time trace and compile are
-    not counted in a timed run (--verbose prompt speed)."""
+    not counted in a timed run (--verbose speeds: the first token comes from the prefill, so the step first
+    runs for the second token, in the generation speed; with on_prefill or a one-token prompt it gives the
+    first token, in the prompt speed)."""
     cache = model.make_cache(batch_size)
     mx.eval(decode_fn(model)(mx.zeros((batch_size, 1), dtype=mx.int32), cache))
 
@@ -137,7 +161,13 @@ def generate_step(
     """Yield sampled tokens [B] (int32) one step at a time, the next step already computing.
 
     prompt [B, T] int32 (T >= 1), mask [B, T] (True = real token; the last position must be real in every row).
-    `on_prefill(cache)` is called once the prompt but its last token is in the state (for snapshots).
+    The whole prompt is prefilled and the first token is sampled from the last chunk's logits of its last
+    position (prefill's last_logits; module docstring).
+    `on_prefill(cache)` is called once the prompt but its last token is in the state (for snapshots, whose
+    format keeps that token pending: generation/snapshot.py). Given it, the prompt is prefilled but its last
+    token, the callback runs, and the last token goes through the one-token decode step for the first logits:
+    the contract stays as it was, at the cost of that step (small next to writing a snapshot). max_tokens=0
+    also leaves the last prompt token unfed (there are no logits to compute).
     Close the generator to stop early: the speculative next step is then taken back out of the cache.
     Token ids outside the vocabulary are refused (UsageError); non-finite logits stop the loop with a
     NumericsError (one isfinite reduction per step, read with the sampled token: docs/troubleshooting.md).
@@ -158,14 +188,19 @@ def generate_step(
     sampler = sampler or Sampler()
     procs = list(logits_processors)
 
-    prefill(model, prompt[:, :-1], cache, None if mask is None else mask[:, :-1], prefill_step_size, progress,
-            blocks_per_eval)
-    if max_tokens == 0 and prompt.shape[1] > 1:
-        check_state_finite(cache)  # no logits will be computed: the state itself is checked, once
-    if on_prefill is not None:
-        on_prefill(cache)
-    if max_tokens == 0:
-        return
+    first_logits = None
+    if max_tokens > 0 and on_prefill is None:  # the whole prompt: its last chunk gives the first logits
+        first_logits = prefill(model, prompt, cache, mask, prefill_step_size, progress, blocks_per_eval,
+                               last_logits=True)
+    else:  # the state without the last prompt token is wanted (on_prefill), or nothing more (max_tokens=0)
+        prefill(model, prompt[:, :-1], cache, None if mask is None else mask[:, :-1], prefill_step_size,
+                progress, blocks_per_eval)
+        if max_tokens == 0 and prompt.shape[1] > 1:
+            check_state_finite(cache)  # no logits will be computed: the state itself is checked, once
+        if on_prefill is not None:
+            on_prefill(cache)
+        if max_tokens == 0:
+            return
 
     windows = [getattr(p, "context_size", None) for p in procs]
     window = max(windows) if procs and all(w is not None for w in windows) else None
@@ -175,14 +210,17 @@ def generate_step(
 
     decode = decode_fn(model)  # the one-token step, fused by mx.compile (models/compiled.py)
 
-    def step(tokens: mx.array) -> tuple[mx.array, mx.array]:
-        logits = decode(tokens, cache)[:, -1]
+    def sample(logits: mx.array) -> tuple[mx.array, mx.array]:
         finite = mx.all(mx.isfinite(logits))  # one reduction per step: NaN never passes as a token
         if procs:
             logits = apply_processors(procs, history, logits)
         return sampler(logits), finite
 
-    y, finite = step(prompt[:, -1:])
+    def step(tokens: mx.array) -> tuple[mx.array, mx.array]:
+        return sample(decode(tokens, cache)[:, -1])
+
+    # the first token: from the prefill's logits, or (on_prefill) from the step on the last prompt token
+    y, finite = sample(first_logits) if first_logits is not None else step(prompt[:, -1:])
     mx.async_eval(y, finite)
     produced = 0
     restore = None

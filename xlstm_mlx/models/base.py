@@ -28,9 +28,12 @@ The family module provides:
 
 and the model (a RecurrentLM) provides:
 
-    __call__(ids, cache=None, mask=None) -> float32 logits [B, T, V]; the cache is advanced in place
+    __call__(ids, cache=None, mask=None, last_only=False) -> float32 logits [B, T, V] ([B, 1, V] with
+                               last_only); the cache is advanced in place
     make_cache(batch_size)     float32 recurrent state of every block (models/cache.py)
-    forward(ids, states, mask, check) -> (logits, new states): the pure function behind __call__
+    forward(ids, states, mask, check, last_only=False) -> (logits, new states): the pure function behind
+                               __call__; last_only runs the final norm and the head on the last position only
+                               (generate's prefill: the first sampled token's logits without [B, T, V] logits)
     blocks                     the block modules (each: make_state(B), block_type, recurrence_flops(L))
     kernel_names()             the kernels/ registry names this model runs (for the verbose line)
     describe()                 a dict for `info` and the verbose output; diagram(): the lines `info` draws
@@ -192,12 +195,15 @@ class RecurrentLM(nn.Module):
                 and env.flag("XLSTM_MLX_COMPILE_DECODE"))
 
     def __call__(self, input_ids: mx.array, cache: Cache | None = None, mask: mx.array | None = None,
-                 compiled: bool | None = None, check_ids: bool = True):
+                 compiled: bool | None = None, check_ids: bool = True, last_only: bool = False):
         """input_ids [B, T] -> float32 logits [B, T, V]; `cache` is advanced in place.
 
         `compiled` forces (True) or avoids (False) the compiled one-token step; None decides as documented.
         `check_ids=False` skips the vocabulary range check (one host read): generate's decode loop feeds the
         sampler's own tokens, which are in range by construction, and must not wait for them.
+        `last_only=True` returns the logits of the last position only, [B, 1, V]: the final norm and the head
+        run on that one row (a prompt's other positions need only the state; at 2,048 tokens x 50k vocabulary
+        their logits would be 400 MB and a large matmul). One token is the same either way.
         """
         B, T = check_model_inputs(input_ids, cache, self.args.vocab_size if check_ids else None)
         states = list(cache.layers) if cache is not None else self.fresh_states(B)
@@ -207,13 +213,13 @@ class RecurrentLM(nn.Module):
                 logits, states = call_compiled(self, input_ids, states)
         else:
             with _evaluation_window():  # block_done's in-flight group belongs to this call only
-                logits, states = self.forward(input_ids, states, mask, self.check_numerics)
+                logits, states = self.forward(input_ids, states, mask, self.check_numerics, last_only=last_only)
         if cache is not None:
             cache.layers[:] = states
             cache.offset += T
         return logits
 
-    def forward(self, input_ids, states, mask, check: bool):
+    def forward(self, input_ids, states, mask, check: bool, last_only: bool = False):
         raise NotImplementedError
 
     @staticmethod

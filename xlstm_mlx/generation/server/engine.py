@@ -22,8 +22,14 @@ prompt and start of the last message: the next conversation with the same system
 message, starts there; a prefill chunk ends at such a boundary to take it) and one every `save_every` prompt
 tokens of long prompts.
 
-Greedy rows are exactly what `generate --temp 0` computes for the same prompt: the same prefill (chunks of
-`prefill_chunk`, no mask for a group of one), the same compiled decode step, argmax per row. Rows are independent
+Greedy rows are what `generate --temp 0` computes for the same prompt: the same prefill (chunks of
+`prefill_chunk`, no mask for a group of one), the same compiled decode step, argmax per row. One difference:
+generate takes the first token's logits from its prefill (the prompt's last token in the last chunk,
+generate.py), where a row here feeds that token through the decode step; the two agree to float rounding
+(tests/generation/test_first_logits.py), so the tokens are the same but at a near-tie. The server keeps the
+step because its prefix cache stores the state before the last prompt token (a request with a stored prompt
+joins with nothing to prefill, and one whose prompt extends it from there), and because a joining row's first
+step rides in the decode step the running rows take anyway; a row that starts alone pays it. Rows are independent
 (batch-first states, masked padding, per-row sampler keys), so other rows do not change a row's tokens, sampled
 ones with a seed included (tested). A row whose logits are not finite ends with an error event (NaN never passes).
 

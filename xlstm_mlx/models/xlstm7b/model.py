@@ -51,16 +51,18 @@ class Model(RecurrentLM):
     def after_trace(self) -> None:
         fuse.rebind(self)  # the compiled step's trace re-wrapped the arrays (models/compiled.py)
 
-    def __call__(self, input_ids, cache=None, mask=None, compiled=None, check_ids: bool = True):
-        kw = dict(cache=cache, mask=mask, compiled=compiled, check_ids=check_ids)
+    def __call__(self, input_ids, cache=None, mask=None, compiled=None, check_ids: bool = True,
+                 last_only: bool = False):
+        kw = dict(cache=cache, mask=mask, compiled=compiled, check_ids=check_ids, last_only=last_only)
         if cache is None:  # e.g. a training loss: the stored single layers, gradients to the parameters
             return super().__call__(input_ids, **kw)
         fuse.refresh(self)  # parts updated or quantized since the fusing: fuse them again / stop
         with fuse.inference_call():
             return super().__call__(input_ids, **kw)
 
-    def forward(self, input_ids, states, mask, check: bool):
-        """(ids [B, T], per-block states) -> (float32 logits [B, T, V], new states)."""
+    def forward(self, input_ids, states, mask, check: bool, last_only: bool = False):
+        """(ids [B, T], per-block states) -> (float32 logits [B, T, V], new states); last_only: logits
+        [B, 1, V] of the last position (the out_norm and the head see that row only)."""
         # the residual stream is carried in profile.residual_dtype (float32: a bf16 residual loses the
         # small sub-layer updates against the running sum; docs/numerics.md)
         x = kernels.get("embed.lookup")(self.backbone.embeddings, input_ids).astype(self.profile.mx_residual_dtype)
@@ -73,6 +75,9 @@ class Model(RecurrentLM):
                                       carried=carried)
             new_states.append(state)
             self.block_done(idx, [x, carried], new_states)
+        if last_only:  # the blocks ran on every position (the state needs them); the head needs the last one
+            x = x[:, -1:]
+            carried = None if carried is None else carried[:, -1:]
         if carried is not None:
             x = x + carried
         if self.args.add_out_norm:

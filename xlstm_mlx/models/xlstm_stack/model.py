@@ -108,8 +108,9 @@ class StackModel(RecurrentLM):
         lines.append(f"  {norm}{head} [{a.embedding_dim} -> {a.vocab_size}] -> logits (float32)")
         return lines
 
-    def forward(self, input_ids, states, mask, check: bool):
-        """The whole model as a function of (ids, per-block states) -> (float32 logits, new states).
+    def forward(self, input_ids, states, mask, check: bool, last_only: bool = False):
+        """The whole model as a function of (ids, per-block states) -> (float32 logits, new states); last_only:
+        the logits of the last position only, [B, 1, V] (the post-blocks norm and the head see that row only).
 
         `mask` [B, T] (True = real token) makes the other positions identity steps on every state
         (recurrent and convolution), wherever they sit in the row. Unlike xLSTM-7B there is no logit
@@ -122,6 +123,8 @@ class StackModel(RecurrentLM):
             x, state = block(x, state, mask, self.profile, check=f"block {idx} ({block.block_type})" if check else None)
             new_states.append(state)
             self.block_done(idx, x, new_states)
+        if last_only:  # the blocks ran on every position (the state needs them); the head needs the last one
+            x = x[:, -1:]
         if self.args.add_post_blocks_norm:
             x = stack.post_blocks_norm(x)
         head = self.token_embedding if self.args.tie_weights else self.lm_head
