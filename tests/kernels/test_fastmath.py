@@ -142,3 +142,15 @@ def test_gradients_follow_the_reference(name):
         assert (np.abs(ga - gb) <= 2e-6 * np.abs(gb)).all()
     else:
         assert (np.abs(ga - gb) <= np.maximum(1e-6, 5e-4 * np.abs(gb))).all()
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+@pytest.mark.parametrize("shape", [(2048, 16), (3, 7, 16), (1,)])
+def test_soft_cap_one_kernel_is_the_reference_exactly(dtype, shape):
+    """The GPU form of math.soft_cap: the reference's three ops compiled into one kernel: bit-equal to them on
+    the default device (run with XLSTM_MLX_TEST_DEVICE=gpu on CUDA), special values included."""
+    x = (mx.random.normal(shape, key=mx.random.key(len(shape))) * 40.0).astype(dtype)
+    x = mx.concatenate([x.reshape(-1), mx.array([mx.inf, -mx.inf, mx.nan, 0.0, 1e-30], dtype)])
+    got, ref = fm._soft_cap_one_kernel(x, 15.0), fm.soft_cap_ref(x, 15.0)
+    assert got.dtype == ref.dtype == dtype
+    assert mx.array_equal(got, ref, equal_nan=True)

@@ -169,8 +169,23 @@ def tanh(x: mx.array) -> mx.array:
     return _on_float32(tanh_fast, x) if _fast(x) else tanh_ref(x)
 
 
+_soft_cap_fused: dict[float, object] = {}  # cap -> the reference's ops as one compiled kernel (GPU)
+
+
+def _soft_cap_one_kernel(x: mx.array, cap: float) -> mx.array:
+    """soft_cap_ref's three ops (divide, tanh, multiply) fused by mx.compile into one launch: the same float
+    operations in the same order, so the same values (tested), at a third of the launches (a 2,048-token
+    prefill of the 7B shape ran 6 of these launches a layer on an H200, ~3-4 us each, for 64 KB of gates)."""
+    fn = _soft_cap_fused.get(cap)
+    if fn is None:
+        fn = _soft_cap_fused[cap] = mx.compile(lambda v: soft_cap_ref(v, cap), shapeless=True)
+    return fn(x)
+
+
 def soft_cap(x: mx.array, cap: float) -> mx.array:
-    return _on_float32(lambda v: soft_cap_fast(v, cap), x) if _fast(x) else soft_cap_ref(x, cap)
+    if _fast(x):
+        return _on_float32(lambda v: soft_cap_fast(v, cap), x)
+    return _soft_cap_one_kernel(x, cap) if x.dtype != mx.float64 else soft_cap_ref(x, cap)
 
 
 def label() -> str:
