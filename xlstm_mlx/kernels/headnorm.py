@@ -128,7 +128,7 @@ def headnorm_gate_cuda(h, qkvo, o_offset: int, weight, bias, eps: float):
     threads = 32 if B * NH <= FEW_ROWS else THREADS
     blocks = -(-(B * NH) // (threads // 32))
     (out,) = _kernel(
-        inputs=[h, qkvo, weight, bias if bias is not None else mx.zeros((1,), h.dtype)],
+        inputs=[h, qkvo, weight, bias if bias is not None else weight],  # no bias: never read (HAS_BIAS)
         template=[("T", h.dtype), ("DH", DH), ("O_OFF", o_offset), ("THREADS", threads),
                   ("HAS_BIAS", bias is not None), ("EPS_BITS", _float_bits(eps))],
         grid=(blocks * threads, 1, 1),
