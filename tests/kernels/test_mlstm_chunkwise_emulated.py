@@ -74,6 +74,7 @@ ROWS_CASES = [
     ("emu_rows_T130_B2_pad", 2, 2, 130, 64, 128, dict(pad=[0, 70], state=True)),
     ("emu_rows_T64_dqk128_dv192", 1, 2, 64, 128, 192, {}),
     ("emu_rows_two_segments", 1, 1, 64 * 32 + 5, 64, 64, dict(typical=True)),
+    ("emu_rows_7b_heads_T70", 1, 2, 70, 256, 512, dict(state=True, typical=True)),  # the 7B head shape
 ]
 
 
