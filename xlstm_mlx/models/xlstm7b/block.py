@@ -90,7 +90,10 @@ class MLSTMLayer(nn.Module):
     def _rows_kernel(self, qkv, i, f, state, profile: NumericsProfile) -> bool:
         """Whether the prefill runs as the fused CUDA chunkwise kernels on the projection output in place
         (mlstm_chunkwise_cuda.mlstm_chunkwise_rows): the profile's chunkwise prefill, not the forced references,
-        q/k/v already in the kernel dtype, and the kernels' own conditions (MLX's CUDA backend, bf16, ...)."""
+        q/k/v already in the kernel dtype (else they need a cast, a copy anyway: the heads-first path makes it), and
+        the kernels' own conditions (MLX's CUDA backend, bf16, ...). The rows are whole arrays (the fused output, a
+        fresh matmul result), so the kernels read them where they are: a column slice such as q = qkvo[..., :qk_dim]
+        is not row-contiguous, and mx.fast.cuda_kernel would copy it."""
         a = self.args
         (rows, offsets), kd = qkv, profile.mx_kernel_dtype
         return (profile.prefill_kernel == "chunkwise" and kernels.get("mlstm.chunkwise") is kernels.mlstm_chunkwise
