@@ -19,7 +19,8 @@ Sections (each one's failure is recorded and the rest still run):
      fused projections, reference vs fast kernels;
   5. mlstm.chunkwise (kernels/mlstm_chunkwise_cuda.py) at the 7B head shape (NH 8, Dqk 256, Dv 512), B=1 T=2048
      and B=8 T=8192: parity of the fused kernels and of the MLX-ops scan against a float64 CPU reference (and
-     kernel against ops), time per call of each (median of chains of 3 calls);
+     kernel against ops), time per call of each (median of chains of 3 calls), and of the kernels on the 7B
+     block's layout (mlstm_chunkwise_rows on a fused projection output: no transposed copies);
   6. the whole 7B-shape decode step (random bf16 weights, generate_step's loop as `xlstm-mlx bench` times it) at
      batch 1/16/64 with each kernel on and off, single vs fused projections at batch 1; each variant in a fresh
      process (in one process, two runs of the same path were seen 15% apart: allocator and compile-cache state).
@@ -215,22 +216,36 @@ def chunkwise_section(shapes) -> list[dict]:
             row["kernel_error"] = f"{type(e).__name__}: {e}"[:600]
         try:  # each launch alone (one segment of <= 32 chunks): where the kernel time goes
             cw = mlstm_chunkwise_cuda
-            nc = min(T // 64, 32)
+            lay = cw.Layout(False, dqk, dv)
+            nca = -(-T // 64)
+            nc = min(nca, 32)
             st0 = mlstm_zero_state(B, NH, dqk, dv)
             qc, kc, vc, ic = (mx.contiguous(x) for x in (q, k, v, i))
-            gates = cw._gate_sums(ic, f, T // 64)
-            seg = mx.array([0, nc], dtype=mx.int32)
-            starts, _ = cw._recurrent(kc, vc, gates, st0, seg, nc)
+            gates = cw._gate_sums(ic, f, nca, lay)
+            seg = mx.array([0, nc, T], dtype=mx.int32)
+            starts, _ = cw._recurrent(kc, vc, gates, st0, seg, nc, lay)
             mx.eval(gates, starts, qc, kc, vc, ic)
-            row["gates_s"] = chain_time(lambda: [cw._gate_sums(ic, f, T // 64)[1] for _ in range(3)])
-            row["recurrent_s_per_segment"] = chain_time(lambda: [cw._recurrent(kc, vc, gates, st0, seg, nc)[0][0]
+            row["gates_s"] = chain_time(lambda: [cw._gate_sums(ic, f, nca, lay)[1] for _ in range(3)])
+            row["recurrent_s_per_segment"] = chain_time(lambda: [cw._recurrent(kc, vc, gates, st0, seg, nc, lay)[0][0]
                                                                  for _ in range(3)])
             row["parallel_s_per_segment"] = chain_time(lambda: [cw._parallel(qc, kc, vc, ic, gates, starts, seg, nc,
-                                                                             1e-6) for _ in range(3)])
+                                                                             min(T, nc * 64), 1e-6, lay)
+                                                                for _ in range(3)])
             row["chunks_per_segment"] = nc
             del starts, gates
         except Exception as e:
             row["launch_timing_error"] = f"{type(e).__name__}: {e}"[:300]
+        try:  # the 7B block's layout: the fused projection output read in place, h as [B, T, NH, Dv]
+            rows = lambda x: x.transpose(0, 2, 1, 3).reshape(B, T, -1)  # noqa: E731
+            qkvo = mx.concatenate([rows(q), rows(k), rows(v), rows(v)], axis=-1)
+            ig, fg = mx.contiguous(i.swapaxes(1, 2)), mx.contiguous(f.swapaxes(1, 2))
+            mx.eval(qkvo, ig, fg)
+            kw = dict(dqk=dqk, dv=dv, offsets=(0, NH * dqk, 2 * NH * dqk))
+            row["rows_s"] = chain_time(lambda: [cw.mlstm_chunkwise_rows(qkvo, qkvo, qkvo, ig, fg, **kw)[0]
+                                                for _ in range(3)])
+            del qkvo
+        except Exception as e:
+            row["rows_error"] = f"{type(e).__name__}: {e}"[:300]
         defaults = (mlstm_chunkwise_cuda.VT_A, mlstm_chunkwise_cuda.VT_B)
         for vt_a, vt_b in ((128, 128), (64, 64), (128, 64)):  # the other Dv tiles of kernels A and B
             name = f"A{vt_a}_B{vt_b}"

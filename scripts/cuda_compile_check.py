@@ -218,11 +218,19 @@ def _embedding(mod, r):
 
 
 def _chunkwise(mod, r):
-    """7B head shape (Dqk 256, Dv 512) with a remainder chunk, a small one (Dv 64), and the other Dv tiles."""
+    """7B head shape (Dqk 256, Dv 512) with a partial last chunk, a small one (Dv 64), both layouts, and the other
+    Dv tiles."""
     f32 = mx.float32
     for B, NH, T, dqk, dv in ((1, 2, 2 * 64 + 5, 256, 512), (2, 1, 64, 64, 64)):
         q, k, v = r(B, NH, T, dqk), r(B, NH, T, dqk), r(B, NH, T, dv)
         mod.mlstm_chunkwise_cuda(q, k, v, r(B, NH, T, dt=f32), r(B, NH, T, dt=f32))
+    # the model's layout: the fused 7B projection output read in place (mlstm_chunkwise_rows), and one array each
+    B, NH, T, dqk, dv = 1, 8, 2 * 64 + 5, 256, 512
+    qkvo = r(B, T, 2 * NH * dqk + 2 * NH * dv)
+    mod.mlstm_chunkwise_rows(qkvo, qkvo, qkvo, r(B, T, NH, dt=f32), r(B, T, NH, dt=f32), dqk=dqk, dv=dv,
+                             offsets=(0, NH * dqk, 2 * NH * dqk))
+    mod.mlstm_chunkwise_rows(r(2, 64, 64), r(2, 64, 64), r(2, 64, 64), r(2, 64, 1, dt=f32), r(2, 64, 1, dt=f32),
+                             dqk=64, dv=64)
     defaults = (mod.VT_A, mod.VT_B)
     try:  # the other Dv tiles the kernel lab times
         for vt_a, vt_b in ((128, 128), (64, 64)):

@@ -1,6 +1,7 @@
 """The CUDA chunkwise kernels' own sources, run on the CPU through the SIMT emulator (cuda_emulator.py), against
 the MLX-ops scan and float64, with the tolerances of test_mlstm_chunkwise_cuda.py. This checks indexing, tiling,
-segment handling and synchronization on any machine with g++; the GPU tests check the real thing.
+segment handling, the final partial chunk (every T >= 1 runs in the kernels), the model's [B, T, NH, D] layout
+(mlstm_chunkwise_rows) and synchronization on any machine with g++; the GPU tests check the real thing.
 Skipped where CUDA runs (the real kernels are tested there) or g++ is missing.
 """
 
@@ -12,16 +13,27 @@ from xlstm_mlx.kernels.cuda_common import cuda_available
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise_ops
 
 import cuda_emulator
-from test_mlstm_chunkwise_cuda import check, check_left_padding, make, truth
+from test_mlstm_chunkwise_cuda import (check, check_block_rows_path, check_left_padding, check_rows_layout, make,
+                                       truth)
 
 pytestmark = pytest.mark.skipif(cuda_available() or not cuda_emulator.available(),
                                 reason="needs g++ and no CUDA (where CUDA runs, the real kernels are tested)")
 
-# (id, B, NH, T, Dqk, Dv, options): Dv tiles of 128 and of 64 (three of them), a remainder, two segments
+# (id, B, NH, T, Dqk, Dv, options): Dv tiles of 128 and of 64 (three of them), two segments, and final partial
+# chunks (T mod 64 != 0: masked inside the kernels) from T = 1 up, one of them a segment of its own
 CASES = [
     ("emu_T130_B2_pad_state", 2, 1, 130, 64, 128, dict(pad=[0, 70], state=True)),
     ("emu_T64_dqk128_dv192_saturated", 1, 2, 64, 128, 192, dict(saturate=True)),
     ("emu_two_segments", 1, 1, 64 * 33, 64, 64, dict(typical=True, state=True)),
+    ("emu_T1", 1, 2, 1, 64, 64, {}),
+    ("emu_T1_state", 2, 1, 1, 64, 128, dict(state=True)),
+    ("emu_T5_state", 1, 2, 5, 64, 128, dict(state=True)),
+    ("emu_T63_typical", 1, 2, 63, 64, 64, dict(typical=True)),
+    ("emu_T64_state", 1, 1, 64, 64, 64, dict(state=True)),
+    ("emu_T65_dv128", 1, 2, 65, 64, 128, {}),
+    ("emu_T130_dqk128_dv192_state", 1, 1, 130, 128, 192, dict(state=True)),
+    ("emu_T127_saturated_state", 1, 1, 127, 64, 64, dict(saturate=True, state=True)),
+    ("emu_partial_segment", 1, 1, 64 * 32 + 5, 64, 64, dict(typical=True, state=True)),
 ]
 
 
@@ -54,3 +66,25 @@ def test_emulated_kernels_take_the_models_transposed_views():
 def test_emulated_left_padding_is_an_identity(with_state):
     with cuda_emulator.emulated(cwc):
         check_left_padding(cwc.mlstm_chunkwise_cuda, with_state, T=64 * 3, dv=64, pad=130)
+
+
+# (id, B, NH, T, Dqk, Dv, options) of the model's layout: partial chunks, a state, padding, two segments
+ROWS_CASES = [
+    ("emu_rows_T5", 1, 2, 5, 64, 64, dict(state=True)),
+    ("emu_rows_T130_B2_pad", 2, 2, 130, 64, 128, dict(pad=[0, 70], state=True)),
+    ("emu_rows_T64_dqk128_dv192", 1, 2, 64, 128, 192, {}),
+    ("emu_rows_two_segments", 1, 1, 64 * 32 + 5, 64, 64, dict(typical=True)),
+    ("emu_rows_7b_heads_T70", 1, 2, 70, 256, 512, dict(state=True, typical=True)),  # the 7B head shape
+]
+
+
+@pytest.mark.parametrize("case", ROWS_CASES, ids=[c[0] for c in ROWS_CASES])
+def test_emulated_rows_layout_is_the_heads_first_result(case):
+    with cuda_emulator.emulated(cwc):
+        check_rows_layout(*case)
+
+
+@pytest.mark.parametrize("weight_mode", ["fused", "single"])
+def test_emulated_block_runs_the_rows_kernels_on_the_projection_output(weight_mode, monkeypatch):
+    with cuda_emulator.emulated(cwc):
+        check_block_rows_path(weight_mode, monkeypatch, T=64 + 7)

@@ -1,7 +1,7 @@
 """mLSTM chunkwise-parallel form (prefill) in MLX ops: parallel inside chunks, recurrent across chunks.
 
 (mlstm_chunkwise.py is the entry point: it runs the fused CUDA kernels of mlstm_chunkwise_cuda.py where they
-apply, else this scan; the CUDA module reuses the one-chunk step below for a prompt's remainder.)
+apply, else this scan; the kernels handle any length themselves, a final partial chunk included.)
 
 The sequence is cut into nc chunks of L tokens. With b the within-chunk cumulative log forget gate,
 g_c = b_L of chunk c (its total log decay) and a_s = g - b_s + i~_s (log weight of key s at its chunk's end):

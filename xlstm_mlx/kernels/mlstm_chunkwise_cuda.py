@@ -3,10 +3,13 @@ intra-chunk output (the design of the official TFLA "limit_chunk" kernels; the m
 
 The MLX-ops form (mlstm_chunk_scan.py) costs ~60 small kernels per layer on an H200 at the 7B shape (~500-600 us:
 an f32 SIMT sgemm for q @ C, the closed-form w @ X, the X = [C0, kv] copy, the kv cast, elementwise passes over
-[B, NH, nc, L, L]). Here, per segment of at most MAX_SEGMENT_CHUNKS chunks of L = 64 steps:
+[B, NH, nc, L, L]). Here, per segment of at most MAX_SEGMENT_CHUNKS chunks of L = 64 steps, nc = ceil(T / L)
+chunks in all: where L does not divide T the last chunk is partial, its steps past T identity steps inside the
+kernels (so every T >= 1 runs here, T < 64 as one partial chunk):
 
   gates (one launch for the whole call; one block of L threads per (sequence*head, chunk)):
-      lf = log sigmoid(f~) (float32; +inf -> 0 exactly, so masked steps are identities),
+      lf = log sigmoid(f~) (float32; +inf -> 0 exactly, so masked steps are identities); a step past T is an
+      identity step as a masked one is (lf = 0, i~ = -inf), its gates not read,
       a_s = sum_{j > s} lf_j + i~_s (log weight of key s at its chunk's end, summed directly from the end),
       g = sum_j lf_j (the chunk's total log decay), a* = max(max_s a_s, -1e30).
   kernel A, the recurrence (one block per (Dqk tile of 64, Dv tile of 64, sequence*head), walking the chunks in
@@ -16,6 +19,8 @@ an f32 SIMT sgemm for q @ C, the closed-form w @ X, the X = [C0, kv] copy, the k
       C lives in float32 wmma accumulator fragments for the whole walk; k e^{a_s - m_next} is rounded to bf16
       for the tensor-core product (as the official does), n's sum is float32 from the bf16 k. Returns the final
       state in float32. a* is clamped, so a chunk of only masked steps (a_s = -inf, g = 0) gives weight 0, not NaN.
+      k and v past T are not read (zeros in shared memory; their weight e^{a_s - m_next} = e^{-inf} is 0): the
+      final state after a partial chunk is the state at step T.
   kernel B, the output (one block per (Dv tile of 128, or 64 where Dv % 128 != 0; chunk; sequence*head);
   128 registers a thread, so two blocks of 8 warps per SM: `cuda_compile_check.py --resources` reports it):
       S = q k^T and q C_k by bf16 wmma over Dqk in slices of 64 (float32 accumulators), then in shared memory
@@ -24,27 +29,40 @@ an f32 SIMT sgemm for q @ C, the closed-form w @ X, the X = [C0, kv] copy, the k
       h_t = (e^{b_t+m_k-m_t} q_t C_k * scale + sum_s e^{logD-m_t} (q_t.k_s * scale) v_s)
             / (max(|den_t|, e^{-m_t}) + eps),
       den_t the same sums against n_k and 1 (float32); S' = S e^{logD - m} scale is rounded to bf16 for S' V.
-      D never reaches device memory. h is bfloat16 [B, NH, T, Dv].
+      D never reaches device memory. h is bfloat16 [B, NH, T, Dv]. In a partial chunk q, k, v past T are not read
+      (zeros; i~ = -inf there, so log D = -inf in their columns) and h's rows past T are not written.
 
-A remainder of T mod 64 steps runs through the MLX-ops chunk (mlstm_chunk_scan._chunks) from the kernels' final
-state; so does a whole prompt shorter than one chunk.
+Two layouts (`Layout`, template constants of all three kernels):
+    mlstm_chunkwise_cuda(q, k, v, igate, fgate, state, eps, chunk_size)     mlstm_chunkwise's: q, k [B, NH, T, Dqk],
+        v [B, NH, T, Dv], gates [B, NH, T]; h [B, NH, T, Dv]
+    mlstm_chunkwise_rows(q, k, v, igate, fgate, state, eps, dqk=, dv=, offsets=)    the model's: q, k, v as rows
+        [B, T, row] with head hd's columns at offset + hd * D, read in place (the 7B block passes its fused
+        projection output [B, T, 2 NH Dqk + 2 NH Dv] three times, offsets 0, NH Dqk, 2 NH Dqk), gates [B, T, NH];
+        h [B, T, NH, Dv], the per-head norm's [B*T, NH, Dv] by a free reshape. No transposed copy around the
+        kernels (three of q/k/v, one of h per layer in the heads-first layout); the same arithmetic, so the same
+        bits. Its MLX-ops form, mlstm_chunkwise_rows_ops, is its VJP (and the reference it is tested against).
+The state is [B, NH, ...] in both.
 
-Where it applies (`applies`): MLX's CUDA backend, q/k/v bfloat16 [B, NH, T, D], gates float32 [B, NH, T], the
-state (if given) float32 of the matching shapes, chunk_size 64, Dqk and Dv multiples of 64, and
-XLSTM_MLX_CHUNKWISE_CUDA not off. Elsewhere mlstm_chunkwise runs today's ops.
-Inputs must start 16-byte aligned (uint4 loads): true of every MLX allocation and of whole-array views.
+Where they apply (`applies`, `applies_rows`): MLX's CUDA backend, q/k/v bfloat16, gates float32, the state (if
+given) float32 of the matching shapes, chunk_size 64, Dqk and Dv multiples of 64, T >= 1, and
+XLSTM_MLX_CHUNKWISE_CUDA not off; rows: every row length and offset a multiple of 8 elements. Elsewhere
+mlstm_chunkwise runs the MLX ops, and the block its heads-first path.
+Inputs must start 16-byte aligned (uint4 loads): true of every MLX allocation and of whole-array views, and so of
+the rows: the projection output is a fresh matmul result passed whole (a column slice of it would not be
+row-contiguous, and mx.fast.cuda_kernel would copy it), and the offsets and row lengths are multiples of 8 bf16.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 import mlx.core as mx
 
 from xlstm_mlx import env
 from xlstm_mlx.errors import UsageError
 from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
-from xlstm_mlx.kernels.mlstm_chunk_scan import MAX_SEGMENT_CHUNKS, _chunks, mlstm_chunkwise_ops
+from xlstm_mlx.kernels.mlstm_chunk_scan import MAX_SEGMENT_CHUNKS, mlstm_chunkwise_ops
 from xlstm_mlx.kernels.mlstm_recurrent import mlstm_zero_state
 
 L = 64  # chunk length of the kernels
@@ -68,26 +86,38 @@ __device__ __forceinline__ uint4 xl_pack_bf16(const float* f) {
 }
 
 __device__ __forceinline__ float xl_neg_inf() { return __int_as_float(0xff800000); }
+
+// where head bh's step 0 of q, k, v (columns 0..W-1) starts: [B, NH, T, W] (BTHD false), or the columns
+// OFF + head * W of [B, T, ROW] rows (BTHD: the projection output, read in place); steps are BTHD ? ROW : W apart
+template <bool BTHD, int W, int ROW, int OFF>
+__device__ __forceinline__ size_t xl_head_base(int bh, int NH, int T) {
+    if (BTHD) return (size_t)(bh / NH) * T * ROW + OFF + (size_t)(bh % NH) * W;
+    return (size_t)bh * T * W;
+}
 """
 
-# one block of L threads per (sequence*head, chunk) of the whole chunks
+# one block of L threads per (sequence*head, chunk); gates [B, NH, T], or [B, T, NH] (BTHD)
 _GATES_SOURCE = """
-    const int T = fgate_shape[2];
-    const int NC = T / L;
+    const int T = BTHD ? fgate_shape[1] : fgate_shape[2];
+    const int NH = BTHD ? fgate_shape[2] : fgate_shape[1];
+    const int NC = (T + L - 1) / L;                   // chunks; the last one partial where L does not divide T
     const int bh = blockIdx.x / NC, c = blockIdx.x % NC;
-    const int t = threadIdx.x;
-    const size_t src = (size_t)bh * T + (size_t)c * L + t;
+    const int t = threadIdx.x, step = c * L + t;
+    // steps past T are identity steps, as masked ones are (f = +inf gives lf = 0, i = -inf): nothing is read
+    // for them, and kernels A and B then see a whole chunk whose tail adds nothing to the state or to h
+    const bool real = step < T;
+    const size_t src = BTHD ? ((size_t)(bh / NH) * T + step) * NH + bh % NH : (size_t)bh * T + step;
     const size_t dst = ((size_t)bh * NC + c) * L + t;
     __shared__ float lf_sh[L];
     __shared__ float max_sh[L / 32];
-    const float f = fgate[src];
+    const float f = real ? fgate[src] : __int_as_float(0x7f800000);
     const float lfv = -(fmaxf(-f, 0.f) + log1pf(expf(-fabsf(f))));   // log sigmoid: +inf -> 0, -inf -> -inf
     lf_sh[t] = lfv;
     lf_out[dst] = lfv;
     __syncthreads();
     float to_end = 0.f;                                // sum_{j > t} lf_j, from the chunk's end
     for (int j = L - 1; j > t; --j) to_end += lf_sh[j];
-    const float av = to_end + igate[src];
+    const float av = to_end + (real ? igate[src] : xl_neg_inf());
     a_out[dst] = av;
     float am = av;
 #pragma unroll
@@ -123,9 +153,11 @@ _RECURRENT_SOURCE = """
     const int bh = blockIdx.x / (NTJ * NTI);
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int i0 = ti * KT, j0 = tj * VT;
-    const int T = k_shape[2];
-    const int NC = g_shape[2];                        // whole chunks of the call
-    const int c0 = seg[0], NCS = seg[1];              // this segment's first chunk and its chunk count
+    const int NH = g_shape[1], NC = g_shape[2];      // chunks of the call (the last one may be partial)
+    const int c0 = seg[0], NCS = seg[1], T = seg[2];  // this segment's first chunk and chunk count; T steps
+    constexpr int KST = BTHD ? K_ROW : DQK, VST = BTHD ? V_ROW : DV;   // elements from one step to the next
+    const size_t kb = xl_head_base<BTHD, DQK, K_ROW, K_OFF>(bh, NH, T) + i0;
+    const size_t vb = xl_head_base<BTHD, DV, V_ROW, V_OFF>(bh, NH, T) + j0;
     const int fr = warp % 4, fc0 = (warp / 4) * FPW;  // this warp's fragments: row fr, columns fc0..
     const bool n_block = tj == 0 && tid < KT;         // the Dv-tile-0 blocks carry n
     const bool m_block = ti == 0 && tj == 0 && tid == 0;
@@ -158,19 +190,22 @@ _RECURRENT_SOURCE = """
     // next chunk's k, v tiles and gate values, fetched into registers while this chunk computes
     uint4 kr[KU], vr[VU];
     float ar[KU], aw = 0.f, gc = 0.f, ac = 0.f;
+    // steps past T (a final partial chunk) are never read: k, v as zeros, their weight e^{a_s - m_next} is 0
     auto fetch = [&](int cg) {
-        const size_t row0 = (size_t)bh * T + (size_t)cg * L;
+        const int real = T - cg * L;                  // real steps of chunk cg (>= L but in a final partial one)
         const size_t arow = ((size_t)bh * NC + cg) * L;
 #pragma unroll
         for (int r = 0; r < KU; ++r) {
             const int u = tid + r * THREADS, s = u / (KT / 8), col = (u % (KT / 8)) * 8;
-            kr[r] = *reinterpret_cast<const uint4*>(k + (row0 + s) * DQK + i0 + col);
+            kr[r] = s < real ? *reinterpret_cast<const uint4*>(k + kb + (size_t)(cg * L + s) * KST + col)
+                             : make_uint4(0u, 0u, 0u, 0u);
             ar[r] = alog[arow + s];
         }
 #pragma unroll
         for (int r = 0; r < VU; ++r) {
             const int u = tid + r * THREADS, s = u / (VT / 8), col = (u % (VT / 8)) * 8;
-            vr[r] = *reinterpret_cast<const uint4*>(v + (row0 + s) * DV + j0 + col);
+            vr[r] = s < real ? *reinterpret_cast<const uint4*>(v + vb + (size_t)(cg * L + s) * VST + col)
+                             : make_uint4(0u, 0u, 0u, 0u);
         }
         if (tid < L) aw = alog[arow + tid];
         gc = g[(size_t)bh * NC + cg];
@@ -295,10 +330,15 @@ _PARALLEL_SOURCE = """
     const int c = (blockIdx.x / NTJ) % NCS;
     const int bh = blockIdx.x / (NTJ * NCS);
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const int T = q_shape[2];
-    const int NCW = lf_shape[2] / L;                  // whole chunks of the call
+    const int T = seg[2], NH = lf_shape[1];
+    const int NCW = lf_shape[2] / L;                  // chunks of the call (the last one may be partial)
     const int cg = seg[0] + c;
-    const size_t row0 = (size_t)bh * T + (size_t)cg * L;     // this chunk's first row of q, k, v, igate
+    // this chunk's real steps: fewer than L in a final partial chunk, whose steps past T are never read (q, k, v
+    // as zeros, i = -inf: identities, as the gates kernel made them) nor written
+    const int real = T - cg * L < L ? T - cg * L : L;
+    constexpr int QST = BTHD ? Q_ROW : DQK, KST = BTHD ? K_ROW : DQK, VST = BTHD ? V_ROW : DV;
+    const __nv_bfloat16* qp = q + xl_head_base<BTHD, DQK, Q_ROW, Q_OFF>(bh, NH, T) + (size_t)cg * L * QST;
+    const __nv_bfloat16* kp = k + xl_head_base<BTHD, DQK, K_ROW, K_OFF>(bh, NH, T) + (size_t)cg * L * KST;
     const size_t st = (size_t)bh * NCS + c;           // this chunk's start state
     const int j0 = tj * VT;
     const int fr = warp % 4;                          // this warp's fragment row (16 steps t)
@@ -321,7 +361,8 @@ _PARALLEL_SOURCE = """
 
     if (tid < L) {
         lf_sh[tid] = lf[(size_t)bh * NCW * L + (size_t)cg * L + tid];
-        i_sh[tid] = igate[row0 + tid];
+        const size_t gi = BTHD ? ((size_t)(bh / NH) * T + cg * L + tid) * NH + bh % NH : (size_t)bh * T + cg * L + tid;
+        i_sh[tid] = tid < real ? igate[gi] : xl_neg_inf();
     }
 
     // 1. S = q k^T and q C_k over Dqk slices (bf16 wmma, float32 accumulators); q . n_k in float32
@@ -337,8 +378,11 @@ _PARALLEL_SOURCE = """
 #pragma unroll
         for (int r = 0; r < QU; ++r) {
             const int u = tid + r * THREADS, t = u / (KS / 8), col = (u % (KS / 8)) * 8;
-            *reinterpret_cast<uint4*>(q_sh + t * QP + col) = *reinterpret_cast<const uint4*>(q + (row0 + t) * DQK + ks + col);
-            *reinterpret_cast<uint4*>(k_sh + t * QP + col) = *reinterpret_cast<const uint4*>(k + (row0 + t) * DQK + ks + col);
+            const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+            *reinterpret_cast<uint4*>(q_sh + t * QP + col) =
+                t < real ? *reinterpret_cast<const uint4*>(qp + t * QST + ks + col) : zero;
+            *reinterpret_cast<uint4*>(k_sh + t * QP + col) =
+                t < real ? *reinterpret_cast<const uint4*>(kp + t * KST + ks + col) : zero;
         }
 #pragma unroll
         for (int r = 0; r < CU; ++r) {
@@ -425,7 +469,9 @@ _PARALLEL_SOURCE = """
 #pragma unroll
     for (int r = 0; r < VU; ++r) {
         const int u = tid + r * THREADS, t = u / (VT / 8), col = (u % (VT / 8)) * 8;
-        *reinterpret_cast<uint4*>(v_sh + t * CP + col) = *reinterpret_cast<const uint4*>(v + (row0 + t) * DV + j0 + col);
+        const size_t vb = xl_head_base<BTHD, DV, V_ROW, V_OFF>(bh, NH, T) + (size_t)(cg * L + t) * VST + j0 + col;
+        *reinterpret_cast<uint4*>(v_sh + t * CP + col) =
+            t < real ? *reinterpret_cast<const uint4*>(v + vb) : make_uint4(0u, 0u, 0u, 0u);
     }
     __syncthreads();
 
@@ -452,7 +498,10 @@ _PARALLEL_SOURCE = """
             wmma::mma_sync(n_acc[f], fa, fb, n_acc[f]);
         }
     }
-    const size_t hrow = (size_t)bh * NCS * L + (size_t)c * L;
+    // h of this segment's TS steps: [B, NH, TS, Dv], or [B, TS, NH, Dv] (BTHD); rows past T are not written
+    const int TS = T - seg[0] * L < NCS * L ? T - seg[0] * L : NCS * L;
+    const size_t hb = (BTHD ? (((size_t)(bh / NH) * TS + c * L) * NH + bh % NH) : (size_t)bh * TS + c * L) * DV + j0;
+    const int hst = BTHD ? NH * DV : DV;              // elements from one step to the next
 #pragma unroll
     for (int f = 0; f < FPW; ++f) {
         wmma::store_matrix_sync(scr, n_acc[f], 16, wmma::mem_row_major);
@@ -462,7 +511,7 @@ _PARALLEL_SOURCE = """
         float x[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) x[e] = scr[lr * 16 + lc + e] / den;
-        *reinterpret_cast<uint4*>(h + (hrow + t) * DV + j0 + 16 * (fc0 + f) + lc) = xl_pack_bf16(x);
+        if (t < real) *reinterpret_cast<uint4*>(h + hb + (size_t)t * hst + 16 * (fc0 + f) + lc) = xl_pack_bf16(x);
         __syncwarp();
     }
 """
@@ -486,8 +535,40 @@ def _v_tile(dv: int, wanted: int) -> int:
     return 128 if wanted == 128 and dv % 128 == 0 else 64
 
 
+class Layout(NamedTuple):
+    """Where the kernels find q, k, v and the gates and put h (template constants of the kernels).
+
+    bthd False: q, k [B, NH, T, Dqk], v [B, NH, T, Dv], gates [B, NH, T], h [B, NH, T, Dv] (mlstm_chunkwise's).
+    bthd True (the model's): q, k, v as rows [B, T, row] holding head hd's columns at offset + hd * D (the fused
+    projection output passed whole, or one projection each), gates [B, T, NH], h [B, T, NH, Dv].
+    """
+    bthd: bool
+    dqk: int
+    dv: int
+    rows: tuple[int, int, int] = (0, 0, 0)  # row lengths of the q, k, v arrays (bthd)
+    offsets: tuple[int, int, int] = (0, 0, 0)  # their first columns (bthd)
+
+    def template(self) -> list:
+        rows = self.rows if self.bthd else (self.dqk, self.dqk, self.dv)
+        offsets = self.offsets if self.bthd else (0, 0, 0)
+        return [("BTHD", self.bthd), ("Q_ROW", rows[0]), ("Q_OFF", offsets[0]), ("K_ROW", rows[1]),
+                ("K_OFF", offsets[1]), ("V_ROW", rows[2]), ("V_OFF", offsets[2])]
+
+    def dims(self, igate) -> tuple[int, int, int]:
+        """(B, NH, T) from the gates."""
+        if self.bthd:
+            B, T, NH = igate.shape
+            return B, NH, T
+        return igate.shape
+
+
+def _state_applies(state, B: int, NH: int, dqk: int, dv: int) -> bool:
+    return state is None or (all(s.dtype == mx.float32 for s in state)
+                             and tuple(s.shape for s in state) == ((B, NH, dqk, dv), (B, NH, dqk), (B, NH, 1)))
+
+
 def applies(q, k, v, igate, fgate, state, chunk_size: int) -> bool:
-    """Where the kernels run: see the module doc (dtypes, Dqk and Dv multiples of 64, chunk_size 64)."""
+    """Where the kernels run: see the module doc (dtypes, Dqk and Dv multiples of 64, chunk_size 64, T >= 1)."""
     if not (cuda_available() and env.flag("XLSTM_MLX_CHUNKWISE_CUDA")):
         return False
     if chunk_size != L or q.ndim != 4 or k.ndim != 4 or v.ndim != 4 or igate.ndim != 3 or fgate.ndim != 3:
@@ -496,27 +577,40 @@ def applies(q, k, v, igate, fgate, state, chunk_size: int) -> bool:
     dv = v.shape[-1]
     return (q.dtype == k.dtype == v.dtype == mx.bfloat16 and igate.dtype == fgate.dtype == mx.float32
             and k.shape == q.shape and v.shape[:3] == (B, NH, T) and igate.shape == fgate.shape == (B, NH, T)
-            and dqk % KT == 0 and dv % 64 == 0
-            and (state is None or (all(s.dtype == mx.float32 for s in state)
-                                   and tuple(s.shape for s in state) == ((B, NH, dqk, dv), (B, NH, dqk), (B, NH, 1)))))
+            and T >= 1 and dqk % KT == 0 and dv % 64 == 0 and _state_applies(state, B, NH, dqk, dv))
 
 
-def _gate_sums(igate, fgate, nc: int):
-    """lf, a [B, NH, nc*L]; g, a* [B, NH, nc] over the whole chunks (see the module doc)."""
-    B, NH, _ = fgate.shape
+def applies_rows(q, k, v, igate, fgate, state, dqk: int, dv: int, offsets=(0, 0, 0), chunk_size: int = L) -> bool:
+    """Where mlstm_chunkwise_rows runs: as `applies`, for q, k, v rows [B, T, row] and gates [B, T, NH]; every
+    row length and offset a multiple of 8 elements, so that each head's row starts 16-byte aligned (uint4 loads)."""
+    if not (cuda_available() and env.flag("XLSTM_MLX_CHUNKWISE_CUDA")):
+        return False
+    if chunk_size != L or q.ndim != 3 or k.ndim != 3 or v.ndim != 3 or igate.ndim != 3 or fgate.ndim != 3:
+        return False
+    B, T, NH = igate.shape
+    widths = (NH * dqk, NH * dqk, NH * dv)
+    return (q.dtype == k.dtype == v.dtype == mx.bfloat16 and igate.dtype == fgate.dtype == mx.float32
+            and fgate.shape == igate.shape and all(x.shape[:2] == (B, T) for x in (q, k, v))
+            and T >= 1 and dqk % KT == 0 and dv % 64 == 0 and _state_applies(state, B, NH, dqk, dv)
+            and all(o >= 0 and o % 8 == 0 and x.shape[2] % 8 == 0 and o + w <= x.shape[2]
+                    for x, o, w in zip((q, k, v), offsets, widths)))
+
+
+def _gate_sums(igate, fgate, nc: int, layout: Layout):
+    """lf, a [B, NH, nc*L]; g, a* [B, NH, nc] over the chunks, steps past T as identities (see the module doc)."""
+    B, NH, _ = layout.dims(fgate)
     kern = _kernel("xlstm_mlstm_chunk_gates", ["igate", "fgate"], ["lf_out", "a_out", "g_out", "amax_out"],
                    _GATES_SOURCE)
-    T = nc * L
-    i, f = (igate, fgate) if igate.shape[2] == T else (igate[:, :, :T], fgate[:, :, :T])
-    return kern(inputs=[i, f], template=[("L", L)], grid=(B * NH * nc * L, 1, 1), threadgroup=(L, 1, 1),
-                output_shapes=[(B, NH, T), (B, NH, T), (B, NH, nc), (B, NH, nc)],
+    return kern(inputs=[igate, fgate], template=[("L", L), ("BTHD", layout.bthd)],
+                grid=(B * NH * nc * L, 1, 1), threadgroup=(L, 1, 1),
+                output_shapes=[(B, NH, nc * L), (B, NH, nc * L), (B, NH, nc), (B, NH, nc)],
                 output_dtypes=[mx.float32] * 4)
 
 
-def _recurrent(k, v, gates, state, seg, ncs: int):
+def _recurrent(k, v, gates, state, seg, ncs: int, layout: Layout):
     """Kernel A over one segment: the chunk-start states (C_k bf16, n_k, m_k) and the final state (float32)."""
-    B, NH, T, dqk = k.shape
-    dv = v.shape[-1]
+    B, NH, _ = gates[2].shape
+    dqk, dv = layout.dqk, layout.dv
     vt = _v_tile(dv, VT_A)
     _, a, g, amax = gates
     C0, n0, m0 = state
@@ -524,7 +618,8 @@ def _recurrent(k, v, gates, state, seg, ncs: int):
                   ["Cs", "ns", "ms", "C_out", "n_out", "m_out"], _RECURRENT_SOURCE)
     Cs, ns, ms, C, n, m = rec(
         inputs=[k, v, a, g, amax, C0, n0, m0, seg],
-        template=[("DQK", dqk), ("DV", dv), ("L", L), ("KT", KT), ("VT", vt), ("THREADS", THREADS)],
+        template=[("DQK", dqk), ("DV", dv), ("L", L), ("KT", KT), ("VT", vt), ("THREADS", THREADS),
+                  *layout.template()],
         grid=((dqk // KT) * (dv // vt) * B * NH * THREADS, 1, 1), threadgroup=(THREADS, 1, 1),
         output_shapes=[(B, NH, ncs, dqk, dv), (B, NH, ncs, dqk), (B, NH, ncs), (B, NH, dqk, dv), (B, NH, dqk),
                        (B, NH, 1)],
@@ -533,10 +628,10 @@ def _recurrent(k, v, gates, state, seg, ncs: int):
     return (Cs, ns, ms), (C, n, m)
 
 
-def _parallel(q, k, v, igate, gates, starts, seg, ncs: int, eps: float):
-    """Kernel B over one segment: h [B, NH, ncs * L, Dv] from the chunk-start states."""
-    B, NH, T, dqk = q.shape
-    dv = v.shape[-1]
+def _parallel(q, k, v, igate, gates, starts, seg, ncs: int, steps: int, eps: float, layout: Layout):
+    """Kernel B over one segment: h of its `steps` steps, [B, NH, steps, Dv] (or [B, steps, NH, Dv]: bthd)."""
+    B, NH, _ = gates[2].shape
+    dqk, dv = layout.dqk, layout.dv
     vt = _v_tile(dv, VT_B)
     Cs, ns, ms = starts
     par = _kernel("xlstm_mlstm_chunk_parallel", ["q", "k", "v", "lf", "igate", "Cs", "ns", "ms", "seg"], ["h"],
@@ -544,69 +639,67 @@ def _parallel(q, k, v, igate, gates, starts, seg, ncs: int, eps: float):
     (h,) = par(
         inputs=[q, k, v, gates[0], igate, Cs, ns, ms, seg],
         template=[("DQK", dqk), ("DV", dv), ("L", L), ("VT", vt), ("THREADS", THREADS),
-                  ("EPS_BITS", _float_bits(eps))],
+                  ("EPS_BITS", _float_bits(eps)), *layout.template()],
         grid=((dv // vt) * ncs * B * NH * THREADS, 1, 1), threadgroup=(THREADS, 1, 1),
-        output_shapes=[(B, NH, ncs * L, dv)], output_dtypes=[mx.bfloat16],
+        output_shapes=[(B, steps, NH, dv) if layout.bthd else (B, NH, steps, dv)], output_dtypes=[mx.bfloat16],
     )
     return h
 
 
-def _segment(q, k, v, igate, gates, state, c0: int, ncs: int, eps: float):
-    """Chunks c0 .. c0+ncs-1: kernel A (chunk-start states, final state), then kernel B (h)."""
-    seg = mx.array([c0, ncs], dtype=mx.int32)
-    starts, final = _recurrent(k, v, gates, state, seg, ncs)
-    return _parallel(q, k, v, igate, gates, starts, seg, ncs, eps), final
-
-
-def _forward(q, k, v, igate, fgate, state, eps: float):
-    B, NH, T, dqk = q.shape
-    nc = T // L
+def _forward(q, k, v, igate, fgate, state, eps: float, layout: Layout):
+    """Segments of at most MAX_SEGMENT_CHUNKS chunks, the last chunk partial where L does not divide T: per
+    segment kernel A (chunk-start states, final state), then kernel B (h)."""
+    _, _, T = layout.dims(igate)
+    nc = -(-T // L)
+    gates = _gate_sums(igate, fgate, nc, layout)
     hs = []
-    if nc > 0:
-        # Row-contiguous once here: the model hands transposed views ([B, T, NH, D] -> [B, NH, T, D]), and each
-        # kernel call would otherwise copy the whole array again (every segment's launches read the full arrays).
-        q, k, v, igate = (mx.contiguous(x) for x in (q, k, v, igate))
-        gates = _gate_sums(igate, fgate, nc)
-        for c0 in range(0, nc, MAX_SEGMENT_CHUNKS):
-            h, state = _segment(q, k, v, igate, gates, state, c0, min(MAX_SEGMENT_CHUNKS, nc - c0), eps)
-            hs.append(h)
-    whole = nc * L
-    if whole < T:
-        sl = slice(whole, T)
-        h, state = _chunks(q[:, :, sl], k[:, :, sl], v[:, :, sl], igate[:, :, sl], fgate[:, :, sl], state,
-                           T - whole, eps)
-        hs.append(h)
-    return (hs[0] if len(hs) == 1 else mx.concatenate(hs, axis=2)), state
+    for c0 in range(0, nc, MAX_SEGMENT_CHUNKS):
+        ncs = min(MAX_SEGMENT_CHUNKS, nc - c0)
+        seg = mx.array([c0, ncs, T], dtype=mx.int32)
+        starts, state = _recurrent(k, v, gates, state, seg, ncs, layout)
+        hs.append(_parallel(q, k, v, igate, gates, starts, seg, ncs, min(T, (c0 + ncs) * L) - c0 * L, eps, layout))
+    return (hs[0] if len(hs) == 1 else mx.concatenate(hs, axis=1 if layout.bthd else 2)), state
 
 
-def with_ops_gradient(forward, eps: float):
+def with_ops_gradient(forward, eps: float, ops=None):
     """`forward` (q, k, v, igate, fgate, state, eps) -> (h, state) as an mx.custom_function whose VJP is that of
-    the MLX-ops scan: a cuda_kernel has no VJP of its own, and training in bfloat16 on CUDA differentiates
-    through this path (the backward recomputes the forward in MLX ops)."""
+    `ops` (the same signature; default the MLX-ops scan): a cuda_kernel has no VJP of its own, and training in
+    bfloat16 on CUDA differentiates through this path (the backward recomputes the forward in MLX ops)."""
+    if ops is None:
+        def ops(q, k, v, igate, fgate, state, eps):
+            return mlstm_chunkwise_ops(q, k, v, igate, fgate, state, eps, L)
 
     @mx.custom_function
     def fused(q, k, v, igate, fgate, C, n, m):
         h, (C1, n1, m1) = forward(q, k, v, igate, fgate, (C, n, m), eps)
         return h, C1, n1, m1
 
-    def ops(q, k, v, igate, fgate, C, n, m):
-        h, (C1, n1, m1) = mlstm_chunkwise_ops(q, k, v, igate, fgate, (C, n, m), eps, L)
+    def by_ops(q, k, v, igate, fgate, C, n, m):
+        h, (C1, n1, m1) = ops(q, k, v, igate, fgate, (C, n, m), eps)
         return h, C1, n1, m1
 
     @fused.vjp
     def fused_vjp(primals, cotangents, outputs):
-        _, grads = mx.vjp(ops, list(primals), list(cotangents))
+        _, grads = mx.vjp(by_ops, list(primals), list(cotangents))
         return tuple(grads)
 
     return fused
 
 
-_fused: dict[float, object] = {}  # eps -> the custom function
+_fused: dict[tuple, object] = {}  # (eps, layout) -> the custom function
+
+
+def _run(layout: Layout, ops, q, k, v, igate, fgate, state, eps: float):
+    key = (eps, layout)
+    if key not in _fused:
+        _fused[key] = with_ops_gradient(lambda *a: _forward(*a, layout), eps, ops)
+    h, C, n, m = _fused[key](q, k, v, igate, fgate, *state)
+    return h, (C, n, m)
 
 
 def mlstm_chunkwise_cuda(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_size: int = 64):
-    """mlstm_chunkwise's signature and result (h, (C, n, m)) through the CUDA kernels; the remainder of
-    T mod 64 steps (all of T < 64) through the MLX-ops chunk. Differentiable (by the ops scan's VJP)."""
+    """mlstm_chunkwise's signature and result (h, (C, n, m)) through the CUDA kernels, any T >= 1 (a final
+    partial chunk inside the kernels). Differentiable (by the ops scan's VJP)."""
     B, NH, T, dqk = q.shape
     dv = v.shape[-1]
     if state is None:
@@ -615,10 +708,49 @@ def mlstm_chunkwise_cuda(q, k, v, igate, fgate, state=None, eps: float = 1e-6, c
         raise UsageError(f"mlstm_chunkwise_cuda does not apply to q {q.shape} {q.dtype}, v {v.shape} {v.dtype}, "
                          f"gates {igate.dtype}, chunk_size {chunk_size} (needs MLX's CUDA backend, bf16 q/k/v, "
                          f"float32 gates and state, chunk_size {L}, Dqk and Dv multiples of 64)")
-    if eps not in _fused:
-        _fused[eps] = with_ops_gradient(_forward, eps)
-    h, C, n, m = _fused[eps](q, k, v, igate, fgate, *state)
-    return h, (C, n, m)
+    # Row-contiguous once here: transposed views ([B, T, NH, D] -> [B, NH, T, D]) would otherwise be copied by
+    # every launch that reads them (each segment's kernels A and B). mlstm_chunkwise_rows reads the model's layout
+    # in place instead.
+    q, k, v, igate, fgate = (mx.contiguous(x) for x in (q, k, v, igate, fgate))
+    return _run(Layout(False, dqk, dv), None, q, k, v, igate, fgate, state, eps)
+
+
+def mlstm_chunkwise_rows_ops(q, k, v, igate, fgate, state=None, eps: float = 1e-6, *, dqk: int, dv: int,
+                             offsets=(0, 0, 0), chunk_size: int = 64):
+    """mlstm_chunkwise_rows in MLX ops (any backend, any dtype): the heads cut out of the rows and transposed to
+    [B, NH, T, D], the MLX-ops scan, h transposed back to [B, T, NH, Dv]. The kernels' VJP in this layout."""
+    B, T, NH = igate.shape
+
+    def heads(x, off, d):
+        return x[..., off:off + NH * d].reshape(B, T, NH, d).transpose(0, 2, 1, 3)
+
+    h, state = mlstm_chunkwise_ops(heads(q, offsets[0], dqk), heads(k, offsets[1], dqk), heads(v, offsets[2], dv),
+                                   igate.transpose(0, 2, 1), fgate.transpose(0, 2, 1), state, eps, chunk_size)
+    return h.transpose(0, 2, 1, 3), state
+
+
+def mlstm_chunkwise_rows(q, k, v, igate, fgate, state=None, eps: float = 1e-6, *, dqk: int, dv: int,
+                         offsets=(0, 0, 0), chunk_size: int = 64):
+    """The kernels on the model's layout, with no copy around them: q, k, v rows [B, T, row] holding head hd's
+    columns at offsets[x] + hd * D (the fused projection output [B, T, 2 Dqk NH + 2 Dv NH] passed whole three
+    times with offsets (0, NH Dqk, 2 NH Dqk), or one projection each with offsets 0), gates [B, T, NH] float32,
+    state [B, NH, ...] as mlstm_chunkwise's. Returns h [B, T, NH, Dv] bf16 and the final state (C, n, m)."""
+    B, T, NH = igate.shape
+    if state is None:
+        state = mlstm_zero_state(B, NH, dqk, dv, mx.float32)
+    if not applies_rows(q, k, v, igate, fgate, state, dqk, dv, offsets, chunk_size):
+        raise UsageError(f"mlstm_chunkwise_rows does not apply to q {q.shape} {q.dtype}, k {k.shape}, v {v.shape}, "
+                         f"gates {igate.shape} {igate.dtype}, Dqk {dqk}, Dv {dv}, offsets {offsets}, chunk_size "
+                         f"{chunk_size} (needs MLX's CUDA backend, bf16 rows, float32 gates [B, T, NH] and state, "
+                         f"chunk_size {L}, Dqk and Dv multiples of 64, rows and offsets multiples of 8)")
+    layout = Layout(True, dqk, dv, (q.shape[2], k.shape[2], v.shape[2]), tuple(offsets))
+
+    def ops(q, k, v, igate, fgate, state, eps):
+        return mlstm_chunkwise_rows_ops(q, k, v, igate, fgate, state, eps, dqk=dqk, dv=dv, offsets=offsets)
+
+    # Inputs reach the kernels row-contiguous (mx.fast.cuda_kernel copies any that are not): the fused projection
+    # output is a fresh matmul result, so nothing is copied; the gates are [B, T, NH] results of the soft cap.
+    return _run(layout, ops, q, k, v, igate, fgate, state, eps)
 
 
 def label() -> str:

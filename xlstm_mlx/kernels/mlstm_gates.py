@@ -75,16 +75,16 @@ def log_decay_to_end(lf: mx.array) -> mx.array:
     return mx.cumsum(lf, axis=-1, reverse=True, inclusive=False)
 
 
-def mask_gates(igate: mx.array, fgate: mx.array, mask: mx.array | None):
+def mask_gates(igate: mx.array, fgate: mx.array, mask: mx.array | None, time_axis: int = 2):
     """Turn masked positions into exact identity steps on the state.
 
     With i = -inf and f = +inf: log f = 0, m_t = max(m_{t-1}, -inf) = m_{t-1}, f' = exp(0) = 1,
     i' = exp(-inf) = 0, so C, n and m are carried bit-for-bit. `mask` is [B, T] with True for real
-    tokens; gates are [B, NH, T].
+    tokens; gates are [B, NH, T] (time_axis 2), or [B, T, NH] (time_axis 1: the model's layout).
     """
     if mask is None:
         return igate, fgate
-    keep = mask[:, None, :]
+    keep = mask[:, None, :] if time_axis == 2 else mask[:, :, None]
     igate = mx.where(keep, igate, -mx.inf)
     fgate = mx.where(keep, fgate, mx.inf)
     return igate, fgate

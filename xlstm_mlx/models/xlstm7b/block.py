@@ -7,6 +7,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from xlstm_mlx import kernels
+from xlstm_mlx.kernels import mlstm_chunkwise_cuda as chunkwise_cuda
 from xlstm_mlx.kernels import mlstm_decode as decode
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise_flops
 from xlstm_mlx.models.xlstm7b import fuse
@@ -66,15 +67,17 @@ class MLSTMLayer(nn.Module):
         q, k, v, o take it in the compute dtype (the big matmuls at the weights' rate); the gate
         projections (NH outputs each, negligible work) take it as it is, so with a float32 residual the
         gate pre-activations are float32 end to end (docs/numerics.md); float64 in the exact profile.
+        Returns ((q, k, v) as rows [B, T, *] and the columns where each starts, o, i, f): the fused projection
+        output itself three times (offsets 0, qk_dim, 2 qk_dim), or the three projections (offsets 0).
         """
         a = self.args
         xc = x.astype(compute_dtype) if xc is None else xc
         if has_fused(self, "qkv_opreact"):
             qkvo = fused_or_layer(self, "qkv_opreact", xc)
-            q, k, v = mx.split(qkvo[..., :2 * a.qk_dim + a.v_dim], [a.qk_dim, 2 * a.qk_dim], axis=-1)
-            o = (qkvo, 2 * a.qk_dim + a.v_dim)  # the output gate stays inside the fused output (no copy)
+            qkv = ((qkvo,) * 3, (0, a.qk_dim, 2 * a.qk_dim))  # q, k, v stay inside the fused output (no copy)
+            o = (qkvo, 2 * a.qk_dim + a.v_dim)  # so does the output gate
         else:
-            q, k, v = linear(self.q, xc), linear(self.k, xc), linear(self.v, xc)
+            qkv = ((linear(self.q, xc), linear(self.k, xc), linear(self.v, xc)), (0, 0, 0))
             o = (linear(self.ogate_preact, xc), 0)
         if has_fused(self, "ifgate_preact"):
             i, f = mx.split(fused_or_layer(self, "ifgate_preact", x), [a.num_heads], axis=-1)
@@ -82,7 +85,21 @@ class MLSTMLayer(nn.Module):
             i, f = self.igate_preact(x), self.fgate_preact(x)
         i = soft_cap(i.astype(state_dtype), a.gate_soft_cap)
         f = soft_cap(f.astype(state_dtype), a.gate_soft_cap)
-        return q, k, v, o, i, f
+        return qkv, o, i, f
+
+    def _rows_kernel(self, qkv, i, f, state, profile: NumericsProfile) -> bool:
+        """Whether the prefill runs as the fused CUDA chunkwise kernels on the projection output in place
+        (mlstm_chunkwise_cuda.mlstm_chunkwise_rows): the profile's chunkwise prefill, not the forced references,
+        q/k/v already in the kernel dtype (else they need a cast, a copy anyway: the heads-first path makes it), and
+        the kernels' own conditions (MLX's CUDA backend, bf16, ...). The rows are whole arrays (the fused output, a
+        fresh matmul result), so the kernels read them where they are: a column slice such as q = qkvo[..., :qk_dim]
+        is not row-contiguous, and mx.fast.cuda_kernel would copy it."""
+        a = self.args
+        (rows, offsets), kd = qkv, profile.mx_kernel_dtype
+        return (profile.prefill_kernel == "chunkwise" and kernels.get("mlstm.chunkwise") is kernels.mlstm_chunkwise
+                and all(x.dtype == kd for x in rows)
+                and chunkwise_cuda.applies_rows(*rows, i, f, state, a.qk_head_dim, a.v_head_dim, offsets,
+                                                profile.chunk_size))
 
     def _gate_projection(self, x):
         """The float i/f gate projection as a decode.GateProjection (the CUDA decode step computes it inside its
@@ -124,15 +141,36 @@ class MLSTMLayer(nn.Module):
                 and has_fused(self, "qkv_opreact") and has_fused(self, "ifgate_preact")):
             return self._decode_fused(x, state, profile, x_compute)
         cd = profile.mx_compute_dtype
-        q, k, v, o, i, f = self._project(x, cd, profile.mx_state_dtype, x_compute)
-        kd = profile.mx_kernel_dtype
-
-        def heads(t, d):  # [B, T, NH*d] -> [B, NH, T, d]
-            return t.reshape(B, T, a.num_heads, d).transpose(0, 2, 1, 3).astype(kd)
-
-        q, k, v = heads(q, a.qk_head_dim), heads(k, a.qk_head_dim), heads(v, a.v_head_dim)
-        i, f = kernels.mask_gates(i.transpose(0, 2, 1), f.transpose(0, 2, 1), mask)
+        qkv, o, i, f = self._project(x, cd, profile.mx_state_dtype, x_compute)
         eps = a.eps if profile.eps is None else profile.eps
+        if T > 1 and self._rows_kernel(qkv, i, f, state, profile):
+            # the CUDA kernels read q, k, v as the projection's [B, T, NH*D] rows and the gates as [B, T, NH], and
+            # write h as [B, T, NH, Dv]: no transposed copy of any of them around the kernels
+            i, f = kernels.mask_gates(i, f, mask, time_axis=1)
+            h, state = chunkwise_cuda.mlstm_chunkwise_rows(*qkv[0], i, f, state, eps, dqk=a.qk_head_dim,
+                                                           dv=a.v_head_dim, offsets=qkv[1],
+                                                           chunk_size=profile.chunk_size)
+        else:
+            h, state = self._heads_first(qkv, i, f, state, mask, profile, eps)
+        # per-head LayerNorm, weight and sigmoid output gate over all B*T rows: one launch on CUDA
+        norm, (o, o_offset) = self.multihead_norm, o
+        h = kernels.get("mlstm.headnorm_gate")(h.astype(cd).reshape(B * T, a.num_heads, -1),
+                                              o.reshape(B * T, -1), o_offset, norm.weight,
+                                              norm["bias"] if "bias" in norm else None, norm.eps)
+        return linear(self.out_proj, h.reshape(B, T, -1)), state
+
+    def _heads_first(self, qkv, i, f, state, mask, profile: NumericsProfile, eps):
+        """The registry's step or prefill form on [B, NH, T, D] heads (every backend; the reference path):
+        h [B, T, NH, Dv] (a transposed view) and the state."""
+        a = self.args
+        (rows, offsets), kd = qkv, profile.mx_kernel_dtype
+        B, T, _ = rows[0].shape
+
+        def heads(t, off, d):  # columns off.. of [B, T, *] -> [B, NH, T, d]
+            return t[..., off:off + a.num_heads * d].reshape(B, T, a.num_heads, d).transpose(0, 2, 1, 3).astype(kd)
+
+        q, k, v = (heads(t, off, d) for t, off, d in zip(rows, offsets, (a.qk_head_dim, a.qk_head_dim, a.v_head_dim)))
+        i, f = kernels.mask_gates(i.transpose(0, 2, 1), f.transpose(0, 2, 1), mask)
         if T == 1:
             if state is None:
                 state = kernels.mlstm_zero_state(B, a.num_heads, a.qk_head_dim, a.v_head_dim, profile.mx_state_dtype)
@@ -142,12 +180,7 @@ class MLSTMLayer(nn.Module):
         else:
             seq = kernels.get(f"mlstm.{profile.prefill_kernel}")
             h, state = seq(q, k, v, i, f, state, eps=eps, chunk_size=profile.chunk_size)
-        # per-head LayerNorm, weight and sigmoid output gate over all B*T rows: one launch on CUDA
-        norm, (o, o_offset) = self.multihead_norm, o
-        h = kernels.get("mlstm.headnorm_gate")(h.transpose(0, 2, 1, 3).astype(cd).reshape(B * T, a.num_heads, -1),
-                                              o.reshape(B * T, -1), o_offset, norm.weight,
-                                              norm["bias"] if "bias" in norm else None, norm.eps)
-        return linear(self.out_proj, h.reshape(B, T, -1)), state
+        return h.transpose(0, 2, 1, 3), state
 
 
 class FeedForward(nn.Module):
