@@ -263,7 +263,7 @@ def test_reference_is_what_linear_computes():
 
 # --- on MLX's CUDA backend -------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=None)  # six shapes, ~0.5 GB in all
 def _gpu_operands(K, N):
     """Weights, bias, 16 rows of x for a shape, and the float32 CPU reference for all 16 rows (row m of it serves
     every M > m); with and without the bias."""
@@ -282,11 +282,12 @@ def _check(K, N, M, bias, **cfg):
 
 @needs_cuda
 @pytest.mark.parametrize("cfg", bf16_gemv.SWEEP_CONFIGS, ids=list(CFG))
-@pytest.mark.parametrize("K,N", SHAPES_7B + [(1000, 1001)], ids=lambda v: str(v))
+@pytest.mark.parametrize("K,N", SHAPES_7B + [(1000, 1001), (328, 70)], ids=lambda v: str(v))
 @pytest.mark.parametrize("M", [1, 4, 16])
 def test_every_lab_config(cfg, K, N, M):
-    """Every config the lab sweeps (and MEASURED may name) on the 7B decode matrices and an odd shape (K = 1000:
-    125 vectors, a unit cut short; N = 1001: a partial tile and block), with bias at 4 rows."""
+    """Every config the lab sweeps (and MEASURED may name) on the 7B decode matrices and odd shapes (K = 1000:
+    125 vectors, a unit cut short; N = 1001: a partial tile and block; K = 328, N = 70: 41 vectors, one or two
+    steps a K part, the ring never full), with bias at 4 rows."""
     _check(K, N, M, M == 4, **cfg)
 
 
