@@ -255,10 +255,22 @@ def _quant_gemv(mod, r):
         mod.quantized_gemv_cuda(r(16, K), W, S, B, None, 32, 4, **cfg)
 
 
+def _bf16_gemv(mod, r):
+    """1 and 16 rows (one and two column tiles), with and without bias: the default config; and every config the
+    lab sweeps at 1 and 16 rows (16: the most registers)."""
+    K, N = 512, 300
+    w = r(N, K)
+    for rows in (1, 16):
+        for bias in (None, r(N)):
+            mod.bf16_gemv_cuda(r(rows, K), w, bias)
+        for cfg in mod.SWEEP_CONFIGS:
+            mod.bf16_gemv_cuda(r(rows, K), w, None, **cfg)
+
+
 CHECKS = [("xlstm_mlx.kernels.mlstm_chunkwise_cuda", _chunkwise), ("xlstm_mlx.kernels.embedding", _embedding),
           ("xlstm_mlx.kernels.mlstm_decode", _decode_step), ("xlstm_mlx.kernels.headnorm", _headnorm),
           ("xlstm_mlx.kernels.add_rms_norm", _add_rms), ("xlstm_mlx.kernels.swiglu", _swiglu),
-          ("xlstm_mlx.kernels.quant_gemv", _quant_gemv)]
+          ("xlstm_mlx.kernels.quant_gemv", _quant_gemv), ("xlstm_mlx.kernels.bf16_gemv", _bf16_gemv)]
 
 
 def main() -> int:

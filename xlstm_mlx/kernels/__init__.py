@@ -28,9 +28,10 @@ and what the fast form is on this backend (a string, or a function of nothing fo
     matmul.quantized  quantized_matmul (by rows:    quantized_matmul_ref (nn.QuantizedLinear's
                       dequantize + GEMM for many     mx.quantized_matmul + bias)
                       rows on CUDA)
-    matmul.skinny     skinny_matmul (CUDA skinny    skinny_matmul_ref (MLX's matmul, as nn.Linear)
-                      GEMM for <= 8 rows on CUDA,
-                      else the ref)
+    matmul.skinny     skinny_matmul (CUDA bf16      skinny_matmul_ref (MLX's matmul, as nn.Linear)
+                      GEMV for <= 16 rows where
+                      its H200 table says it is
+                      faster, else the ref)
 
 A CUDA kernel is the fast form only where MLX's CUDA backend runs (cuda_common.cuda_available()); on Metal
 and the CPU the fast form of those names is their MLX-ops reference, and the label says so.

@@ -8,9 +8,12 @@ per thread (unrolled), split-K across KSPLIT warps of a block where N is too sma
 accumulation, a shuffle reduction per warp and a shared-memory one across the split.
 
     skinny_matmul_ref(x, w, bias=None)   MLX's matmul (what nn.Linear runs): the reference
-    skinny_matmul(x, w, bias=None)       the CUDA kernel where it applies (cuda_available(), x.dtype == w.dtype
-                                         in bfloat16/float32, at most MAX_ROWS rows, K a multiple of the 16-byte
-                                         vector), else the reference
+    skinny_matmul(x, w, bias=None)       the "matmul.skinny" fast form: the tensor-core bf16 GEMV
+                                         (kernels/bf16_gemv.py) for bf16 operands it applies to, exactly where
+                                         its H200 table says it was timed faster than MLX's matmul
+                                         (bf16_gemv.faster_than_mlx; XLSTM_MLX_BF16_GEMV=0 turns it off); else
+                                         MLX's matmul. This module's own CUDA-core kernel (skinny_matmul_cuda)
+                                         stays off (DEFAULT_ON, below: measured slower than MLX's matmul)
 
 x [..., K], w [N, K], bias [N] or None -> [..., N] in x's dtype. Rows beyond MAX_ROWS need the matrix units
 (arithmetic per weight byte grows with the rows): those go to MLX's matmul.
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from xlstm_mlx import env
+from xlstm_mlx.kernels import bf16_gemv
 from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
 
 MAX_ROWS = 8  # CUDA-core FMAs keep up with the weight bytes up to ~8-16 rows; beyond, MLX's GEMM
@@ -162,15 +167,30 @@ def skinny_matmul_cuda(x: mx.array, w: mx.array, bias: mx.array | None = None, *
 DEFAULT_ON = False
 
 
+def uses_bf16_gemv(x: mx.array, w: mx.array, bias: mx.array | None = None) -> bool:
+    """Whether skinny_matmul runs the bf16 GEMV: switched on, operands in its domain, and measured faster than
+    MLX's matmul at this (rows, N, K) (with its H200 table empty: never)."""
+    return (bf16_gemv.applies(x, w, bias) and bf16_gemv.faster_than_mlx(x.size // x.shape[-1], w.shape[0], w.shape[1])
+            and env.flag("XLSTM_MLX_BF16_GEMV"))
+
+
 def skinny_matmul(x: mx.array, w: mx.array, bias: mx.array | None = None) -> mx.array:
+    if uses_bf16_gemv(x, w, bias):
+        return bf16_gemv.bf16_gemv_cuda(x, w, bias)
     if DEFAULT_ON and applies(x, w):
         return skinny_matmul_cuda(x, w, bias)
     return skinny_matmul_ref(x, w, bias)
 
 
 def label() -> str:
-    if cuda_available() and DEFAULT_ON:
-        return f"CUDA skinny GEMM (mx.fast.cuda_kernel) for <= {MAX_ROWS} rows, MLX matmul beyond"
-    if cuda_available():
-        return "MLX matmul (the CUDA skinny GEMM is measured slower on the 7B matrices: not the default)"
-    return "MLX matmul (the CUDA skinny GEMM needs MLX's CUDA backend)"
+    if not cuda_available():
+        return "MLX matmul (the CUDA bf16 GEMV and skinny GEMM need MLX's CUDA backend)"
+    if DEFAULT_ON:
+        rest = f"the CUDA skinny GEMM (mx.fast.cuda_kernel) for <= {MAX_ROWS} rows, MLX matmul beyond"
+    else:
+        rest = "MLX matmul (the CUDA-core skinny GEMM is measured slower on the 7B matrices: off)"
+    if not env.flag("XLSTM_MLX_BF16_GEMV"):
+        return f"{rest}; the bf16 GEMV off (XLSTM_MLX_BF16_GEMV=0)"
+    if not any(bf16_gemv.faster_than_mlx(*key) for key in bf16_gemv.H200):
+        return f"{rest}; the bf16 GEMV nowhere: {bf16_gemv.label()}"
+    return f"{bf16_gemv.label()} (bf16 x and w); elsewhere {rest}"

@@ -19,9 +19,10 @@ from xlstm_mlx.profiles import NumericsProfile
 
 
 def linear(layer: nn.Module, x: mx.array) -> mx.array:
-    """layer(x), with a float nn.Linear routed through the "matmul.skinny" kernel (the CUDA skinny GEMM for
-    decode-sized inputs on MLX's CUDA backend, MLX's matmul otherwise: kernels/skinny_gemm.py) and an
-    nn.QuantizedLinear through "matmul.quantized" (kernels/quant_matmul.py: the path by the rows of x)."""
+    """layer(x), with a float nn.Linear routed through the "matmul.skinny" kernel (on MLX's CUDA backend the
+    tensor-core bf16 GEMV for decode-sized bf16 inputs where it was measured faster, MLX's matmul otherwise:
+    kernels/skinny_gemm.py) and an nn.QuantizedLinear through "matmul.quantized" (kernels/quant_matmul.py: the
+    path by the rows of x)."""
     bias = layer["bias"] if "bias" in layer else None
     if type(layer) is nn.QuantizedLinear:
         return kernels.get("matmul.quantized")(x, layer.weight, layer.scales, layer.get("biases"), bias,
