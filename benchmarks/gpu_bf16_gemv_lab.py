@@ -25,11 +25,7 @@ new section after that long (the skipped ones are recorded).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -37,55 +33,18 @@ from pathlib import Path
 import mlx.core as mx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from xlstm_mlx.kernels import bf16_gemv  # noqa: E402
 from xlstm_mlx.kernels.cuda_common import cuda_available  # noqa: E402
+from lab_timing import cfg_tag, chain_time, copies_for, rel_err, write_json, _err  # noqa: E402
 
 MATRICES = {"qkvo": (4096, 12288), "ffn_up": (4096, 21888), "ffn_down": (10944, 4096), "out": (4096, 4096),
             "lm_head": (4096, 50304)}
 QUICK_MATRICES = {"small": (512, 1000), "odd": (1000, 333)}
 ROWS = [1, 4, 16]
-MIN_COPIES = 3
-ROTATE_BYTES = 128e6  # weight bytes a chain rotates over: twice the H200's L2
-MAX_COPIES = 16
 BAD_ERR = 1e-2  # the GPU tests' tolerance is 4e-3 (tests/kernels/test_bf16_gemv.py); this only marks a config BAD
 TABLE_DECL = "H200: dict[tuple[int, int, int], tuple[dict, float, float]] = {"  # as in kernels/bf16_gemv.py
-
-
-def rel_err(out, ref) -> float:
-    o, r = out.astype(mx.float32), ref.astype(mx.float32)
-    if not bool(mx.all(mx.isfinite(o)).item()):
-        return float("nan")
-    return float((mx.linalg.norm((o - r).reshape(-1)) / mx.maximum(mx.linalg.norm(r.reshape(-1)), 1e-30)).item())
-
-
-def copies_for(nbytes: int) -> int:
-    return max(MIN_COPIES, min(MAX_COPIES, -(-int(ROTATE_BYTES) // max(nbytes, 1))))
-
-
-def chain_time(call, copies: int, calls: int, reps: int) -> float:
-    """Median seconds per call of `call(i)` (i picks the weight copy, mod copies): chains of independent calls.
-    Each chain's lazy graph is built before the clock starts, so the time is the launches and the kernels, not
-    Python's dispatch (tens of microseconds a call, about a 4096->4096 kernel's time)."""
-    mx.eval([call(i) for i in range(copies)])  # warm-up: compile, allocate, touch every copy
-    times = []
-    for _ in range(reps):
-        outs = [call(i) for i in range(calls)]
-        mx.synchronize()
-        t = time.perf_counter()
-        mx.eval(outs)
-        mx.synchronize()
-        times.append((time.perf_counter() - t) / calls)
-        del outs
-    return statistics.median(times)
-
-
-def cfg_tag(cfg: dict) -> str:
-    return "cfg:R{R}U{U}S{S}K{KSPLIT}W{WARPS}".format(**cfg)
-
-
-def _err(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"[:400]
 
 
 def matrix_section(name: str, K: int, N: int, rows: list[int], calls: int, reps: int, run_kernel: bool) -> list[dict]:
@@ -183,14 +142,6 @@ def measured_table(out: dict) -> str:
     if not entries:
         return "H200: no kernel configs timed"
     return TABLE_DECL + "\n" + "\n".join(entries) + "\n}"
-
-
-def write_json(path: str, out: dict) -> None:
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent if str(p.parent) else ".", prefix=p.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(out, indent=1, default=str) + "\n")
-    os.replace(tmp, p)
 
 
 def main() -> int:

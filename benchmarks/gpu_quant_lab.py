@@ -27,11 +27,7 @@ atomically).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -39,9 +35,11 @@ from pathlib import Path
 import mlx.core as mx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from xlstm_mlx.kernels import quant_gemv  # noqa: E402
 from xlstm_mlx.kernels.cuda_common import cuda_available  # noqa: E402
+from lab_timing import cfg_tag, chain_time, copies_for, rel_err, write_json, _err  # noqa: E402
 
 MATRICES = {"qkvo": (4096, 12288), "ffn_up": (4096, 21888), "ffn_down": (10944, 4096), "out": (4096, 4096),
             "lm_head": (4096, 50304)}
@@ -49,46 +47,7 @@ QUICK_MATRICES = {"small": (512, 1000), "odd": (1024, 333)}
 ROWS = [1, 2, 4, 8, 16]  # the table of kernels/quant_gemv_lab.py keeps 1, 4 (for 2..8) and 16 (for 9..16)
 QUICK_ROWS = [1, 4, 16]
 GROUP = 64
-MIN_COPIES = 3
-ROTATE_BYTES = 128e6  # weight bytes a chain rotates over: twice the H200's L2
-MAX_COPIES = 16
 BAD_ERR = 1e-2
-
-
-def rel_err(out, ref) -> float:
-    o, r = out.astype(mx.float32), ref.astype(mx.float32)
-    if not bool(mx.all(mx.isfinite(o)).item()):
-        return float("nan")
-    return float((mx.linalg.norm((o - r).reshape(-1)) / mx.maximum(mx.linalg.norm(r.reshape(-1)), 1e-30)).item())
-
-
-def copies_for(nbytes: int) -> int:
-    return max(MIN_COPIES, min(MAX_COPIES, -(-int(ROTATE_BYTES) // max(nbytes, 1))))
-
-
-def chain_time(call, copies: int, calls: int, reps: int) -> float:
-    """Median seconds per call of `call(i)` (i picks the weight copy, mod copies): chains of independent calls.
-    Each chain's lazy graph is built before the clock starts, so the time is the launches and the kernels, not
-    Python's dispatch (tens of microseconds a call, more than a 7 us kernel)."""
-    mx.eval([call(i) for i in range(copies)])  # warm-up: compile, allocate, touch every copy
-    times = []
-    for _ in range(reps):
-        outs = [call(i) for i in range(calls)]
-        mx.synchronize()
-        t = time.perf_counter()
-        mx.eval(outs)
-        mx.synchronize()
-        times.append((time.perf_counter() - t) / calls)
-        del outs
-    return statistics.median(times)
-
-
-def cfg_tag(cfg: dict) -> str:
-    return "cfg:R{R}U{U}S{S}K{KSPLIT}W{WARPS}".format(**cfg)
-
-
-def _err(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"[:400]
 
 
 def matrix_section(name: str, K: int, N: int, bits: int, rows: list[int], calls: int, reps: int,
@@ -211,14 +170,6 @@ def measured_table(out: dict) -> str:
         entries.append(f"    ({r['bits']}, {r['rows']}, {r['N']}, {r['K']}): (dict(R={cfg['R']}, U={cfg['U']}, "
                        f"S={cfg['S']}, KSPLIT={cfg['KSPLIT']}, WARPS={cfg['WARPS']}), {us:.1f}, {r['qmm_us']:.1f}),")
     return "H200 = {\n" + "\n".join(entries) + "\n}" if entries else "H200: no kernel configs timed"
-
-
-def write_json(path: str, out: dict) -> None:
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent if str(p.parent) else ".", prefix=p.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(out, indent=1, default=str) + "\n")
-    os.replace(tmp, p)
 
 
 def main() -> int:
