@@ -9,7 +9,7 @@ projections have none), rows M in 1, 4, 16 (--rows; the measured table keeps 1, 
   (a) parity: MLX's matmul, the kernel's default config and every bf16_gemv.SWEEP_CONFIGS config against the float32
       product of the same bf16 operands evaluated on the CPU stream (relative Frobenius error; the bf16 output
       rounding alone puts it near 1.5e-3; a config above BAD_ERR is marked BAD and never "best");
-  (b) time per call, the median over --reps chains of --calls independent calls with the weights rotated over
+  (b) time per call, the median over --reps chains of --calls DEPENDENT calls (each one's x computed from the previous output: lab_timing.chain_time) with the weights rotated over
       enough copies (>= 3, >= 128 MB in all) that no call finds its weight in the 60 MB L2, mx.synchronize()
       around each chain (built lazily before the clock starts: Python's dispatch is not timed), for
         mlx      MLX's matmul x @ w.T (what nn.Linear runs: cuBLAS),
@@ -66,12 +66,12 @@ def matrix_section(name: str, K: int, N: int, rows: list[int], calls: int, reps:
 
         def timed(tag, call):
             try:
-                t = chain_time(call, n_copies, calls, reps)
+                t = chain_time(call, x, n_copies, calls, reps)
                 row[f"{tag}_us"], row[f"{tag}_TBps"] = t * 1e6, nbytes / t / 1e12
             except Exception as e:  # one variant failing is recorded, not fatal
                 row[f"{tag}_error"] = _err(e)
 
-        mlx_call = lambda i: bf16_gemv.bf16_gemv_ref(x, ws[i % n_copies])  # noqa: E731
+        mlx_call = lambda i, xi=x: bf16_gemv.bf16_gemv_ref(xi, ws[i % n_copies])  # noqa: E731
         try:
             row["mlx_err"] = rel_err(mlx_call(0), ref[:M])
         except Exception as e:
@@ -90,7 +90,7 @@ def matrix_section(name: str, K: int, N: int, rows: list[int], calls: int, reps:
                     except Exception as e:
                         row[f"{tag}_err_error"] = _err(e)
                         continue
-                    timed(tag, lambda i, cfg=cfg: bf16_gemv.bf16_gemv_cuda(x, ws[i % n_copies], None, **cfg))
+                    timed(tag, lambda i, xi, cfg=cfg: bf16_gemv.bf16_gemv_cuda(xi, ws[i % n_copies], None, **cfg))
                 ok = {k[:-3]: v for k, v in row.items() if k.startswith("cfg:") and k.endswith("_us")
                       and row.get(k[:-3] + "_err", float("nan")) <= BAD_ERR}
                 if ok:
@@ -150,7 +150,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="small shapes: an end-to-end check, any device")
     p.add_argument("--rows", type=int, nargs="+", help="rows of x (default: 1 4 16)")
     p.add_argument("--matrices", nargs="+", help=f"a subset of {', '.join(MATRICES)}")
-    p.add_argument("--calls", type=int, default=20, help="independent calls per timed chain")
+    p.add_argument("--calls", type=int, default=20, help="dependent calls per timed chain")
     p.add_argument("--reps", type=int, default=7, help="timed chains per variant (the median is kept)")
     p.add_argument("--max-seconds", type=float, default=110.0,
                    help="start no new matrix section after this long; the skipped ones are recorded")

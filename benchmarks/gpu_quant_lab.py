@@ -9,7 +9,7 @@ M in 1, 2, 4, 8, 16 (--rows):
   (a) parity: every kernel config (quant_gemv.SWEEP_CONFIGS and the default) and MLX's quantized matmul against
       the reference evaluated on the CPU stream in float32 (relative Frobenius error; the bf16 output rounding
       alone puts it near 2e-3; a config above 1e-2 is marked BAD and never "best");
-  (b) time per call, the median over --reps chains of --calls independent calls with the weights rotated over
+  (b) time per call, the median over --reps chains of --calls DEPENDENT calls (each one's x computed from the previous output: lab_timing.chain_time) with the weights rotated over
       enough copies (>= 3, >= 128 MB in all) that no call finds its weight in the 60 MB L2, mx.synchronize()
       around each chain (built lazily before the clock starts: Python's dispatch is not timed), for
         qmm      MLX's mx.quantized_matmul (what nn.QuantizedLinear runs),
@@ -88,12 +88,12 @@ def matrix_section(name: str, K: int, N: int, bits: int, rows: list[int], calls:
 
         def timed(tag, call, nbytes, copies):
             try:
-                t = chain_time(call, copies, n_calls, n_reps)
+                t = chain_time(call, x, copies, n_calls, n_reps)
                 row[f"{tag}_us"], row[f"{tag}_TBps"] = t * 1e6, nbytes / t / 1e12
             except Exception as e:  # one variant failing is recorded, not fatal
                 row[f"{tag}_error"] = _err(e)
 
-        qmm = lambda i: quant_gemv.quantized_matmul_ref(x, *qs[i % nq], None, GROUP, bits)  # noqa: E731
+        qmm = lambda i, xi=x: quant_gemv.quantized_matmul_ref(xi, *qs[i % nq], None, GROUP, bits)  # noqa: E731
         if ref_k is not None and M <= kmax:
             try:
                 row["qmm_err"] = rel_err(qmm(0), ref_k[:M])
@@ -115,8 +115,8 @@ def matrix_section(name: str, K: int, N: int, bits: int, rows: list[int], calls:
                     except Exception as e:
                         row[f"{tag}_err_error"] = _err(e)
                         continue
-                    timed(tag, lambda i, cfg=cfg: quant_gemv.quantized_gemv_cuda(
-                        x, *qs[i % nq], None, GROUP, bits, **cfg), qbytes, nq)
+                    timed(tag, lambda i, xi, cfg=cfg: quant_gemv.quantized_gemv_cuda(
+                        xi, *qs[i % nq], None, GROUP, bits, **cfg), qbytes, nq)
                 ok = {k[:-3]: v for k, v in row.items() if k.startswith("cfg:") and k.endswith("_us")
                       and row.get(k[:-3] + "_err", float("nan")) <= BAD_ERR}
                 if ok:
@@ -124,9 +124,9 @@ def matrix_section(name: str, K: int, N: int, bits: int, rows: list[int], calls:
                     row["best_cfg"] = best
                     row["best_cfg_dict"] = next(c for t, c in variants if t == best)
         if M > quant_gemv.MAX_ROWS or not run_kernel:
-            deq_mm = lambda i: x @ mx.dequantize(*qs[i % nq], group_size=GROUP, bits=bits).T  # noqa: E731
+            deq_mm = lambda i, xi: xi @ mx.dequantize(*qs[i % nq], group_size=GROUP, bits=bits).T  # noqa: E731
             timed("deq_mm", deq_mm, qbytes, nq)
-        timed("bf16", lambda i: x @ deq[i % nb].T, bf16_bytes, nb)
+        timed("bf16", lambda i, xi: xi @ deq[i % nb].T, bf16_bytes, nb)
         quant = {k[:-3]: v for k, v in row.items() if k.endswith("_us") and k != "bf16_us"
                  and not (k.startswith(("cfg:", "kernel")) and not row.get(k[:-3] + "_err", 0.0) <= BAD_ERR)}
         if quant:
@@ -179,7 +179,7 @@ def main() -> int:
     p.add_argument("--bits", type=int, nargs="+", default=[4, 8], choices=[4, 8])
     p.add_argument("--rows", type=int, nargs="+", help="rows of x (default: 1 2 4 8 16)")
     p.add_argument("--matrices", nargs="+", help=f"a subset of {', '.join(MATRICES)}")
-    p.add_argument("--calls", type=int, default=20, help="independent calls per timed chain")
+    p.add_argument("--calls", type=int, default=20, help="dependent calls per timed chain")
     p.add_argument("--reps", type=int, default=5, help="timed chains per variant (the median is kept)")
     p.add_argument("--max-seconds", type=float, default=225.0,
                    help="start no new (matrix, bits) section after this long; the skipped ones are recorded")

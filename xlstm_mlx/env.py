@@ -4,8 +4,9 @@
     XLSTM_MLX_REFERENCE_KERNELS   off      run the reference form of every kernel (kernels/__init__.py)
     XLSTM_MLX_COMPILE_DECODE      on       compile the one-token decode step (models/compiled.py)
     XLSTM_MLX_QUANT_GEMV          on       the CUDA quantized GEMV for few rows (kernels/quant_matmul.py)
-    XLSTM_MLX_BF16_GEMV           on       the CUDA bf16 GEMV for few rows, where the H200 lab timed it faster than
-                                           MLX's matmul (kernels/skinny_gemm.py); off: MLX's matmul everywhere
+    XLSTM_MLX_BF16_GEMV           off      the CUDA bf16 GEMV for few rows, where the H200 lab timed it faster than
+                                           MLX's matmul (kernels/skinny_gemm.py; off by default: not faster end to
+                                           end yet, kernels/bf16_gemv.py); off: MLX's matmul everywhere
     XLSTM_MLX_CHUNKWISE_CUDA      on       the fused CUDA chunkwise prefill kernels (kernels/mlstm_chunkwise_cuda.py);
                                            off: the MLX-ops chunk scan (for A/B timing)
     XLSTM_MLX_VERBOSE             off      print what the platform set-up did (the CPU BLAS) to stderr
@@ -36,7 +37,7 @@ SWITCHES = {
     "XLSTM_MLX_REFERENCE_KERNELS": False,
     "XLSTM_MLX_COMPILE_DECODE": True,
     "XLSTM_MLX_QUANT_GEMV": True,
-    "XLSTM_MLX_BF16_GEMV": True,
+    "XLSTM_MLX_BF16_GEMV": False,
     "XLSTM_MLX_CHUNKWISE_CUDA": True,
     "XLSTM_MLX_VERBOSE": False,
     "XLSTM_MLX_SKINNY_SGEMM": True,

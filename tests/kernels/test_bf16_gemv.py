@@ -71,7 +71,10 @@ def _close(y, ref, what=""):
     yn = np.array(y.astype(mx.float32)).astype(np.float64)
     rn = np.array(ref).astype(np.float64)
     ulp = np.exp2(np.floor(np.log2(np.maximum(np.abs(rn), 1e-30))) - 7)  # bf16: 8 significant bits
-    slack = ulp + 1e-5 * np.sqrt(np.mean(rn**2))
+    # the float32 sums are not exact: Hopper's tensor cores align an mma's products to the largest exponent and
+    # truncate (2^-23 of the running sum per accumulation, up to K / 16 = 684 of them at K = 10,944): the
+    # largest of 16k elements' sum errors reaches ~1e-5 of the rms (an H200 run: 1.07 ulp with 1e-5 of slack)
+    slack = ulp + 5e-5 * np.sqrt(np.mean(rn**2))
     worst = np.max(np.abs(yn - rn) / slack)
     assert worst <= 1.0, (what, "an element more than one bf16 ulp off", worst)
 
@@ -201,11 +204,11 @@ def _routes(monkeypatch, x, w, b) -> str:
 
 def test_routing_follows_the_measured_table(monkeypatch):
     """An empty table (or a shape it lacks): MLX's matmul; an entry with the kernel faster: the kernel, for every
-    row count of its bucket; an entry with the kernel slower, or XLSTM_MLX_BF16_GEMV=0: MLX's matmul. The label
-    says which."""
+    row count of its bucket; an entry with the kernel slower, or XLSTM_MLX_BF16_GEMV unset (its default: off) or 0:
+    MLX's matmul. The label says which."""
     monkeypatch.setattr(bf16_gemv, "cuda_available", lambda: True)
     monkeypatch.setattr(skinny_gemm, "cuda_available", lambda: True)
-    monkeypatch.delenv("XLSTM_MLX_BF16_GEMV", raising=False)
+    monkeypatch.setenv("XLSTM_MLX_BF16_GEMV", "1")
     monkeypatch.setattr(bf16_gemv, "H200", {})
     x, w, b = _operands(3, 64, 40, True, seed=9)
     assert not any(bf16_gemv.faster_than_mlx(r, 40, 64) for r in range(1, 17))
@@ -220,9 +223,13 @@ def test_routing_follows_the_measured_table(monkeypatch):
     assert _routes(monkeypatch, x, w[:39], b[:39]) == "mlx"                # another N: not measured
     assert _routes(monkeypatch, x.astype(mx.float32), w.astype(mx.float32), None) == "mlx"  # float32: MLX
     assert "bf16 GEMV" in kernels.describe(["matmul.skinny"])["matmul.skinny"]
-    monkeypatch.setenv("XLSTM_MLX_BF16_GEMV", "0")
-    assert _routes(monkeypatch, x, w, b) == "mlx"
-    assert "XLSTM_MLX_BF16_GEMV=0" in kernels.describe(["matmul.skinny"])["matmul.skinny"]
+    for off in ("0", None):  # switched off, or unset: the default is off
+        if off is None:
+            monkeypatch.delenv("XLSTM_MLX_BF16_GEMV", raising=False)
+        else:
+            monkeypatch.setenv("XLSTM_MLX_BF16_GEMV", off)
+        assert _routes(monkeypatch, mx.concatenate([x] * 6)[:2], w, b) == "mlx"
+        assert "XLSTM_MLX_BF16_GEMV=1" in kernels.describe(["matmul.skinny"])["matmul.skinny"]
 
 
 @needs_host
@@ -230,7 +237,7 @@ def test_a_table_entry_runs_the_kernel_through_the_registry(host_kernel, monkeyp
     """matmul.skinny end to end: with the shape measured faster, the (host-built) kernel's output, not MLX's."""
     x, w, b = _operands(4, 128, 48, True, seed=13)
     monkeypatch.setattr(bf16_gemv, "H200", {(4, 48, 128): (bf16_gemv.SWEEP_CONFIGS[0], 10.0, 20.0)})
-    monkeypatch.delenv("XLSTM_MLX_BF16_GEMV", raising=False)
+    monkeypatch.setenv("XLSTM_MLX_BF16_GEMV", "1")
     assert skinny_gemm.uses_bf16_gemv(x, w, b)
     y = kernels.get("matmul.skinny")(x.reshape(4, 1, 128), w, b)
     assert y.shape == (4, 1, 48)
@@ -241,7 +248,7 @@ def test_a_table_entry_runs_the_kernel_through_the_registry(host_kernel, monkeyp
 
 def test_the_switch_is_registered():
     from xlstm_mlx import env
-    assert env.SWITCHES["XLSTM_MLX_BF16_GEMV"] is True and "XLSTM_MLX_BF16_GEMV" in env.__doc__
+    assert env.SWITCHES["XLSTM_MLX_BF16_GEMV"] is False and "XLSTM_MLX_BF16_GEMV" in env.__doc__
 
 
 def test_fast_form_falls_back_to_the_reference_without_cuda():

@@ -50,10 +50,16 @@ is rounded ONCE to bf16 (2^-9 relative at most, ~1.5e-3 relative Frobenius for r
 against the float32 product of the same bf16 operands (tests/kernels/test_bf16_gemv.py).
 
 Routing (kernels/skinny_gemm.skinny_matmul, the "matmul.skinny" registry entry that FusedLinear and block.linear
-use for float weights): the kernel runs for bf16 operands it applies to exactly where faster_than_mlx says so,
-i.e. where H200 below has an entry whose kernel time is under MLX's. H200 is empty until the lab
-(benchmarks/gpu_bf16_gemv_lab.py) has measured it, so until then MLX's matmul runs everywhere.
-XLSTM_MLX_BF16_GEMV=0 turns the kernel off regardless.
+use for float weights): OFF by default. With XLSTM_MLX_BF16_GEMV=1 the kernel runs for bf16 operands it applies
+to exactly where faster_than_mlx says so, i.e. where H200 below has an entry whose kernel time is under MLX's.
+Why off: the H200 lab (benchmarks/gpu_bf16_gemv_lab.py, dependent chains, 2026-12-02) times it faster than MLX's
+matmul for 9 of 15 (rows bucket, matrix) pairs (1.07-1.43x; q|k|v|o at every row count, the FFN down and out_proj
+from 2 rows on), but the 7B decode did not get faster end to end: batch 1 230.7 / 223.5 tok/s with it against
+234.2 / 237.6 without, batch 16 2,334 / 2,334 against 1,850 / 2,444, batch 64 equal (alternating runs, one
+machine; benchmarks/results/gpu_h200_2026-12-02d.md). At one row it only takes q|k|v|o (33.4 against 35.8 us),
+and the step lost more than those 2.4 us x 32: what a kernel costs inside the step is not yet what the lab
+measures (an Nsight timeline of the step is the next question). Its best configs at one row move ~3.0 TB/s:
+short of the 3.6 TB/s the decode issue asks for.
 """
 
 from __future__ import annotations
@@ -291,13 +297,34 @@ SWEEP_CONFIGS = [
     dict(R=2, U=1, S=4, KSPLIT=4, WARPS=4),
     dict(R=1, U=1, S=6, KSPLIT=4, WARPS=8),
     dict(R=4, U=1, S=3, KSPLIT=2, WARPS=4),
+    # more warps in the grid for one kernel alone (a decode step runs its products one after another): K split
+    # 8 ways over 8-warp blocks, and a deep ring
+    dict(R=1, U=1, S=4, KSPLIT=8, WARPS=8),
+    dict(R=1, U=2, S=3, KSPLIT=4, WARPS=8),
+    dict(R=1, U=1, S=8, KSPLIT=2, WARPS=4),
 ]
 
 # What the H200 lab measured (benchmarks/gpu_bf16_gemv_lab.py prints this table from its run, in this format):
 # (rows bucket, N, K) -> (best config of SWEEP_CONFIGS, its us per call, MLX matmul's us per call). Rows bucket: 1;
 # 4 for 2..8 rows (the kernel takes rows 2..8 in one 8-column tile: the same kernel and bytes as 4 rows); 16 for
-# 9..16. EMPTY until measured: no shape routes to the kernel, default_config uses its rule.
+# 9..16. From the session-8 lab run (benchmarks/results/gpu_bf16_gemv_lab_h200_s8.json: dependent chains; the
+# session's first run, with chains of independent calls, is gpu_bf16_gemv_lab_h200_s8_independent.json).
 H200: dict[tuple[int, int, int], tuple[dict, float, float]] = {
+    (1, 12288, 4096): (dict(R=1, U=2, S=4, KSPLIT=4, WARPS=4), 33.4, 35.8),
+    (4, 12288, 4096): (dict(R=1, U=1, S=6, KSPLIT=4, WARPS=8), 36.0, 46.0),
+    (16, 12288, 4096): (dict(R=1, U=2, S=4, KSPLIT=4, WARPS=4), 46.2, 55.9),
+    (1, 21888, 4096): (dict(R=1, U=1, S=4, KSPLIT=8, WARPS=8), 53.1, 52.3),
+    (4, 21888, 4096): (dict(R=1, U=1, S=4, KSPLIT=8, WARPS=8), 57.8, 63.6),
+    (16, 21888, 4096): (dict(R=1, U=1, S=4, KSPLIT=8, WARPS=8), 73.5, 60.3),
+    (1, 4096, 10944): (dict(R=1, U=1, S=4, KSPLIT=8, WARPS=8), 47.4, 35.4),
+    (4, 4096, 10944): (dict(R=1, U=1, S=4, KSPLIT=8, WARPS=8), 39.5, 48.0),
+    (16, 4096, 10944): (dict(R=1, U=1, S=4, KSPLIT=8, WARPS=8), 61.7, 44.5),
+    (1, 4096, 4096): (dict(R=1, U=1, S=4, KSPLIT=8, WARPS=8), 27.0, 18.4),
+    (4, 4096, 4096): (dict(R=1, U=1, S=4, KSPLIT=8, WARPS=8), 28.8, 41.1),
+    (16, 4096, 4096): (dict(R=1, U=1, S=4, KSPLIT=8, WARPS=8), 33.5, 43.4),
+    (1, 50304, 4096): (dict(R=1, U=1, S=4, KSPLIT=8, WARPS=8), 108.7, 97.1),
+    (4, 50304, 4096): (dict(R=1, U=1, S=4, KSPLIT=8, WARPS=8), 107.4, 117.0),
+    (16, 50304, 4096): (dict(R=1, U=1, S=4, KSPLIT=8, WARPS=8), 146.3, 101.5),
 }
 
 # The measured best configuration per (rows bucket, N, K), from H200.

@@ -4,14 +4,17 @@
                                                                                (kernels/quant_gemv.py)
     quantized_matmul(...)                                                      the path chosen by the rows of x
 
-On MLX's CUDA backend, mx.quantized_matmul is slow at few rows: on an H200 (7B decode matrices, group 64,
-kernels/quant_gemv_lab.py) it reads 4-bit weights at 0.4-0.9 TB/s at one row and takes 2.4-3.6x its one-row
-time at 4 rows (0.2-0.6 TB/s), while from 16 rows on it runs as fast as at one row. So on CUDA:
+On MLX's CUDA backend, mx.quantized_matmul is slow at few rows: on an H200 (7B decode matrices, group 64, 4-bit,
+kernels/quant_gemv_lab.py, dependent chains) it takes 39-140 us a matrix at one row (0.2-0.8 TB/s of packed
+bytes), 55-467 us at 4 rows and 72-203 us at 16 rows (for 4,096 outputs its GEMM has 32 blocks). So on CUDA:
   - up to quant_gemv.MAX_ROWS (16) rows, our quantized GEMV (kernels/quant_gemv.py: the packed weight streamed
     through shared memory, exact codes on the tensor cores) where the lab timed it faster than MLX's kernel for
-    that (bits, rows, N, K); for shapes the lab did not time, the rule its table shows: ours for 2..8 rows (it
-    won all 10 measured cases there, by 1.6-6.4x), and for one row at 4 bits (won 5 of 5); MLX's kernel for
-    one row at 8 bits (won 3 of 5) and for 9..16 rows (won 7 of 10). XLSTM_MLX_QUANT_GEMV=0 keeps MLX's kernel;
+    that (bits, rows, N, K); for shapes the lab did not time, the rule its table shows: ours for 2..16 rows (it
+    won all 15 measured 4-bit cases and 2 of 3 8-bit ones, the third a tie), and for one row at 4 bits (won 5 of
+    5); MLX's kernel for one row at 8 bits (won the one measured case). XLSTM_MLX_QUANT_GEMV=0 keeps MLX's kernel.
+    End to end (7B, H200, 2026-12-02) batch 16 at 4 bits: 7.83 ms a step with this routing against 14.12 with
+    MLX's kernel everywhere; batch 1 is host-bound there (the step's kernels add up to 4.19 ms under Nsight, the
+    step takes 5-7 ms, and identical runs spread 160-199 tok/s): see docs/bench.md;
   - from DEQUANT_MIN_ROWS rows on, the weight dequantized to x's dtype and MLX's bf16 GEMM: one write and one
     read of the bf16 weight per call, small against a GEMM over many rows.
 On Metal and the CPU MLX's quantized kernels run at every size.
@@ -53,7 +56,7 @@ def gemv_faster(rows: int, n: int, k: int, bits: int) -> bool:
     measured = quant_gemv_lab.kernel_faster(bits, rows, n, k)
     if measured is not None:
         return measured
-    return 2 <= rows <= 8 or (rows == 1 and bits == 4)
+    return 2 <= rows <= quant_gemv.MAX_ROWS or (rows == 1 and bits == 4)
 
 
 def uses_gemv(x, w, scales, biases, bias, group_size: int, bits: int, mode: str) -> bool:
@@ -76,7 +79,7 @@ def quantized_matmul(x, w, scales, biases, bias, group_size: int, bits: int, mod
 def label() -> str:
     if cuda_available():
         few = (f"CUDA quantized GEMV (4/8-bit affine, up to {quant_gemv.MAX_ROWS} rows) where the H200 lab timed it "
-               "faster (else: 2..8 rows, or 1 row at 4 bits), MLX's quantized matmul for the rest" if env.flag("XLSTM_MLX_QUANT_GEMV")
+               "faster (else: 2..16 rows, or 1 row at 4 bits), MLX's quantized matmul for the rest" if env.flag("XLSTM_MLX_QUANT_GEMV")
                else "MLX's quantized matmul (XLSTM_MLX_QUANT_GEMV=0)")
         return (f"{few} below {DEQUANT_MIN_ROWS} rows; from {DEQUANT_MIN_ROWS} rows on, dequantize to the input "
                 "dtype + MLX matmul (MLX's CUDA quantized GEMM is slow there)")

@@ -11,7 +11,8 @@ accumulation, a shuffle reduction per warp and a shared-memory one across the sp
     skinny_matmul(x, w, bias=None)       the "matmul.skinny" fast form: the tensor-core bf16 GEMV
                                          (kernels/bf16_gemv.py) for bf16 operands it applies to, exactly where
                                          its H200 table says it was timed faster than MLX's matmul
-                                         (bf16_gemv.faster_than_mlx; XLSTM_MLX_BF16_GEMV=0 turns it off); else
+                                         (bf16_gemv.faster_than_mlx), when XLSTM_MLX_BF16_GEMV=1 (off by default:
+                                         not faster end to end yet, see bf16_gemv); else
                                          MLX's matmul. This module's own CUDA-core kernel (skinny_matmul_cuda)
                                          stays off (DEFAULT_ON, below: measured slower than MLX's matmul)
 
@@ -190,7 +191,7 @@ def label() -> str:
     else:
         rest = "MLX matmul (the CUDA-core skinny GEMM is measured slower on the 7B matrices: off)"
     if not env.flag("XLSTM_MLX_BF16_GEMV"):
-        return f"{rest}; the bf16 GEMV off (XLSTM_MLX_BF16_GEMV=0)"
+        return f"{rest}; the bf16 GEMV off (set XLSTM_MLX_BF16_GEMV=1 to try it: not faster end to end yet)"
     if not any(bf16_gemv.faster_than_mlx(*key) for key in bf16_gemv.H200):
         return f"{rest}; the bf16 GEMV nowhere: {bf16_gemv.label()}"
     return f"{bf16_gemv.label()} (bf16 x and w); elsewhere {rest}"
