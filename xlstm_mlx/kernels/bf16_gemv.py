@@ -67,7 +67,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from xlstm_mlx.errors import UsageError
-from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
+from xlstm_mlx.kernels.cuda_common import VEC_HEADER, as_rows, cuda_available, from_rows
 
 MAX_ROWS = 16  # x rows the kernel takes (decode batch): two 8-column mma tiles; beyond, MLX's matmul
 VEC = 8  # bf16 values a 16-byte vector: K must be a multiple of it
@@ -418,7 +418,7 @@ def bf16_gemv_cuda(x: mx.array, w: mx.array, bias: mx.array | None = None, *, R:
     configuration default_config picks. x [..., K], w [N, K], bias [N] or None -> [..., N] bf16."""
     K, N = x.shape[-1], w.shape[0]
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, K)
+    x2 = as_rows(x)
     M = x2.shape[0]
     cfg = default_config(M, N, K)
     for name, val in (("R", R), ("U", U), ("S", S), ("KSPLIT", KSPLIT), ("WARPS", WARPS)):
@@ -434,7 +434,7 @@ def bf16_gemv_cuda(x: mx.array, w: mx.array, bias: mx.array | None = None, *, R:
         output_shapes=[(M, N)],
         output_dtypes=[mx.bfloat16],
     )
-    return y.reshape(*lead, N)
+    return from_rows(y, lead)
 
 
 def label() -> str:

@@ -44,3 +44,15 @@ __device__ __forceinline__ float xl_float(float v) { return v; }
 __device__ __forceinline__ void xl_set(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
 __device__ __forceinline__ void xl_set(float* p, float v) { *p = v; }
 """
+
+
+def as_rows(x: mx.array) -> mx.array:
+    """x as a matrix of rows [M, K]: x itself when it is one already. A reshape is a node of the lazy graph, and
+    every node is host work at every decode step (built, then encoded; benchmarks/probes/decode_graph_census.py):
+    the decode step's callers flatten once, the kernels' wrappers then add nothing."""
+    return x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
+
+
+def from_rows(y: mx.array, lead: tuple) -> mx.array:
+    """y [M, N] back to x's leading dimensions `lead` (+ [N]): y itself when x was a matrix."""
+    return y if len(lead) == 1 else y.reshape(*lead, y.shape[-1])

@@ -75,7 +75,7 @@ import numpy as np
 
 from xlstm_mlx.errors import UsageError
 from xlstm_mlx.kernels import quant_gemv_lab
-from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
+from xlstm_mlx.kernels.cuda_common import VEC_HEADER, as_rows, cuda_available, from_rows
 
 MAX_ROWS = 16  # x rows the kernel takes (decode batch): two 8-column mma tiles; beyond, MLX's quantized matmul
 BITS = (4, 8)
@@ -628,7 +628,7 @@ def quantized_gemv_cuda(x: mx.array, w: mx.array, scales: mx.array, biases: mx.a
     defaults (default_config)."""
     K, N = x.shape[-1], w.shape[0]
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, K)
+    x2 = as_rows(x)
     M = x2.shape[0]
     cfg = default_config(M, N, K * bits // 128, bits, group_size, x.dtype)
     for name, val in (("R", R), ("KSPLIT", KSPLIT), ("U", U), ("S", S), ("WARPS", WARPS)):
@@ -644,7 +644,7 @@ def quantized_gemv_cuda(x: mx.array, w: mx.array, scales: mx.array, biases: mx.a
         output_shapes=[(M, N)],
         output_dtypes=[x.dtype],
     )
-    return y.reshape(*lead, N)
+    return from_rows(y, lead)
 
 
 def quantized_gemv(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array | None,

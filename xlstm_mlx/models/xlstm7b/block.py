@@ -112,34 +112,46 @@ class MLSTMLayer(nn.Module):
             return decode.GateProjection(x, layer.weight, layer.bias)
         return None
 
+    def decodes_fused(self, T: int, mask, profile: NumericsProfile) -> bool:
+        """Whether a call with T steps per row takes the one-token fused step (_decode_fused)."""
+        return (T == 1 and mask is None and profile.step_kernel == "step" and profile.state_dtype == "float32"
+                and has_fused(self, "qkv_opreact") and has_fused(self, "ifgate_preact"))
+
     def _decode_fused(self, x, state, profile: NumericsProfile, xc=None):
         """One token, no mask, fused weights: the "mlstm.decode_step" kernel straight from the projection
-        outputs (one launch for gates, state update and read-out on CUDA; the same MLX ops as below elsewhere)."""
+        outputs (one launch for gates, state update and read-out on CUDA; the same MLX ops as below elsewhere).
+        x [B, D] (the model's one-token rows form: no reshape around any product) or [B, 1, D]."""
         a = self.args
         B = x.shape[0]
         cd, kd = profile.mx_compute_dtype, profile.mx_kernel_dtype
-        qkvo = fused_or_layer(self, "qkv_opreact", x.astype(cd) if xc is None else xc).reshape(B, -1)
+        rows = x.ndim == 2
+        if not rows:
+            x, xc = x.reshape(B, -1), None if xc is None else xc.reshape(B, -1)
+        qkvo = fused_or_layer(self, "qkv_opreact", x.astype(cd) if xc is None else xc)
         qkv = qkvo.astype(kd)
         if state is None:
             state = kernels.mlstm_zero_state(B, a.num_heads, a.qk_head_dim, a.v_head_dim)
         eps = a.eps if profile.eps is None else profile.eps
         step = kernels.get("mlstm.decode_step")
-        gates = self._gate_projection(x.reshape(B, -1))
+        gates = self._gate_projection(x)
         if gates is None or step is not decode.mlstm_decode_step or not decode.applies(
                 qkv, gates, state, a.num_heads, a.qk_dim, a.v_dim):
-            gates = fused_or_layer(self, "ifgate_preact", x).reshape(B, -1)  # its own matmul
+            gates = fused_or_layer(self, "ifgate_preact", x)  # its own matmul
         h, state = step(qkv, gates, state, a.num_heads, a.qk_dim, a.v_dim, a.gate_soft_cap, eps)
         norm = self.multihead_norm  # its LayerNorm, weight and the output gate: one launch on CUDA
         h = kernels.get("mlstm.headnorm_gate")(h.astype(cd), qkvo, 2 * a.qk_dim + a.v_dim, norm.weight,
                                               norm["bias"] if "bias" in norm else None, norm.eps)
-        return linear(self.out_proj, h[:, None]), state
+        out = linear(self.out_proj, h)
+        return (out if rows else out[:, None]), state
 
     def __call__(self, x, state, mask, profile: NumericsProfile, x_compute=None):
-        """x: the normalized input in the residual dtype; x_compute: it already in the compute dtype, if at hand."""
+        """x: the normalized input in the residual dtype, [B, T, D], or [B, D] rows of one token each (the
+        model's rows form, only where decodes_fused); x_compute: it already in the compute dtype, if at hand."""
         a = self.args
+        if x.ndim == 2:
+            return self._decode_fused(x, state, profile, x_compute)
         B, T, _ = x.shape
-        if (T == 1 and mask is None and profile.step_kernel == "step" and profile.state_dtype == "float32"
-                and has_fused(self, "qkv_opreact") and has_fused(self, "ifgate_preact")):
+        if self.decodes_fused(T, mask, profile):
             return self._decode_fused(x, state, profile, x_compute)
         cd = profile.mx_compute_dtype
         qkv, o, i, f = self._project(x, cd, profile.mx_state_dtype, x_compute)

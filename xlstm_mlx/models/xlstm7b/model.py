@@ -66,6 +66,12 @@ class Model(RecurrentLM):
         # the residual stream is carried in profile.residual_dtype (float32: a bf16 residual loses the
         # small sub-layer updates against the running sum; docs/numerics.md)
         x = kernels.get("embed.lookup")(self.backbone.embeddings, input_ids).astype(self.profile.mx_residual_dtype)
+        # one token a row and the fused step in every block: the blocks run on [B, D] rows, so no product of the
+        # step reshapes its input or output (each reshape is a node: host work at every step; docs/bench.md)
+        rows = bool(self.backbone.blocks) and all(b.mlstm_layer.decodes_fused(input_ids.shape[1], mask, self.profile)
+                                                  for b in self.backbone.blocks)
+        if rows:
+            x = x.reshape(x.shape[0], -1)
         if check:
             assert_finite("embeddings", x)
         new_states, carried = [], None
@@ -75,7 +81,7 @@ class Model(RecurrentLM):
                                       carried=carried)
             new_states.append(state)
             self.block_done(idx, [x, carried], new_states)
-        if last_only:  # the blocks ran on every position (the state needs them); the head needs the last one
+        if last_only and not rows:  # the blocks ran on every position (the state needs them); the head needs the last
             x = x[:, -1:]
             carried = None if carried is None else carried[:, -1:]
         if carried is not None:
@@ -94,7 +100,7 @@ class Model(RecurrentLM):
                           self.args.output_logit_soft_cap)
         if check:
             assert_finite("logits", logits)
-        return logits, new_states
+        return (logits[:, None] if rows else logits), new_states
 
     def kernel_names(self) -> list[str]:
         names = [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}", "mlstm.headnorm_gate",
