@@ -2,7 +2,7 @@
 and reruns itself under MLX's CUDA-graph settings, alternating, in one call.
 
     python3 benchmarks/probes/decode_host_split.py --shape 7b --batch 1 16 [-q 4 --weight-mode single] \
-        [--env default graphs_off big_graphs] [--rounds 2] [--json $OUT/host_split.json]
+        [--env default graphs_off big_graphs] [--code scratch/old .] [--rounds 2] [--json $OUT/host_split.json]
 
 Per step of the same loop as generate_step (greedy, the next step queued before the previous token is read):
   build   the Python side: the compiled step's call and the sampler, until the lazy graph exists;
@@ -20,6 +20,8 @@ variants (each run in a fresh process, as MLX reads them once):
   default      MLX's settings;
   graphs_off   MLX_USE_CUDA_GRAPHS=0;
   big_graphs   MLX_MAX_OPS_PER_BUFFER=200, MLX_MAX_MB_PER_BUFFER=100000 (one commit per ~200 kernels).
+--code runs each variant with the xlstm_mlx package of each directory given (e.g. `git archive <commit>
+xlstm_mlx | tar -x -C scratch/old`), alternating: the same machine and session for code A and B.
 A probe for the record, not a test; on the CPU it runs (MLX's CPU backend has no graphs: encode is the compute).
 """
 
@@ -35,7 +37,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+if "--child" not in sys.argv:  # a child imports xlstm_mlx from the PYTHONPATH its parent set (--code)
+    sys.path.insert(0, str(ROOT))
 
 ENVS = {
     "default": {},
@@ -93,7 +96,9 @@ def child(args) -> None:
     model, source = build_model(None, args.shape, args.dtype, None, 0, args.weight_mode)
     if args.quantize:
         model, source = quantized(model, source, args.quantize, 64)
-    res = {"model": source, "device": str(mx.default_device()), "rows": []}
+    import xlstm_mlx
+
+    res = {"model": source, "device": str(mx.default_device()), "package": xlstm_mlx.__file__, "rows": []}
     for b in args.batch:
         res["rows"].append(split(model, b, args.steps, seed=b))
     print("RESULT " + json.dumps(res), flush=True)
@@ -108,7 +113,10 @@ def main() -> int:
     p.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     p.add_argument("--steps", type=int, default=48)
     p.add_argument("--env", nargs="+", default=list(ENVS), choices=list(ENVS))
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds over the --env variants")
+    p.add_argument("--code", nargs="+", default=[str(ROOT)],
+                   help="directories holding an xlstm_mlx package to A/B (e.g. one from `git archive <commit>`); "
+                        "each child imports xlstm_mlx from there (default: this checkout)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds over the --env and --code variants")
     p.add_argument("--timeout", type=float, default=240.0, help="seconds per child process")
     p.add_argument("--json")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -116,27 +124,26 @@ def main() -> int:
     if args.child:
         child(args)
         return 0
-    passed = [a for a in sys.argv[1:] if a not in ("--json",)]
-    if args.json:
-        i = passed.index(args.json)
-        passed = passed[:i] + passed[i + 1:]
+    child_args = ["--shape", args.shape, "--dtype", args.dtype, "--steps", str(args.steps), "--batch",
+                  *map(str, args.batch)]
+    child_args += ["--weight-mode", args.weight_mode] if args.weight_mode else []
+    child_args += ["-q", str(args.quantize)] if args.quantize else []
     results = []
     for r in range(args.rounds):
-        for name in args.env:
+        for code, name in [(c, n) for c in args.code for n in args.env]:
             env = {**os.environ, **ENVS[name], "PYTHONPATH": os.pathsep.join(
-                [str(ROOT)] + [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x])}
-            cmd = [sys.executable, __file__, "--child"] + [a for a in passed if not a.startswith("--env")
-                                                           and a not in args.env]
+                [code] + [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x])}
+            cmd = [sys.executable, __file__, "--child", *child_args]
             try:
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
                 line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
                 res = json.loads(line[7:]) if line else {"error": (out.stderr or out.stdout)[-800:]}
             except subprocess.TimeoutExpired:
                 res = {"error": f"timed out after {args.timeout:.0f}s"}
-            res.update(env_name=name, round=r + 1)
+            res.update(env_name=name, code=code, round=r + 1)
             results.append(res)
             for row in res.get("rows", []):
-                print(f"[host-split] {name} round {r + 1} B={row['batch']}: {row['tok_s']:.1f} tok/s, wall "
+                print(f"[host-split] {name} {code} round {r + 1} B={row['batch']}: {row['tok_s']:.1f} tok/s, wall "
                       f"{row['wall_ms']:.2f} ms = build {row['build']:.2f} + encode {row['encode']:.2f} + wait "
                       f"{row['wait']:.2f}", file=sys.stderr, flush=True)
             if "error" in res:
@@ -145,10 +152,10 @@ def main() -> int:
                 from lab_timing import write_json  # noqa: PLC0415 (benchmarks/ on the path below)
                 write_json(args.json, {"command": " ".join(sys.argv), "date": time.strftime(
                     "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results})
-    print("| env | round | B | tok/s | wall ms | build | encode | wait |\n|---|---|---|---|---|---|---|---|")
+    print("| code | env | round | B | tok/s | wall ms | build | encode | wait |\n|---|---|---|---|---|---|---|---|---|")
     for res in results:
         for row in res.get("rows", []):
-            print(f"| {res['env_name']} | {res['round']} | {row['batch']} | {row['tok_s']:.1f} | {row['wall_ms']:.2f} | "
+            print(f"| {Path(res['code']).name} | {res['env_name']} | {res['round']} | {row['batch']} | {row['tok_s']:.1f} | {row['wall_ms']:.2f} | "
                   f"{row['build']:.2f} | {row['encode']:.2f} | {row['wait']:.2f} |")
     return 0
 
