@@ -53,6 +53,7 @@ from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise_ops  # noqa: E402
 from xlstm_mlx.kernels.mlstm_recurrent import mlstm_zero_state  # noqa: E402
 from xlstm_mlx.kernels.cuda_common import cuda_available  # noqa: E402
 from xlstm_mlx.models.compiled import compiled_forward  # noqa: E402
+from xlstm_mlx.models.xlstm7b import fuse  # noqa: E402
 from xlstm_mlx.models.xlstm7b.model import Model  # noqa: E402
 from xlstm_mlx.profiles import load_profile  # noqa: E402
 
@@ -290,7 +291,8 @@ class kernel_choice:
 def count_kernels(model, batch: int = 1) -> dict:
     fn = _fresh_compiled(model)
     cache = model.make_cache(batch)
-    logits, states = fn(mx.zeros((batch, 1), mx.int32), list(cache.layers))
+    with fuse.inference_call():  # as the model's own call traces it: a stored-single model's fused arrays
+        logits, states = fn(mx.zeros((batch, 1), mx.int32), list(cache.layers))
     path = Path("/tmp/xlstm_lab_step.dot")
     mx.export_to_dot(str(path), logits, *[x for s in states for x in s])
     labels = re.findall(r'label ="([^"]*)"', path.read_text())
@@ -312,6 +314,7 @@ def count_section(shape: str) -> list[dict]:
         if "lm_head" in model:
             model.update({"lm_head": {"weight": mx.zeros(model.lm_head.weight.shape, prof.mx_head_dtype)}})
         mx.eval(model.parameters())
+        model.fuse_projections()  # stored single: fused for inference, as `load` does
         for label, off, skinny in (("reference kernels", ("matmul.skinny", "mlstm.decode_step"), False),
                                    ("default kernels", (), False), ("+ skinny GEMM on", (), True)):
             skinny_matmul.DEFAULT_ON = skinny
