@@ -154,3 +154,55 @@ def test_soft_cap_one_kernel_is_the_reference_exactly(dtype, shape):
     got, ref = fm._soft_cap_one_kernel(x, 15.0), fm.soft_cap_ref(x, 15.0)
     assert got.dtype == ref.dtype == dtype
     assert mx.array_equal(got, ref, equal_nan=True)
+
+
+@pytest.mark.parametrize("cap", [1.0, 15.0, 30.0, 50.0, 2000.0, 0.001])
+def test_soft_cap_form_against_float64(cap):
+    """soft_cap_fast (one kernel for caps in fastmath._CAP_RANGE, cap * tanh_fast(x / cap) outside: 2000 and 0.001
+    take that path) against float64 cap * tanh(x / cap) on fresh random values and a dense grid: within the tanh
+    bound (docs/numerics.md: worst 6.5 ulp over 12M points), never beyond +-cap."""
+    rng = np.random.default_rng()
+    x = np.concatenate([rng.normal(0, 4 * cap, 200_000), rng.uniform(-12 * cap, 12 * cap, 200_000),
+                        np.linspace(-12 * cap, 12 * cap, 400_001), np.geomspace(1e-30, 1, 20_000) * cap,
+                        -np.geomspace(1e-30, 1, 20_000) * cap]).astype(np.float32)
+    got = np.array(fm.soft_cap_fast(mx.array(x), cap))
+    want = cap * np.tanh(x.astype(np.float64) / cap)
+    assert not np.isnan(got).any()
+    u = _ulps(got, want)
+    assert u.max() <= BOUND_ULPS["tanh"], f"cap {cap}: {u.max():.2f} ulp"
+    assert np.abs(got).max() <= np.float32(cap)
+
+
+@pytest.mark.parametrize("cap", [1.0, 30.0, 2000.0])
+def test_soft_cap_edge_values(cap):
+    """NaN in -> NaN out; +-inf and values past the clamp (9 cap, 3e38, where x^2 overflows) -> +-cap exactly
+    or within 2.4e-7 relative (2 ulp: the form's value at the clamp is tanh(9) ~ 1 - 3e-8, one ulp below 1, and the
+    fallback path's product with cap rounds once more); signed zeros pass through (x P(0) / Q(0) = x), subnormal
+    inputs within the smallest normal float32."""
+    c = np.float32(cap)
+    xs = np.array([np.nan, -np.nan, np.inf, -np.inf, 3e38, -3e38, 1e20, -1e20, 9 * cap, -9 * cap, 9.5 * cap,
+                   0.0, -0.0, 1e-40, -1e-40, 1e-30, 1.0], np.float32)
+    got = np.array(fm.soft_cap_fast(mx.array(xs), cap))
+    assert np.isnan(got[:2]).all() and not np.isnan(got[2:]).any()
+    np.testing.assert_allclose(got[2:11], np.array([1, -1] * 4 + [1]) * c, rtol=2.4e-7, atol=0)
+    assert (np.abs(got[2:8]) == c).all()  # far past the clamp: +-cap exactly
+    np.testing.assert_array_equal(got[11:13], xs[11:13])
+    np.testing.assert_array_equal(np.signbit(got[11:15]), np.signbit(xs[11:15]))
+    assert (np.abs(got[13:15] - xs[13:15]) < TINY).all()  # subnormal: exact in one kernel, x / cap rounds otherwise
+    want = cap * np.tanh(xs[15:].astype(np.float64) / cap)
+    np.testing.assert_allclose(got[15:], want.astype(np.float32), rtol=3e-7)
+
+
+@pytest.mark.parametrize("cap", [1.0, 30.0])
+def test_soft_cap_form_is_one_kernel(cap):
+    """The speed of the form rests on MLX's compiler fusing it into one element-wise kernel (fastmath._capped_tanh:
+    it is laid out within mx.compile's fusion depth); a graph split would write and re-read intermediates (the
+    previous Horner form ran as five kernels, ~4.7 ns a value against ~1). The 1-element reduction of the clamp
+    bound is the one other node."""
+    import io
+
+    x = mx.random.normal((3, 257))
+    buf = io.StringIO()
+    mx.export_to_dot(buf, fm.soft_cap_fast(x, cap))
+    text = buf.getvalue()
+    assert text.count('label ="Compiled') + text.count('label="Compiled') == 1, text

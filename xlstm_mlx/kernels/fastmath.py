@@ -6,12 +6,13 @@ with such ops (plus a float -> int -> float32 bit construction of 2^n) and fused
 ~20-50x faster than the MLX op on that backend. On Metal and CUDA MLX's own ops are fast and stay in use:
 `on_cpu()` decides, at trace time, from the default device (the registry entries math.sigmoid, math.silu, math.soft_cap in kernels/).
 
-    name      fast form                                       reference
-    exp       2^n * P(r), x = n ln2 + r, |r| <= ln2/2          mx.exp
-    sigmoid   1 / (1 + exp(-x))                               mx.sigmoid
-    silu      x * sigmoid(x)                                  nn.silu (x * mx.sigmoid(x))
-    tanh      x P(x^2) / Q(x^2) for |x| <= 9, else +-1         mx.tanh
-    soft_cap  cap * tanh(x / cap)                             cap * mx.tanh(x / cap)
+    name      fast form                                           reference
+    exp       2^n * P(r), x = n ln2 + r, |r| <= ln2/2              mx.exp
+    sigmoid   1 / (1 + exp(-x))                                   mx.sigmoid
+    silu      x * sigmoid(x)                                      nn.silu (x * mx.sigmoid(x))
+    tanh      soft_cap with cap 1                                 mx.tanh
+    soft_cap  x P(u) / Q(u), u = min(x^2, 81 cap^2) / (81 cap^2),  cap * mx.tanh(x / cap)
+              clamped to [-cap, cap] (= cap tanh(x / cap))
 
 Accuracy (measured against float64 on fresh random inputs and dense grids, tests/kernels/test_fastmath.py;
 figures in docs/numerics.md "Fast transcendentals on the CPU"): a few float32 ulps relative, like MLX's own
@@ -20,10 +21,12 @@ on it), exp(+inf) = inf, NaN stays NaN; results below the smallest normal float3
 flushed to zero or rounded differently from the reference (an absolute difference below 1.2e-38).
 
 Coefficients: near-minimax fits in float64 made for this file (exp: Lawson's iteratively reweighted least squares
-on Chebyshev nodes; tanh: the same iteration on the linearized rational problem P - t Q), weighted for relative
-error and rounded to float32. Their approximation errors (exp 2e-9, tanh 1.3e-9 relative) are far below float32's
-rounding (6e-8): the evaluation in float32 sets the accuracy (exp, sigmoid, silu <= 3 ulp; tanh <= 7 ulp, its
-largest errors next to +-1, where one ulp is 6e-8).
+on Chebyshev nodes; tanh: the same iteration on the linearized rational problem P - t Q,
+benchmarks/probes/tanh_rational_fit.py), weighted for relative error and rounded to float32. Their approximation
+errors (exp 2e-9, tanh 9.3e-10 relative) are far below float32's rounding (6e-8): the evaluation in float32 sets
+the accuracy (exp, sigmoid, silu <= 3 ulp; tanh and soft_cap <= 7 ulp, their largest errors next to +-1 / +-cap).
+The tanh and soft-cap form is laid out for MLX's CPU compiler (one vectorized kernel: `_capped_tanh`); on the
+2-core VM it runs at ~1 ns a value against ~4.7 for the previous Horner form (five kernels) and ~20 for mx.tanh.
 """
 
 from __future__ import annotations
@@ -43,12 +46,15 @@ _EXP_C = (1.0, 0.4999999403953552, 0.16666431725025177, 0.04166800156235695, 0.0
 # exp(x) is 0 in float32 below ~-103.97 and inf above ~88.72: clamping to [-110, 89] keeps n in [-159, 129], so
 # the two halves of 2^n below are normal floats and their product rounds (to a subnormal, 0 or inf) correctly
 _EXP_LO, _EXP_HI = -110.0, 89.0
-# tanh(x) = x P(u) / Q(u), u = x^2 / 81, for |x| <= 9 (tanh(9) rounds to 1 in float32): a rational fit of
-# degrees (5, 4), approximation error 1.3e-9 relative; Q's constant term is 1
+# tanh(t) = t P(u) / Q(u), u = t^2 / 81, for |t| <= 9 (tanh(9) rounds to 1 in float32): a rational fit of
+# degrees (4, 5), approximation error 9.3e-10 relative (benchmarks/probes/tanh_rational_fit.py); Q's constant
+# term is 1, P's (0.999999999) rounds to 1 in float32 and is written so
 _TANH_CLAMP = 9.0
-_TANH_P = (1.0, 11.081499099731445, 25.387895584106445, 14.89706039428711, 1.319069504737854,
-           -0.04270021617412567)
-_TANH_Q = (1.0, 38.08149719238281, 178.78848266601562, 209.4263916015625, 55.489078521728516)
+_TANH_P = (1.0, 11.16692231993284, 26.30785876339391, 16.80190131677382, 2.189197847054417)
+_TANH_Q = (1.0, 38.16692158540669, 182.0148387051011, 223.71661814206433, 69.71663335263877, 2.57792666341622)
+# caps for which soft_cap's one-kernel form is exact in range: its coefficients P_k / (81 cap^2)^k stay normal
+# float32 and its largest intermediate, (81 cap^2)^4, stays finite (beyond: cap * tanh(x / cap), two kernels)
+_CAP_RANGE = (2.0**-6, 2.0**9)
 
 
 def on_cpu() -> bool:
@@ -91,20 +97,49 @@ def _silu(x: mx.array) -> mx.array:
     return x * _sigmoid(x)
 
 
+def _capped_tanh(x: mx.array, cap: float, limit: mx.array) -> mx.array:
+    """cap * tanh(x / cap) as x R(x^2), R(v) = P(v s) / Q(v s), s = 1 / (81 cap^2): the 1 / cap and the cap
+    cancel into the coefficients. Written for MLX's CPU compiler, whose speed it decides (docs/numerics.md):
+    - one fused kernel: mx.compile fuses at most 11 ops deep from the output, so the clamps take 3 levels each
+      and P, Q are evaluated Estrin-style (P in 4 levels, Q in 5) rather than by Horner (one level a term);
+    - the input clamp is on x^2 (one-sided), not on x (two-sided, one level more): for |x| > 9 cap, x R(81 cap^2)
+      is >= cap in size (or within an ulp of it) and the output clamp makes it +-cap; x = +-inf gives +-cap,
+      x^2 overflowing to inf is clamped like any large value;
+    - `where`, not mx.minimum/maximum: MLX's CPU min/max branch on NaN, which keeps g++ from vectorizing the
+      loop; `where` compiles to vector blends (4 floats a step with SSE2, the JIT's flags);
+    - the limit 81 cap^2 is an array computed at run time (`limit`), not a literal: with a literal g++
+      specializes the clamped branch into a constant, keeps a branch around the division (which it may not
+      speculate) and the loop stays scalar (~4x slower).
+    NaN: every comparison with NaN is false, so a NaN x stays NaN through both clamps and the division; -0 gives -0."""
+    s = 1.0 / (_TANH_CLAMP * _TANH_CLAMP * cap * cap)
+    p = [c * s**k for k, c in enumerate(_TANH_P)]
+    q = [c * s**k for k, c in enumerate(_TANH_Q)]
+    u = x * x
+    u = mx.where(u > limit, limit, u)
+    u2 = u * u
+    u3, u4 = u2 * u, u2 * u2
+    num = ((p[0] + p[1] * u) + p[2] * u2) + u3 * (p[3] + p[4] * u)
+    den = ((q[0] + q[1] * u) + u2 * (q[2] + q[3] * u)) + u4 * (q[4] + q[5] * u)
+    r = x * num / den
+    # the evaluation can overshoot +-cap by an ulp or two next to the clamp; beyond it, this makes +-cap
+    return mx.where(r > cap, cap, mx.where(r < -cap, -cap, r))
+
+
+_capped: dict[float, object] = {}  # cap -> its one-kernel form (mx.compile)
+
+
+def _capped_form(cap: float):
+    fn = _capped.get(cap)
+    if fn is None:
+        # a 1-element array reduced in the graph: a value the generated code reads at run time (see above),
+        # also when the form is inlined into a larger mx.compile (the decode step)
+        bound = mx.array([(_TANH_CLAMP * cap) ** 2], mx.float32)
+        fn = _capped[cap] = mx.compile(lambda v: _capped_tanh(v, cap, mx.max(bound)))
+    return fn
+
+
 def _tanh(x: mx.array) -> mx.array:
-    # where (not clip): a NaN x fails every test and stays NaN; x = -0 gives -0
-    xc = mx.where(x < -_TANH_CLAMP, -_TANH_CLAMP, mx.where(x > _TANH_CLAMP, _TANH_CLAMP, x))
-    u = xc * xc * (1.0 / (_TANH_CLAMP * _TANH_CLAMP))
-    p = _TANH_P[-1]
-    for c in reversed(_TANH_P[:-1]):
-        p = p * u + c
-    q = _TANH_Q[-1]
-    for c in reversed(_TANH_Q[:-1]):
-        q = q * u + c
-    y = xc * p / q
-    # |x| >= 9: exactly +-1 (as float32 tanh is there); elsewhere the evaluation can overshoot 1 by an ulp or two
-    y = mx.where(y > 1.0, 1.0, mx.where(y < -1.0, -1.0, y))
-    return mx.where(x >= _TANH_CLAMP, 1.0, mx.where(x <= -_TANH_CLAMP, -1.0, y))
+    return _capped_form(1.0)(x)
 
 
 # fused by mx.compile (not shapeless: mx.view cannot infer shapes in a shapeless trace, so each new shape is
@@ -112,10 +147,12 @@ def _tanh(x: mx.array) -> mx.array:
 exp_fast = mx.compile(_exp)
 sigmoid_fast = mx.compile(_sigmoid)
 silu_fast = mx.compile(_silu)
-tanh_fast = mx.compile(_tanh)
+tanh_fast = _tanh  # compiled inside (_capped_form)
 
 
 def soft_cap_fast(x: mx.array, cap: float) -> mx.array:
+    if _CAP_RANGE[0] <= cap <= _CAP_RANGE[1]:
+        return _capped_form(float(cap))(x)
     return cap * tanh_fast(x / cap)
 
 
