@@ -9,7 +9,7 @@ Sections (each one's failure is recorded and the rest still run):
   1. copy bandwidth (read + write of 2 GB), the ceiling the matrix-vector kernels are judged against;
   2. matmul.skinny (kernels/skinny_gemm.py) on the 7B decode matrices, rows 1..16: parity against a float32
      CPU reference (relative Frobenius error; bf16 output rounding puts it near 2e-3), then time per call (median
-     of chains of 20 independent calls, weights rotated over 3 copies so that no call reads from L2), against
+     of chains of 21 dependent calls (benchmarks/lab_timing.chain_time), weights rotated over 3 copies so that no call reads from L2), against
      MLX's matmul on the same operands; effective bandwidth = weight + x + y bytes over the time;
   3. mlstm.decode_step (kernels/mlstm_decode.py) at the 7B layer shape, batch 1/16/64: parity against the MLX-ops
      reference evaluated on the CPU in float32 (C, n, m tight; h after its bf16 rounding), time against the
@@ -19,7 +19,7 @@ Sections (each one's failure is recorded and the rest still run):
      fused projections, reference vs fast kernels;
   5. mlstm.chunkwise (kernels/mlstm_chunkwise_cuda.py) at the 7B head shape (NH 8, Dqk 256, Dv 512), B=1 T=2048
      and B=8 T=8192: parity of the fused kernels and of the MLX-ops scan against a float64 CPU reference (and
-     kernel against ops), time per call of each (median of chains of 3 calls), and of the kernels on the 7B
+     kernel against ops), time per call of each (median of chains of 3 dependent calls), and of the kernels on the 7B
      block's layout (mlstm_chunkwise_rows on a fused projection output: no transposed copies);
   6. the whole 7B-shape decode step (random bf16 weights, generate_step's loop as `xlstm-mlx bench` times it) at
      batch 1/16/64 with each kernel on and off, single vs fused projections at batch 1; each variant in a fresh
@@ -52,6 +52,7 @@ from xlstm_mlx.kernels import mlstm_chunkwise_cuda  # noqa: E402
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise_ops  # noqa: E402
 from xlstm_mlx.kernels.mlstm_recurrent import mlstm_zero_state  # noqa: E402
 from xlstm_mlx.kernels.cuda_common import cuda_available  # noqa: E402
+from lab_timing import chain_time as lab_chain_time  # noqa: E402
 from xlstm_mlx.models.compiled import compiled_forward  # noqa: E402
 from xlstm_mlx.models.xlstm7b import fuse  # noqa: E402
 from xlstm_mlx.models.xlstm7b.model import Model  # noqa: E402
@@ -69,8 +70,10 @@ def rel_err(out, ref) -> float:
     return float((mx.linalg.norm((o - r).reshape(-1)) / mx.maximum(mx.linalg.norm(r.reshape(-1)), 1e-30)).item())
 
 
-def chain_time(make_outputs, reps: int = 7) -> float:
-    """Median seconds per call: `make_outputs()` returns a list of independent lazy results (one eval)."""
+def independent_time(make_outputs, reps: int = 7) -> float:
+    """Median seconds per call: `make_outputs()` returns a list of independent lazy results (one eval). Only for
+    the copy-bandwidth probe: independent kernels may run at the same time on MLX's CUDA backend, which flatters
+    a kernel with a small grid (benchmarks/lab_timing.chain_time), but not one 2 GB copy that fills the GPU."""
     outs = make_outputs()
     mx.eval(outs)  # warm-up: compile, allocate
     times = []
@@ -84,11 +87,18 @@ def chain_time(make_outputs, reps: int = 7) -> float:
     return statistics.median(times)
 
 
+def chain_time(call, tied: mx.array, calls: int, reps: int = 7) -> float:
+    """Median seconds per call of `call(i, tied_i)` in chains of DEPENDENT calls, as a decode step or a prefill
+    runs its kernels: tied_i is `tied` (one of the call's small inputs) computed from call i - 1's output
+    (lab_timing.after), the glue's own chain time subtracted (lab_timing.chain_time)."""
+    return lab_chain_time(call, tied, 1, calls, reps)
+
+
 def copy_bandwidth() -> dict:
     n = 2**29  # 2 GB of float32
     x = mx.random.normal((n,))
     mx.eval(x)
-    t = chain_time(lambda: [x + 1.0 for _ in range(4)])
+    t = independent_time(lambda: [x + 1.0 for _ in range(4)])
     return {"bytes": 2 * n * 4, "seconds": t, "bytes_per_s": 2 * n * 4 / t}
 
 
@@ -113,7 +123,7 @@ def skinny_section(rows_list, dtypes, variants) -> list[dict]:
                 row = {"K": K, "N": N, "rows": M, "dtype": str(dtype).removeprefix("mlx.core."), "bytes": nbytes}
                 # MLX's matmul (the reference path)
                 row["mlx_err"] = rel_err(skinny_matmul.skinny_matmul_ref(x, ws[0]), ref)
-                t = chain_time(lambda: [skinny_matmul.skinny_matmul_ref(x, ws[i % 3]) for i in range(21)])
+                t = chain_time(lambda i, xi: skinny_matmul.skinny_matmul_ref(xi, ws[i % 3]), x, 21)
                 row["mlx_s"], row["mlx_TBps"] = t, nbytes / t / 1e12
                 try:
                     row["k_default_bias_err"] = rel_err(skinny_matmul.skinny_matmul_cuda(x, ws[0], b), ref_b)
@@ -125,8 +135,7 @@ def skinny_section(rows_list, dtypes, variants) -> list[dict]:
                     try:
                         kw = cfg or {}
                         row[f"k_{name}_err"] = rel_err(skinny_matmul.skinny_matmul_cuda(x, ws[0], **kw), ref)
-                        t = chain_time(lambda: [skinny_matmul.skinny_matmul_cuda(x, ws[i % 3], **kw)
-                                                for i in range(21)])
+                        t = chain_time(lambda i, xi: skinny_matmul.skinny_matmul_cuda(xi, ws[i % 3], **kw), x, 21)
                         row[f"k_{name}_s"], row[f"k_{name}_TBps"] = t, nbytes / t / 1e12
                     except Exception as e:  # a variant that fails to build or run is recorded, not fatal
                         row[f"k_{name}_error"] = f"{type(e).__name__}: {e}"[:400]
@@ -164,14 +173,14 @@ def decode_step_section(batches) -> list[dict]:
                 mx.eval(h, *s)
                 row.update({f"h_err{sfx}": rel_err(h, h_ref), f"C_err{sfx}": rel_err(s[0], s_ref[0]),
                             f"n_err{sfx}": rel_err(s[1], s_ref[1]), f"m_err{sfx}": rel_err(s[2], s_ref[2])})
-                t = chain_time(lambda: [mlstm_decode.mlstm_decode_step_cuda(
-                    qkvo, gates, (C, n, m), NH, qk, v, a.gate_soft_cap, a.eps, tj=tj)[1][0] for _ in range(10)])
+                t = chain_time(lambda _, g: mlstm_decode.mlstm_decode_step_cuda(
+                    qkvo, g, (C, n, m), NH, qk, v, a.gate_soft_cap, a.eps, tj=tj)[1][0], gates, 10)
                 row[f"kernel_s{sfx}"], row[f"kernel_TBps{sfx}"] = t, row["state_bytes"] / t / 1e12
             except Exception as e:
                 row[f"kernel_error{sfx}"] = f"{type(e).__name__}: {e}"[:600]
         h2, s2 = ref_c(qkvo, gates, C, n, m)
         row["ref_gpu_C_err"] = rel_err(s2[0], s_ref[0])
-        t = chain_time(lambda: [ref_c(qkvo, gates, C, n, m)[1][0] for _ in range(10)])
+        t = chain_time(lambda _, g: ref_c(qkvo, g, C, n, m)[1][0], gates, 10)
         row["ref_s"], row["ref_TBps"] = t, row["state_bytes"] / t / 1e12
         res.append(row)
         print(f"[lab] decode_step {row}", file=sys.stderr, flush=True)
@@ -211,8 +220,7 @@ def chunkwise_section(shapes) -> list[dict]:
                 with mx.stream(mx.cpu):
                     row.update({"h_err_f64": rel_err(out[0], ref[0]), "C_err_f64": rel_err(out[1][0], ref[1][0]),
                                 "n_err_f64": rel_err(out[1][1], ref[1][1]), "m_err_f64": rel_err(out[1][2], ref[1][2])})
-            row["kernel_s"] = chain_time(lambda: [mlstm_chunkwise_cuda.mlstm_chunkwise_cuda(q, k, v, i, f)[0]
-                                                  for _ in range(3)])
+            row["kernel_s"] = chain_time(lambda _, ii: mlstm_chunkwise_cuda.mlstm_chunkwise_cuda(q, k, v, ii, f)[0], i, 3)
         except Exception as e:
             row["kernel_error"] = f"{type(e).__name__}: {e}"[:600]
         try:  # each launch alone (one segment of <= 32 chunks): where the kernel time goes
@@ -226,12 +234,11 @@ def chunkwise_section(shapes) -> list[dict]:
             seg = mx.array([0, nc, T], dtype=mx.int32)
             starts, _ = cw._recurrent(kc, vc, gates, st0, seg, nc, lay)
             mx.eval(gates, starts, qc, kc, vc, ic)
-            row["gates_s"] = chain_time(lambda: [cw._gate_sums(ic, f, nca, lay)[1] for _ in range(3)])
-            row["recurrent_s_per_segment"] = chain_time(lambda: [cw._recurrent(kc, vc, gates, st0, seg, nc, lay)[0][0]
-                                                                 for _ in range(3)])
-            row["parallel_s_per_segment"] = chain_time(lambda: [cw._parallel(qc, kc, vc, ic, gates, starts, seg, nc,
-                                                                             min(T, nc * 64), 1e-6, lay)
-                                                                for _ in range(3)])
+            row["gates_s"] = chain_time(lambda _, ii: cw._gate_sums(ii, f, nca, lay)[1], ic, 3)
+            row["recurrent_s_per_segment"] = chain_time(
+                lambda _, g: cw._recurrent(kc, vc, (g, *gates[1:]), st0, seg, nc, lay)[0][0], gates[0], 3)
+            row["parallel_s_per_segment"] = chain_time(lambda _, ii: cw._parallel(qc, kc, vc, ii, gates, starts, seg, nc,
+                                                                                min(T, nc * 64), 1e-6, lay), ic, 3)
             row["chunks_per_segment"] = nc
             del starts, gates
         except Exception as e:
@@ -242,8 +249,7 @@ def chunkwise_section(shapes) -> list[dict]:
             ig, fg = mx.contiguous(i.swapaxes(1, 2)), mx.contiguous(f.swapaxes(1, 2))
             mx.eval(qkvo, ig, fg)
             kw = dict(dqk=dqk, dv=dv, offsets=(0, NH * dqk, 2 * NH * dqk))
-            row["rows_s"] = chain_time(lambda: [cw.mlstm_chunkwise_rows(qkvo, qkvo, qkvo, ig, fg, **kw)[0]
-                                                for _ in range(3)])
+            row["rows_s"] = chain_time(lambda _, g: cw.mlstm_chunkwise_rows(qkvo, qkvo, qkvo, g, fg, **kw)[0], ig, 3)
             del qkvo
         except Exception as e:
             row["rows_error"] = f"{type(e).__name__}: {e}"[:300]
@@ -254,13 +260,13 @@ def chunkwise_section(shapes) -> list[dict]:
             try:
                 out = mlstm_chunkwise_cuda.mlstm_chunkwise_cuda(q, k, v, i, f)
                 row[f"{name}_h_err_vs_ops"] = rel_err(out[0], ops[0])
-                row[f"{name}_s"] = chain_time(lambda: [mlstm_chunkwise_cuda.mlstm_chunkwise_cuda(q, k, v, i, f)[0]
-                                                       for _ in range(3)])
+                row[f"{name}_s"] = chain_time(lambda _, ii: mlstm_chunkwise_cuda.mlstm_chunkwise_cuda(q, k, v, ii, f)[0],
+                                               i, 3)
             except Exception as e:
                 row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
             finally:
                 mlstm_chunkwise_cuda.VT_A, mlstm_chunkwise_cuda.VT_B = defaults
-        row["ops_s"] = chain_time(lambda: [mlstm_chunkwise_ops(q, k, v, i, f)[0] for _ in range(3)])
+        row["ops_s"] = chain_time(lambda _, ii: mlstm_chunkwise_ops(q, k, v, ii, f)[0], i, 3)
         res.append(row)
         print(f"[lab] chunkwise {row}", file=sys.stderr, flush=True)
         del q, k, v, ops

@@ -30,10 +30,15 @@ def copies_for(nbytes: int) -> int:
 
 
 @mx.compile
+def _tie(x: mx.array, first: mx.array) -> mx.array:
+    return x + (first * 0).astype(x.dtype)
+
+
 def after(x: mx.array, prev: mx.array) -> mx.array:
-    """x again (its values unchanged: prev's first column times 0 is added), but computed from `prev`: a call fed
-    with it cannot start before the call that produced `prev` has ended. One small fused kernel."""
-    return x + (prev[..., :1] * 0).astype(x.dtype)
+    """x again (its values unchanged: prev's first element times 0 is added), but computed from `prev` (any
+    shape): a call fed with it cannot start before the call that produced `prev` has ended. One small fused
+    kernel, a pass over x: tie the smallest input of a call (rows of x, gates), not a weight."""
+    return _tie(x, prev.reshape(-1)[:1])
 
 
 def _chain(step, x: mx.array, calls: int, reps: int) -> float:
