@@ -2,6 +2,7 @@
 
     python3 benchmarks/gpu_quant_lab.py --json $OUT/gpu_quant_lab.json        # the 7B decode matrices (H200, < 4 min)
     python3 benchmarks/gpu_quant_lab.py --quick                               # small shapes, any device (CPU: kernel skipped)
+    python3 benchmarks/gpu_quant_lab.py --bits 8 --sweep winners --calls 10 --reps 3   # a shorter sweep
 
 For each 7B decode matrix (K -> N: fused q|k|v|o 4096->12288, FFN gate|up 4096->21888, FFN down 10944->4096,
 out_proj 4096->4096, lm_head 4096->50304), bits 4 and 8 (group 64, the `convert -q` layout, bf16 scales), rows
@@ -37,7 +38,7 @@ import mlx.core as mx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from xlstm_mlx.kernels import quant_gemv  # noqa: E402
+from xlstm_mlx.kernels import quant_gemv, quant_gemv_lab  # noqa: E402
 from xlstm_mlx.kernels.cuda_common import cuda_available  # noqa: E402
 from lab_timing import cfg_tag, chain_time, copies_for, rel_err, write_json, _err  # noqa: E402
 
@@ -50,8 +51,15 @@ GROUP = 64
 BAD_ERR = 1e-2
 
 
+def winning_configs() -> list[dict]:
+    """The configs that won some shape in kernels/quant_gemv_lab.py's table, in sweep order: the short sweep
+    (`--sweep winners`) for a run that must fit a device budget (each config is an NVRTC compile and a timing)."""
+    won = [cfg for cfg, _, _ in quant_gemv_lab.H200.values()]
+    return [c for c in quant_gemv.SWEEP_CONFIGS if c in won]
+
+
 def matrix_section(name: str, K: int, N: int, bits: int, rows: list[int], calls: int, reps: int,
-                   run_kernel: bool) -> list[dict]:
+                   run_kernel: bool, sweep: list[dict] | None = None) -> list[dict]:
     seed = 1000 * bits + N
     w0 = (mx.random.normal((N, K), key=mx.random.key(seed)) * K**-0.5).astype(mx.bfloat16)
     q0 = mx.quantize(w0, group_size=GROUP, bits=bits)
@@ -107,7 +115,7 @@ def matrix_section(name: str, K: int, N: int, bits: int, rows: list[int], calls:
             if not quant_gemv.applies(x, W, S, GROUP, bits, "affine", biases=B):
                 row["kernel_error"] = "applies() is False for these operands"
             else:
-                variants = [("kernel", default)] + [(cfg_tag(c), c) for c in quant_gemv.SWEEP_CONFIGS]
+                variants = [("kernel", default)] + [(cfg_tag(c), c) for c in (sweep or quant_gemv.SWEEP_CONFIGS)]
                 for tag, cfg in variants:
                     try:
                         err = rel_err(quant_gemv.quantized_gemv_cuda(x, W, S, B, None, GROUP, bits, **cfg), ref_k[:M])
@@ -179,6 +187,9 @@ def main() -> int:
     p.add_argument("--bits", type=int, nargs="+", default=[4, 8], choices=[4, 8])
     p.add_argument("--rows", type=int, nargs="+", help="rows of x (default: 1 2 4 8 16)")
     p.add_argument("--matrices", nargs="+", help=f"a subset of {', '.join(MATRICES)}")
+    p.add_argument("--sweep", choices=["all", "winners"], default="all",
+                   help="all: every quant_gemv.SWEEP_CONFIGS config; winners: only those that won a shape in "
+                        "kernels/quant_gemv_lab.py's table (fewer compiles: a run that must fit a device budget)")
     p.add_argument("--calls", type=int, default=20, help="dependent calls per timed chain")
     p.add_argument("--reps", type=int, default=5, help="timed chains per variant (the median is kept)")
     p.add_argument("--max-seconds", type=float, default=225.0,
@@ -192,10 +203,11 @@ def main() -> int:
         mats = {m: mats[m] for m in args.matrices}
     rows = args.rows or (QUICK_ROWS if args.quick else ROWS)
     calls, reps = (4, 2) if args.quick else (args.calls, args.reps)
+    sweep = winning_configs() if args.sweep == "winners" else list(quant_gemv.SWEEP_CONFIGS)
     run_kernel = cuda_available()
     out = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),
            "mlx_version": mx.__version__, "device": str(mx.default_device()), "cuda": run_kernel,
-           "kernel_label": quant_gemv.label(), "sweep_configs": quant_gemv.SWEEP_CONFIGS, "calls": calls,
+           "kernel_label": quant_gemv.label(), "sweep_configs": sweep, "sweep": args.sweep, "calls": calls,
            "reps": reps, "results": [], "errors": {}}
     try:
         out["device"] = mx.device_info().get("device_name", out["device"])
@@ -213,7 +225,7 @@ def main() -> int:
                 continue
             t = time.time()
             try:
-                out["results"] += matrix_section(name, K, N, bits, rows, calls, reps, run_kernel)
+                out["results"] += matrix_section(name, K, N, bits, rows, calls, reps, run_kernel, sweep)
             except Exception:
                 out["errors"][f"{name}/{bits}bit"] = traceback.format_exc()
                 print(out["errors"][f"{name}/{bits}bit"], file=sys.stderr)
