@@ -198,6 +198,7 @@ def _add_rms(mod, r):
 def _swiglu(mod, r):
     mod.swiglu(r(2, 3, 2 * 4096))
     mod.swiglu(r(5, 2 * 136, dt=mx.float32))
+    mod.swiglu(r(1, 2 * 10944), 11008)  # the padded FFN down's input (models/xlstm7b/fuse.py)
 
 
 def _decode_step(mod, r):

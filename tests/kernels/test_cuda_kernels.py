@@ -260,6 +260,21 @@ def test_swiglu_kernel_matches_the_reference(shape, dtype):
     assert _rel(out, ref) <= (1e-3 if dtype == mx.bfloat16 else 1e-6)
 
 
+@needs_cuda
+@pytest.mark.parametrize("shape,width", [((1, 21888), 11008), ((16, 21888), 11008), ((3, 5, 136), 72)])
+def test_swiglu_kernel_padded_width(shape, width):
+    """width > d (the padded FFN down's input): the product as above, zeros past d."""
+    sw = importlib.import_module("xlstm_mlx.kernels.swiglu")
+    d = shape[-1] // 2
+    gz = (mx.random.normal(shape, key=mx.random.key(width)) * 3.0).astype(mx.bfloat16)
+    with mx.stream(mx.cpu):
+        ref = sw.swiglu_ref(gz, width)
+        mx.eval(ref)
+    out = sw.swiglu_cuda(gz, width)
+    assert out.shape == (*shape[:-1], width) and not bool(mx.any(out[..., d:]).item())
+    assert _rel(out, ref) <= 1e-3
+
+
 def test_swiglu_fast_form_is_silu_times_z_and_names_its_path():
     """Any backend: the registry's ffn.swiglu against math.silu's reference of the gate half times the up half.
     Float32: the CPU's fused silu polynomial differs by <= 3e-7 relative (kernels/fastmath.py)."""

@@ -34,6 +34,18 @@ def test_swiglu_emulated(dtype):
     assert out.shape == (2, 3, 48) and rel_error(out, ref) <= (1e-3 if dtype == mx.bfloat16 else 1e-6)
 
 
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32])
+def test_swiglu_padded_width_emulated(dtype):
+    """width > d: the kernel writes zeros past d in the same launch (the padded FFN down's input)."""
+    gz = (mx.random.normal((3, 2 * 48), key=mx.random.key(2)) * 3.0).astype(dtype)
+    with cuda_emulator.emulated(swiglu):
+        assert swiglu.applies(gz, 64)
+        out = swiglu.swiglu_cuda(gz, 64)
+    ref = swiglu.swiglu_ref(gz, 64)
+    assert out.shape == (3, 64) and not bool(mx.any(out[:, 48:]).item())
+    assert rel_error(out, ref) <= (1e-3 if dtype == mx.bfloat16 else 1e-6)
+
+
 def test_embedding_emulated():
     table = nn.Embedding(37, 24)
     table.weight = table.weight.astype(mx.bfloat16)

@@ -3,9 +3,13 @@
     gate_z [..., 2d] = x @ [W_gate; W_up].T          (the FFN's fused proj_up_gate_z)
     out    [..., d]  = silu(gate_z[..., :d]) * gate_z[..., d:]
 
-    swiglu_ref(gate_z)      MLX ops: the registry's math.silu (nn.silu, x * sigmoid(x)) of the left half, times
-                            the right half (both halves strided slices of gate_z)
-    swiglu(gate_z)          one CUDA launch where it applies; elsewhere the same ops
+    swiglu_ref(gate_z, width=None)   MLX ops: the registry's math.silu (nn.silu, x * sigmoid(x)) of the left half,
+                                     times the right half (both halves strided slices of gate_z)
+    swiglu(gate_z, width=None)       one CUDA launch where it applies; elsewhere the same ops
+
+width (>= d, default d): the output's last dimension; columns d.. are zeros. The FFN down projection of a model
+whose inner dimension is padded for the matmul (models/xlstm7b/fuse.py, "FFN padding") takes its input that wide,
+and the kernel writes the zeros in the same launch (a concatenate would be one more).
 
 Why: measured on an H200 (7B shape, 2,048-token prefill, Nsight Compute; benchmarks/results/), MLX runs this as
 three launches over strided bf16 halves of [2048, 21888]: sigmoid 63 us, two products 54 and 56 us, 5.5 ms of a
@@ -44,13 +48,17 @@ __device__ __forceinline__ uint4 xs_pack(const float* f, const float*) {
 
 _SOURCE = """
     constexpr int VEC = 16 / sizeof(T);
-    constexpr int VPR = D / VEC;                       // 16-byte vectors per row of the output
+    constexpr int VPR = DP / VEC;                      // 16-byte vectors per row of the output (DP >= D: zeros past D)
     size_t rows = 1;                                   // every dimension but the last (a runtime shape: one
     for (int a = 0; a < gate_z_ndim - 1; ++a) rows *= gate_z_shape[a];   // compiled kernel serves every length)
     const size_t i = (size_t)blockIdx.x * THREADS + threadIdx.x;
     if (i >= rows * VPR) return;
     const size_t row = i / VPR;
     const int c = (int)(i % VPR) * VEC;
+    if (c >= D) {                                      // the padding columns (D is a multiple of VEC)
+        *reinterpret_cast<uint4*>(out + row * DP + c) = make_uint4(0u, 0u, 0u, 0u);
+        return;
+    }
     const uint4* g4 = reinterpret_cast<const uint4*>(gate_z + row * (2 * D) + c);
     const uint4* z4 = reinterpret_cast<const uint4*>(gate_z + row * (2 * D) + D + c);
     float g[VEC], z[VEC], y[VEC];
@@ -61,7 +69,7 @@ _SOURCE = """
         const float s = xs_round(1.f / (1.f + expf(-g[e])), gate_z);   // sigmoid(gate), rounded as MLX's op
         y[e] = xs_round(xs_round(g[e] * s, gate_z) * z[e], gate_z);     // silu = gate * sigmoid, then * z
     }
-    *reinterpret_cast<uint4*>(out + row * D + c) = xs_pack(y, gate_z);
+    *reinterpret_cast<uint4*>(out + row * DP + c) = xs_pack(y, gate_z);
 """
 
 _kernel = None
@@ -73,41 +81,58 @@ def _half(gate_z: mx.array) -> int:
     return gate_z.shape[-1] // 2
 
 
-def swiglu_ref(gate_z: mx.array) -> mx.array:
+def _width(gate_z: mx.array, width: int | None) -> int:
     d = _half(gate_z)
-    return fastmath.silu_ref(gate_z[..., :d]) * gate_z[..., d:]
+    if width is None:
+        return d
+    if width < d:
+        raise ValueError(f"swiglu: width {width} is narrower than the product's {d} columns")
+    return width
 
 
-def applies(gate_z: mx.array) -> bool:
+def _pad(out: mx.array, width: int) -> mx.array:
+    d = out.shape[-1]
+    if width == d:
+        return out
+    return mx.concatenate([out, mx.zeros((*out.shape[:-1], width - d), out.dtype)], axis=-1)
+
+
+def swiglu_ref(gate_z: mx.array, width: int | None = None) -> mx.array:
+    d, w = _half(gate_z), _width(gate_z, width)
+    return _pad(fastmath.silu_ref(gate_z[..., :d]) * gate_z[..., d:], w)
+
+
+def applies(gate_z: mx.array, width: int | None = None) -> bool:
     if not cuda_available() or gate_z.dtype not in (mx.bfloat16, mx.float32):
         return False
-    return _half(gate_z) % (16 // gate_z.dtype.size) == 0 and gate_z.size > 0
+    vec = 16 // gate_z.dtype.size
+    return _half(gate_z) % vec == 0 and _width(gate_z, width) % vec == 0 and gate_z.size > 0
 
 
-def swiglu_cuda(gate_z: mx.array) -> mx.array:
+def swiglu_cuda(gate_z: mx.array, width: int | None = None) -> mx.array:
     global _kernel
-    d = _half(gate_z)
+    d, dp = _half(gate_z), _width(gate_z, width)
     if _kernel is None:
         _kernel = mx.fast.cuda_kernel(name="xlstm_swiglu", input_names=["gate_z"], output_names=["out"],
                                       source=_SOURCE, header=_HEADER)
     rows = gate_z.size // gate_z.shape[-1]
-    vectors = rows * d // (16 // gate_z.dtype.size)
+    vectors = rows * dp // (16 // gate_z.dtype.size)
     (out,) = _kernel(
         inputs=[gate_z],
-        template=[("T", gate_z.dtype), ("D", d), ("THREADS", THREADS)],
+        template=[("T", gate_z.dtype), ("D", d), ("DP", dp), ("THREADS", THREADS)],
         grid=(-(-vectors // THREADS) * THREADS, 1, 1),
         threadgroup=(THREADS, 1, 1),
-        output_shapes=[(*gate_z.shape[:-1], d)],
+        output_shapes=[(*gate_z.shape[:-1], dp)],
         output_dtypes=[gate_z.dtype],
     )
     return out
 
 
-def swiglu(gate_z: mx.array) -> mx.array:
-    if applies(gate_z):
-        return swiglu_cuda(gate_z)
-    d = _half(gate_z)
-    return fastmath.silu(gate_z[..., :d]) * gate_z[..., d:]  # the registry's silu form (fused on the CPU)
+def swiglu(gate_z: mx.array, width: int | None = None) -> mx.array:
+    if applies(gate_z, width):
+        return swiglu_cuda(gate_z, width)
+    d, w = _half(gate_z), _width(gate_z, width)
+    return _pad(fastmath.silu(gate_z[..., :d]) * gate_z[..., d:], w)  # the registry's silu form (fused on the CPU)
 
 
 def label() -> str:

@@ -211,11 +211,17 @@ class FeedForward(nn.Module):
         self.proj_down = nn.Linear(d, h, bias=b)
 
     def __call__(self, x):
+        # inside an inference call the down projection may run padded (fuse.py, "FFN padding"): its input is then
+        # the product with zero columns appended, which the SwiGLU kernel writes in the same launch
+        down = fuse.group(self, fuse.PADDED)
+        width = None if down is None else down.weight.shape[1]
         if has_fused(self, "proj_up_gate_z"):  # silu(gate) * z straight from the fused output: one launch on CUDA
-            h = kernels.get("ffn.swiglu")(fused_or_layer(self, "proj_up_gate_z", x))
+            h = kernels.get("ffn.swiglu")(fused_or_layer(self, "proj_up_gate_z", x), width)
         else:
             h = kernels.get("math.silu")(linear(self.proj_up_gate, x)) * linear(self.proj_up, x)
-        return linear(self.proj_down, h)
+            if down is not None:
+                h = mx.pad(h, [(0, 0)] * (h.ndim - 1) + [(0, width - h.shape[-1])])
+        return linear(self.proj_down, h) if down is None else down(h)
 
 
 class MLSTMBlock(nn.Module):

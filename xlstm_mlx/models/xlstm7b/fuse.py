@@ -24,7 +24,17 @@ The gate projections stay a matmul of their own because q/k/v/o take the normali
 compute dtype while the gates take it unrounded (float32); folding them into qkv_opreact would round the gate
 input to bfloat16 under the 'fast' profile. With float32 weights the two could be one matmul (not done).
 
-`with fusing(False): load(...)` keeps a model unfused: the reference.
+FFN padding (MLX's CUDA backend): the FFN down projection of the 7B shape has K = ffn_dim = 10,944 inputs, and
+cuBLAS, which MLX's matmul calls for 2 or more rows, reads that matrix at 1.1 TB/s at 16 rows where it reads the
+same matrix with K = 11,008 at 1.9 TB/s (85 against 49 us a call in dependent chains on an H200,
+benchmarks/results/gpu_h200_2026-12-02e.md). So `fuse_model` also keeps the down weight as [D, F'] with
+F' = ffn_dim rounded up to a multiple of PAD_MULTIPLE (zero columns past ffn_dim), the stored parameter a view of
+its first ffn_dim columns (no second copy), and inside an inference call the SwiGLU writes its product F' wide
+with zeros past ffn_dim (kernels/swiglu.py, `width`): each output is the same dot product plus exact zero terms.
+Float (not quantized) down projections only; XLSTM_MLX_FFN_PAD=auto (the default: on where MLX's CUDA backend
+runs), 1 (everywhere: the tests) or 0 (never).
+
+`with fusing(False): load(...)` keeps a model unfused and unpadded: the reference.
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from xlstm_mlx import env, kernels
+from xlstm_mlx.errors import UsageError
+from xlstm_mlx.kernels.cuda_common import cuda_available
 
 # fused layer -> (the block's sub-module, the single layers it stacks, in the fused row order)
 FUSED_PARTS = {
@@ -41,6 +53,8 @@ FUSED_PARTS = {
     "proj_up_gate_z": ("ffn", ("proj_up_gate", "proj_up")),
 }
 _KEY = "_xlstm_fused_"  # + fused name: (FusedLinear, [(part, {param name: its view})]) in __dict__
+PADDED = "proj_down_padded"  # the FFN's padded down projection, under _KEY + PADDED in the FFN's __dict__
+PAD_MULTIPLE = 256  # the FFN inner dimension the down projection is padded to a multiple of (see the docstring)
 
 _enabled = env.Setting(True)
 _inference = env.Setting(False)
@@ -104,6 +118,44 @@ class FusedLinear:
                                                self.bias, group_size, bits, mode)
 
 
+def padding_enabled() -> bool:
+    """XLSTM_MLX_FFN_PAD: auto (default; on where MLX's CUDA backend runs), or a forced true / false."""
+    raw = env.choice("XLSTM_MLX_FFN_PAD", "auto").lower()
+    if raw == "auto":
+        return cuda_available()
+    if raw in env.TRUE:
+        return True
+    if raw in env.FALSE:
+        return False
+    raise UsageError(f"environment variable XLSTM_MLX_FFN_PAD={raw!r} must be auto, a true value (1, true, yes, on) "
+                     "or a false one (0, false, no, off); set one of those or unset it")
+
+
+def padded_width(ffn_dim: int) -> int:
+    return -(-ffn_dim // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+def _pad_down(ffn: nn.Module) -> bool:
+    """Keep the float down projection's weight [D, F] as the first F columns of a zero-padded [D, F'] array."""
+    layer = ffn["proj_down"]
+    if type(layer) is not nn.Linear or not padding_enabled() or layer.weight.shape[1] % PAD_MULTIPLE == 0:
+        ffn.__dict__.pop(_KEY + PADDED, None)
+        return False
+    w = layer.weight
+    rows, f = w.shape
+    padded = mx.concatenate([w, mx.zeros((rows, padded_width(f) - f), w.dtype)], axis=1)
+    mx.eval(padded)
+    layer.weight = padded[:, :f]  # the stored parameter: a view, no second copy
+    mx.eval(layer.weight)
+    arrays = {"weight": padded}
+    if "bias" in layer:  # its own array: the parameter itself is swapped for a tracer while mx.compile traces
+        arrays["bias"] = layer["bias"] + 0
+        mx.eval(arrays["bias"])
+    names = [n for n in ("weight", "bias") if n in layer]
+    ffn.__dict__[_KEY + PADDED] = (FusedLinear(arrays, None), [(layer, {n: layer[n] for n in names})])
+    return True
+
+
 def _fuse_group(owner: nn.Module, name: str, parts: tuple[str, ...]) -> bool:
     layers = [owner[p] for p in parts]
     if not _parts_fusable(layers):
@@ -125,15 +177,26 @@ def _fuse_group(owner: nn.Module, name: str, parts: tuple[str, ...]) -> bool:
 
 
 def fuse_model(model) -> bool:
-    """Fuse every block's projection groups (block by block, so the peak is one block's weights twice)."""
-    if not fusing_enabled() or model.args.weight_mode != "single":
+    """Fuse every block's projection groups (a stored-single model; block by block, so the peak is one block's
+    weights twice) and pad every block's FFN down projection where padding_enabled()."""
+    if not fusing_enabled():
         return False
     done = False
     for block in model.backbone.blocks:
-        for name, (sub, parts) in FUSED_PARTS.items():
-            done |= _fuse_group(block[sub], name, parts)
+        if model.args.weight_mode == "single":
+            for name, (sub, parts) in FUSED_PARTS.items():
+                done |= _fuse_group(block[sub], name, parts)
+        done |= _pad_down(block["ffn"])
     model.__dict__.pop("_xlstm_compiled_forward", None)
     return done
+
+
+def _groups(model):
+    """(owner, fused name, its parts, the refusing function) of every fused or padded group of the model."""
+    for block in model.backbone.blocks:
+        for name, (sub, parts) in FUSED_PARTS.items():
+            yield block[sub], name, parts, lambda owner, name=name, parts=parts: _fuse_group(owner, name, parts)
+        yield block["ffn"], PADDED, ("proj_down",), _pad_down
 
 
 def _stale(owner: nn.Module, parts, views) -> bool:
@@ -146,15 +209,11 @@ def refresh(model) -> bool:
     """Before an inference call: re-fuse a group whose parts were replaced or updated; True if anything changed.
     A group that stops being fusable (parts quantized differently) drops its fused arrays and runs unfused."""
     changed = False
-    for block in model.backbone.blocks:
-        for name, (sub, parts) in FUSED_PARTS.items():
-            owner = block[sub]
-            hit = owner.__dict__.get(_KEY + name)
-            if hit is None:
-                continue
-            if _stale(owner, parts, hit[1]):
-                _fuse_group(owner, name, parts)
-                changed = True
+    for owner, name, parts, again in _groups(model):
+        hit = owner.__dict__.get(_KEY + name)
+        if hit is not None and _stale(owner, parts, hit[1]):
+            again(owner)
+            changed = True
     if changed:
         model.__dict__.pop("_xlstm_compiled_forward", None)  # traced with the old arrays
     return changed
@@ -163,12 +222,10 @@ def refresh(model) -> bool:
 def rebind(model) -> None:
     """After an mx.compile trace: record the parts' arrays as they are now. The trace put the same arrays back
     as new Python objects (models/compiled.py), which the identity checks of `refresh` would take for updates."""
-    for block in model.backbone.blocks:
-        for name, (sub, parts) in FUSED_PARTS.items():
-            owner = block[sub]
-            hit = owner.__dict__.get(_KEY + name)
-            if hit is not None and all(owner[p] is m for p, (m, _) in zip(parts, hit[1])):
-                owner.__dict__[_KEY + name] = (hit[0], [(m, {n: m[n] for n in arrays}) for m, arrays in hit[1]])
+    for owner, name, parts, _ in _groups(model):
+        hit = owner.__dict__.get(_KEY + name)
+        if hit is not None and all(owner[p] is m for p, (m, _) in zip(parts, hit[1])):
+            owner.__dict__[_KEY + name] = (hit[0], [(m, {n: m[n] for n in arrays}) for m, arrays in hit[1]])
 
 
 def group(owner: nn.Module, name: str) -> FusedLinear | None:
@@ -181,8 +238,22 @@ def is_fused(model) -> bool:
     return any(k.startswith(_KEY) for b in model.backbone.blocks for k in b.mlstm_layer.__dict__)
 
 
+def padded_to(model) -> int | None:
+    """The padded FFN inner width the down projections run at, or None (not padded)."""
+    widths = {hit[0].weight.shape[1] for b in model.backbone.blocks
+              if (hit := b["ffn"].__dict__.get(_KEY + PADDED)) is not None}
+    return max(widths) if widths else None
+
+
 def describe(model) -> str:
     """What the projections of a block run as, for the verbose line."""
+    width = padded_to(model)
+    pad = (f"; FFN down padded {model.args.ffn_dim} -> {width} inputs (zeros; XLSTM_MLX_FFN_PAD)"
+           if width else "")
+    return _describe_fusing(model) + pad
+
+
+def _describe_fusing(model) -> str:
     fused = "q,k,v,o one matmul; i,f one float32-input matmul; FFN gate+up one matmul"
     if model.args.weight_mode == "fused":
         return f"fused (stored fused): {fused}"
