@@ -24,6 +24,7 @@ from xlstm_mlx.errors import UsageError
 from xlstm_mlx.checkpoints.random import SHAPES, randomize, shape_args
 from xlstm_mlx.generation.generate import generate_step, prefill
 from xlstm_mlx.models import family_of
+from xlstm_mlx.models.xlstm7b import fuse
 from xlstm_mlx.models.xlstm7b.model import Model
 from xlstm_mlx.platform import blas
 from xlstm_mlx.profiles import default_profile, load_profile
@@ -76,9 +77,11 @@ def build_model(model_path: str | None, shape: str | None, dtype: str | None, pr
     # each tensor in the dtype `load` would give it (the family's param_dtype), so the bench runs what a loaded
     # checkpoint runs: float32 head, pre-norms and gates beside bf16 projections under the 'fast' profile
     randomize(model, seed, dtype=lambda name: family_of(model).param_dtype(name, prof))
-    if model.fuse_projections():  # stored single: fused for inference, as `load` does
-        return model, f"random weights, shape {shape}, stored single (fused at load)"
-    return model, f"random weights, shape {shape}"
+    model.fuse_projections()  # fused (stored single) and padded (FFN down, CUDA) for inference, as `load` does
+    source = f"random weights, shape {shape}"
+    if model.args.weight_mode == "single":
+        source += ", stored single" + (" (fused at load)" if fuse.is_fused(model) else "")
+    return model, source
 
 
 def quantized(model, source: str, bits: int, group_size: int):

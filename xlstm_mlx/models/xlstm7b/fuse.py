@@ -25,12 +25,14 @@ compute dtype while the gates take it unrounded (float32); folding them into qkv
 input to bfloat16 under the 'fast' profile. With float32 weights the two could be one matmul (not done).
 
 FFN padding (MLX's CUDA backend): the FFN down projection of the 7B shape has K = ffn_dim = 10,944 inputs, and
-cuBLAS, which MLX's matmul calls for 2 or more rows, reads that matrix at 1.1 TB/s at 16 rows where it reads the
-same matrix with K = 11,008 at 1.9 TB/s (85 against 49 us a call in dependent chains on an H200,
-benchmarks/results/gpu_h200_2026-12-02e.md). So `fuse_model` also keeps the down weight as [D, F'] with
+MLX's one-row CUDA gemv (mlx/backend/cuda/gemms/gemv.cu) loads 4 values a thread only when K % 128 == 0, else 2:
+inside a batch-1 step (Nsight, H200) that matrix took 30.6 us a call (2.9 TB/s) against 25.1 us (3.6 TB/s, the
+other matrices' rate) with K = 11,008, i.e. -178 us a step; cuBLAS at 16 rows runs the same kernels either way
+(benchmarks/results/gpu_h200_2026-12-02e.md). So `fuse_model` also keeps the down weight as [D, F'] with
 F' = ffn_dim rounded up to a multiple of PAD_MULTIPLE (zero columns past ffn_dim), the stored parameter a view of
 its first ffn_dim columns (no second copy), and inside an inference call the SwiGLU writes its product F' wide
-with zeros past ffn_dim (kernels/swiglu.py, `width`): each output is the same dot product plus exact zero terms.
+with zeros past ffn_dim (kernels/swiglu.py, `width`): each output is the same dot product plus exact zero terms
+(0.6% more weight bytes and prefill FLOPs for the down product at the 7B shape).
 Float (not quantized) down projections only; XLSTM_MLX_FFN_PAD=auto (the default: on where MLX's CUDA backend
 runs), 1 (everywhere: the tests) or 0 (never).
 
