@@ -208,6 +208,10 @@ def _decode_step(mod, r):
         mod.mlstm_decode_step_cuda(r(B, 3 * 2048 + 2 * 4096), r(B, 16, dt=f32), state, 8, 2048, 4096, 15.0, 1e-6, tj=tj)
         proj = mod.GateProjection(r(B, 4096, dt=f32), r(16, 4096, dt=f32), r(16, dt=f32) if B > 1 else None)
         mod.mlstm_decode_step_cuda(r(B, 3 * 2048 + 2 * 4096), proj, state, 8, 2048, 4096, 15.0, 1e-6, tj=tj)
+        norm = mod.HeadNormGate(r(4096), r(4096) if B > 1 else None, 1e-6, 2 * 2048 + 4096,
+                                mx.zeros((B * 8,), mx.uint32))  # the head norm fused (decode, 7B shape)
+        mod.mlstm_decode_step_cuda(r(B, 3 * 2048 + 2 * 4096), proj, state, 8, 2048, 4096, 15.0, 1e-6, tj=tj,
+                                   norm=norm)
 
 
 def _embedding(mod, r):

@@ -26,7 +26,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent / "cuda_emulator"
 CACHE = Path(tempfile.gettempdir()) / "xlstm_mlx_cuda_emulator"
-CT = {mx.float32: "float", mx.bfloat16: "__nv_bfloat16", mx.int32: "int32_t"}
+CT = {mx.float32: "float", mx.bfloat16: "__nv_bfloat16", mx.int32: "int32_t", mx.uint32: "uint32_t"}
 PRELUDE = """#include "emu.h"
 #include <math.h>
 #define __device__

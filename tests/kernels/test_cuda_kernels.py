@@ -327,6 +327,38 @@ def test_decode_step_kernel_projects_its_own_gates(B, bias, hidden):
         assert _rel(a, b) <= 1e-5
 
 
+@needs_cuda
+@pytest.mark.parametrize("B", [1, 16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_decode_step_kernel_with_fused_head_norm(B, bias):
+    """norm=HeadNormGate at the 7B head shape (Dqk 256, Dv 512, 8 heads): bit-identical to the step followed by the
+    headnorm kernel (the same sums and roundings), within the two kernels' own tolerances of the MLX-ops reference
+    (bf16 2e-2), three calls in a row (each needs the tile counter the previous one left at zero, checked last)."""
+    NH, dqk, dv, H = 8, 256, 512, 4096
+    qk, v = NH * dqk, NH * dv
+    ks = [mx.random.key(500 + B + i) for i in range(9)]
+    qkvo = mx.random.normal((B, 2 * qk + 2 * v), key=ks[0]).astype(mx.bfloat16)
+    proj = mlstm_decode.GateProjection(mx.random.normal((B, H), key=ks[1]),
+                                       mx.random.normal((2 * NH, H), key=ks[2]) * H**-0.5 * 3.0, None)
+    state = (mx.random.normal((B, NH, dqk, dv), key=ks[4]), mx.random.normal((B, NH, dqk), key=ks[5]),
+             mx.random.normal((B, NH, 1), key=ks[6]))
+    w = (mx.random.normal((v,), key=ks[7]) * 0.2 + 1.0).astype(mx.bfloat16)
+    b = (mx.random.normal((v,), key=ks[8]) * 0.1).astype(mx.bfloat16) if bias else None
+    layer = type("Layer", (), {})()
+    norm = mlstm_decode.HeadNormGate(w, b, 1e-5, 2 * qk + v, mlstm_decode.norm_counter(layer, B * NH))
+    with mx.stream(mx.cpu):
+        ref, _ = mlstm_decode.mlstm_decode_step_ref(qkvo, proj, state, NH, qk, v, 15.0, 1e-6, norm=norm)
+        mx.eval(ref)
+    h, _ = mlstm_decode.mlstm_decode_step_cuda(qkvo, proj, state, NH, qk, v, 15.0, 1e-6)
+    pair = headnorm.headnorm_gate_cuda(h, qkvo, norm.o_offset, w, b, 1e-5)
+    for _ in range(3):
+        out, _ = mlstm_decode.mlstm_decode_step_cuda(qkvo, proj, state, NH, qk, v, 15.0, 1e-6, norm=norm)
+        mx.eval(out)
+        assert mx.array_equal(out, pair)
+    assert _rel(out, ref) <= 2e-2
+    assert not bool(mx.any(norm.counter).item())
+
+
 def test_decode_step_reference_takes_a_gate_projection():
     """Any backend: the reference with a GateProjection is the reference with the projection's output."""
     NH, dqk, dv, H = 2, 8, 16, 24

@@ -77,6 +77,40 @@ def test_decode_step_emulated(tj, proj, dqk):
         assert rel_error(a, b) <= 1e-5
 
 
+@pytest.mark.parametrize("tj", [32, 64, 128])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32])
+def test_decode_step_with_fused_head_norm_emulated(tj, bias, dtype):
+    """norm=HeadNormGate: the last of a head's tile blocks applies the head LayerNorm, weight (+ bias) and sigmoid
+    gate in the step's own launch. Against the unfused pair (the step, then the headnorm kernel, both emulated):
+    the same arithmetic in the same order, so bit-identical; against the MLX-ops reference as the two kernels'
+    own tests: bf16 2e-2 (one bf16 rounding of h before the norm, a few of the norm), float32 1e-5. (The emulator
+    hands the kernel copies of its inputs: that the counter is left at zero is the GPU test's check.)"""
+    B, NH, dqk, dv, H = 2, 2, 20, 256, 40
+    qk, v = NH * dqk, NH * dv
+    ks = [mx.random.key(60 + i) for i in range(10)]
+    qkvo = mx.random.normal((B, 2 * qk + 2 * v + 8), key=ks[0]).astype(dtype)
+    gates = mlstm_decode.GateProjection(mx.random.normal((B, H), key=ks[1]),
+                                        mx.random.normal((2 * NH, H), key=ks[2]), None)
+    state = (mx.random.normal((B, NH, dqk, dv), key=ks[4]), mx.random.normal((B, NH, dqk), key=ks[5]),
+             mx.random.normal((B, NH, 1), key=ks[6]))
+    w = (mx.random.normal((v,), key=ks[7]) * 0.2 + 1.0).astype(dtype)
+    b = (mx.random.normal((v,), key=ks[8]) * 0.1).astype(dtype) if bias else None
+    owner = type("Layer", (), {})()
+    norm = mlstm_decode.HeadNormGate(w, b, 1e-5, 2 * qk + v, mlstm_decode.norm_counter(owner, B * NH))
+    assert mlstm_decode.fuses_norm(qkvo, norm, NH, v)
+    ref, s_ref = mlstm_decode.mlstm_decode_step_ref(qkvo, gates, state, NH, qk, v, 15.0, 1e-6, norm=norm)
+    with cuda_emulator.emulated(mlstm_decode, headnorm):
+        out, s = mlstm_decode.mlstm_decode_step_cuda(qkvo, gates, state, NH, qk, v, 15.0, 1e-6, tj=tj, norm=norm)
+        h, _ = mlstm_decode.mlstm_decode_step_cuda(qkvo, gates, state, NH, qk, v, 15.0, 1e-6, tj=tj)
+        pair = headnorm.headnorm_gate_cuda(h, qkvo, norm.o_offset, w, b, 1e-5)
+    assert out.shape == (B, v) and out.dtype == dtype
+    assert mx.array_equal(out, pair)
+    assert rel_error(out, ref) <= (2e-2 if dtype == mx.bfloat16 else 1e-5)
+    for a, r in zip(s, s_ref):
+        assert rel_error(a, r) <= 1e-5
+
+
 @pytest.mark.parametrize("D", [300, 40, 1100])  # 1100: three elements a thread (registers), the last one partial
 @pytest.mark.parametrize("with_h", [False, True])
 @pytest.mark.parametrize("with_bias", [False, True])

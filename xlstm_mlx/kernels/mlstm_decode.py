@@ -14,7 +14,11 @@ gates [B, 2*NH]: the ifgate_preact output (input gates, then forget gates), befo
 GateProjection(x, weight, bias) of that layer (float32), which the kernel computes itself (no launch of its own);
 state (C [B, NH, Dqk, Dv], n [B, NH, Dqk], m [B, NH, 1]) float32.
 Returns h [B, NH, Dv] in qkvo's dtype and the new state: the equations and roundings of mlstm_step_ref, the
-gates soft-capped in float32 first as MLSTMLayer does.
+gates soft-capped in float32 first as MLSTMLayer does. With norm=HeadNormGate(weight, bias, eps, o_offset,
+counter) it returns the layer's cell output sigmoid(o) * (LayerNorm_head(h) * weight (+ bias)) [B, NH*Dv]
+instead (what headnorm.headnorm_gate computes from h; the reference runs exactly that): on CUDA the last of a
+head's column-tile blocks to finish (an atomic count per (sequence, head) in `counter`, reset by that block)
+reads the head's h back from L2 and applies it, in the step's own launch: one launch a layer fewer.
 
 CUDA layout: one block per (sequence, head, TJ-column tile of C); 8 warps split the Dqk rows, each lane owns
 TJ/32 columns (TJ=32/64/128: 4-/8-/16-byte accesses; default_tj picks 32 for small batches, where more blocks
@@ -30,7 +34,9 @@ import struct
 from typing import NamedTuple
 
 import mlx.core as mx
+import numpy as np
 
+from xlstm_mlx.kernels import headnorm
 from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
 from xlstm_mlx.kernels.mlstm_recurrent import mlstm_step, mlstm_step_ref
 
@@ -178,9 +184,68 @@ _SOURCE = """
         }
         if (tile == 0 && lane == 0) m_out[bh] = m_new;
     }
+
+    if constexpr (FUSE_NORM) {
+        // The head's LayerNorm, weight (+ bias) and sigmoid output gate, by the last of the head's TILES blocks to
+        // finish: each block's h tile is made visible (fence), then counted; the block that counts last reads the
+        // whole row of h back from L2 and writes `out`, as kernels/headnorm.py does it (one warp, the same sums
+        // and roundings), then resets the counter for the next call. One launch a layer fewer.
+        __shared__ bool last_sh;
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) {
+            unsigned* cnt = const_cast<unsigned*>(counter) + bh;
+            last_sh = atomicAdd(cnt, 1u) == (unsigned)(TILES - 1);
+            if (last_sh) *cnt = 0u;
+        }
+        __syncthreads();
+        if (!last_sh || warp != 0) return;
+        __threadfence();
+        constexpr int VEC = 16 / sizeof(*h);
+        constexpr int PER_LANE = DV / 32;
+        constexpr int NV = PER_LANE / VEC;
+        float x[PER_LANE], o[PER_LANE], wt[PER_LANE], bs[NORM_BIAS ? PER_LANE : 1];
+        const uint4* hv = reinterpret_cast<const uint4*>(h + (size_t)bh * DV);
+#pragma unroll
+        for (int v = 0; v < NV; ++v) xl_to_float(__ldcg(hv + v * 32 + lane), x + v * VEC, h);
+        const auto* orow = qkvo + (size_t)b * NQ + O_OFF + hd * DV;
+#pragma unroll
+        for (int v = 0; v < NV; ++v) {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                const int c = (v * 32 + lane) * VEC + e;
+                o[v * VEC + e] = xl_float(orow[c]);
+                wt[v * VEC + e] = xl_float(nw[hd * DV + c]);
+                if (NORM_BIAS) bs[v * VEC + e] = xl_float(nb[hd * DV + c]);
+            }
+        }
+        float s1 = 0.f;
+#pragma unroll
+        for (int e = 0; e < PER_LANE; ++e) s1 += x[e];
+        const float mean = xl_warp_sum(s1) / DV;
+        float s2 = 0.f;
+#pragma unroll
+        for (int e = 0; e < PER_LANE; ++e) { const float d = x[e] - mean; s2 += d * d; }
+        const float inv = rsqrtf(xl_warp_sum(s2) / DV + __int_as_float(NORM_EPS_BITS));
+        auto* out_row = out + (size_t)bh * DV;
+#pragma unroll
+        for (int v = 0; v < NV; ++v) {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                const int c = (v * 32 + lane) * VEC + e;
+                float y = xd_round((x[v * VEC + e] - mean) * inv, h);
+                y = xd_round(y * wt[v * VEC + e], h);
+                if (NORM_BIAS) y = xd_round(y + bs[v * VEC + e], h);
+                const float g = xd_round(1.f / (1.f + expf(-o[v * VEC + e])), h);
+                xl_set(out_row + c, g * y);
+            }
+        }
+    }
 """
 
 _HEADER = VEC_HEADER + """
+__device__ __forceinline__ float xd_round(float v, const __nv_bfloat16*) { return __bfloat162float(__float2bfloat16(v)); }
+__device__ __forceinline__ float xd_round(float v, const float*) { return v; }
 template <int N> struct XlVec;                        // CPL float32 columns as one load: 4, 8 or 16 bytes
 template <> struct XlVec<1> { using type = float; };
 template <> struct XlVec<2> { using type = float2; };
@@ -188,6 +253,7 @@ template <> struct XlVec<4> { using type = float4; };
 """
 
 _kernel = None
+_kernel_scratch = type("Scratch", (), {})()  # owner of the placeholder counter of launches without the norm
 
 
 def _float_bits(x: float) -> int:
@@ -207,6 +273,29 @@ class GateProjection(NamedTuple):
     bias: mx.array | None
 
 
+class HeadNormGate(NamedTuple):
+    """The layer's per-head LayerNorm, its weight (+ bias) [NH*Dv] and the sigmoid output gate (qkvo's columns
+    o_offset...), to apply to h inside the step (headnorm.headnorm_gate's arithmetic): the step then returns
+    sigmoid(o) * (LayerNorm_head(h) * weight (+ bias)) [B, NH*Dv] in place of h. `counter`: the launch's scratch
+    (norm_counter), unused by the reference."""
+    weight: mx.array
+    bias: mx.array | None
+    eps: float
+    o_offset: int
+    counter: mx.array | None = None
+
+
+def norm_counter(owner, rows: int) -> mx.array:
+    """The fused norm's per-(sequence, head) tile counter for `owner` (a layer): zeros, kept on the owner and made
+    from host data (so that mx.compile takes it as a constant, not a fill at every call). The kernel leaves it at
+    zero after each launch. One per layer: two layers' steps never share one, even if a graph ran them at once."""
+    key = f"_xlstm_decode_counter_{rows}"
+    hit = owner.__dict__.get(key)
+    if hit is None:
+        hit = owner.__dict__[key] = mx.array(np.zeros(rows, np.uint32))
+    return hit
+
+
 def gate_preactivations(gates) -> mx.array:
     """gates as given, or the projection computed (MLX's float32 matmul, as the ifgate_preact layer runs it)."""
     if not isinstance(gates, GateProjection):
@@ -216,9 +305,15 @@ def gate_preactivations(gates) -> mx.array:
 
 
 def mlstm_decode_step_ref(qkvo, gates, state, num_heads: int, qk_dim: int, v_dim: int,
-                          gate_soft_cap: float | None, eps: float = 1e-6, step=mlstm_step_ref):
-    """MLX ops: split the projections into heads, soft-cap the gates, then `step` (mlstm_step_ref).
+                          gate_soft_cap: float | None, eps: float = 1e-6, step=mlstm_step_ref,
+                          norm: HeadNormGate | None = None):
+    """MLX ops: split the projections into heads, soft-cap the gates, then `step` (mlstm_step_ref), then with
+    `norm` headnorm.headnorm_gate_ref on h in qkvo's dtype (as MLSTMLayer does after the step).
     `gates`: the pre-activations [B, 2 NH] or a GateProjection to compute them from."""
+    if norm is not None:
+        h, new_state = mlstm_decode_step_ref(qkvo, gates, state, num_heads, qk_dim, v_dim, gate_soft_cap, eps, step)
+        return headnorm.headnorm_gate_ref(h.astype(qkvo.dtype), qkvo, norm.o_offset, norm.weight, norm.bias,
+                                          norm.eps), new_state
     gates = gate_preactivations(gates)
     B = qkvo.shape[0]
     dqk, dv = qk_dim // num_heads, v_dim // num_heads
@@ -242,17 +337,32 @@ def applies(qkvo, gates, state, num_heads: int, qk_dim: int, v_dim: int) -> bool
             and dv % 32 == 0 and dqk <= 4096 and all(s.dtype == mx.float32 for s in state))
 
 
+def fuses_norm(qkvo, norm: HeadNormGate | None, num_heads: int, v_dim: int) -> bool:
+    """Whether the CUDA step can take the head norm (the headnorm kernel's conditions: weight, bias in qkvo's dtype,
+    Dv a multiple of 32 16-byte vectors; the o columns inside qkvo)."""
+    if norm is None or qkvo.dtype not in (mx.bfloat16, mx.float32):
+        return False
+    dv, vec = v_dim // num_heads, 16 // qkvo.dtype.size
+    return (norm.weight.dtype == qkvo.dtype and norm.weight.shape == (v_dim,) and dv % (32 * vec) == 0
+            and (norm.bias is None or (norm.bias.dtype == qkvo.dtype and norm.bias.shape == (v_dim,)))
+            and norm.o_offset + v_dim <= qkvo.shape[1] and norm.counter is not None
+            and norm.counter.dtype == mx.uint32 and norm.counter.size >= qkvo.shape[0] * num_heads)
+
+
 def mlstm_decode_step_cuda(qkvo, gates, state, num_heads: int, qk_dim: int, v_dim: int,
-                           gate_soft_cap: float | None, eps: float = 1e-6, *, tj: int | None = None):
+                           gate_soft_cap: float | None, eps: float = 1e-6, *, tj: int | None = None,
+                           norm: HeadNormGate | None = None):
     global _kernel
     if _kernel is None:
         _kernel = mx.fast.cuda_kernel(
             name="xlstm_mlstm_decode_step",
-            input_names=["qkvo", "gates", "x", "w_if", "b_if", "C", "n", "m"],
-            output_names=["h", "C_out", "n_out", "m_out"],
+            input_names=["qkvo", "gates", "x", "w_if", "b_if", "C", "n", "m", "nw", "nb", "counter"],
+            output_names=["h", "C_out", "n_out", "m_out", "out"],
             source=_SOURCE,
             header=_HEADER,
         )
+    if norm is not None and not fuses_norm(qkvo, norm, num_heads, v_dim):
+        raise ValueError("mlstm_decode_step_cuda: this head norm cannot be fused (fuses_norm is False)")
     C, n, m = state
     B = qkvo.shape[0]
     dqk, dv = qk_dim // num_heads, v_dim // num_heads
@@ -264,27 +374,40 @@ def mlstm_decode_step_cuda(qkvo, gates, state, num_heads: int, qk_dim: int, v_di
     dummy = m  # stands in for the inputs the variant never reads (float32; no mx.zeros launch)
     g_in = [dummy, gates.x, gates.weight, gates.bias if gates.bias is not None else dummy] if proj else \
         [gates.astype(mx.float32), dummy, dummy, dummy]
-    h, C_new, n_new, m_new = _kernel(
-        inputs=[qkvo, *g_in, C, n, m],
+    fused = norm is not None
+    n_in = [norm.weight, norm.bias if norm.bias is not None else norm.weight, norm.counter] if fused else \
+        [qkvo, qkvo, norm_counter(_kernel_scratch, 1)]  # never read without FUSE_NORM
+    h, C_new, n_new, m_new, out = _kernel(
+        inputs=[qkvo, *g_in, C, n, m, *n_in],
         template=[("NH", num_heads), ("DQK", dqk), ("DV", dv), ("QK_DIM", qk_dim), ("TJ", tj),
                   ("GATE_PROJ", proj), ("HAS_GATE_BIAS", proj and gates.bias is not None),
                   ("HID", gates.x.shape[1] if proj else 1),
                   ("THREADS", THREADS), ("HAS_CAP", gate_soft_cap is not None),
-                  ("CAP_BITS", _float_bits(gate_soft_cap or 0.0)), ("EPS_BITS", _float_bits(eps))],
+                  ("CAP_BITS", _float_bits(gate_soft_cap or 0.0)), ("EPS_BITS", _float_bits(eps)),
+                  ("FUSE_NORM", fused), ("NORM_BIAS", fused and norm.bias is not None),
+                  ("O_OFF", norm.o_offset if fused else 0), ("NORM_EPS_BITS", _float_bits(norm.eps if fused else 0.0))],
         grid=(blocks * THREADS, 1, 1),
         threadgroup=(THREADS, 1, 1),
-        output_shapes=[(B, num_heads, dv), C.shape, n.shape, m.shape],
-        output_dtypes=[qkvo.dtype, mx.float32, mx.float32, mx.float32],
+        output_shapes=[(B, num_heads, dv), C.shape, n.shape, m.shape, (B, v_dim) if fused else (1,)],
+        output_dtypes=[qkvo.dtype, mx.float32, mx.float32, mx.float32, qkvo.dtype],
     )
-    return h, (C_new, n_new, m_new)
+    return (out if fused else h), (C_new, n_new, m_new)
 
 
 def mlstm_decode_step(qkvo, gates, state, num_heads: int, qk_dim: int, v_dim: int,
-                      gate_soft_cap: float | None, eps: float = 1e-6):
+                      gate_soft_cap: float | None, eps: float = 1e-6, norm: HeadNormGate | None = None):
     if applies(qkvo, gates, state, num_heads, qk_dim, v_dim):
-        return mlstm_decode_step_cuda(qkvo, gates, state, num_heads, qk_dim, v_dim, gate_soft_cap, eps)
-    # elsewhere: the same ops, the step compiled (as the "mlstm.step" kernel) for uncompiled model calls
-    return mlstm_decode_step_ref(qkvo, gates, state, num_heads, qk_dim, v_dim, gate_soft_cap, eps, step=mlstm_step)
+        if norm is None or fuses_norm(qkvo, norm, num_heads, v_dim):
+            return mlstm_decode_step_cuda(qkvo, gates, state, num_heads, qk_dim, v_dim, gate_soft_cap, eps, norm=norm)
+        h, state = mlstm_decode_step_cuda(qkvo, gates, state, num_heads, qk_dim, v_dim, gate_soft_cap, eps)
+        return headnorm.headnorm_gate(h.astype(qkvo.dtype), qkvo, norm.o_offset, norm.weight, norm.bias,
+                                      norm.eps), state
+    # elsewhere: the same ops, the step compiled (as the "mlstm.step" kernel) for uncompiled model calls, and the
+    # head norm's fast form (headnorm.headnorm_gate)
+    h, state = mlstm_decode_step_ref(qkvo, gates, state, num_heads, qk_dim, v_dim, gate_soft_cap, eps, step=mlstm_step)
+    if norm is None:
+        return h, state
+    return headnorm.headnorm_gate(h.astype(qkvo.dtype), qkvo, norm.o_offset, norm.weight, norm.bias, norm.eps), state
 
 
 def label() -> str:

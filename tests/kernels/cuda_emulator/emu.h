@@ -4,6 +4,7 @@
 // kernels never rely on one). Not a timing model; alignment of wmma pointers is checked.
 #pragma once
 #include <array>
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -32,6 +33,11 @@ inline float __shfl_xor_sync(unsigned, float v, int o) {
     return r;
 }
 template <class T> inline T __ldcs(const T* p) { return *p; }
+template <class T> inline T __ldcg(const T* p) { return *p; }
+// the blocks run one after another, their threads at once: a fence orders this thread's memory operations, and
+// atomics are real ones (the tile counter of the fused decode-step norm)
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
 template <class T> inline T __ldg(const T* p) { return *p; }
 template <class T> inline void __stcs(T* p, T v) { *p = v; }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }

@@ -137,10 +137,15 @@ class MLSTMLayer(nn.Module):
         if gates is None or step is not decode.mlstm_decode_step or not decode.applies(
                 qkv, gates, state, a.num_heads, a.qk_dim, a.v_dim):
             gates = fused_or_layer(self, "ifgate_preact", x)  # its own matmul
-        h, state = step(qkv, gates, state, a.num_heads, a.qk_dim, a.v_dim, a.gate_soft_cap, eps)
         norm = self.multihead_norm  # its LayerNorm, weight and the output gate: one launch on CUDA
-        h = kernels.get("mlstm.headnorm_gate")(h.astype(cd), qkvo, 2 * a.qk_dim + a.v_dim, norm.weight,
-                                              norm["bias"] if "bias" in norm else None, norm.eps)
+        hn = decode.HeadNormGate(norm.weight, norm["bias"] if "bias" in norm else None, norm.eps,
+                                 2 * a.qk_dim + a.v_dim, decode.norm_counter(self, B * a.num_heads))
+        if step is decode.mlstm_decode_step and qkv.dtype == qkvo.dtype and decode.fuses_norm(qkvo, hn, a.num_heads, a.v_dim):
+            # the head norm and gate inside the step's own launch (the step's fast form; qkvo in the kernel dtype)
+            h, state = step(qkv, gates, state, a.num_heads, a.qk_dim, a.v_dim, a.gate_soft_cap, eps, norm=hn)
+        else:
+            h, state = step(qkv, gates, state, a.num_heads, a.qk_dim, a.v_dim, a.gate_soft_cap, eps)
+            h = kernels.get("mlstm.headnorm_gate")(h.astype(cd), qkvo, hn.o_offset, hn.weight, hn.bias, hn.eps)
         out = linear(self.out_proj, h)
         return (out if rows else out[:, None]), state
 
