@@ -25,7 +25,7 @@ def main() -> None:
         ax.set_xticks(range(len(runs)), [f"{r['call']}:{r['tag']}" for r in runs], rotation=60, fontsize=6, ha="right")
         ax.set_ylim(min(vals) * 0.85, max(max(vals), target) * 1.04)
         ax.set_ylabel("tok/s")
-        ax.set_title(f"bf16 decode, batch {b} (blue: padding off, orange: on / variants)", fontsize=9)
+        ax.set_title(f"bf16 decode, batch {b} (blue: padding / fused norm off, orange: on / variants)", fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
     ax = axes[2]
     # Nsight (ncu) us a call of the FFN down product inside the step: session 7 (unpadded, K = 10,944) and this
@@ -36,7 +36,7 @@ def main() -> None:
     ax.set_xticks(range(4), labels, fontsize=7)
     ax.set_ylabel("us a call (Nsight)")
     ax.set_title("FFN down in the step", fontsize=9)
-    fig.suptitle("xLSTM-7B shape, NVIDIA H200, 2026-12-02 session 9: FFN padding", fontsize=10)
+    fig.suptitle("xLSTM-7B shape, NVIDIA H200, 2026-12-02 session 9: FFN padding, then the head norm in the decode step (call 14)", fontsize=10)
     fig.tight_layout()
     fig.savefig(R / "gpu_h200_2026-12-02e.png", dpi=110)
 

@@ -261,12 +261,13 @@ def test_swiglu_kernel_matches_the_reference(shape, dtype):
 
 
 @needs_cuda
-@pytest.mark.parametrize("shape,width", [((1, 21888), 11008), ((16, 21888), 11008), ((3, 5, 136), 72)])
+@pytest.mark.parametrize("shape,width", [((1, 21888), 11008), ((16, 21888), 11008), ((3, 5, 144), 80)])
 def test_swiglu_kernel_padded_width(shape, width):
     """width > d (the padded FFN down's input): the product as above, zeros past d."""
     sw = importlib.import_module("xlstm_mlx.kernels.swiglu")
     d = shape[-1] // 2
     gz = (mx.random.normal(shape, key=mx.random.key(width)) * 3.0).astype(mx.bfloat16)
+    assert sw.applies(gz, width)  # halves and width whole 16-byte vectors (the kernel has no fallback)
     with mx.stream(mx.cpu):
         ref = sw.swiglu_ref(gz, width)
         mx.eval(ref)

@@ -412,5 +412,6 @@ def mlstm_decode_step(qkvo, gates, state, num_heads: int, qk_dim: int, v_dim: in
 
 def label() -> str:
     if cuda_available():
-        return "fused CUDA kernel (mx.fast.cuda_kernel): gates, C/n/m update and read-out in one launch"
+        return ("fused CUDA kernel (mx.fast.cuda_kernel): gates, C/n/m update and read-out in one launch (with the "
+                "head LayerNorm and output gate where the block passes them)")
     return "MLX ops (soft cap + compiled step; the fused CUDA kernel needs MLX's CUDA backend)"
