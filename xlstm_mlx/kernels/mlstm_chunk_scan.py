@@ -31,13 +31,19 @@ reference is mlstm_chunkwise.mlstm_chunkwise_ref (the parallel form applied chun
 Any length works: whole chunks, then the remainder as one chunk of its own length. Memory per call:
 O(T * L) for the intra-chunk matrices and O(segment chunks * Dqk * Dv) for the chunk start states.
 
+exp is fastmath.exp: on the CPU in float32 the polynomial form (one 64 x 64 decay matrix per head and chunk,
+131k values a block at the 64m shape: MLX's CPU exp took ~4-7 of the scan's ~36 ms for four blocks of a
+512-token prefill; the form is also closer to float64, docs/numerics.md), elsewhere and on float64 the same
+op as before (mlstm_gates.exp). It maps -inf (above the diagonal) to 0 exactly, as mx.exp does.
+
 Matmul inputs keep the q/k/v dtype (bfloat16 in the fast profile: the matrix units' rate); gates,
 stabilizers, states and the normalizer are float32 (float64 when the gates are: the exact profile).
 """
 
 import mlx.core as mx
 
-from xlstm_mlx.kernels.mlstm_gates import exp, log_decay_matrix, log_decay_to_end, log_sigmoid, state_dtype
+from xlstm_mlx.kernels.fastmath import exp
+from xlstm_mlx.kernels.mlstm_gates import log_decay_matrix, log_decay_to_end, log_sigmoid, state_dtype
 from xlstm_mlx.kernels.mlstm_recurrent import mlstm_zero_state
 from xlstm_mlx.errors import UsageError
 

@@ -21,9 +21,7 @@ static inline __attribute__((always_inline)) TARGET KNAME(vec) KNAME(load)(const
 }
 
 typedef float KNAME(vec4) __attribute__((vector_size(4 * sizeof(float))));
-#if VL >= 8
 typedef float KNAME(vec8) __attribute__((vector_size(8 * sizeof(float))));
-#endif
 
 /* Sum of the lanes as a tree of half-width adds (a serial lane loop made the end of each tile cost as much
  * as its K loop at K = 512). */
@@ -48,6 +46,38 @@ static inline __attribute__((always_inline)) TARGET float KNAME(hsum)(KNAME(vec)
     return (q[0] + q[2]) + (q[1] + q[3]);
 }
 
+/* The sums of four vectors' lanes at once, each in exactly hsum()'s tree (the same pairs of lanes added at each
+ * level; a + b and b + a round alike): half-width adds over pairs of vectors, so a 4-row tile's end is a few
+ * shuffles and adds in registers instead of four lane trees through the stack. */
+#if defined(__clang__) || __GNUC__ >= 12
+static inline __attribute__((always_inline)) TARGET KNAME(vec4) KNAME(hsum4)(KNAME(vec) v0, KNAME(vec) v1,
+                                                                          KNAME(vec) v2, KNAME(vec) v3) {
+#define SHUF __builtin_shufflevector
+#if VL == 16 /* [lo8 + hi8 of v0 | of v1], [of v2 | of v3] */
+    KNAME(vec) t01 = SHUF(v0, v1, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+                     SHUF(v0, v1, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    KNAME(vec) t23 = SHUF(v2, v3, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+                     SHUF(v2, v3, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    /* q = lo4 + hi4 of each: [q(v0) | q(v1) | q(v2) | q(v3)] */
+    KNAME(vec) u = SHUF(t01, t23, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+                   SHUF(t01, t23, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+    KNAME(vec8) r = SHUF(u, u, 0, 1, 4, 5, 8, 9, 12, 13) + SHUF(u, u, 2, 3, 6, 7, 10, 11, 14, 15);
+#elif VL == 8 /* [q(v0) | q(v1)], [q(v2) | q(v3)] */
+    KNAME(vec) t01 = SHUF(v0, v1, 0, 1, 2, 3, 8, 9, 10, 11) + SHUF(v0, v1, 4, 5, 6, 7, 12, 13, 14, 15);
+    KNAME(vec) t23 = SHUF(v2, v3, 0, 1, 2, 3, 8, 9, 10, 11) + SHUF(v2, v3, 4, 5, 6, 7, 12, 13, 14, 15);
+    KNAME(vec8) r = SHUF(t01, t23, 0, 1, 4, 5, 8, 9, 12, 13) + SHUF(t01, t23, 2, 3, 6, 7, 10, 11, 14, 15);
+#else /* VL == 4: q is the vector itself */
+    KNAME(vec4) r01 = SHUF(v0, v1, 0, 1, 4, 5) + SHUF(v0, v1, 2, 3, 6, 7);
+    KNAME(vec4) r23 = SHUF(v2, v3, 0, 1, 4, 5) + SHUF(v2, v3, 2, 3, 6, 7);
+    KNAME(vec8) r = SHUF(r01, r23, 0, 1, 2, 3, 4, 5, 6, 7);
+#endif
+    /* r = [q0 + q2, q1 + q3] of each vector; the last level adds each pair */
+    return SHUF(r, r, 0, 2, 4, 6) + SHUF(r, r, 1, 3, 5, 7);
+#undef SHUF
+}
+#define HAVE_HSUM4 1
+#endif
+
 /* The order every element's sum follows, in both forms: four vector accumulators a0..a3, a_j taking the
  * VL-blocks k0 = 4*VL*q + j*VL (four independent chains per row, which is what lets one row stream W at the
  * memory's sequential rate); the remaining VL-blocks into a0; then (a0 + a1) + (a2 + a3), the lane tree of
@@ -61,7 +91,7 @@ static inline __attribute__((always_inline)) TARGET void KNAME(dot_tile)(const p
     const float *x[SB];
     KNAME(vec) a0[SB], a1[SB], a2[SB], a3[SB];
     for (int i = 0; i < sb; ++i) {
-        x[i] = p->X + (ptrdiff_t)(s0 + i) * K;
+        x[i] = p->X + (ptrdiff_t)(s0 + i) * p->xr;
         a0[i] = a1[i] = a2[i] = a3[i] = (KNAME(vec)){0};
     }
     int k = 0;
@@ -79,10 +109,23 @@ static inline __attribute__((always_inline)) TARGET void KNAME(dot_tile)(const p
         const KNAME(vec) w0 = KNAME(load)(w + k);
         for (int i = 0; i < sb; ++i) a0[i] += w0 * KNAME(load)(x[i] + k);
     }
+    float s[SB];
+#ifdef HAVE_HSUM4
+    if (sb >= 2) {
+        KNAME(vec) v[SB];
+        for (int i = 0; i < sb; ++i) v[i] = (a0[i] + a1[i]) + (a2[i] + a3[i]);
+        for (int i = 0; i < sb; i += 4) { /* a short group repeats its last rows; their sums are not used */
+            const int i1 = i + 1 < sb ? i + 1 : sb - 1, i2 = i + 2 < sb ? i + 2 : sb - 1;
+            const int i3 = i + 3 < sb ? i + 3 : sb - 1;
+            const KNAME(vec4) t = KNAME(hsum4)(v[i], v[i1], v[i2], v[i3]);
+            for (int l = 0; l < 4 && i + l < sb; ++l) s[i + l] = t[l];
+        }
+    } else
+#endif
+        for (int i = 0; i < sb; ++i) s[i] = KNAME(hsum)((a0[i] + a1[i]) + (a2[i] + a3[i]));
     for (int i = 0; i < sb; ++i) {
-        float s = KNAME(hsum)((a0[i] + a1[i]) + (a2[i] + a3[i]));
-        for (int kk = k; kk < K; ++kk) s += w[kk] * x[i][kk];
-        put(p, s0 + i, n, s);
+        for (int kk = k; kk < K; ++kk) s[i] += w[kk] * x[i][kk];
+        put(p, s0 + i, n, s[i]);
     }
 }
 
@@ -117,7 +160,7 @@ static TARGET void KNAME(dot_range)(const problem *p, int n0, int n1) {
  * exactly, as they do with OpenBLAS' sgemm. (This layout is rare at decode: x @ W with W stored [K, N].) */
 static inline __attribute__((always_inline)) TARGET void KNAME(axpy_cols)(const problem *p, int n0, int s) {
     const int K = p->K;
-    const float *x = p->X + (ptrdiff_t)s * K;
+    const float *x = p->X + (ptrdiff_t)s * p->xr;
     const float *w = p->W + n0;
     const ptrdiff_t wk = p->wk;
     KNAME(vec) acc[4 * VL]; /* acc[j*VL + l]: lane l of a_j of the dot form, for VL columns */
@@ -143,7 +186,7 @@ static inline __attribute__((always_inline)) TARGET void KNAME(axpy_cols)(const 
 /* One column (fewer than VL left), the same order in scalars. */
 static inline __attribute__((always_inline)) TARGET void KNAME(axpy_col1)(const problem *p, int n, int s) {
     const int K = p->K;
-    const float *x = p->X + (ptrdiff_t)s * K;
+    const float *x = p->X + (ptrdiff_t)s * p->xr;
     const float *w = p->W + n;
     const ptrdiff_t wk = p->wk;
     float acc[4 * VL];
