@@ -23,17 +23,9 @@ from xlstm_mlx.generation.snapshot import model_fingerprint
 from xlstm_mlx.models.xlstm7b import fuse
 from xlstm_mlx.models.xlstm7b.fuse import fusing
 
+from decode_runs import run_prompt
+
 swiglu_module = importlib.import_module("xlstm_mlx.kernels.swiglu")  # the package re-exports the function by that name
-
-
-def _run(model, prompt, steps=4):
-    cache = model.make_cache(prompt.shape[0])
-    outs = [model(prompt, cache=cache)[:, -1]]
-    tok = mx.argmax(outs[-1], axis=-1, keepdims=True).astype(mx.int32)
-    for _ in range(steps):
-        outs.append(model(tok, cache=cache)[:, -1])  # one-token calls: the compiled decode step
-        tok = mx.argmax(outs[-1], axis=-1, keepdims=True).astype(mx.int32)
-    return mx.stack(outs)
 
 
 def _rel(a, b):
@@ -79,9 +71,9 @@ def test_padded_model_matches_the_unpadded(tmp_path, monkeypatch, pad_on, profil
     widths, spy = _down_inputs(padded)
     monkeypatch.setattr(fuse.FusedLinear, "__call__", spy)
     prompt = mx.random.randint(3, 259, (2, 11), key=mx.random.key(6)).astype(mx.int32)
-    got = _run(padded, prompt)
+    got, _ = run_prompt(padded, prompt)
     assert widths and set(widths) == {width}  # prefill and decode both ran the padded product
-    ref = _run(plain, prompt)
+    ref, _ = run_prompt(plain, prompt)
     assert bool(mx.all(mx.isfinite(got)).item())
     assert _rel(got, ref) <= tol
 

@@ -19,17 +19,9 @@ from xlstm_mlx.generation.snapshot import model_fingerprint
 from xlstm_mlx.models.xlstm7b import fuse
 from xlstm_mlx.models.xlstm7b.fuse import fusing
 
+from decode_runs import run_prompt
+
 SINGLE_NAMES = (".q.weight", "igate_preact.weight", "proj_up.weight")
-
-
-def _run(model, prompt, steps=4):
-    cache = model.make_cache(prompt.shape[0])
-    outs = [model(prompt, cache=cache)[:, -1]]
-    tok = mx.argmax(outs[-1], axis=-1, keepdims=True).astype(mx.int32)
-    for _ in range(steps):
-        outs.append(model(tok, cache=cache)[:, -1])  # one-token calls: the compiled decode step
-        tok = mx.argmax(outs[-1], axis=-1, keepdims=True).astype(mx.int32)
-    return mx.stack(outs), cache
 
 
 def _rel(a, b):
@@ -55,8 +47,8 @@ def test_fused_model_matches_the_stored_layout(tmp_path, profile, tol, weight_mo
     assert _names(fused) == _names(stored) and fused.args == stored.args  # the stored model, unchanged
     assert model_fingerprint(fused) == model_fingerprint(stored)
     prompt = mx.random.randint(3, 259, (2, 11), key=mx.random.key(4)).astype(mx.int32)
-    got, got_cache = _run(fused, prompt)
-    ref, ref_cache = _run(stored, prompt)
+    got, got_cache = run_prompt(fused, prompt)
+    ref, ref_cache = run_prompt(stored, prompt)
     assert bool(mx.all(mx.isfinite(got)).item())
     assert _rel(got, ref) <= tol
     for a, b in zip(got_cache.arrays(), ref_cache.arrays()):
@@ -69,14 +61,14 @@ def test_weight_updates_reach_the_fused_arrays(tmp_path):
     with fusing(False):
         ref, _ = load(d, profile="parity")
     prompt = mx.random.randint(3, 259, (1, 7), key=mx.random.key(2)).astype(mx.int32)
-    _run(model, prompt)  # compiles the fused step
+    run_prompt(model, prompt)  # compiles the fused step
     new = {"backbone": {"blocks": [{"mlstm_layer": {"k": {"weight": mx.random.normal(b.mlstm_layer.k.weight.shape) * 0.1},
                                                     "fgate_preact": {"bias": mx.full(b.mlstm_layer.fgate_preact.bias.shape, 3.0)}},
                                     "ffn": {"proj_up": {"weight": mx.random.normal(b.ffn.proj_up.weight.shape) * 0.1}}}
                                    for b in model.backbone.blocks]}}
     model.update(new)
     ref.update(new)
-    assert _rel(_run(model, prompt)[0], _run(ref, prompt)[0]) <= 1e-5
+    assert _rel(run_prompt(model, prompt)[0], run_prompt(ref, prompt)[0]) <= 1e-5
 
 
 def test_training_gradients_reach_the_stored_parameters(tmp_path):
@@ -98,17 +90,17 @@ def test_save_and_convert_write_the_stored_layout(tmp_path):
     d = make_random_checkpoint(tmp_path / "ck", shape_args("tiny", use_bias=True), seed=1)
     model, _ = load(d, profile="parity")
     prompt = mx.random.randint(3, 259, (1, 7), key=mx.random.key(2)).astype(mx.int32)
-    first = _run(model, prompt)[0]
+    first = run_prompt(model, prompt)[0]
     again, _ = load(save_checkpoint(model, tmp_path / "resaved"), profile="parity")
     assert again.args.weight_mode == "single" and _names(again) == _names(model)
-    assert _rel(_run(again, prompt)[0], first) <= 1e-6
+    assert _rel(run_prompt(again, prompt)[0], first) <= 1e-6
     out = convert(d, tmp_path / "q", quantize=True, bits=8, group_size=64, progress=False)["out"]
     q, _ = load(out)
     layer = q.backbone.blocks[0].mlstm_layer
     assert "backbone.blocks.0.mlstm_layer.q.scales" in _names(q)
     assert fuse._KEY + "qkv_opreact" in layer.__dict__  # quantized parts fuse too (next test: exactly)
     assert fuse._KEY + "ifgate_preact" in layer.__dict__  # the float gates fuse as float
-    assert bool(mx.all(mx.isfinite(_run(q, prompt)[0])).item())
+    assert bool(mx.all(mx.isfinite(run_prompt(q, prompt)[0])).item())
 
 
 @pytest.mark.parametrize("bits,group_size,use_bias", [(4, 64, False), (8, 32, True), (3, 64, False)])
@@ -129,8 +121,8 @@ def test_quantized_groups_fuse_exactly(tmp_path, bits, group_size, use_bias):
     assert f"quantized {bits}-bit group {group_size}" in describe_run(fused)
     assert _names(fused) == _names(stored) and model_fingerprint(fused) == model_fingerprint(stored)
     prompt = mx.random.randint(3, 259, (2, 9), key=mx.random.key(8)).astype(mx.int32)
-    got, got_cache = _run(fused, prompt, steps=5)
-    ref, ref_cache = _run(stored, prompt, steps=5)
+    got, got_cache = run_prompt(fused, prompt, steps=5)
+    ref, ref_cache = run_prompt(stored, prompt, steps=5)
     assert bool(mx.all(mx.isfinite(got)).item())
     assert _rel(got, ref) <= 1e-5
     for a, b in zip(got_cache.arrays(), ref_cache.arrays()):
@@ -147,10 +139,10 @@ def test_quantizing_a_loaded_float_model_fuses_the_quantized_parts(tmp_path):
     with fusing(False):
         ref, _ = load(d, profile="parity")
     prompt = mx.random.randint(3, 259, (1, 8), key=mx.random.key(1)).astype(mx.int32)
-    _run(model, prompt)  # fused float step compiled first: it must not be reused after quantizing
+    run_prompt(model, prompt)  # fused float step compiled first: it must not be reused after quantizing
     for m in (model, ref):
         quantize_model(m, plan_quantization(m, bits=4, group_size=64), evaluate=True)
-    got = _run(model, prompt)[0]
+    got = run_prompt(model, prompt)[0]
     hit = model.backbone.blocks[0].mlstm_layer.__dict__[fuse._KEY + "qkv_opreact"][0]
     assert hit.quant == (64, 4, "affine")
-    assert _rel(got, _run(ref, prompt)[0]) <= 1e-5
+    assert _rel(got, run_prompt(ref, prompt)[0]) <= 1e-5

@@ -31,10 +31,58 @@ from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
 THREADS = 256  # 8 warps: 8 (sequence, head) rows per block
 FEW_ROWS = 264  # up to this many rows (2 per SM of an H200), one warp a block: the rows spread over the SMs
 
-_HEADER = VEC_HEADER + """
-__device__ __forceinline__ float xl_round(float v, const __nv_bfloat16*) { return __bfloat162float(__float2bfloat16(v)); }
-__device__ __forceinline__ float xl_round(float v, const float*) { return v; }
+# One (sequence, head) row by one warp, shared with the decode step's fused tail (kernels/mlstm_decode.py), so
+# that the two give the same bits: x holds this lane's DH / 32 values of h (16-byte vector v of the row at lane
+# v * 32 + lane); orow the row's output-gate pre-activations, w / b the head's weight and bias (b unread without
+# HAS_B). The gate, weight and bias are loaded before the reductions are waited for (at decode there are few
+# rows, and the loads' latency, not their bytes, sets the time); two-pass mean and variance by warp shuffles;
+# every rounding of the reference in the same place (normalized value, times weight, plus bias, sigmoid, product:
+# each rounded to the row's dtype, as MLX's ops on bf16 arrays round).
+ROW_HEADER = """
+__device__ __forceinline__ float xh_round(float v, const __nv_bfloat16*) { return __bfloat162float(__float2bfloat16(v)); }
+__device__ __forceinline__ float xh_round(float v, const float*) { return v; }
+
+template <int DH, bool HAS_B, typename T>
+__device__ __forceinline__ void xl_headnorm_row(const float* x, const T* orow, const T* w, const T* b, T* out_row,
+                                                int lane, float eps) {
+    constexpr int VEC = 16 / sizeof(T);
+    constexpr int PER_LANE = DH / 32;
+    constexpr int NV = PER_LANE / VEC;
+    float o[PER_LANE], wt[PER_LANE], bs[HAS_B ? PER_LANE : 1];
+#pragma unroll
+    for (int v = 0; v < NV; ++v) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const int c = (v * 32 + lane) * VEC + e;          // column within the head
+            o[v * VEC + e] = xl_float(orow[c]);
+            wt[v * VEC + e] = xl_float(w[c]);
+            if (HAS_B) bs[v * VEC + e] = xl_float(b[c]);
+        }
+    }
+    float s = 0.f;
+#pragma unroll
+    for (int e = 0; e < PER_LANE; ++e) s += x[e];
+    const float mean = xl_warp_sum(s) / DH;
+    float s2 = 0.f;
+#pragma unroll
+    for (int e = 0; e < PER_LANE; ++e) { const float d = x[e] - mean; s2 += d * d; }
+    const float inv = rsqrtf(xl_warp_sum(s2) / DH + eps);
+#pragma unroll
+    for (int v = 0; v < NV; ++v) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const int c = (v * 32 + lane) * VEC + e;
+            float y = xh_round((x[v * VEC + e] - mean) * inv, out_row);
+            y = xh_round(y * wt[v * VEC + e], out_row);
+            if (HAS_B) y = xh_round(y + bs[v * VEC + e], out_row);
+            const float g = xh_round(1.f / (1.f + expf(-o[v * VEC + e])), out_row);
+            xl_set(out_row + c, g * y);
+        }
+    }
+}
 """
+
+_HEADER = VEC_HEADER + ROW_HEADER
 
 _SOURCE = """
     constexpr int VEC = 16 / sizeof(T);
@@ -53,41 +101,8 @@ _SOURCE = """
 #pragma unroll
     for (int v = 0; v < NV; ++v) xl_to_float(hv[v * 32 + lane], x + v * VEC, h);
     const auto* orow = qkvo + (size_t)b * NQ + O_OFF + hd * DH;
-    auto* out_row = out + (size_t)b * NH * DH + hd * DH;
-    // gate, weight (and bias) loaded before the reductions above are waited for: at decode there are few rows,
-    // and the loads' latency, not their bytes, sets the time
-    float o[PER_LANE], wt[PER_LANE], bs[HAS_BIAS ? PER_LANE : 1];
-#pragma unroll
-    for (int v = 0; v < NV; ++v) {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-            const int c = (v * 32 + lane) * VEC + e;          // column within the head
-            o[v * VEC + e] = xl_float(orow[c]);
-            wt[v * VEC + e] = xl_float(weight[hd * DH + c]);
-            if (HAS_BIAS) bs[v * VEC + e] = xl_float(bias[hd * DH + c]);
-        }
-    }
-    float s = 0.f;
-#pragma unroll
-    for (int e = 0; e < PER_LANE; ++e) s += x[e];
-    const float mean = xl_warp_sum(s) / DH;
-    float s2 = 0.f;
-#pragma unroll
-    for (int e = 0; e < PER_LANE; ++e) { const float d = x[e] - mean; s2 += d * d; }
-    const float inv = rsqrtf(xl_warp_sum(s2) / DH + __int_as_float(EPS_BITS));
-
-#pragma unroll
-    for (int v = 0; v < NV; ++v) {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-            const int c = (v * 32 + lane) * VEC + e;
-            float y = xl_round((x[v * VEC + e] - mean) * inv, h);
-            y = xl_round(y * wt[v * VEC + e], h);
-            if (HAS_BIAS) y = xl_round(y + bs[v * VEC + e], h);
-            const float g = xl_round(1.f / (1.f + expf(-o[v * VEC + e])), h);
-            xl_set(out_row + c, g * y);
-        }
-    }
+    xl_headnorm_row<DH, HAS_BIAS>(x, orow, weight + hd * DH, bias + hd * DH, out + (size_t)b * NH * DH + hd * DH,
+                                  lane, __int_as_float(EPS_BITS));
 """
 
 _kernel = None

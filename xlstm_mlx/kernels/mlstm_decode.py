@@ -188,8 +188,8 @@ _SOURCE = """
     if constexpr (FUSE_NORM) {
         // The head's LayerNorm, weight (+ bias) and sigmoid output gate, by the last of the head's TILES blocks to
         // finish: each block's h tile is made visible (fence), then counted; the block that counts last reads the
-        // whole row of h back from L2 and writes `out`, as kernels/headnorm.py does it (one warp, the same sums
-        // and roundings), then resets the counter for the next call. One launch a layer fewer.
+        // whole row of h back from L2 and writes `out` with kernels/headnorm.py's own row function (one warp, the
+        // same sums and roundings), having reset the counter for the next call. One launch a layer fewer.
         __shared__ bool last_sh;
         __threadfence();
         __syncthreads();
@@ -202,50 +202,16 @@ _SOURCE = """
         if (!last_sh || warp != 0) return;
         __threadfence();
         constexpr int VEC = 16 / sizeof(*h);
-        constexpr int PER_LANE = DV / 32;
-        constexpr int NV = PER_LANE / VEC;
-        float x[PER_LANE], o[PER_LANE], wt[PER_LANE], bs[NORM_BIAS ? PER_LANE : 1];
+        float x[DV / 32];
         const uint4* hv = reinterpret_cast<const uint4*>(h + (size_t)bh * DV);
 #pragma unroll
-        for (int v = 0; v < NV; ++v) xl_to_float(__ldcg(hv + v * 32 + lane), x + v * VEC, h);
-        const auto* orow = qkvo + (size_t)b * NQ + O_OFF + hd * DV;
-#pragma unroll
-        for (int v = 0; v < NV; ++v) {
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-                const int c = (v * 32 + lane) * VEC + e;
-                o[v * VEC + e] = xl_float(orow[c]);
-                wt[v * VEC + e] = xl_float(nw[hd * DV + c]);
-                if (NORM_BIAS) bs[v * VEC + e] = xl_float(nb[hd * DV + c]);
-            }
-        }
-        float s1 = 0.f;
-#pragma unroll
-        for (int e = 0; e < PER_LANE; ++e) s1 += x[e];
-        const float mean = xl_warp_sum(s1) / DV;
-        float s2 = 0.f;
-#pragma unroll
-        for (int e = 0; e < PER_LANE; ++e) { const float d = x[e] - mean; s2 += d * d; }
-        const float inv = rsqrtf(xl_warp_sum(s2) / DV + __int_as_float(NORM_EPS_BITS));
-        auto* out_row = out + (size_t)bh * DV;
-#pragma unroll
-        for (int v = 0; v < NV; ++v) {
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-                const int c = (v * 32 + lane) * VEC + e;
-                float y = xd_round((x[v * VEC + e] - mean) * inv, h);
-                y = xd_round(y * wt[v * VEC + e], h);
-                if (NORM_BIAS) y = xd_round(y + bs[v * VEC + e], h);
-                const float g = xd_round(1.f / (1.f + expf(-o[v * VEC + e])), h);
-                xl_set(out_row + c, g * y);
-            }
-        }
+        for (int v = 0; v < DV / 32 / VEC; ++v) xl_to_float(__ldcg(hv + v * 32 + lane), x + v * VEC, h);
+        xl_headnorm_row<DV, NORM_BIAS>(x, qkvo + (size_t)b * NQ + O_OFF + hd * DV, nw + hd * DV, nb + hd * DV,
+                                       out + (size_t)bh * DV, lane, __int_as_float(NORM_EPS_BITS));
     }
 """
 
-_HEADER = VEC_HEADER + """
-__device__ __forceinline__ float xd_round(float v, const __nv_bfloat16*) { return __bfloat162float(__float2bfloat16(v)); }
-__device__ __forceinline__ float xd_round(float v, const float*) { return v; }
+_HEADER = VEC_HEADER + headnorm.ROW_HEADER + """
 template <int N> struct XlVec;                        // CPL float32 columns as one load: 4, 8 or 16 bytes
 template <> struct XlVec<1> { using type = float; };
 template <> struct XlVec<2> { using type = float2; };
