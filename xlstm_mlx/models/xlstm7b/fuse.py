@@ -33,6 +33,8 @@ F' = ffn_dim rounded up to a multiple of PAD_MULTIPLE (zero columns past ffn_dim
 its first ffn_dim columns (no second copy), and inside an inference call the SwiGLU writes its product F' wide
 with zeros past ffn_dim (kernels/swiglu.py, `width`): each output is the same dot product plus exact zero terms
 (0.6% more weight bytes and prefill FLOPs for the down product at the 7B shape).
+Outside an inference call (a training loss) the single layer runs on that strided view, which MLX's matmul may
+copy to a contiguous array at each call (not measured; `fusing(False)` or XLSTM_MLX_FFN_PAD=0 at load avoids it).
 Float (not quantized) down projections only; XLSTM_MLX_FFN_PAD=auto (the default: on where MLX's CUDA backend
 runs), 1 (everywhere: the tests) or 0 (never).
 
