@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+STANDINS = Path(__file__).resolve().parent / "cuda_emulator"  # ptx_standins.h, shared with emu.h
+
 _STUBS = r"""
 #include <algorithm>
 #include <array>
@@ -93,46 +95,9 @@ inline unsigned int __byte_perm(unsigned int x, unsigned int y, unsigned int s) 
     for (int i = 0; i < 4; ++i) r |= unsigned((v >> (8 * ((s >> (4 * i)) & 7u))) & 0xFFu) << (8 * i);
     return r;
 }
-std::vector<uint64_t> g_ubuf;
-std::vector<const void*> g_pbuf;
 inline void host_syncwarp() { g_warp_bar[threadIdx.x / 32]->arrive_and_wait(); }
 inline void host_cp_async16(void* dst, const void* src) { std::memcpy(dst, src, 16); }  // lands at once
-// ldmatrix.sync.aligned.m8n8.x4.shared.b16: lanes 8j..8j+7 give the rows of matrix j (16 bytes each); lane t
-// receives in r[j] the 32-bit word t % 4 of row t / 4 of matrix j
-inline void host_ldmatrix_x4(unsigned int* r, const void* row) {
-    const int w = threadIdx.x / 32, l = threadIdx.x % 32;
-    g_pbuf[w * 32 + l] = row;
-    host_syncwarp();
-    for (int j = 0; j < 4; ++j)
-        std::memcpy(&r[j], static_cast<const char*>(g_pbuf[w * 32 + 8 * j + l / 4]) + 4 * (l % 4), 4);
-    host_syncwarp();
-}
-// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, the PTX ISA's fragment layouts (g = lane / 4,
-// c = lane % 4): A a[0]: (row g, k 2c, 2c+1), a[1]: (g+8, 2c..), a[2]: (g, 2c+8, 2c+9), a[3]: (g+8, 2c+8..);
-// B b[0]: (k 2c, 2c+1; column g), b[1]: (k 2c+8, 2c+9; column g); C/D e: (row g + 8 (e / 2), column 2c + e % 2);
-// the lower-indexed element of a pair in the low 16 bits. Products of bf16 are exact in float; summed in order.
-inline void host_mma_16816(float* d, const unsigned int* a, const unsigned int* b, const float* c) {
-    const int w = threadIdx.x / 32, l = threadIdx.x % 32;
-    uint64_t* mine = &g_ubuf[(w * 32 + l) * 8];
-    for (int i = 0; i < 4; ++i) mine[i] = a[i];
-    mine[4] = b[0];
-    mine[5] = b[1];
-    host_syncwarp();
-    auto half = [](uint64_t reg, int k) { return __bfloat162float(__nv_bfloat16{uint16_t(reg >> (16 * (k & 1)))}); };
-    auto A = [&](int row, int k) {
-        return half(g_ubuf[(w * 32 + 4 * (row % 8) + (k % 8) / 2) * 8 + (row >= 8) + 2 * (k >= 8)], k);
-    };
-    auto B = [&](int k, int col) { return half(g_ubuf[(w * 32 + 4 * col + (k % 8) / 2) * 8 + 4 + (k >= 8)], k); };
-    float out[4];
-    for (int e = 0; e < 4; ++e) {
-        const int row = l / 4 + 8 * (e / 2), col = 2 * (l % 4) + e % 2;
-        float s = c[e];
-        for (int k = 0; k < 16; ++k) s += A(row, k) * B(k, col);
-        out[e] = s;
-    }
-    host_syncwarp();
-    for (int e = 0; e < 4; ++e) d[e] = out[e];
-}
+#include "ptx_standins.h"  // host_ldmatrix_x4, host_mma_16816
 """
 
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.uint32): "uint32_t", np.dtype(np.int32): "int32_t"}
@@ -236,8 +201,6 @@ int main() {{
     {' '.join(reads)}
     std::vector<{oct_}> out({osize});
     g_xbuf.resize(({threads} + 31) / 32 * 32);
-    g_ubuf.resize(({threads} + 31) / 32 * 32 * 8);
-    g_pbuf.resize(({threads} + 31) / 32 * 32);
     for (int blk = 0; blk < {blocks}; ++blk) {{
         blockIdx.x = blk;
         std::barrier<> bb({threads});
@@ -255,8 +218,8 @@ int main() {{
 }}
 """)
         (d / "k.cpp").write_text(prog)
-        r = subprocess.run([cxx, "-std=c++20", "-O1", "-Wno-unknown-pragmas", "-pthread", str(d / "k.cpp"), "-o",
-                            str(d / "k")], capture_output=True, text=True)
+        r = subprocess.run([cxx, "-std=c++20", "-O1", "-Wno-unknown-pragmas", "-pthread", "-I", str(STANDINS),
+                            str(d / "k.cpp"), "-o", str(d / "k")], capture_output=True, text=True)
         if r.returncode:
             raise RuntimeError(f"host build of the kernel failed:\n{r.stderr[:4000]}")
         subprocess.run([str(d / "k")], check=True, timeout=300)

@@ -45,6 +45,41 @@ __device__ __forceinline__ void xl_set(__nv_bfloat16* p, float v) { *p = __float
 __device__ __forceinline__ void xl_set(float* p, float v) { *p = v; }
 """
 
+# Warp-level tensor-core PTX with documented register layouts (the PTX ISA's), for kernels whose fragments are
+# their own: the wmma API's fragments are opaque, and on sm_90 its bf16 loads from shared memory compile to
+# generic 32-bit loads plus a MOVM transpose per register (an ncu source profile of the chunk recurrence:
+# a quarter of its stall samples), where ldmatrix loads four 8x8 tiles in one instruction. Off the GPU (the
+# tests' CPU harnesses) the host_* stand-ins of tests/kernels/cuda_emulator/ptx_standins.h implement the same
+# documented semantics.
+MMA_HEADER = r"""
+#if defined(__CUDACC__)
+__device__ __forceinline__ unsigned xl_smem_addr(const void* p) {
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+// four 8x8 b16 tiles of shared memory, transposed: lanes 8j..8j+7 give the 16-byte rows of tile j; lane t
+// receives in r[j] the elements (row 2 (t % 4), column t / 4) (low half) and (row 2 (t % 4) + 1, column t / 4)
+__device__ __forceinline__ void xl_ldmatrix_x4_trans(unsigned* r, const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(xl_smem_addr(row)) : "memory");
+}
+// d += a (16x16 bf16, row) * b (16x8 bf16, col), float32 accumulation (mma.sync m16n8k16; g = lane / 4,
+// c = lane % 4: a[0] (row g, k 2c..2c+1), a[1] (g+8, 2c..), a[2] (g, 2c+8..), a[3] (g+8, 2c+8..); b0 (k 2c..2c+1,
+// column g), b1 (k 2c+8..); d[e] (row g + 8 (e / 2), column 2c + e % 2))
+__device__ __forceinline__ void xl_mma_bf16(float* d, const unsigned* a, unsigned b0, unsigned b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+#else
+inline void xl_ldmatrix_x4_trans(unsigned* r, const void* row) { host_ldmatrix_x4_trans(r, row); }
+inline void xl_mma_bf16(float* d, const unsigned* a, unsigned b0, unsigned b1) {
+    const unsigned b[2] = {b0, b1};
+    host_mma_16816(d, a, b, d);
+}
+#endif
+"""
+
 
 def as_rows(x: mx.array) -> mx.array:
     """x as a matrix of rows [M, K]: x itself when it is one already. A reshape is a node of the lazy graph, and

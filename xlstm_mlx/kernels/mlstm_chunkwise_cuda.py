@@ -16,7 +16,10 @@ kernels (so every T >= 1 runs here, T < 64 as one partial chunk):
   order; small tiles because the walk is latency-bound: 256 blocks at the 7B shape and batch 1, two per SM):
       writes the state at the START of every chunk (C_k in bfloat16, n_k and m_k float32), then
       m_next = max(g + m, a*),  C = e^{g+m-m_next} C + sum_s e^{a_s-m_next} k_s v_s^T,  n likewise.
-      C lives in float32 wmma accumulator fragments for the whole walk; k e^{a_s - m_next} is rounded to bf16
+      C lives in float32 mma.sync accumulators (PTX layout, cuda_common.MMA_HEADER) for the whole walk, stored
+      from there as bf16 pairs; both operands come from the [step][column] tiles by transposed ldmatrix (the
+      wmma API's bf16 loads compiled to generic loads and a MOVM transpose a register: a quarter of the stall
+      samples of an ncu profile, 2026-12-02). k e^{a_s - m_next} is rounded to bf16
       for the tensor-core product (as the official does), n's sum is float32 from the bf16 k. Returns the final
       state in float32. a* is clamped, so a chunk of only masked steps (a_s = -inf, g = 0) gives weight 0, not NaN.
       k and v past T are not read (zeros in shared memory; their weight e^{a_s - m_next} = e^{-inf} is 0): the
@@ -61,7 +64,7 @@ import mlx.core as mx
 
 from xlstm_mlx import env
 from xlstm_mlx.errors import UsageError
-from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
+from xlstm_mlx.kernels.cuda_common import MMA_HEADER, VEC_HEADER, cuda_available
 from xlstm_mlx.kernels.mlstm_chunk_scan import MAX_SEGMENT_CHUNKS, mlstm_chunkwise_ops
 from xlstm_mlx.kernels.mlstm_recurrent import mlstm_zero_state
 
@@ -74,7 +77,7 @@ THREADS = 256  # 8 warps
 VT_A = 64
 VT_B = 128
 
-_HEADER = VEC_HEADER + """
+_HEADER = VEC_HEADER + MMA_HEADER + """
 #include <mma.h>
 
 __device__ __forceinline__ uint4 xl_pack_bf16(const float* f) {
@@ -137,16 +140,17 @@ _GATES_SOURCE = """
 
 # kernel A: the recurrence over the chunks of one segment; one block per (Dqk tile, Dv tile, sequence*head)
 _RECURRENT_SOURCE = """
-    namespace wmma = nvcuda::wmma;
     constexpr int WARPS = THREADS / 32;
     constexpr int NTI = DQK / KT, NTJ = DV / VT;
-    constexpr int FC = VT / 16;                       // fragment columns of the C tile (4 fragment rows)
-    constexpr int FPW = FC * (KT / 16) / WARPS;       // fragments per warp
+    // the C tile (KT x VT) as mma.sync tiles of 16 rows x 8 columns: warp w owns rows 16 (w % 4) .. + 15 and
+    // TPW consecutive 8-column tiles from column 8 TPW (w / 4); its accumulators hold them in the PTX layout
+    // (xl_mma_bf16: element e of tile t at row g + 8 (e / 2), column 2c + e % 2; g = lane / 4, c = lane % 4)
+    constexpr int TPW = (KT / 16) * (VT / 8) / WARPS;  // 4 at VT 64, 8 at VT 128
     constexpr int KU = L * KT / 8 / THREADS;          // uint4 of the k tile per thread
     constexpr int VU = L * VT / 8 / THREADS;          // uint4 of the v tile per thread
-    static_assert(KT == 64 && WARPS == 8 && FPW * WARPS == FC * 4 && KU >= 1 && VU >= 1, "tile shape");
-    // rows of the wmma operand tiles padded by 16 bytes: unpadded rows of 128/256 bytes all start in the same
-    // shared-memory banks, and a fragment load reading 16 rows would serialize on them
+    static_assert(KT == 64 && WARPS == 8 && TPW % 2 == 0 && TPW * 8 * 2 == VT && KU >= 1 && VU >= 1, "tile shape");
+    // rows of the staged tiles padded by 16 bytes: unpadded rows of 128/256 bytes all start in the same
+    // shared-memory banks, and the 8 rows of an ldmatrix tile would serialize on them
     constexpr int KP = KT + 8, VP = VT + 8;
     const int tj = blockIdx.x % NTJ;
     const int ti = (blockIdx.x / NTJ) % NTI;
@@ -158,31 +162,33 @@ _RECURRENT_SOURCE = """
     constexpr int KST = BTHD ? K_ROW : DQK, VST = BTHD ? V_ROW : DV;   // elements from one step to the next
     const size_t kb = xl_head_base<BTHD, DQK, K_ROW, K_OFF>(bh, NH, T) + i0;
     const size_t vb = xl_head_base<BTHD, DV, V_ROW, V_OFF>(bh, NH, T) + j0;
-    const int fr = warp % 4, fc0 = (warp / 4) * FPW;  // this warp's fragments: row fr, columns fc0..
+    const int mt = warp % 4, nt0 = (warp / 4) * TPW;  // this warp's row tile and first column tile
+    const int g8 = lane / 4, c4 = lane % 4;           // the lane's row and column pair in a tile
+    const int lm = lane / 8, lr8 = lane % 8;          // the ldmatrix tile this lane addresses, and its row
     const bool n_block = tj == 0 && tid < KT;         // the Dv-tile-0 blocks carry n
     const bool m_block = ti == 0 && tj == 0 && tid == 0;
 
-    __shared__ __align__(32) __nv_bfloat16 kw_sh[L * KP];   // k_s e^{a_s - m_next} (bf16): k^T as col-major A
-    __shared__ __align__(32) __nv_bfloat16 k_sh[L * KT];    // k as loaded, for n's float32 sum
-    __shared__ __align__(32) __nv_bfloat16 v_sh[L * VP];
-    __shared__ __align__(32) float scratch[WARPS][256];     // one 16 x 16 fragment per warp
+    __shared__ __align__(16) __nv_bfloat16 kw_sh[L * KP];   // k_s e^{a_s - m_next} (bf16), [s][i]
+    __shared__ __align__(16) __nv_bfloat16 k_sh[L * KT];    // k as loaded, for n's float32 sum
+    __shared__ __align__(16) __nv_bfloat16 v_sh[L * VP];    // [s][j]
     __shared__ float w_sh[L];
     constexpr int NP = THREADS / KT;                  // n's sum over s in NP parts (all threads of a tile-0 block)
     static_assert(NP * KT == THREADS && L % NP == 0, "n parts");
     __shared__ float n_part[NP][KT];
-    float* scr = scratch[warp];
 
-    // the incoming state: C into float32 accumulators (through shared memory: no layout assumed), n, m
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[FPW];
-    const int lr = lane / 2, lc = (lane % 2) * 8;     // a lane's 8 elements of a 16 x 16 fragment
+    // element e of the lane's tile t: C row i0 + crow(e), column j0 + ccol(t)
+    auto crow = [&](int e) { return 16 * mt + g8 + 8 * (e / 2); };
+    auto ccol = [&](int t) { return 8 * (nt0 + t) + 2 * c4; };
+    // the incoming state: C straight into the accumulators, n, m
+    float acc[TPW][4];
 #pragma unroll
-    for (int f = 0; f < FPW; ++f) {
-        const float* src = C0 + ((size_t)bh * DQK + i0 + 16 * fr + lr) * DV + j0 + 16 * (fc0 + f) + lc;
-        *reinterpret_cast<float4*>(scr + lr * 16 + lc) = *reinterpret_cast<const float4*>(src);
-        *reinterpret_cast<float4*>(scr + lr * 16 + lc + 4) = *reinterpret_cast<const float4*>(src + 4);
-        __syncwarp();
-        wmma::load_matrix_sync(acc[f], scr, 16, wmma::mem_row_major);
-        __syncwarp();
+    for (int t = 0; t < TPW; ++t) {
+#pragma unroll
+        for (int h2 = 0; h2 < 2; ++h2) {
+            const float2 x = *reinterpret_cast<const float2*>(C0 + ((size_t)bh * DQK + i0 + crow(2 * h2)) * DV + j0 + ccol(t));
+            acc[t][2 * h2] = x.x;
+            acc[t][2 * h2 + 1] = x.y;
+        }
     }
     float n_reg = n_block ? n0[(size_t)bh * DQK + i0 + tid] : 0.f;
     float m = m0[bh];
@@ -225,15 +231,15 @@ _RECURRENT_SOURCE = """
         const float decay = expf(gc + m - m_next);
         if (c > 0 && n_block) n_combine();            // the parts were written before the last __syncthreads
 
-        // 1. the state at this chunk's start: C rounded to bf16 (kernel B's q C operand), n and m float32
+        // 1. the state at this chunk's start: C rounded to bf16 (kernel B's q C operand) from the accumulators,
+        //    a bf16 pair a store, n and m float32
         const size_t st = (size_t)bh * NCS + c;
 #pragma unroll
-        for (int f = 0; f < FPW; ++f) {
-            wmma::store_matrix_sync(scr, acc[f], 16, wmma::mem_row_major);
-            __syncwarp();
-            *reinterpret_cast<uint4*>(Cs + (st * DQK + i0 + 16 * fr + lr) * DV + j0 + 16 * (fc0 + f) + lc) =
-                xl_pack_bf16(scr + lr * 16 + lc);
-            __syncwarp();
+        for (int t = 0; t < TPW; ++t) {
+#pragma unroll
+            for (int h2 = 0; h2 < 2; ++h2)
+                *reinterpret_cast<__nv_bfloat162*>(Cs + (st * DQK + i0 + crow(2 * h2)) * DV + j0 + ccol(t)) =
+                    __floats2bfloat162_rn(acc[t][2 * h2], acc[t][2 * h2 + 1]);
         }
         if (n_block) ns[st * DQK + i0 + tid] = n_reg;
         if (m_block) ms[st] = m;
@@ -259,21 +265,25 @@ _RECURRENT_SOURCE = """
         __syncthreads();
         if (c + 1 < NCS) fetch(c0 + c + 1);
 
-        // 3. C = decay C + (k w)^T v on the tensor cores, float32 accumulation
+        // 3. C = decay C + (k w)^T v on the tensor cores, float32 accumulation, 16 steps s an mma: the A operand
+        //    (rows i, k = s) and the B operand (k = s, columns j) both from [s][.] tiles by transposed ldmatrix
 #pragma unroll
-        for (int f = 0; f < FPW; ++f) {
+        for (int t = 0; t < TPW; ++t) {
 #pragma unroll
-            for (int e = 0; e < acc[f].num_elements; ++e) acc[f].x[e] *= decay;   // one scalar: layout-free
+            for (int e = 0; e < 4; ++e) acc[t][e] *= decay;
         }
 #pragma unroll
         for (int kk = 0; kk < L / 16; ++kk) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::col_major> fa;
-            wmma::load_matrix_sync(fa, kw_sh + 16 * kk * KP + 16 * fr, KP);
+            // tiles 0..3: (s 0-7, i 0-7), (s 0-7, i 8-15), (s 8-15, i 0-7), (s 8-15, i 8-15) = a[0..3]
+            unsigned a[4];
+            xl_ldmatrix_x4_trans(a, kw_sh + (16 * kk + 8 * (lm / 2) + lr8) * KP + 16 * mt + 8 * (lm % 2));
 #pragma unroll
-            for (int f = 0; f < FPW; ++f) {
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
-                wmma::load_matrix_sync(fb, v_sh + 16 * kk * VP + 16 * (fc0 + f), VP);
-                wmma::mma_sync(acc[f], fa, fb, acc[f]);
+            for (int t = 0; t < TPW; t += 2) {
+                // tiles 0..3: (s 0-7, tile t), (s 8-15, tile t), (s 0-7, tile t+1), (s 8-15, tile t+1)
+                unsigned b[4];
+                xl_ldmatrix_x4_trans(b, v_sh + (16 * kk + 8 * (lm % 2) + lr8) * VP + 8 * (nt0 + t + lm / 2));
+                xl_mma_bf16(acc[t], a, b[0], b[1]);
+                xl_mma_bf16(acc[t + 1], a, b[2], b[3]);
             }
         }
         // n's sum_s w_s k_s in float32, in NP parts of L / NP steps (combined at the next chunk's start)
@@ -291,13 +301,11 @@ _RECURRENT_SOURCE = """
 
     // the final state, float32
 #pragma unroll
-    for (int f = 0; f < FPW; ++f) {
-        wmma::store_matrix_sync(scr, acc[f], 16, wmma::mem_row_major);
-        __syncwarp();
-        float* dst = C_out + ((size_t)bh * DQK + i0 + 16 * fr + lr) * DV + j0 + 16 * (fc0 + f) + lc;
-        *reinterpret_cast<float4*>(dst) = *reinterpret_cast<const float4*>(scr + lr * 16 + lc);
-        *reinterpret_cast<float4*>(dst + 4) = *reinterpret_cast<const float4*>(scr + lr * 16 + lc + 4);
-        __syncwarp();
+    for (int t = 0; t < TPW; ++t) {
+#pragma unroll
+        for (int h2 = 0; h2 < 2; ++h2)
+            *reinterpret_cast<float2*>(C_out + ((size_t)bh * DQK + i0 + crow(2 * h2)) * DV + j0 + ccol(t)) =
+                make_float2(acc[t][2 * h2], acc[t][2 * h2 + 1]);
     }
     if (NCS > 0 && n_block) n_combine();
     if (n_block) n_out[(size_t)bh * DQK + i0 + tid] = n_reg;

@@ -51,6 +51,7 @@ struct alignas(16) uint4 { unsigned x, y, z, w; };
 struct alignas(16) float4 { float x, y, z, w; };
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 struct float2 { float x, y; };
+inline float2 make_float2(float x, float y) { return {x, y}; }
 inline float __bfloat162float(__nv_bfloat16 h) { uint32_t u = uint32_t(h.bits) << 16; float f; std::memcpy(&f, &u, 4); return f; }
 inline __nv_bfloat16 __float2bfloat16(float f) {
     uint32_t u; std::memcpy(&u, &f, 4);
@@ -103,6 +104,10 @@ void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix
     std::memcpy(d.x, out, sizeof out);
 }
 }}  // namespace nvcuda::wmma
+
+// ldmatrix / mma.sync for kernels that use them through cuda_common.MMA_HEADER's wrappers
+inline void host_syncwarp() { __syncwarp(); }
+#include "ptx_standins.h"
 
 template <class F> void emu_launch(int blocks, int threads, F&& body) {
     std::barrier<> bb(threads);
