@@ -254,7 +254,7 @@ def chunkwise_section(shapes) -> list[dict]:
         except Exception as e:
             row["rows_error"] = f"{type(e).__name__}: {e}"[:300]
         defaults = (mlstm_chunkwise_cuda.VT_A, mlstm_chunkwise_cuda.VT_B)
-        for vt_a, vt_b in ((128, 128), (64, 64), (128, 64)):  # the other Dv tiles of kernels A and B
+        for vt_a, vt_b in ((64, 128), (128, 128), (64, 64), (128, 64)):  # fixed Dv tiles of kernels A and B
             name = f"A{vt_a}_B{vt_b}"
             mlstm_chunkwise_cuda.VT_A, mlstm_chunkwise_cuda.VT_B = vt_a, vt_b
             try:

@@ -88,3 +88,18 @@ def test_emulated_rows_layout_is_the_heads_first_result(case):
 def test_emulated_block_runs_the_rows_kernels_on_the_projection_output(weight_mode, monkeypatch):
     with cuda_emulator.emulated(cwc):
         check_block_rows_path(weight_mode, monkeypatch, T=64 + 7)
+
+
+def test_recurrent_v_tile_rule():
+    """Kernel A takes 128-wide Dv tiles where that grid fits in one wave of the GPU's multiprocessors, else 64
+    (and 64 wherever Dv is not a multiple of 128); a fixed VT_A overrides the rule (the kernel lab's variants)."""
+    assert cwc.VT_A == "auto"
+    assert cwc.recurrent_v_tile(1, 8, 256, 512) == 128      # 7B heads at batch 1: 128 blocks
+    assert cwc.recurrent_v_tile(8, 8, 256, 512) == 64       # batch 8: 1,024 blocks of 128
+    assert cwc.recurrent_v_tile(1, 2, 64, 192) == 64        # Dv 192: no 128-wide tiling
+    saved = cwc.VT_A
+    try:
+        cwc.VT_A = 64
+        assert cwc.recurrent_v_tile(1, 8, 256, 512) == 64
+    finally:
+        cwc.VT_A = saved

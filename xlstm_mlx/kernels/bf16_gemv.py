@@ -67,7 +67,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from xlstm_mlx.errors import UsageError
-from xlstm_mlx.kernels.cuda_common import VEC_HEADER, as_rows, cuda_available, from_rows
+from xlstm_mlx.kernels.cuda_common import SMS, VEC_HEADER, as_rows, cuda_available, from_rows
 
 MAX_ROWS = 16  # x rows the kernel takes (decode batch): two 8-column mma tiles; beyond, MLX's matmul
 VEC = 8  # bf16 values a 16-byte vector: K must be a multiple of it
@@ -279,7 +279,6 @@ def applies(x: mx.array, w: mx.array, bias: mx.array | None = None) -> bool:
     return K == w.shape[1] and K >= VEC and K % VEC == 0 and w.shape[0] >= 1 and 1 <= _rows(x) <= MAX_ROWS
 
 
-SMS = 132  # multiprocessors of an H100 / H200 (SXM)
 TARGET_WARPS = 8 * SMS  # warps wanted in the grid: ~8 a multiprocessor, each with (S - 1) steps of bytes in flight
 
 # The configurations one lab run sweeps (benchmarks/gpu_bf16_gemv_lab.py), all tested on the GPU

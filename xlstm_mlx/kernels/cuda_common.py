@@ -9,6 +9,9 @@ from __future__ import annotations
 import mlx.core as mx
 
 
+SMS = 132  # multiprocessors of an H100 / H200 (SXM): the kernels' grid and tile choices are sized for it
+
+
 def cuda_available() -> bool:
     """True where a CUDA kernel can run: MLX's CUDA backend, the GPU the default device."""
     return mx.cuda.is_available() and mx.default_device().type == mx.gpu

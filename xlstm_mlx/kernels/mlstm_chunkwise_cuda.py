@@ -64,17 +64,21 @@ import mlx.core as mx
 
 from xlstm_mlx import env
 from xlstm_mlx.errors import UsageError
-from xlstm_mlx.kernels.cuda_common import MMA_HEADER, VEC_HEADER, cuda_available
+from xlstm_mlx.kernels.cuda_common import MMA_HEADER, SMS, VEC_HEADER, cuda_available
 from xlstm_mlx.kernels.mlstm_chunk_scan import MAX_SEGMENT_CHUNKS, mlstm_chunkwise_ops
 from xlstm_mlx.kernels.mlstm_recurrent import mlstm_zero_state
 
 L = 64  # chunk length of the kernels
 KT = 64  # Dqk rows of kernel A's C tile; kernel B's Dqk slice
 THREADS = 256  # 8 warps
-# Dv tiles (64 or 128; 128 only where Dv % 128 == 0): kernel A 64, since its walk over the chunks is latency-bound
-# (twice the blocks of 128); kernel B 128 (half the q k^T recomputation and q/k reads of 64). Module settings, so
-# that the kernel lab (benchmarks/gpu_kernels.py) can time the other choices.
-VT_A = 64
+# Dv tiles (64 or 128; 128 only where Dv % 128 == 0). Kernel A: "auto" = 128 where its grid of 128-wide tiles
+# fits in one wave (at most SMS blocks: 128 registers a thread, one block per SM), else 64. Its walk over the
+# chunks is latency-bound, and with the mma.sync form a warp's 8 tiles of 128 keep more independent mmas in
+# flight than 4 of 64 (lab, H200 2026-12-02, 7B heads: B=1 T=2048 375 against 421 us, both kernels with the
+# gates), while at B=8 T=8192 (1,024 blocks of 128) 64 is faster (6,627 against 6,769 us). Kernel B 128 (half the
+# q k^T recomputation and q/k reads of 64). Module settings, so that the kernel lab (benchmarks/gpu_kernels.py)
+# can time the other choices.
+VT_A: int | str = "auto"
 VT_B = 128
 
 _HEADER = VEC_HEADER + MMA_HEADER + """
@@ -543,6 +547,15 @@ def _v_tile(dv: int, wanted: int) -> int:
     return 128 if wanted == 128 and dv % 128 == 0 else 64
 
 
+def recurrent_v_tile(B: int, NH: int, dqk: int, dv: int) -> int:
+    """Kernel A's Dv tile: VT_A, or for "auto" 128 where its B * NH * (Dqk / KT) * (Dv / 128) blocks fit in
+    one wave of SMS, else 64."""
+    if VT_A != "auto":
+        return _v_tile(dv, VT_A)
+    one_wave = dv % 128 == 0 and B * NH * (dqk // KT) * (dv // 128) <= SMS
+    return 128 if one_wave else 64
+
+
 class Layout(NamedTuple):
     """Where the kernels find q, k, v and the gates and put h (template constants of the kernels).
 
@@ -619,7 +632,7 @@ def _recurrent(k, v, gates, state, seg, ncs: int, layout: Layout):
     """Kernel A over one segment: the chunk-start states (C_k bf16, n_k, m_k) and the final state (float32)."""
     B, NH, _ = gates[2].shape
     dqk, dv = layout.dqk, layout.dv
-    vt = _v_tile(dv, VT_A)
+    vt = recurrent_v_tile(B, NH, dqk, dv)
     _, a, g, amax = gates
     C0, n0, m0 = state
     rec = _kernel("xlstm_mlstm_chunk_recurrent", ["k", "v", "alog", "g", "amax", "C0", "n0", "m0", "seg"],

@@ -75,7 +75,7 @@ import numpy as np
 
 from xlstm_mlx.errors import UsageError
 from xlstm_mlx.kernels import quant_gemv_lab
-from xlstm_mlx.kernels.cuda_common import VEC_HEADER, as_rows, cuda_available, from_rows
+from xlstm_mlx.kernels.cuda_common import SMS, VEC_HEADER, as_rows, cuda_available, from_rows
 
 MAX_ROWS = 16  # x rows the kernel takes (decode batch): two 8-column mma tiles; beyond, MLX's quantized matmul
 BITS = (4, 8)
@@ -499,7 +499,6 @@ def applies(x: mx.array, w: mx.array, scales: mx.array, group_size: int, bits: i
             and scales.shape == (N, K // group_size))
 
 
-SMS = 132  # multiprocessors of an H100 / H200 (SXM)
 TARGET_WARPS = 8 * SMS  # warps wanted in the grid: ~8 a multiprocessor, each with (S - 1) steps of bytes in flight
 RING_BUDGET = 96 * 1024  # shared memory a multiprocessor's weight rings may take at many rows (of its 228 KB)
 
