@@ -59,7 +59,13 @@ MMA_HEADER = r"""
 __device__ __forceinline__ unsigned xl_smem_addr(const void* p) {
     return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
-// four 8x8 b16 tiles of shared memory, transposed: lanes 8j..8j+7 give the 16-byte rows of tile j; lane t
+// four 8x8 b16 tiles of shared memory: lanes 8j..8j+7 give the 16-byte rows of tile j; lane t receives in r[j]
+// the 32-bit word t % 4 of row t / 4 of tile j
+__device__ __forceinline__ void xl_ldmatrix_x4(unsigned* r, const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(xl_smem_addr(row)) : "memory");
+}
+// the same, transposed: lanes 8j..8j+7 give the 16-byte rows of tile j; lane t
 // receives in r[j] the elements (row 2 (t % 4), column t / 4) (low half) and (row 2 (t % 4) + 1, column t / 4)
 __device__ __forceinline__ void xl_ldmatrix_x4_trans(unsigned* r, const void* row) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -75,6 +81,7 @@ __device__ __forceinline__ void xl_mma_bf16(float* d, const unsigned* a, unsigne
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 #else
+inline void xl_ldmatrix_x4(unsigned* r, const void* row) { host_ldmatrix_x4(r, row); }
 inline void xl_ldmatrix_x4_trans(unsigned* r, const void* row) { host_ldmatrix_x4_trans(r, row); }
 inline void xl_mma_bf16(float* d, const unsigned* a, unsigned b0, unsigned b1) {
     const unsigned b[2] = {b0, b1};

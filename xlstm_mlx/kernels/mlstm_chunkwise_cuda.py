@@ -26,7 +26,8 @@ kernels (so every T >= 1 runs here, T < 64 as one partial chunk):
       final state after a partial chunk is the state at step T.
   kernel B, the output (one block per (Dv tile of 128, or 64 where Dv % 128 != 0; chunk; sequence*head);
   128 registers a thread, so two blocks of 8 warps per SM: `cuda_compile_check.py --resources` reports it):
-      S = q k^T and q C_k by bf16 wmma over Dqk in slices of 64 (float32 accumulators), then in shared memory
+      S = q k^T and q C_k by bf16 mma.sync over Dqk in slices of 64 (float32 accumulators in the PTX layout,
+      operands by ldmatrix: no wmma, see kernel A), then in shared memory
       log D[t, s] = sum_{s < j <= t} lf_j + i~_s (summed over the segment itself, never b_t - b_s: see
       mlstm_gates.log_decay_matrix), m_t = max(b_t + m_k, max_s log D[t, s]),
       h_t = (e^{b_t+m_k-m_t} q_t C_k * scale + sum_s e^{logD-m_t} (q_t.k_s * scale) v_s)
@@ -82,7 +83,6 @@ VT_A: int | str = "auto"
 VT_B = 128
 
 _HEADER = VEC_HEADER + MMA_HEADER + """
-#include <mma.h>
 
 __device__ __forceinline__ uint4 xl_pack_bf16(const float* f) {
     uint4 u;
@@ -318,25 +318,26 @@ _RECURRENT_SOURCE = """
 
 # kernel B: the output of one chunk's Dv tile; one block per (Dv tile, chunk of the segment, sequence*head)
 _PARALLEL_SOURCE = """
-    namespace wmma = nvcuda::wmma;
     constexpr int WARPS = THREADS / 32;
     constexpr int KS = 64;                            // Dqk slice
     constexpr int NTJ = DV / VT;
-    constexpr int FC = VT / 16;
-    constexpr int FPW = FC * (L / 16) / WARPS;        // output fragments per warp
+    // mma.sync tiles (16 rows x 8 columns, PTX layout: xl_mma_bf16): warp w owns rows t = 16 (w % 4) .. + 15, of S
+    // the 4 column tiles s = 32 (w / 4) .., of the output the VT / 16 tiles j = (VT / 2) (w / 4) ..
+    constexpr int SPW = L / 8 / 2;                    // S tiles per warp
+    constexpr int OPW = VT / 8 / 2;                   // output tiles per warp
     constexpr int QU = L * KS / 8 / THREADS;          // uint4 of a q (or k) slice per thread
     constexpr int CU = KS * VT / 8 / THREADS;         // uint4 of a C slice per thread
     constexpr int VU = L * VT / 8 / THREADS;          // uint4 of the v tile per thread
-    static_assert(L == 64 && WARPS == 8 && FPW * WARPS == FC * 4 && DQK % KS == 0, "tile shape");
-    // rows of the wmma operand tiles padded by 16 bytes (see kernel A)
+    static_assert(L == 64 && WARPS == 8 && SPW % 2 == 0 && OPW % 2 == 0 && DQK % KS == 0, "tile shape");
+    // rows of the staged tiles padded by 16 bytes (see kernel A)
     constexpr int QP = KS + 8, CP = VT + 8, SP = L + 8;
     // one buffer, three plans (bytes): step 1 q | k slices, C slice; steps 2-3 S (float) | log D (float) | S' (bf16);
-    // step 4 v | per-warp scratch, S' kept
+    // step 4 v, S' kept
     constexpr int OFF_K = L * QP * 2, OFF_C = 2 * L * QP * 2, END1 = OFF_C + KS * CP * 2;
     constexpr int OFF_D = L * L * 4, OFF_SB = 2 * L * L * 4, END3 = OFF_SB + L * SP * 2;
-    constexpr int OFF_SCR = L * CP * 2, END4 = OFF_SCR + WARPS * 256 * 4;
+    constexpr int END4 = L * CP * 2;
     constexpr int BUF = END1 > END3 ? END1 : END3;
-    static_assert(END4 <= OFF_SB && OFF_SCR % 32 == 0 && OFF_C % 32 == 0 && OFF_K % 32 == 0, "shared memory plan");
+    static_assert(END4 <= OFF_SB && OFF_C % 16 == 0 && OFF_K % 16 == 0, "shared memory plan");
     const int NCS = seg[1];
     const int tj = blockIdx.x % NTJ;
     const int c = (blockIdx.x / NTJ) % NCS;
@@ -353,9 +354,11 @@ _PARALLEL_SOURCE = """
     const __nv_bfloat16* kp = k + xl_head_base<BTHD, DQK, K_ROW, K_OFF>(bh, NH, T) + (size_t)cg * L * KST;
     const size_t st = (size_t)bh * NCS + c;           // this chunk's start state
     const int j0 = tj * VT;
-    const int fr = warp % 4;                          // this warp's fragment row (16 steps t)
-    const int sfc0 = (warp / 4) * 2;                  // its two fragments of S (columns s)
-    const int fc0 = (warp / 4) * FPW;                 // its output fragments (columns of the Dv tile)
+    const int mt = warp % 4;                          // this warp's row tile (16 steps t)
+    const int s0 = (warp / 4) * (8 * SPW);            // its first S column (s)
+    const int o0 = (warp / 4) * (8 * OPW);            // its first output column (of the Dv tile)
+    const int g8 = lane / 4, c4 = lane % 4;           // the lane's row and column pair in a tile
+    const int lm = lane / 8, lr8 = lane % 8;          // the ldmatrix tile this lane addresses, and its row
     const float scale = 1.0f / sqrtf((float)DQK);
     const float eps = __int_as_float(EPS_BITS);
     const float m_k = ms[st];
@@ -368,7 +371,6 @@ _PARALLEL_SOURCE = """
     float* d_f = reinterpret_cast<float*>(smem + OFF_D);
     __nv_bfloat16* s_b = reinterpret_cast<__nv_bfloat16*>(smem + OFF_SB);
     __nv_bfloat16* v_sh = reinterpret_cast<__nv_bfloat16*>(smem);
-    float* scr = reinterpret_cast<float*>(smem + OFF_SCR) + warp * 256;
     __shared__ float lf_sh[L], i_sh[L], b_sh[L], e_sh[L], den_sh[L], di_sh[L], n_sh[KS];
 
     if (tid < L) {
@@ -377,12 +379,16 @@ _PARALLEL_SOURCE = """
         i_sh[tid] = tid < real ? igate[gi] : xl_neg_inf();
     }
 
-    // 1. S = q k^T and q C_k over Dqk slices (bf16 wmma, float32 accumulators); q . n_k in float32
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> s_acc[2], n_acc[FPW];
+    // 1. S = q k^T and q C_k over Dqk slices (bf16 mma, float32 accumulators); q . n_k in float32
+    float s_acc[SPW][4], o_acc[OPW][4];
 #pragma unroll
-    for (int f = 0; f < 2; ++f) wmma::fill_fragment(s_acc[f], 0.f);
+    for (int f = 0; f < SPW; ++f)
 #pragma unroll
-    for (int f = 0; f < FPW; ++f) wmma::fill_fragment(n_acc[f], 0.f);
+        for (int e = 0; e < 4; ++e) s_acc[f][e] = 0.f;
+#pragma unroll
+    for (int f = 0; f < OPW; ++f)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o_acc[f][e] = 0.f;
     const int drow = tid / 4, dpart = tid % 4;        // q . n: 4 threads per row, 16 columns each
     float di = 0.f;
     const __nv_bfloat16* c_blk = Cs + st * DQK * DV + j0;
@@ -405,19 +411,25 @@ _PARALLEL_SOURCE = """
         __syncthreads();
 #pragma unroll 1
         for (int kk = 0; kk < KS / 16; ++kk) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
-            wmma::load_matrix_sync(fa, q_sh + 16 * fr * QP + 16 * kk, QP);
+            // A = q (rows t, k = i): tiles (t 0-7, i 0-7), (t 8-15, i 0-7), (t 0-7, i 8-15), (t 8-15, i 8-15)
+            unsigned a[4];
+            xl_ldmatrix_x4(a, q_sh + (16 * mt + 8 * (lm % 2) + lr8) * QP + 16 * kk + 8 * (lm / 2));
 #pragma unroll
-            for (int f = 0; f < 2; ++f) {             // k^T: k row-major [s][i] read as col-major B
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fk;
-                wmma::load_matrix_sync(fk, k_sh + 16 * (sfc0 + f) * QP + 16 * kk, QP);
-                wmma::mma_sync(s_acc[f], fa, fk, s_acc[f]);
+            for (int f = 0; f < SPW; f += 2) {
+                // B = k^T (k = i, columns s), from k's rows: tiles (s of tile f, i 0-7), (same, i 8-15),
+                // (s of tile f + 1, i 0-7), (same, i 8-15)
+                unsigned b[4];
+                xl_ldmatrix_x4(b, k_sh + (s0 + 8 * (f + lm / 2) + lr8) * QP + 16 * kk + 8 * (lm % 2));
+                xl_mma_bf16(s_acc[f], a, b[0], b[1]);
+                xl_mma_bf16(s_acc[f + 1], a, b[2], b[3]);
             }
 #pragma unroll
-            for (int f = 0; f < FPW; ++f) {
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fc;
-                wmma::load_matrix_sync(fc, c_sh + 16 * kk * CP + 16 * (fc0 + f), CP);
-                wmma::mma_sync(n_acc[f], fa, fc, n_acc[f]);
+            for (int f = 0; f < OPW; f += 2) {
+                // B = C (k = i, columns j), transposed from C's rows i (as kernel A's v)
+                unsigned b[4];
+                xl_ldmatrix_x4_trans(b, c_sh + (16 * kk + 8 * (lm % 2) + lr8) * CP + o0 + 8 * (f + lm / 2));
+                xl_mma_bf16(o_acc[f], a, b[0], b[1]);
+                xl_mma_bf16(o_acc[f + 1], a, b[2], b[3]);
             }
         }
         {
@@ -439,8 +451,11 @@ _PARALLEL_SOURCE = """
     // 2. S to shared memory; log D[t, s] = sum_{s < j <= t} lf_j + i_s by columns (the segment's own sum),
     //    b_t = sum_{j <= t} lf_j
 #pragma unroll
-    for (int f = 0; f < 2; ++f)
-        wmma::store_matrix_sync(s_f + 16 * fr * L + 16 * (sfc0 + f), s_acc[f], L, wmma::mem_row_major);
+    for (int f = 0; f < SPW; ++f)
+#pragma unroll
+        for (int h2 = 0; h2 < 2; ++h2)
+            *reinterpret_cast<float2*>(s_f + (16 * mt + g8 + 8 * h2) * L + s0 + 8 * f + 2 * c4) =
+                make_float2(s_acc[f][2 * h2], s_acc[f][2 * h2 + 1]);
     if (tid < L) {
         const int s = tid;
         const float is = i_sh[s];
@@ -463,21 +478,21 @@ _PARALLEL_SOURCE = """
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) rm = fmaxf(rm, __shfl_xor_sync(0xffffffffu, rm, o));
         const float bt = b_sh[t];
-        const float mt = fmaxf(bt + m_k, rm);
-        const float s0 = s_f[t * L + lane] * (expf(d0 - mt) * scale);
-        const float s1 = s_f[t * L + lane + 32] * (expf(d1 - mt) * scale);
-        s_b[t * SP + lane] = __float2bfloat16(s0);
-        s_b[t * SP + lane + 32] = __float2bfloat16(s1);
-        const float rs = xl_warp_sum(s0 + s1);
+        const float mt_ = fmaxf(bt + m_k, rm);
+        const float s0v = s_f[t * L + lane] * (expf(d0 - mt_) * scale);
+        const float s1v = s_f[t * L + lane + 32] * (expf(d1 - mt_) * scale);
+        s_b[t * SP + lane] = __float2bfloat16(s0v);
+        s_b[t * SP + lane + 32] = __float2bfloat16(s1v);
+        const float rs = xl_warp_sum(s0v + s1v);
         if (lane == 0) {
-            const float et = expf(bt + m_k - mt) * scale;     // weight of the chunk's start state, times scale
+            const float et = expf(bt + m_k - mt_) * scale;    // weight of the chunk's start state, times scale
             e_sh[t] = et;
-            den_sh[t] = fmaxf(fabsf(et * di_sh[t] + rs), expf(-mt)) + eps;
+            den_sh[t] = fmaxf(fabsf(et * di_sh[t] + rs), expf(-mt_)) + eps;
         }
     }
     __syncthreads();
-    // (loaded only now, not prefetched into registers during step 3: 16 more registers per thread would
-    // leave room for one block per SM instead of two)
+    // (loaded only now, not prefetched into registers during step 3: more registers per thread would leave
+    // fewer blocks per SM)
 #pragma unroll
     for (int r = 0; r < VU; ++r) {
         const int u = tid + r * THREADS, t = u / (VT / 8), col = (u % (VT / 8)) * 8;
@@ -487,27 +502,22 @@ _PARALLEL_SOURCE = """
     }
     __syncthreads();
 
-    // 4. h = (e_t scale q C + S' V) / den: the q C rows scaled through the warp's scratch, S' V accumulated on top
-    const int lr = lane / 2, lc = (lane % 2) * 8;
+    // 4. h = (e_t scale q C + S' V) / den: the q C rows scaled in the accumulators, S' V accumulated on top
 #pragma unroll
-    for (int f = 0; f < FPW; ++f) {
-        wmma::store_matrix_sync(scr, n_acc[f], 16, wmma::mem_row_major);
-        __syncwarp();
+    for (int f = 0; f < OPW; ++f)
 #pragma unroll
-        for (int e = lane; e < 256; e += 32) scr[e] *= e_sh[16 * fr + e / 16];
-        __syncwarp();
-        wmma::load_matrix_sync(n_acc[f], scr, 16, wmma::mem_row_major);
-        __syncwarp();
-    }
+        for (int e = 0; e < 4; ++e) o_acc[f][e] *= e_sh[16 * mt + g8 + 8 * (e / 2)];
 #pragma unroll
     for (int kk = 0; kk < L / 16; ++kk) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
-        wmma::load_matrix_sync(fa, s_b + 16 * fr * SP + 16 * kk, SP);
+        // A = S' (rows t, k = s), B = V (k = s, columns j) transposed from V's rows s
+        unsigned a[4];
+        xl_ldmatrix_x4(a, s_b + (16 * mt + 8 * (lm % 2) + lr8) * SP + 16 * kk + 8 * (lm / 2));
 #pragma unroll
-        for (int f = 0; f < FPW; ++f) {
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
-            wmma::load_matrix_sync(fb, v_sh + 16 * kk * CP + 16 * (fc0 + f), CP);
-            wmma::mma_sync(n_acc[f], fa, fb, n_acc[f]);
+        for (int f = 0; f < OPW; f += 2) {
+            unsigned b[4];
+            xl_ldmatrix_x4_trans(b, v_sh + (16 * kk + 8 * (lm % 2) + lr8) * CP + o0 + 8 * (f + lm / 2));
+            xl_mma_bf16(o_acc[f], a, b[0], b[1]);
+            xl_mma_bf16(o_acc[f + 1], a, b[2], b[3]);
         }
     }
     // h of this segment's TS steps: [B, NH, TS, Dv], or [B, TS, NH, Dv] (BTHD); rows past T are not written
@@ -515,16 +525,15 @@ _PARALLEL_SOURCE = """
     const size_t hb = (BTHD ? (((size_t)(bh / NH) * TS + c * L) * NH + bh % NH) : (size_t)bh * TS + c * L) * DV + j0;
     const int hst = BTHD ? NH * DV : DV;              // elements from one step to the next
 #pragma unroll
-    for (int f = 0; f < FPW; ++f) {
-        wmma::store_matrix_sync(scr, n_acc[f], 16, wmma::mem_row_major);
-        __syncwarp();
-        const int t = 16 * fr + lr;
+    for (int h2 = 0; h2 < 2; ++h2) {
+        const int t = 16 * mt + g8 + 8 * h2;
         const float den = den_sh[t];
-        float x[8];
+        if (t < real) {
 #pragma unroll
-        for (int e = 0; e < 8; ++e) x[e] = scr[lr * 16 + lc + e] / den;
-        if (t < real) *reinterpret_cast<uint4*>(h + hb + (size_t)t * hst + 16 * (fc0 + f) + lc) = xl_pack_bf16(x);
-        __syncwarp();
+            for (int f = 0; f < OPW; ++f)
+                *reinterpret_cast<__nv_bfloat162*>(h + hb + (size_t)t * hst + o0 + 8 * f + 2 * c4) =
+                    __floats2bfloat162_rn(o_acc[f][2 * h2] / den, o_acc[f][2 * h2 + 1] / den);
+        }
     }
 """
 
@@ -776,7 +785,7 @@ def mlstm_chunkwise_rows(q, k, v, igate, fgate, state=None, eps: float = 1e-6, *
 
 def label() -> str:
     if cuda_available() and env.flag("XLSTM_MLX_CHUNKWISE_CUDA"):
-        return ("fused CUDA kernels (mx.fast.cuda_kernel): gate sums, chunk recurrence, bf16-wmma chunk output; "
+        return ("fused CUDA kernels (mx.fast.cuda_kernel): gate sums, chunk recurrence, bf16 mma.sync chunk output; "
                 "MLX ops where they do not apply")
     why = "off: XLSTM_MLX_CHUNKWISE_CUDA=0" if cuda_available() else "the CUDA kernels need MLX's CUDA backend"
     return f"closed-form chunk scan (MLX ops; {why})"
