@@ -266,6 +266,17 @@ def chunkwise_section(shapes) -> list[dict]:
                 row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
             finally:
                 mlstm_chunkwise_cuda.VT_A, mlstm_chunkwise_cuda.VT_B = defaults
+        try:  # kernel B with v prefetched into registers before its decay-matrix steps
+            base = mlstm_chunkwise_cuda.mlstm_chunkwise_cuda(q, k, v, i, f)[0]
+            mlstm_chunkwise_cuda.PREFETCH_V = True
+            out = mlstm_chunkwise_cuda.mlstm_chunkwise_cuda(q, k, v, i, f)
+            row["prefetch_v_h_equal"] = bool(mx.array_equal(out[0], base))
+            row["prefetch_v_h_err_vs_ops"] = rel_err(out[0], ops[0])
+            row["prefetch_v_s"] = chain_time(lambda _, ii: mlstm_chunkwise_cuda.mlstm_chunkwise_cuda(q, k, v, ii, f)[0], i, 3)
+        except Exception as e:
+            row["prefetch_v_error"] = f"{type(e).__name__}: {e}"[:300]
+        finally:
+            mlstm_chunkwise_cuda.PREFETCH_V = False
         row["ops_s"] = chain_time(lambda _, ii: mlstm_chunkwise_ops(q, k, v, ii, f)[0], i, 3)
         res.append(row)
         print(f"[lab] chunkwise {row}", file=sys.stderr, flush=True)
@@ -422,6 +433,8 @@ def table(out: dict) -> str:
                          f"{r.get('chunks_per_segment', '?')} chunks {r.get('launch_timing_error', '')[:100]}")
             lines.append("    Dv tiles: " + ", ".join(f"{k[:-2]} {v * 1e6:.1f} us" for k, v in r.items()
                                                       if k.startswith("A") and k.endswith("_s")))
+            lines.append(f"    kernel B with v prefetched: {r.get('prefetch_v_s', float('nan')) * 1e6:.1f} us, h equal to "
+                         f"the default's: {r.get('prefetch_v_h_equal')} {r.get('prefetch_v_error', '')[:100]}")
     if out.get("count"):
         lines.append("primitives of one compiled decode step (launching = without views)")
         for r in out["count"]:

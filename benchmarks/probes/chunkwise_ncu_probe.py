@@ -1,7 +1,7 @@
 """Drives the chunkwise prefill kernels (and the head norm) at the 7B head shape, B=1, the model's rows layout,
 for Nsight Compute, and times them roughly (eval each call: launch and sync included). A probe for the record.
 
-    [VTA=64|128] [VTB=64|128] python3 benchmarks/probes/chunkwise_ncu_probe.py [T]
+    [VTA=64|128] [VTB=64|128] [PREFETCH_V=1] python3 benchmarks/probes/chunkwise_ncu_probe.py [T]
     ncu --clock-control none --kernel-name regex:"chunk_(recurrent|parallel)" --launch-skip 4 --launch-count 2 \
         --section SpeedOfLight --section LaunchStats --section Occupancy python3 benchmarks/probes/chunkwise_ncu_probe.py 2048
     ncu --set full -o rec --kernel-name regex:chunk_recurrent --launch-skip 3 --launch-count 1 python3 ...; \
@@ -19,6 +19,7 @@ from xlstm_mlx.kernels import headnorm  # noqa: E402
 
 cw.VT_A = int(os.environ['VTA']) if 'VTA' in os.environ else cw.VT_A
 cw.VT_B = int(os.environ.get('VTB', cw.VT_B))
+cw.PREFETCH_V = os.environ.get('PREFETCH_V', '0') == '1'
 B, T, NH, DQK, DV = 1, int(sys.argv[1]) if len(sys.argv) > 1 else 2048, 8, 256, 512
 row = 2 * NH * DQK + 2 * NH * DV
 key = mx.random.key(0)

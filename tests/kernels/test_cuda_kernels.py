@@ -113,7 +113,7 @@ def test_headnorm_gate_kernel_matches_the_reference(B, dtype, tol, bias):
     qkvo = (mx.random.normal((B, off + NH * DH), key=ks[1]) * 3.0).astype(dtype)
     w = (mx.random.normal((NH * DH,), key=ks[2]) * 0.3 + 1.0).astype(dtype)
     b = mx.random.normal((NH * DH,), key=ks[3]).astype(dtype) if bias else None
-    assert headnorm.applies(h, qkvo, w, b)
+    assert headnorm.applies(h, qkvo, w, b, off)
     with mx.stream(mx.cpu):
         ref = headnorm.headnorm_gate_ref(h, qkvo, off, w, b, 1e-6)
         mx.eval(ref)

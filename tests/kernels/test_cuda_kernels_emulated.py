@@ -144,3 +144,13 @@ def test_headnorm_gate_emulated(rows):
     finally:
         headnorm.FEW_ROWS = old
     assert rel_error(out, ref) <= 1e-2
+
+
+def test_headnorm_needs_vector_aligned_gate_columns():
+    """The head norm reads o, the weight and the bias as 16-byte vectors: an o offset or a row length that is not
+    a multiple of a vector's elements leaves the kernel (applies / fuses_norm False: the MLX ops run instead)."""
+    q = mx.zeros((2, 6144 + 4096), dtype=mx.bfloat16)
+    assert headnorm.aligned_rows(q, 6144, 8)
+    assert not headnorm.aligned_rows(q, 6148, 8)                                   # offset off a vector
+    assert not headnorm.aligned_rows(mx.zeros((2, 6144 + 4100), dtype=mx.bfloat16), 6144, 8)   # row length
+    assert headnorm.aligned_rows(mx.zeros((2, 10244), dtype=mx.float32), 6144, 4)

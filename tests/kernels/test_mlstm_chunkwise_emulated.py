@@ -103,3 +103,24 @@ def test_recurrent_v_tile_rule():
         assert cwc.recurrent_v_tile(1, 8, 256, 512) == 64
     finally:
         cwc.VT_A = saved
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("emu_T130_B2_pad_state", "emu_T65_dv128")],
+                         ids=lambda c: c[0])
+def test_emulated_output_kernel_with_v_prefetched_is_the_same(case):
+    """PREFETCH_V (the lab's variant of kernel B: v fetched into registers before the decay-matrix steps) computes
+    the same bits as the default."""
+    name, B, NH, T, dqk, dv, opts = case
+    q, k, v, i, f, st = make(23, B, NH, T, dqk, dv, **opts)
+    outs = []
+    for pv in (False, True):
+        cwc.PREFETCH_V = pv
+        try:
+            with cuda_emulator.emulated(cwc):
+                h, s = cwc.mlstm_chunkwise_cuda(q, k, v, i, f, st)
+                mx.eval(h, *s)
+        finally:
+            cwc.PREFETCH_V = False
+        outs.append((h, s))
+    assert mx.array_equal(outs[0][0], outs[1][0])
+    assert all(mx.array_equal(a, b) for a, b in zip(outs[0][1], outs[1][1]))

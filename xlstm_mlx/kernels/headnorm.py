@@ -34,7 +34,8 @@ FEW_ROWS = 264  # up to this many rows (2 per SM of an H200), one warp a block: 
 # One (sequence, head) row by one warp, shared with the decode step's fused tail (kernels/mlstm_decode.py), so
 # that the two give the same bits: x holds this lane's DH / 32 values of h (16-byte vector v of the row at lane
 # v * 32 + lane); orow the row's output-gate pre-activations, w / b the head's weight and bias (b unread without
-# HAS_B). The gate, weight and bias are loaded before the reductions are waited for (at decode there are few
+# HAS_B), all read as 16-byte vectors (so orow must start 16-byte aligned: `applies` checks the o offset and the
+# row length; 8 scalar loads a vector made the prefill's call over 2,048 x 8 rows run at ~1 TB/s). The gate, weight and bias are loaded before the reductions are waited for (at decode there are few
 # rows, and the loads' latency, not their bytes, sets the time); two-pass mean and variance by warp shuffles;
 # every rounding of the reference in the same place (normalized value, times weight, plus bias, sigmoid, product:
 # each rounded to the row's dtype, as MLX's ops on bf16 arrays round).
@@ -50,14 +51,11 @@ __device__ __forceinline__ void xl_headnorm_row(const float* x, const T* orow, c
     constexpr int NV = PER_LANE / VEC;
     float o[PER_LANE], wt[PER_LANE], bs[HAS_B ? PER_LANE : 1];
 #pragma unroll
-    for (int v = 0; v < NV; ++v) {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-            const int c = (v * 32 + lane) * VEC + e;          // column within the head
-            o[v * VEC + e] = xl_float(orow[c]);
-            wt[v * VEC + e] = xl_float(w[c]);
-            if (HAS_B) bs[v * VEC + e] = xl_float(b[c]);
-        }
+    for (int v = 0; v < NV; ++v) {                            // 16-byte vectors (columns c0 .. c0 + VEC - 1)
+        const int c0 = (v * 32 + lane) * VEC;
+        xl_to_float(*reinterpret_cast<const uint4*>(orow + c0), o + v * VEC, orow);
+        xl_to_float(*reinterpret_cast<const uint4*>(w + c0), wt + v * VEC, w);
+        if constexpr (HAS_B) xl_to_float(*reinterpret_cast<const uint4*>(b + c0), bs + v * VEC, b);
     }
     float s = 0.f;
 #pragma unroll
@@ -121,13 +119,19 @@ def headnorm_gate_ref(h, qkvo, o_offset: int, weight, bias, eps: float):
     return _ops(h, qkvo, o_offset, weight, bias, eps, fastmath.sigmoid_ref)
 
 
-def applies(h, qkvo, weight, bias) -> bool:
+def applies(h, qkvo, weight, bias, o_offset: int = 0) -> bool:
     if not cuda_available() or h.ndim != 3 or qkvo.ndim != 2:
         return False
     dt = h.dtype
     vec = 16 // dt.size if dt in (mx.bfloat16, mx.float32) else 0
     return (vec > 0 and qkvo.dtype == dt and weight.dtype == dt and (bias is None or bias.dtype == dt)
-            and h.shape[2] % (32 * vec) == 0)
+            and h.shape[2] % (32 * vec) == 0 and aligned_rows(qkvo, o_offset, vec))
+
+
+def aligned_rows(qkvo, o_offset: int, vec: int) -> bool:
+    """Every row's output-gate columns start on a 16-byte boundary (the kernel reads them as vectors): the o
+    offset and the row length multiples of a vector's `vec` elements."""
+    return o_offset % vec == 0 and qkvo.shape[1] % vec == 0
 
 
 def _float_bits(x: float) -> int:
@@ -155,7 +159,7 @@ def headnorm_gate_cuda(h, qkvo, o_offset: int, weight, bias, eps: float):
 
 
 def headnorm_gate(h, qkvo, o_offset: int, weight, bias, eps: float):
-    if applies(h, qkvo, weight, bias):
+    if applies(h, qkvo, weight, bias, o_offset):
         return headnorm_gate_cuda(h, qkvo, o_offset, weight, bias, eps)
     # elsewhere the same ops with the registry's fast forms (sigmoid, and the LayerNorm's sums by BLAS on the CPU)
     return _ops(h, qkvo, o_offset, weight, bias, eps, fastmath.sigmoid, norms.layer_norm)

@@ -81,6 +81,9 @@ THREADS = 256  # 8 warps
 # can time the other choices.
 VT_A: int | str = "auto"
 VT_B = 128
+# kernel B: v fetched into registers before the decay-matrix steps instead of after them (a lab variant until
+# a GPU measurement says which is faster; the same arithmetic either way)
+PREFETCH_V = False
 
 _HEADER = VEC_HEADER + MMA_HEADER + """
 
@@ -448,6 +451,16 @@ _PARALLEL_SOURCE = """
     di += __shfl_xor_sync(0xffffffffu, di, 2);
     if (dpart == 0) di_sh[drow] = di;
 
+    uint4 vr[PREFETCH_V ? VU : 1];
+    if constexpr (PREFETCH_V) {
+#pragma unroll
+        for (int r = 0; r < VU; ++r) {
+            const int u = tid + r * THREADS, t = u / (VT / 8), col = (u % (VT / 8)) * 8;
+            const size_t vb = xl_head_base<BTHD, DV, V_ROW, V_OFF>(bh, NH, T) + (size_t)(cg * L + t) * VST + j0 + col;
+            vr[r] = t < real ? *reinterpret_cast<const uint4*>(v + vb) : make_uint4(0u, 0u, 0u, 0u);
+        }
+    }
+
     // 2. S to shared memory; log D[t, s] = sum_{s < j <= t} lf_j + i_s by columns (the segment's own sum),
     //    b_t = sum_{j <= t} lf_j
 #pragma unroll
@@ -491,14 +504,18 @@ _PARALLEL_SOURCE = """
         }
     }
     __syncthreads();
-    // (loaded only now, not prefetched into registers during step 3: more registers per thread would leave
-    // fewer blocks per SM)
+    // v: with PREFETCH_V fetched into registers before steps 2-3 (its load latency hidden behind them, VU uint4
+    // more registers a thread), else loaded only now
 #pragma unroll
     for (int r = 0; r < VU; ++r) {
         const int u = tid + r * THREADS, t = u / (VT / 8), col = (u % (VT / 8)) * 8;
-        const size_t vb = xl_head_base<BTHD, DV, V_ROW, V_OFF>(bh, NH, T) + (size_t)(cg * L + t) * VST + j0 + col;
-        *reinterpret_cast<uint4*>(v_sh + t * CP + col) =
-            t < real ? *reinterpret_cast<const uint4*>(v + vb) : make_uint4(0u, 0u, 0u, 0u);
+        if constexpr (PREFETCH_V) {
+            *reinterpret_cast<uint4*>(v_sh + t * CP + col) = vr[r];
+        } else {
+            const size_t vb = xl_head_base<BTHD, DV, V_ROW, V_OFF>(bh, NH, T) + (size_t)(cg * L + t) * VST + j0 + col;
+            *reinterpret_cast<uint4*>(v_sh + t * CP + col) =
+                t < real ? *reinterpret_cast<const uint4*>(v + vb) : make_uint4(0u, 0u, 0u, 0u);
+        }
     }
     __syncthreads();
 
@@ -669,7 +686,7 @@ def _parallel(q, k, v, igate, gates, starts, seg, ncs: int, steps: int, eps: flo
     (h,) = par(
         inputs=[q, k, v, gates[0], igate, Cs, ns, ms, seg],
         template=[("DQK", dqk), ("DV", dv), ("L", L), ("VT", vt), ("THREADS", THREADS),
-                  ("EPS_BITS", _float_bits(eps)), *layout.template()],
+                  ("EPS_BITS", _float_bits(eps)), ("PREFETCH_V", PREFETCH_V), *layout.template()],
         grid=((dv // vt) * ncs * B * NH * THREADS, 1, 1), threadgroup=(THREADS, 1, 1),
         output_shapes=[(B, steps, NH, dv) if layout.bthd else (B, NH, steps, dv)], output_dtypes=[mx.bfloat16],
     )

@@ -305,13 +305,14 @@ def applies(qkvo, gates, state, num_heads: int, qk_dim: int, v_dim: int) -> bool
 
 def fuses_norm(qkvo, norm: HeadNormGate | None, num_heads: int, v_dim: int) -> bool:
     """Whether the CUDA step can take the head norm (the headnorm kernel's conditions: weight, bias in qkvo's dtype,
-    Dv a multiple of 32 16-byte vectors; the o columns inside qkvo)."""
+    Dv a multiple of 32 16-byte vectors; the o columns inside qkvo, each row's starting 16-byte aligned)."""
     if norm is None or qkvo.dtype not in (mx.bfloat16, mx.float32):
         return False
     dv, vec = v_dim // num_heads, 16 // qkvo.dtype.size
     return (norm.weight.dtype == qkvo.dtype and norm.weight.shape == (v_dim,) and dv % (32 * vec) == 0
             and (norm.bias is None or (norm.bias.dtype == qkvo.dtype and norm.bias.shape == (v_dim,)))
-            and norm.o_offset + v_dim <= qkvo.shape[1] and norm.counter is not None
+            and norm.o_offset + v_dim <= qkvo.shape[1] and headnorm.aligned_rows(qkvo, norm.o_offset, vec)
+            and norm.counter is not None
             and norm.counter.dtype == mx.uint32 and norm.counter.size >= qkvo.shape[0] * num_heads)
 
 
