@@ -115,8 +115,8 @@ def available() -> bool:
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "probe.cpp"
         src.write_text(_STUBS + "int main() { std::barrier<> b(1); b.arrive_and_wait(); return 0; }\n")
-        r = subprocess.run([cxx, "-std=c++20", "-pthread", str(src), "-o", str(Path(d) / "probe")],
-                           capture_output=True)
+        r = subprocess.run([cxx, "-std=c++20", "-pthread", "-I", str(STANDINS), str(src), "-o",
+                            str(Path(d) / "probe")], capture_output=True)
         return r.returncode == 0
 
 
