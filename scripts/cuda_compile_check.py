@@ -201,6 +201,12 @@ def _swiglu(mod, r):
     mod.swiglu(r(1, 2 * 10944), 11008)  # the padded FFN down's input (models/xlstm7b/fuse.py)
 
 
+def _gate_preact(mod, r):
+    f32 = mx.float32
+    mod.gate_preact_cuda(r(1, 2048, 4096, dt=f32), r(16, 4096, dt=f32), r(16, dt=f32), 8, 15.0)  # the 7B prefill
+    mod.gate_preact_cuda(r(3, 300, dt=f32), r(32, 300, dt=f32), None, 16, None)  # the most outputs, a partial tile
+
+
 def _decode_step(mod, r):
     f32 = mx.float32
     for B, tj in ((1, None), (16, None), (64, 128)):
@@ -275,7 +281,8 @@ def _bf16_gemv(mod, r):
 CHECKS = [("xlstm_mlx.kernels.mlstm_chunkwise_cuda", _chunkwise), ("xlstm_mlx.kernels.embedding", _embedding),
           ("xlstm_mlx.kernels.mlstm_decode", _decode_step), ("xlstm_mlx.kernels.headnorm", _headnorm),
           ("xlstm_mlx.kernels.add_rms_norm", _add_rms), ("xlstm_mlx.kernels.swiglu", _swiglu),
-          ("xlstm_mlx.kernels.quant_gemv", _quant_gemv), ("xlstm_mlx.kernels.bf16_gemv", _bf16_gemv)]
+          ("xlstm_mlx.kernels.quant_gemv", _quant_gemv), ("xlstm_mlx.kernels.bf16_gemv", _bf16_gemv),
+          ("xlstm_mlx.kernels.gate_preact", _gate_preact)]
 
 
 def main() -> int:

@@ -39,6 +39,7 @@ from xlstm_mlx.kernels import mlstm_chunkwise_cuda as cwc
 from xlstm_mlx.kernels.cuda_common import cuda_available
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise_ops, mlstm_chunkwise_ref
 from xlstm_mlx.kernels.mlstm_gates import mask_gates
+from xlstm_mlx.kernels.mlstm_recurrent import ZeroState, mlstm_zero_state
 
 from cuda_checks import needs_cuda, rel_error
 
@@ -261,6 +262,32 @@ def check_rows_layout(name, B, NH, T, dqk, dv, opts):
         assert all(mx.array_equal(a, b) for a, b in zip(sr, s)), f"{name} offsets {offsets}: state differs"
         assert mx.array_equal(ho, ops[0].transpose(0, 2, 1, 3)), f"{name} offsets {offsets}: ops h differs"
         assert all(mx.array_equal(a, b) for a, b in zip(so, ops[1])), f"{name} offsets {offsets}: ops state"
+
+
+def check_zero_state(T: int, B: int = 2, NH: int = 2, dqk: int = 64, dv: int = 128):
+    """A fresh state (mlstm_zero_state's ZeroState, or None) is read by no kernel (kernel A starts from zeros,
+    HAS_STATE false, and no fill of the zeros is launched): the same bits as those zeros passed as a plain state,
+    in both layouts; a ZeroState stays a ZeroState only as made (a state the kernels return is a plain tuple)."""
+    q, k, v, i, f, _ = make(T, B, NH, T, dqk, dv, typical=True)
+    fresh = mlstm_zero_state(B, NH, dqk, dv)
+    assert isinstance(fresh, ZeroState)
+    plain = tuple(mx.zeros_like(a) for a in fresh)
+    assert not isinstance(plain, ZeroState)
+    layouts, (ig, fg) = model_rows(q, k, v, i, f)
+    arrays, offsets = layouts[0]
+    for fn in (lambda st: cwc.mlstm_chunkwise_cuda(q, k, v, i, f, st),
+               lambda st: cwc.mlstm_chunkwise_rows(*arrays, ig, fg, st, dqk=dqk, dv=dv, offsets=offsets)):
+        (h0, s0), (h1, s1), (h2, s2) = fn(plain), fn(fresh), fn(None)
+        mx.eval(h0, s0, h1, s1, h2, s2)
+        assert not isinstance(s1, ZeroState)
+        for h, s in ((h1, s1), (h2, s2)):
+            assert mx.array_equal(h, h0) and all(mx.array_equal(a, b) for a, b in zip(s, s0))
+
+
+@needs_cuda
+@pytest.mark.parametrize("T", [1, 130, 64 * 32 + 5])  # one partial chunk; three; two segments
+def test_zero_state_is_not_read(T):
+    check_zero_state(T)
 
 
 ROWS_CASES = [

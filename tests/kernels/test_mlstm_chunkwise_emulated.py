@@ -13,8 +13,8 @@ from xlstm_mlx.kernels.cuda_common import cuda_available
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise_ops
 
 import cuda_emulator
-from test_mlstm_chunkwise_cuda import (check, check_block_rows_path, check_left_padding, check_rows_layout, make,
-                                       truth)
+from test_mlstm_chunkwise_cuda import (check, check_block_rows_path, check_left_padding, check_rows_layout,
+                                       check_zero_state, make, truth)
 
 pytestmark = pytest.mark.skipif(cuda_available() or not cuda_emulator.available(),
                                 reason="needs g++ and no CUDA (where CUDA runs, the real kernels are tested)")
@@ -124,3 +124,8 @@ def test_emulated_output_kernel_with_v_prefetched_is_the_same(case):
         outs.append((h, s))
     assert mx.array_equal(outs[0][0], outs[1][0])
     assert all(mx.array_equal(a, b) for a, b in zip(outs[0][1], outs[1][1]))
+
+
+def test_emulated_zero_state_is_not_read():
+    with cuda_emulator.emulated(cwc):
+        check_zero_state(130)

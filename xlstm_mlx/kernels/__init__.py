@@ -19,6 +19,8 @@ and what the fast form is on this backend (a string, or a function of nothing fo
                       kernel on CUDA, else the ref)
     mlstm.headnorm_gate headnorm_gate (fused CUDA    headnorm_gate_ref (layer_norm, weight, sigmoid gate)
                       kernel on CUDA, else MLX ops)
+    mlstm.gate_preact gate_preact (fused CUDA       gate_preact_ref (nn.Linear's float32 matmul, the
+                      kernel on CUDA, else MLX ops)  soft cap of each half)
     norm.add_rms      add_rms_norm (fused CUDA      add_rms_norm_ref (add, mx.fast.rms_norm, cast)
                       kernel on CUDA, else the ref)
     ffn.swiglu        swiglu (fused CUDA kernel     swiglu_ref (math.silu's reference of the gate half
@@ -63,6 +65,7 @@ from xlstm_mlx.kernels.headnorm import headnorm_gate, headnorm_gate_ref
 from xlstm_mlx.kernels import quant_matmul as _quant
 from xlstm_mlx.kernels import add_rms_norm as _add_rms
 from xlstm_mlx.kernels import swiglu as _swiglu
+from xlstm_mlx.kernels import gate_preact as _gate_preact
 from xlstm_mlx.kernels import embedding as _embedding
 from xlstm_mlx.kernels.swiglu import swiglu, swiglu_ref
 from xlstm_mlx.kernels.add_rms_norm import add_rms_norm, add_rms_norm_ref
@@ -97,6 +100,7 @@ KERNELS: dict[str, Kernel] = {
     "slstm.step": Kernel(slstm_step, slstm_step_ref, "compiled step (mx.compile)"),
     "mlstm.decode_step": Kernel(mlstm_decode_step, mlstm_decode_step_ref, _decode.label),
     "mlstm.headnorm_gate": Kernel(headnorm_gate, headnorm_gate_ref, _headnorm.label),
+    "mlstm.gate_preact": Kernel(_gate_preact.gate_preact, _gate_preact.gate_preact_ref, _gate_preact.label),
     "matmul.skinny": Kernel(skinny_matmul, skinny_matmul_ref, _skinny.label),
     "matmul.quantized": Kernel(quantized_matmul, quantized_matmul_ref, _quant.label),
     "norm.add_rms": Kernel(add_rms_norm, add_rms_norm_ref, _add_rms.label),

@@ -46,6 +46,23 @@ __device__ __forceinline__ float xl_float(__nv_bfloat16 v) { return __bfloat162f
 __device__ __forceinline__ float xl_float(float v) { return v; }
 __device__ __forceinline__ void xl_set(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
 __device__ __forceinline__ void xl_set(float* p, float v) { *p = v; }
+
+// v rounded to the tag's type and back (where MLX's ops on arrays of that dtype round)
+__device__ __forceinline__ float xl_round(float v, const __nv_bfloat16*) { return __bfloat162float(__float2bfloat16(v)); }
+__device__ __forceinline__ float xl_round(float v, const float*) { return v; }
+
+// float32 lanes packed into one 16-byte vector of the tag's type (bf16: 8 lanes rounded to nearest, float: 4)
+__device__ __forceinline__ uint4 xl_pack(const float* f, const __nv_bfloat16*) {
+    uint4 u;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) h[e] = __floats2bfloat162_rn(f[2 * e], f[2 * e + 1]);
+    return u;
+}
+
+__device__ __forceinline__ uint4 xl_pack(const float* f, const float*) {
+    return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
+}
 """
 
 # Warp-level tensor-core PTX with documented register layouts (the PTX ISA's), for kernels whose fragments are

@@ -34,14 +34,15 @@ FEW_ROWS = 264  # up to this many rows (2 per SM of an H200), one warp a block: 
 # One (sequence, head) row by one warp, shared with the decode step's fused tail (kernels/mlstm_decode.py), so
 # that the two give the same bits: x holds this lane's DH / 32 values of h (16-byte vector v of the row at lane
 # v * 32 + lane); orow the row's output-gate pre-activations, w / b the head's weight and bias (b unread without
-# HAS_B), all read as 16-byte vectors (so orow must start 16-byte aligned: `applies` checks the o offset and the
-# row length; 8 scalar loads a vector made the prefill's call over 2,048 x 8 rows run at ~1 TB/s). The gate, weight and bias are loaded before the reductions are waited for (at decode there are few
-# rows, and the loads' latency, not their bytes, sets the time); two-pass mean and variance by warp shuffles;
-# every rounding of the reference in the same place (normalized value, times weight, plus bias, sigmoid, product:
-# each rounded to the row's dtype, as MLX's ops on bf16 arrays round).
+# HAS_B). All are read, and out_row written, as 16-byte vectors, so orow and out_row must start 16-byte aligned
+# (`applies` checks the o offset and the row length; out_row is a head of a fresh output, DH a multiple of 32
+# vectors): 8 scalar loads a vector made the prefill's call over 2,048 x 8 rows run at ~1 TB/s, and so did element
+# stores 16 bytes apart across the lanes (each store instruction touched 32 sectors for 64 bytes; ncu 2026-12-02).
+# The gate, weight and bias are loaded before the reductions are waited for (at decode there are few rows, and
+# the loads' latency, not their bytes, sets the time); two-pass mean and variance by warp shuffles; every
+# rounding of the reference in the same place (normalized value, times weight, plus bias, sigmoid, product: each
+# rounded to the row's dtype, as MLX's ops on bf16 arrays round).
 ROW_HEADER = """
-__device__ __forceinline__ float xh_round(float v, const __nv_bfloat16*) { return __bfloat162float(__float2bfloat16(v)); }
-__device__ __forceinline__ float xh_round(float v, const float*) { return v; }
 
 template <int DH, bool HAS_B, typename T>
 __device__ __forceinline__ void xl_headnorm_row(const float* x, const T* orow, const T* w, const T* b, T* out_row,
@@ -67,15 +68,16 @@ __device__ __forceinline__ void xl_headnorm_row(const float* x, const T* orow, c
     const float inv = rsqrtf(xl_warp_sum(s2) / DH + eps);
 #pragma unroll
     for (int v = 0; v < NV; ++v) {
+        float r[VEC];
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
-            const int c = (v * 32 + lane) * VEC + e;
-            float y = xh_round((x[v * VEC + e] - mean) * inv, out_row);
-            y = xh_round(y * wt[v * VEC + e], out_row);
-            if (HAS_B) y = xh_round(y + bs[v * VEC + e], out_row);
-            const float g = xh_round(1.f / (1.f + expf(-o[v * VEC + e])), out_row);
-            xl_set(out_row + c, g * y);
+            float y = xl_round((x[v * VEC + e] - mean) * inv, out_row);
+            y = xl_round(y * wt[v * VEC + e], out_row);
+            if (HAS_B) y = xl_round(y + bs[v * VEC + e], out_row);
+            const float g = xl_round(1.f / (1.f + expf(-o[v * VEC + e])), out_row);
+            r[e] = g * y;
         }
+        *reinterpret_cast<uint4*>(out_row + (v * 32 + lane) * VEC) = xl_pack(r, out_row);
     }
 }
 """

@@ -67,7 +67,7 @@ from xlstm_mlx import env
 from xlstm_mlx.errors import UsageError
 from xlstm_mlx.kernels.cuda_common import MMA_HEADER, SMS, VEC_HEADER, cuda_available
 from xlstm_mlx.kernels.mlstm_chunk_scan import MAX_SEGMENT_CHUNKS, mlstm_chunkwise_ops
-from xlstm_mlx.kernels.mlstm_recurrent import mlstm_zero_state
+from xlstm_mlx.kernels.mlstm_recurrent import ZeroState
 
 L = 64  # chunk length of the kernels
 KT = 64  # Dqk rows of kernel A's C tile; kernel B's Dqk slice
@@ -86,14 +86,6 @@ VT_B = 128
 PREFETCH_V = False
 
 _HEADER = VEC_HEADER + MMA_HEADER + """
-
-__device__ __forceinline__ uint4 xl_pack_bf16(const float* f) {
-    uint4 u;
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
-#pragma unroll
-    for (int e = 0; e < 4; ++e) h[e] = __floats2bfloat162_rn(f[2 * e], f[2 * e + 1]);
-    return u;
-}
 
 __device__ __forceinline__ float xl_neg_inf() { return __int_as_float(0xff800000); }
 
@@ -186,19 +178,21 @@ _RECURRENT_SOURCE = """
     // element e of the lane's tile t: C row i0 + crow(e), column j0 + ccol(t)
     auto crow = [&](int e) { return 16 * mt + g8 + 8 * (e / 2); };
     auto ccol = [&](int t) { return 8 * (nt0 + t) + 2 * c4; };
-    // the incoming state: C straight into the accumulators, n, m
+    // the incoming state: C straight into the accumulators, n, m; without HAS_STATE zeros (a fresh state: C0, n0,
+    // m0 are stand-ins, never read)
     float acc[TPW][4];
 #pragma unroll
     for (int t = 0; t < TPW; ++t) {
 #pragma unroll
         for (int h2 = 0; h2 < 2; ++h2) {
-            const float2 x = *reinterpret_cast<const float2*>(C0 + ((size_t)bh * DQK + i0 + crow(2 * h2)) * DV + j0 + ccol(t));
+            const float2 x = HAS_STATE ? *reinterpret_cast<const float2*>(
+                C0 + ((size_t)bh * DQK + i0 + crow(2 * h2)) * DV + j0 + ccol(t)) : make_float2(0.f, 0.f);
             acc[t][2 * h2] = x.x;
             acc[t][2 * h2 + 1] = x.y;
         }
     }
-    float n_reg = n_block ? n0[(size_t)bh * DQK + i0 + tid] : 0.f;
-    float m = m0[bh];
+    float n_reg = HAS_STATE && n_block ? n0[(size_t)bh * DQK + i0 + tid] : 0.f;
+    float m = HAS_STATE ? m0[bh] : 0.f;
 
     // next chunk's k, v tiles and gate values, fetched into registers while this chunk computes
     uint4 kr[KU], vr[VU];
@@ -260,7 +254,7 @@ _RECURRENT_SOURCE = """
             xl_to_float(kr[r], x, (const __nv_bfloat16*)nullptr);
 #pragma unroll
             for (int e = 0; e < 8; ++e) x[e] *= w;
-            *reinterpret_cast<uint4*>(kw_sh + (u / (KT / 8)) * KP + (u % (KT / 8)) * 8) = xl_pack_bf16(x);
+            *reinterpret_cast<uint4*>(kw_sh + (u / (KT / 8)) * KP + (u % (KT / 8)) * 8) = xl_pack(x, kw_sh);
             reinterpret_cast<uint4*>(k_sh)[u] = kr[r];
         }
 #pragma unroll
@@ -655,18 +649,19 @@ def _gate_sums(igate, fgate, nc: int, layout: Layout):
 
 
 def _recurrent(k, v, gates, state, seg, ncs: int, layout: Layout):
-    """Kernel A over one segment: the chunk-start states (C_k bf16, n_k, m_k) and the final state (float32)."""
+    """Kernel A over one segment: the chunk-start states (C_k bf16, n_k, m_k) and the final state (float32).
+    state None: the zero state, never read (HAS_STATE false)."""
     B, NH, _ = gates[2].shape
     dqk, dv = layout.dqk, layout.dv
     vt = recurrent_v_tile(B, NH, dqk, dv)
     _, a, g, amax = gates
-    C0, n0, m0 = state
+    C0, n0, m0 = (a, a, a) if state is None else state  # stand-ins of the right dtype: a fill would be a launch
     rec = _kernel("xlstm_mlstm_chunk_recurrent", ["k", "v", "alog", "g", "amax", "C0", "n0", "m0", "seg"],
                   ["Cs", "ns", "ms", "C_out", "n_out", "m_out"], _RECURRENT_SOURCE)
     Cs, ns, ms, C, n, m = rec(
         inputs=[k, v, a, g, amax, C0, n0, m0, seg],
         template=[("DQK", dqk), ("DV", dv), ("L", L), ("KT", KT), ("VT", vt), ("THREADS", THREADS),
-                  *layout.template()],
+                  ("HAS_STATE", state is not None), *layout.template()],
         grid=((dqk // KT) * (dv // vt) * B * NH * THREADS, 1, 1), threadgroup=(THREADS, 1, 1),
         output_shapes=[(B, NH, ncs, dqk, dv), (B, NH, ncs, dqk), (B, NH, ncs), (B, NH, dqk, dv), (B, NH, dqk),
                        (B, NH, 1)],
@@ -695,7 +690,8 @@ def _parallel(q, k, v, igate, gates, starts, seg, ncs: int, steps: int, eps: flo
 
 def _forward(q, k, v, igate, fgate, state, eps: float, layout: Layout):
     """Segments of at most MAX_SEGMENT_CHUNKS chunks, the last chunk partial where L does not divide T: per
-    segment kernel A (chunk-start states, final state), then kernel B (h)."""
+    segment kernel A (chunk-start states, final state), then kernel B (h). state None: the zero state (the first
+    segment's kernel A starts from zeros without reading any)."""
     _, _, T = layout.dims(igate)
     nc = -(-T // L)
     gates = _gate_sums(igate, fgate, nc, layout)
@@ -711,18 +707,19 @@ def _forward(q, k, v, igate, fgate, state, eps: float, layout: Layout):
 def with_ops_gradient(forward, eps: float, ops=None):
     """`forward` (q, k, v, igate, fgate, state, eps) -> (h, state) as an mx.custom_function whose VJP is that of
     `ops` (the same signature; default the MLX-ops scan): a cuda_kernel has no VJP of its own, and training in
-    bfloat16 on CUDA differentiates through this path (the backward recomputes the forward in MLX ops)."""
+    bfloat16 on CUDA differentiates through this path (the backward recomputes the forward in MLX ops).
+    Called with (q, k, v, igate, fgate, C, n, m), or without the state (the zero state: both take state None)."""
     if ops is None:
         def ops(q, k, v, igate, fgate, state, eps):
             return mlstm_chunkwise_ops(q, k, v, igate, fgate, state, eps, L)
 
     @mx.custom_function
-    def fused(q, k, v, igate, fgate, C, n, m):
-        h, (C1, n1, m1) = forward(q, k, v, igate, fgate, (C, n, m), eps)
+    def fused(q, k, v, igate, fgate, *state):
+        h, (C1, n1, m1) = forward(q, k, v, igate, fgate, state or None, eps)
         return h, C1, n1, m1
 
-    def by_ops(q, k, v, igate, fgate, C, n, m):
-        h, (C1, n1, m1) = ops(q, k, v, igate, fgate, (C, n, m), eps)
+    def by_ops(q, k, v, igate, fgate, *state):
+        h, (C1, n1, m1) = ops(q, k, v, igate, fgate, state or None, eps)
         return h, C1, n1, m1
 
     @fused.vjp
@@ -737,20 +734,20 @@ _fused: dict[tuple, object] = {}  # (eps, layout) -> the custom function
 
 
 def _run(layout: Layout, ops, q, k, v, igate, fgate, state, eps: float):
+    """state None or a ZeroState: the zero state, passed as none at all (its arrays would be inputs of the
+    custom function, so filled before the launch even though the kernels never read them)."""
     key = (eps, layout)
     if key not in _fused:
         _fused[key] = with_ops_gradient(lambda *a: _forward(*a, layout), eps, ops)
-    h, C, n, m = _fused[key](q, k, v, igate, fgate, *state)
+    fresh = state is None or isinstance(state, ZeroState)
+    h, C, n, m = _fused[key](q, k, v, igate, fgate, *(() if fresh else state))
     return h, (C, n, m)
 
 
 def mlstm_chunkwise_cuda(q, k, v, igate, fgate, state=None, eps: float = 1e-6, chunk_size: int = 64):
     """mlstm_chunkwise's signature and result (h, (C, n, m)) through the CUDA kernels, any T >= 1 (a final
     partial chunk inside the kernels). Differentiable (by the ops scan's VJP)."""
-    B, NH, T, dqk = q.shape
-    dv = v.shape[-1]
-    if state is None:
-        state = mlstm_zero_state(B, NH, dqk, dv, mx.float32)
+    dqk, dv = q.shape[-1], v.shape[-1]
     if not applies(q, k, v, igate, fgate, state, chunk_size):
         raise UsageError(f"mlstm_chunkwise_cuda does not apply to q {q.shape} {q.dtype}, v {v.shape} {v.dtype}, "
                          f"gates {igate.dtype}, chunk_size {chunk_size} (needs MLX's CUDA backend, bf16 q/k/v, "
@@ -782,9 +779,6 @@ def mlstm_chunkwise_rows(q, k, v, igate, fgate, state=None, eps: float = 1e-6, *
     columns at offsets[x] + hd * D (the fused projection output [B, T, 2 Dqk NH + 2 Dv NH] passed whole three
     times with offsets (0, NH Dqk, 2 NH Dqk), or one projection each with offsets 0), gates [B, T, NH] float32,
     state [B, NH, ...] as mlstm_chunkwise's. Returns h [B, T, NH, Dv] bf16 and the final state (C, n, m)."""
-    B, T, NH = igate.shape
-    if state is None:
-        state = mlstm_zero_state(B, NH, dqk, dv, mx.float32)
     if not applies_rows(q, k, v, igate, fgate, state, dqk, dv, offsets, chunk_size):
         raise UsageError(f"mlstm_chunkwise_rows does not apply to q {q.shape} {q.dtype}, k {k.shape}, v {v.shape}, "
                          f"gates {igate.shape} {igate.dtype}, Dqk {dqk}, Dv {dv}, offsets {offsets}, chunk_size "

@@ -21,12 +21,25 @@ import mlx.core as mx
 from xlstm_mlx.kernels.mlstm_gates import exp, log_sigmoid, state_dtype
 
 
-def mlstm_zero_state(batch: int, heads: int, dqk: int, dv: int, dtype=mx.float32):
-    return (
+class ZeroState(tuple):
+    """(C, n, m) all zeros, as mlstm_zero_state makes them: a plain tuple of lazy mx.zeros whose type says so.
+
+    MLX arrays are immutable, so a ZeroState's arrays are zeros for as long as it exists, and a kernel given one may
+    start from zeros without reading the arrays at all: the CUDA chunkwise prefill does (mlstm_chunkwise_cuda.py),
+    which saves the three fill launches of a fresh cache's state per layer (~30 us a layer on an H200, 8 MB of
+    C written and read back). Anything that replaces a state (a step, a snapshot load, a copy) makes a plain tuple
+    again, so the form is only ever taken where the state is the one made here.
+    """
+
+    __slots__ = ()
+
+
+def mlstm_zero_state(batch: int, heads: int, dqk: int, dv: int, dtype=mx.float32) -> ZeroState:
+    return ZeroState((
         mx.zeros((batch, heads, dqk, dv), dtype),
         mx.zeros((batch, heads, dqk), dtype),
         mx.zeros((batch, heads, 1), dtype),
-    )
+    ))
 
 
 def mlstm_step_ref(q, k, v, igate, fgate, state, eps: float = 1e-6):

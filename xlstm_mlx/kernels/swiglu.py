@@ -29,22 +29,7 @@ from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
 
 THREADS = 256
 
-_HEADER = VEC_HEADER + """
-__device__ __forceinline__ float xs_round(float v, const __nv_bfloat16*) { return __bfloat162float(__float2bfloat16(v)); }
-__device__ __forceinline__ float xs_round(float v, const float*) { return v; }
-
-__device__ __forceinline__ uint4 xs_pack(const float* f, const __nv_bfloat16*) {
-    uint4 u;
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
-#pragma unroll
-    for (int e = 0; e < 4; ++e) h[e] = __floats2bfloat162_rn(f[2 * e], f[2 * e + 1]);
-    return u;
-}
-
-__device__ __forceinline__ uint4 xs_pack(const float* f, const float*) {
-    return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
-}
-"""
+_HEADER = VEC_HEADER
 
 _SOURCE = """
     constexpr int VEC = 16 / sizeof(T);
@@ -66,10 +51,10 @@ _SOURCE = """
     xl_to_float(__ldcs(z4), z, gate_z);
 #pragma unroll
     for (int e = 0; e < VEC; ++e) {
-        const float s = xs_round(1.f / (1.f + expf(-g[e])), gate_z);   // sigmoid(gate), rounded as MLX's op
-        y[e] = xs_round(xs_round(g[e] * s, gate_z) * z[e], gate_z);     // silu = gate * sigmoid, then * z
+        const float s = xl_round(1.f / (1.f + expf(-g[e])), gate_z);   // sigmoid(gate), rounded as MLX's op
+        y[e] = xl_round(xl_round(g[e] * s, gate_z) * z[e], gate_z);     // silu = gate * sigmoid, then * z
     }
-    *reinterpret_cast<uint4*>(out + row * DP + c) = xs_pack(y, gate_z);
+    *reinterpret_cast<uint4*>(out + row * DP + c) = xl_pack(y, gate_z);
 """
 
 _kernel = None

@@ -8,6 +8,7 @@ import mlx.nn as nn
 
 from xlstm_mlx import kernels
 from xlstm_mlx.kernels import mlstm_chunkwise_cuda as chunkwise_cuda
+from xlstm_mlx.kernels import gate_preact
 from xlstm_mlx.kernels import mlstm_decode as decode
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise_flops
 from xlstm_mlx.models.xlstm7b import fuse
@@ -80,6 +81,13 @@ class MLSTMLayer(nn.Module):
         else:
             qkv = ((linear(self.q, xc), linear(self.k, xc), linear(self.v, xc)), (0, 0, 0))
             o = (linear(self.ogate_preact, xc), 0)
+        proj = self._gate_projection(x) if has_fused(self, "ifgate_preact") else None
+        if proj is not None and gate_preact.applies(x, proj.weight, proj.bias, a.num_heads, state_dtype):
+            # float32 weights on CUDA: the projection and both soft caps in one launch (kernels/gate_preact.py);
+            # elsewhere the layers below (on the CPU the few-row products take the skinny sgemm)
+            i, f = kernels.get("mlstm.gate_preact")(x, proj.weight, proj.bias, a.num_heads, a.gate_soft_cap,
+                                                   state_dtype)
+            return qkv, o, i, f
         if has_fused(self, "ifgate_preact"):
             i, f = mx.split(fused_or_layer(self, "ifgate_preact", x), [a.num_heads], axis=-1)
         else:
