@@ -37,8 +37,18 @@ from xlstm_mlx.kernels.cuda_common import cuda_available
 THREADS = 256
 PARTS = 16  # threads a row (lanes of one half-warp: the butterfly stays inside it)
 ROWS = THREADS // PARTS  # rows a block: 16, so a 2,048-row prefill is 128 blocks (one wave of 132 SMs)
-KT = 128  # columns of x and W a tile (float32)
+# columns of x and W a tile (float32), a module setting (the lab times the choices). 128: at the 7B prefill
+# (2,048 x 4,096, 16 outputs) ncu timed 31-32 us against 37-38 us for 256 (and 195 against 273 us at 8 x 2,048
+# rows; H200, 2026-12-02): the wider tile's 164 registers a thread and 33 KB of shared memory cost more than its
+# bytes in flight gain.
+KT = 128
 MAX_OUT = 32  # 2 NH: one running sum per output a thread (registers)
+
+
+def tile(ng: int) -> int:
+    """The tile width for 2 NH = ng outputs: KT, but 128 where ng > 16 (KT 256 would need 49 KB of shared
+    memory, over the 48 KB a block may declare statically)."""
+    return KT if ng <= 16 else 128
 
 _SOURCE = """
     constexpr int Q = KT / 4;                        // float4 a row of a tile
@@ -170,7 +180,8 @@ def gate_preact_cuda(x, weight, bias, num_heads: int, cap: float | None, dtype=m
     rows = x.size // x.shape[-1]
     i, f = _kernel(
         inputs=[x, weight, bias if bias is not None else weight],  # no bias: never read (HAS_BIAS)
-        template=[("NG", 2 * num_heads), ("THREADS", THREADS), ("PARTS", PARTS), ("ROWS", ROWS), ("KT", KT),
+        template=[("NG", 2 * num_heads), ("THREADS", THREADS), ("PARTS", PARTS), ("ROWS", ROWS),
+                  ("KT", tile(2 * num_heads)),
                   ("HAS_BIAS", bias is not None), ("HAS_CAP", cap is not None),
                   ("CAP_BITS", _float_bits(cap if cap is not None else 1.0))],
         grid=(-(-rows // ROWS) * THREADS, 1, 1),

@@ -157,7 +157,8 @@ _RECURRENT_SOURCE = """
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int i0 = ti * KT, j0 = tj * VT;
     const int NH = g_shape[1], NC = g_shape[2];      // chunks of the call (the last one may be partial)
-    const int c0 = seg[0], NCS = seg[1], T = seg[2];  // this segment's first chunk and chunk count; T steps
+    const int T = BTHD ? k_shape[1] : k_shape[2];     // steps of the call
+    const int c0 = SEG * MSC, NCS = NC - c0 < MSC ? NC - c0 : MSC;   // this segment's first chunk and chunk count
     constexpr int KST = BTHD ? K_ROW : DQK, VST = BTHD ? V_ROW : DV;   // elements from one step to the next
     const size_t kb = xl_head_base<BTHD, DQK, K_ROW, K_OFF>(bh, NH, T) + i0;
     const size_t vb = xl_head_base<BTHD, DV, V_ROW, V_OFF>(bh, NH, T) + j0;
@@ -335,14 +336,14 @@ _PARALLEL_SOURCE = """
     constexpr int END4 = L * CP * 2;
     constexpr int BUF = END1 > END3 ? END1 : END3;
     static_assert(END4 <= OFF_SB && OFF_C % 16 == 0 && OFF_K % 16 == 0, "shared memory plan");
-    const int NCS = seg[1];
+    const int NCW = lf_shape[2] / L;                  // chunks of the call (the last one may be partial)
+    const int c0 = SEG * MSC, NCS = NCW - c0 < MSC ? NCW - c0 : MSC;  // this segment's first chunk and chunk count
     const int tj = blockIdx.x % NTJ;
     const int c = (blockIdx.x / NTJ) % NCS;
     const int bh = blockIdx.x / (NTJ * NCS);
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const int T = seg[2], NH = lf_shape[1];
-    const int NCW = lf_shape[2] / L;                  // chunks of the call (the last one may be partial)
-    const int cg = seg[0] + c;
+    const int T = BTHD ? igate_shape[1] : igate_shape[2], NH = lf_shape[1];   // steps of the call
+    const int cg = c0 + c;
     // this chunk's real steps: fewer than L in a final partial chunk, whose steps past T are never read (q, k, v
     // as zeros, i = -inf: identities, as the gates kernel made them) nor written
     const int real = T - cg * L < L ? T - cg * L : L;
@@ -532,7 +533,7 @@ _PARALLEL_SOURCE = """
         }
     }
     // h of this segment's TS steps: [B, NH, TS, Dv], or [B, TS, NH, Dv] (BTHD); rows past T are not written
-    const int TS = T - seg[0] * L < NCS * L ? T - seg[0] * L : NCS * L;
+    const int TS = T - c0 * L < NCS * L ? T - c0 * L : NCS * L;
     const size_t hb = (BTHD ? (((size_t)(bh / NH) * TS + c * L) * NH + bh % NH) : (size_t)bh * TS + c * L) * DV + j0;
     const int hst = BTHD ? NH * DV : DV;              // elements from one step to the next
 #pragma unroll
@@ -648,20 +649,28 @@ def _gate_sums(igate, fgate, nc: int, layout: Layout):
                 output_dtypes=[mx.float32] * 4)
 
 
-def _recurrent(k, v, gates, state, seg, ncs: int, layout: Layout):
-    """Kernel A over one segment: the chunk-start states (C_k bf16, n_k, m_k) and the final state (float32).
+def _segment_template(seg: int) -> list:
+    """Segment `seg` of a call as template constants: its chunks are seg * MSC .. (kernels derive the chunk count
+    and T from their inputs' shapes). Not an input array: an array made from host data lives in CUDA managed
+    memory, and the first kernel to read it on the GPU waits for the page to migrate (an ncu profile of a 2,048-token
+    prefill, 2026-12-02: kernel A 190-540 us in 31 of 32 layers against 78 us, its inputs otherwise alike)."""
+    return [("SEG", seg), ("MSC", MAX_SEGMENT_CHUNKS)]
+
+
+def _recurrent(k, v, gates, state, seg: int, ncs: int, layout: Layout):
+    """Kernel A over segment `seg`: the chunk-start states (C_k bf16, n_k, m_k) and the final state (float32).
     state None: the zero state, never read (HAS_STATE false)."""
     B, NH, _ = gates[2].shape
     dqk, dv = layout.dqk, layout.dv
     vt = recurrent_v_tile(B, NH, dqk, dv)
     _, a, g, amax = gates
     C0, n0, m0 = (a, a, a) if state is None else state  # stand-ins of the right dtype: a fill would be a launch
-    rec = _kernel("xlstm_mlstm_chunk_recurrent", ["k", "v", "alog", "g", "amax", "C0", "n0", "m0", "seg"],
+    rec = _kernel("xlstm_mlstm_chunk_recurrent", ["k", "v", "alog", "g", "amax", "C0", "n0", "m0"],
                   ["Cs", "ns", "ms", "C_out", "n_out", "m_out"], _RECURRENT_SOURCE)
     Cs, ns, ms, C, n, m = rec(
-        inputs=[k, v, a, g, amax, C0, n0, m0, seg],
+        inputs=[k, v, a, g, amax, C0, n0, m0],
         template=[("DQK", dqk), ("DV", dv), ("L", L), ("KT", KT), ("VT", vt), ("THREADS", THREADS),
-                  ("HAS_STATE", state is not None), *layout.template()],
+                  ("HAS_STATE", state is not None), *_segment_template(seg), *layout.template()],
         grid=((dqk // KT) * (dv // vt) * B * NH * THREADS, 1, 1), threadgroup=(THREADS, 1, 1),
         output_shapes=[(B, NH, ncs, dqk, dv), (B, NH, ncs, dqk), (B, NH, ncs), (B, NH, dqk, dv), (B, NH, dqk),
                        (B, NH, 1)],
@@ -670,18 +679,19 @@ def _recurrent(k, v, gates, state, seg, ncs: int, layout: Layout):
     return (Cs, ns, ms), (C, n, m)
 
 
-def _parallel(q, k, v, igate, gates, starts, seg, ncs: int, steps: int, eps: float, layout: Layout):
-    """Kernel B over one segment: h of its `steps` steps, [B, NH, steps, Dv] (or [B, steps, NH, Dv]: bthd)."""
+def _parallel(q, k, v, igate, gates, starts, seg: int, ncs: int, steps: int, eps: float, layout: Layout):
+    """Kernel B over segment `seg`: h of its `steps` steps, [B, NH, steps, Dv] (or [B, steps, NH, Dv]: bthd)."""
     B, NH, _ = gates[2].shape
     dqk, dv = layout.dqk, layout.dv
     vt = _v_tile(dv, VT_B)
     Cs, ns, ms = starts
-    par = _kernel("xlstm_mlstm_chunk_parallel", ["q", "k", "v", "lf", "igate", "Cs", "ns", "ms", "seg"], ["h"],
+    par = _kernel("xlstm_mlstm_chunk_parallel", ["q", "k", "v", "lf", "igate", "Cs", "ns", "ms"], ["h"],
                   _PARALLEL_SOURCE)
     (h,) = par(
-        inputs=[q, k, v, gates[0], igate, Cs, ns, ms, seg],
+        inputs=[q, k, v, gates[0], igate, Cs, ns, ms],
         template=[("DQK", dqk), ("DV", dv), ("L", L), ("VT", vt), ("THREADS", THREADS),
-                  ("EPS_BITS", _float_bits(eps)), ("PREFETCH_V", PREFETCH_V), *layout.template()],
+                  ("EPS_BITS", _float_bits(eps)), ("PREFETCH_V", PREFETCH_V), *_segment_template(seg),
+                  *layout.template()],
         grid=((dv // vt) * ncs * B * NH * THREADS, 1, 1), threadgroup=(THREADS, 1, 1),
         output_shapes=[(B, steps, NH, dv) if layout.bthd else (B, NH, steps, dv)], output_dtypes=[mx.bfloat16],
     )
@@ -697,8 +707,7 @@ def _forward(q, k, v, igate, fgate, state, eps: float, layout: Layout):
     gates = _gate_sums(igate, fgate, nc, layout)
     hs = []
     for c0 in range(0, nc, MAX_SEGMENT_CHUNKS):
-        ncs = min(MAX_SEGMENT_CHUNKS, nc - c0)
-        seg = mx.array([c0, ncs, T], dtype=mx.int32)
+        ncs, seg = min(MAX_SEGMENT_CHUNKS, nc - c0), c0 // MAX_SEGMENT_CHUNKS
         starts, state = _recurrent(k, v, gates, state, seg, ncs, layout)
         hs.append(_parallel(q, k, v, igate, gates, starts, seg, ncs, min(T, (c0 + ncs) * L) - c0 * L, eps, layout))
     return (hs[0] if len(hs) == 1 else mx.concatenate(hs, axis=1 if layout.bthd else 2)), state
