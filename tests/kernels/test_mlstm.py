@@ -142,7 +142,8 @@ def test_reference_switch():
 
 def test_registry_covers_both_cells_with_a_reference_each():
     assert set(kernels.KERNELS) == {"mlstm.chunkwise", "mlstm.parallel", "mlstm.sequence", "mlstm.step",
-                                    "slstm.sequence", "slstm.step", "mlstm.decode_step", "mlstm.headnorm_gate", "matmul.skinny",
+                                    "slstm.sequence", "slstm.step", "mlstm.decode_step", "mlstm.headnorm_gate", "mlstm.gate_preact",
+                                    "matmul.skinny",
                                     "matmul.quantized", "norm.add_rms", "ffn.swiglu", "embed.lookup",
                                     *kernels.MATH, *kernels.NORMS}
     labels = kernels.describe()
