@@ -202,9 +202,15 @@ def _swiglu(mod, r):
 
 
 def _gate_preact(mod, r):
+    """The 7B prefill and the most outputs with a partial tile, in the default layout and the lab's variant."""
     f32 = mx.float32
-    mod.gate_preact_cuda(r(1, 2048, 4096, dt=f32), r(16, 4096, dt=f32), r(16, dt=f32), 8, 15.0)  # the 7B prefill
-    mod.gate_preact_cuda(r(3, 300, dt=f32), r(32, 300, dt=f32), None, 16, None)  # the most outputs, a partial tile
+    defaults = (mod.PARTS, mod.RPT)
+    try:
+        for mod.PARTS, mod.RPT in (defaults, (32, 2)):
+            mod.gate_preact_cuda(r(1, 2048, 4096, dt=f32), r(16, 4096, dt=f32), r(16, dt=f32), 8, 15.0)
+            mod.gate_preact_cuda(r(3, 300, dt=f32), r(32, 300, dt=f32), None, 16, None)
+    finally:
+        mod.PARTS, mod.RPT = defaults
 
 
 def _decode_step(mod, r):

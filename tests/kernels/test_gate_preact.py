@@ -68,9 +68,19 @@ SMALL = [  # (lead dims, D, heads, bias, cap)
 ]
 
 
+CONFIGS = [(16, 1), (32, 2)]  # (PARTS, RPT): the default, and the lab's register-blocked variant
+
+
+@pytest.fixture(params=CONFIGS, ids=lambda c: f"parts{c[0]}_rpt{c[1]}")
+def config(request, monkeypatch):
+    monkeypatch.setattr(gp, "PARTS", request.param[0])
+    monkeypatch.setattr(gp, "RPT", request.param[1])
+    return request.param
+
+
 @emulated_only
 @pytest.mark.parametrize("lead,D,NH,bias,cap", SMALL)
-def test_gate_preact_emulated(lead, D, NH, bias, cap):
+def test_gate_preact_emulated(lead, D, NH, bias, cap, config):
     with cuda_emulator.emulated(gp):
         check(gp.gate_preact_cuda, 1, lead, D, NH, bias, cap)
 
@@ -79,7 +89,7 @@ def test_gate_preact_emulated(lead, D, NH, bias, cap):
 @pytest.mark.parametrize("lead,D,NH,bias,cap", SMALL + [((1, 2048), 4096, 8, True, 15.0),  # the 7B prefill
                                                         ((2, 1000), 4096, 8, False, 15.0),
                                                         ((1, 1), 4096, 8, True, 15.0)])
-def test_gate_preact_cuda(lead, D, NH, bias, cap):
+def test_gate_preact_cuda(lead, D, NH, bias, cap, config):
     assert gp.applies(*_make(0, lead, D, NH, bias), NH)
     check(gp.gate_preact_cuda, 2, lead, D, NH, bias, cap)
 

@@ -15,7 +15,7 @@ soft-cap launch per gate over strided halves: ~40 us and four launches a layer, 
 time, where the bytes (x read once, 32 MB a layer) take ~9 us. The gates stay float32 end to end
 (docs/numerics.md: the projections whose input is the residual stream keep its dtype).
 
-Here one block of THREADS threads takes ROWS rows of x and all 2 NH outputs: x and W come through shared memory
+Here one block of THREADS threads takes rows_a_block() rows of x and all 2 NH outputs: x and W come through shared memory
 in tiles of KT columns (the next tile's loads issued before the current tile's products, so that they overlap);
 each of the PARTS threads of a row sums its own columns of the tile for every output with float32 fmaf (one
 running sum per output over all tiles), and the parts are added by a butterfly of warp shuffles. The order of
@@ -35,14 +35,22 @@ from xlstm_mlx.kernels import fastmath
 from xlstm_mlx.kernels.cuda_common import cuda_available
 
 THREADS = 256
-PARTS = 16  # threads a row (lanes of one half-warp: the butterfly stays inside it)
-ROWS = THREADS // PARTS  # rows a block: 16, so a 2,048-row prefill is 128 blocks (one wave of 132 SMs)
+# PARTS threads share a row (lanes of one warp: the butterfly stays inside it), each summing RPT rows at once, so
+# a block takes ROWS = THREADS / PARTS * RPT rows: 16 (a 2,048-row prefill is 128 blocks, one wave of 132 SMs).
+# Module settings (the lab times the choices): (16, 1) is what ran on an H200; at ~2 TB/s it is bound by the
+# shared-memory reads of W, one per thread and row, and (32, 2) reads each W vector once for two rows (a lab
+# variant until measured: benchmarks/probes/gate_preact_tiles.py).
+PARTS, RPT = 16, 1
 # columns of x and W a tile (float32), a module setting (the lab times the choices). 128: at the 7B prefill
 # (2,048 x 4,096, 16 outputs) ncu timed 31-32 us against 37-38 us for 256 (and 195 against 273 us at 8 x 2,048
 # rows; H200, 2026-12-02): the wider tile's 164 registers a thread and 33 KB of shared memory cost more than its
 # bytes in flight gain.
 KT = 128
 MAX_OUT = 32  # 2 NH: one running sum per output a thread (registers)
+
+
+def rows_a_block() -> int:
+    return THREADS // PARTS * RPT
 
 
 def tile(ng: int) -> int:
@@ -57,18 +65,22 @@ _SOURCE = """
                                                      // read one row hit 8 distinct 16-byte bank groups
     constexpr int XL = ROWS * Q / THREADS;           // float4 of the x tile a thread loads
     constexpr int WL = (NG * Q + THREADS - 1) / THREADS;   // float4 of the W tile a thread loads
-    static_assert(Q % PARTS == 0 && (ROWS * Q) % THREADS == 0 && PARTS <= 32 && (32 % PARTS) == 0, "tiles");
+    static_assert(Q % PARTS == 0 && (ROWS * Q) % THREADS == 0 && PARTS <= 32 && (32 % PARTS) == 0
+                  && (THREADS / PARTS) * RPT == ROWS, "tiles");
     const int D = x_shape[x_ndim - 1];
     size_t rows = 1;
     for (int a = 0; a < x_ndim - 1; ++a) rows *= x_shape[a];
-    const int tid = threadIdx.x, r = tid / PARTS, p = tid % PARTS;
+    const int tid = threadIdx.x, r0 = (tid / PARTS) * RPT, p = tid % PARTS;   // rows r0 .. r0 + RPT - 1
     const size_t row0 = (size_t)blockIdx.x * ROWS;
 
     __shared__ __align__(16) float xs[ROWS * XP];
     __shared__ __align__(16) float ws[NG * KT];
-    float acc[NG];
+    float acc[RPT][NG];
 #pragma unroll
-    for (int j = 0; j < NG; ++j) acc[j] = 0.f;
+    for (int i = 0; i < RPT; ++i) {
+#pragma unroll
+        for (int j = 0; j < NG; ++j) acc[i][j] = 0.f;
+    }
 
     float4 xr[XL], wr[WL];
     const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -101,35 +113,46 @@ _SOURCE = """
 #pragma unroll
         for (int e = 0; e < QP; ++e) {
             const int qq = e * PARTS + p;            // a part's float4: PARTS apart, so a phase reads consecutive ones
-            const float4 xv = *reinterpret_cast<const float4*>(xs + r * XP + qq * 4);
+            float4 xv[RPT];
 #pragma unroll
-            for (int j = 0; j < NG; ++j) {
+            for (int i = 0; i < RPT; ++i) xv[i] = *reinterpret_cast<const float4*>(xs + (r0 + i) * XP + qq * 4);
+#pragma unroll
+            for (int j = 0; j < NG; ++j) {           // each W vector read once for the thread's RPT rows
                 const float4 wv = *reinterpret_cast<const float4*>(ws + j * KT + qq * 4);
-                acc[j] = fmaf(xv.x, wv.x, acc[j]);
-                acc[j] = fmaf(xv.y, wv.y, acc[j]);
-                acc[j] = fmaf(xv.z, wv.z, acc[j]);
-                acc[j] = fmaf(xv.w, wv.w, acc[j]);
+#pragma unroll
+                for (int i = 0; i < RPT; ++i) {
+                    acc[i][j] = fmaf(xv[i].x, wv.x, acc[i][j]);
+                    acc[i][j] = fmaf(xv[i].y, wv.y, acc[i][j]);
+                    acc[i][j] = fmaf(xv[i].z, wv.z, acc[i][j]);
+                    acc[i][j] = fmaf(xv[i].w, wv.w, acc[i][j]);
+                }
             }
         }
         __syncthreads();                             // the next tile overwrites xs and ws
     }
     // the PARTS partial sums of each output: a butterfly inside the row's lanes (all of them end with the totals)
 #pragma unroll
-    for (int j = 0; j < NG; ++j) {
+    for (int i = 0; i < RPT; ++i) {
 #pragma unroll
-        for (int o = PARTS / 2; o > 0; o >>= 1) acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], o);
+        for (int j = 0; j < NG; ++j) {
+#pragma unroll
+            for (int o = PARTS / 2; o > 0; o >>= 1) acc[i][j] += __shfl_xor_sync(0xffffffffu, acc[i][j], o);
+        }
     }
-    const size_t row = row0 + r;
-    if (row >= rows) return;
     const float cap = __int_as_float(CAP_BITS);
 #pragma unroll
-    for (int j = 0; j < NG; ++j) {                   // output j by the part j % PARTS (j known at compile time)
-        if (j % PARTS != p) continue;
-        float g = acc[j];
-        if (HAS_BIAS) g += bias[j];
-        if (HAS_CAP) g = tanhf(g / cap) * cap;
-        if (j < NG / 2) igate[row * (NG / 2) + j] = g;
-        else fgate[row * (NG / 2) + j - NG / 2] = g;
+    for (int i = 0; i < RPT; ++i) {
+        const size_t row = row0 + r0 + i;
+        if (row >= rows) break;
+#pragma unroll
+        for (int j = 0; j < NG; ++j) {               // output j by the part j % PARTS (j known at compile time)
+            if (j % PARTS != p) continue;
+            float g = acc[i][j];
+            if (HAS_BIAS) g += bias[j];
+            if (HAS_CAP) g = tanhf(g / cap) * cap;
+            if (j < NG / 2) igate[row * (NG / 2) + j] = g;
+            else fgate[row * (NG / 2) + j - NG / 2] = g;
+        }
     }
 """
 
@@ -180,11 +203,11 @@ def gate_preact_cuda(x, weight, bias, num_heads: int, cap: float | None, dtype=m
     rows = x.size // x.shape[-1]
     i, f = _kernel(
         inputs=[x, weight, bias if bias is not None else weight],  # no bias: never read (HAS_BIAS)
-        template=[("NG", 2 * num_heads), ("THREADS", THREADS), ("PARTS", PARTS), ("ROWS", ROWS),
-                  ("KT", tile(2 * num_heads)),
+        template=[("NG", 2 * num_heads), ("THREADS", THREADS), ("PARTS", PARTS), ("RPT", RPT),
+                  ("ROWS", rows_a_block()), ("KT", tile(2 * num_heads)),
                   ("HAS_BIAS", bias is not None), ("HAS_CAP", cap is not None),
                   ("CAP_BITS", _float_bits(cap if cap is not None else 1.0))],
-        grid=(-(-rows // ROWS) * THREADS, 1, 1),
+        grid=(-(-rows // rows_a_block()) * THREADS, 1, 1),
         threadgroup=(THREADS, 1, 1),
         output_shapes=[(*x.shape[:-1], num_heads)] * 2,
         output_dtypes=[mx.float32] * 2,
