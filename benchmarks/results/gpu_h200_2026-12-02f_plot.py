@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from prefill_ab_plot import prefill_ab_panel  # noqa: E402
+
 R = Path("benchmarks/results")
 LABS = [("start (wmma)", "gpu_kernels_h200_s10_chunkwise_wmma.json"),
         ("A on mma.sync", "gpu_kernels_h200_s10_chunkwise_mma.json"),
@@ -30,22 +32,7 @@ def main() -> None:
         ax.set_title(f"chunkwise kernels alone, 7B heads, {title} (lab)", fontsize=9)
         ax.legend(fontsize=7)
     ax = axes[2]
-    runs = []
-    for tag in ("old_1", "new_1", "old_2", "new_2"):
-        d = json.loads((R / f"gpu_h200_s10_prefill_ab2_{tag}.json").read_text())
-        runs.append((tag, {f"{p['batch']}x{p['length']}": p["tok_s"] for p in d["prefill"]}))
-    shapes = ["1x2048", "8x8192"]
-    w = 0.13
-    for k, (tag, vals) in enumerate(runs):
-        ax.bar([i + (k - 2) * w for i in range(2)], [vals[s] for s in shapes], w,
-               color="#1f77b4" if tag.startswith("old") else "#ff7f0e", label=tag if k < 2 else None)
-    ax.bar([i + 2 * w for i in range(2)], [OFFICIAL[s][1] for s in shapes], w, color="k", label="official compiled")
-    ax.axhline(40000, color="#2ca02c", ls=":", lw=1, label="target at 1x2048 (40k)")
-    ax.set_xticks(range(2), shapes)
-    ax.set_ylim(25000, 42000)
-    ax.set_ylabel("prefill tok/s")
-    ax.set_title("prefill end to end (bench), start code (old) vs end (new), alternating", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    prefill_ab_panel(ax, "gpu_h200_s10_prefill_ab2_{}.json", {s: OFFICIAL[s][1] for s in ("1x2048", "8x8192")}, (25000, 42000))
     fig.suptitle("xLSTM-7B shape, NVIDIA H200, 2026-12-02 session 10: the chunkwise kernels on mma.sync + ldmatrix", fontsize=10)
     fig.tight_layout()
     fig.savefig(R / "gpu_h200_2026-12-02f.png", dpi=110)

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from prefill_ab_plot import prefill_ab_panel  # noqa: E402
+
 R = Path("benchmarks/results")
 OFFICIAL = {"1x2048": (29480, 40146), "8x8192": (31231, 40314)}  # eager, compiled (session 11c)
 
@@ -30,22 +32,7 @@ def main() -> None:
     ax.set_title("one 1x2,048 prefill's kernels by kind", fontsize=9)
     ax.legend(fontsize=6, loc="lower right")
     ax = axes[1]
-    runs = []
-    for tag in ("old_1", "new_1", "old_2", "new_2"):
-        d = json.loads((R / f"gpu_h200_s11_prefill_ab_{tag}.json").read_text())
-        runs.append((tag, {f"{p['batch']}x{p['length']}": p["tok_s"] for p in d["prefill"]}))
-    shapes = ["1x2048", "8x8192"]
-    w = 0.13
-    for k, (tag, vals) in enumerate(runs):
-        ax.bar([i + (k - 2) * w for i in range(2)], [vals[s] for s in shapes], w,
-               color="#1f77b4" if tag.startswith("old") else "#ff7f0e", label=tag if k < 2 else None)
-    ax.bar([i + 2 * w for i in range(2)], [OFFICIAL[s][1] for s in shapes], w, color="k", label="official compiled")
-    ax.axhline(40000, color="#2ca02c", ls=":", lw=1, label="target at 1x2048 (40k)")
-    ax.set_xticks(range(2), shapes)
-    ax.set_ylim(30000, 42000)
-    ax.set_ylabel("prefill tok/s")
-    ax.set_title("prefill end to end (bench), start code (old) vs end (new), alternating", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    prefill_ab_panel(ax, "gpu_h200_s11_prefill_ab_{}.json", {s: OFFICIAL[s][1] for s in ("1x2048", "8x8192")}, (30000, 42000))
     ax = axes[2]
     sel = json.loads((R / "gpu_h200_s11_ncu_selective.json").read_text())
     layers = range(1, 33)
