@@ -21,12 +21,10 @@ returned in its place and the kernel does not write it (a 2,048-token prefill of
 
 from __future__ import annotations
 
-import struct
-
 import mlx.core as mx
 
 from xlstm_mlx.kernels import norms
-from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
+from xlstm_mlx.kernels.cuda_common import cuda_available, float_bits, VEC_HEADER
 
 THREADS = 512
 
@@ -118,9 +116,6 @@ def applies(x, h, weight, bias) -> bool:
             and (h is None or (h.dtype in (mx.float32, mx.bfloat16) and h.shape == x.shape)) and x.ndim >= 1)
 
 
-def _float_bits(v: float) -> int:
-    return struct.unpack("<i", struct.pack("<f", v))[0]
-
 
 def add_rms_norm_cuda(x, h, weight, bias, eps: float, out_dtype, want_y: bool = True):
     global _kernel
@@ -133,7 +128,7 @@ def add_rms_norm_cuda(x, h, weight, bias, eps: float, out_dtype, want_y: bool = 
         # would be one more launch each call outside a compiled step (65 in a 7B prefill chunk)
         inputs=[x, h if h is not None else x, weight, bias if bias is not None else weight],
         template=[("DIM", x.shape[-1]), ("THREADS", THREADS), ("HAS_H", h is not None),
-                  ("HAS_BIAS", bias is not None), ("EPS_BITS", _float_bits(eps)), ("WRITE_Y", want_y)],
+                  ("HAS_BIAS", bias is not None), ("EPS_BITS", float_bits(eps)), ("WRITE_Y", want_y)],
         grid=(rows * THREADS, 1, 1),
         threadgroup=(THREADS, 1, 1),
         output_shapes=[x.shape, x.shape if want_y else (1,), x.shape],  # (1,): never written

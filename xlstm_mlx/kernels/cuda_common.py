@@ -6,10 +6,18 @@ CPU) its MLX-ops reference is the path, and the registry label says so (kernels/
 
 from __future__ import annotations
 
+import struct
+
 import mlx.core as mx
 
 
 SMS = 132  # multiprocessors of an H100 / H200 (SXM): the kernels' grid and tile choices are sized for it
+
+
+def float_bits(x: float) -> int:
+    """A float32's bit pattern as a signed int: how float constants (eps, a soft cap) reach a kernel as template
+    constants (a small float32 input array made from Python would be host data read by the GPU at every call)."""
+    return struct.unpack("<i", struct.pack("<f", x))[0]
 
 
 def cuda_available() -> bool:
@@ -48,7 +56,9 @@ __device__ __forceinline__ void xl_set(__nv_bfloat16* p, float v) { *p = __float
 __device__ __forceinline__ void xl_set(float* p, float v) { *p = v; }
 
 // v rounded to the tag's type and back (where MLX's ops on arrays of that dtype round)
-__device__ __forceinline__ float xl_round(float v, const __nv_bfloat16*) { return __bfloat162float(__float2bfloat16(v)); }
+__device__ __forceinline__ float xl_round(float v, const __nv_bfloat16*) {
+    return __bfloat162float(__float2bfloat16(v));
+}
 __device__ __forceinline__ float xl_round(float v, const float*) { return v; }
 
 // float32 lanes packed into one 16-byte vector of the tag's type (bf16: 8 lanes rounded to nearest, float: 4)

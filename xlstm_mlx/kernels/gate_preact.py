@@ -15,8 +15,8 @@ soft-cap launch per gate over strided halves: ~40 us and four launches a layer, 
 time, where the bytes (x read once, 32 MB a layer) take ~9 us. The gates stay float32 end to end
 (docs/numerics.md: the projections whose input is the residual stream keep its dtype).
 
-Here one block of THREADS threads takes rows_a_block() rows of x and all 2 NH outputs: x and W come through shared memory
-in tiles of KT columns (the next tile's loads issued before the current tile's products, so that they overlap);
+Here one block of THREADS threads takes rows_a_block() rows of x and all 2 NH outputs: x and W come through shared
+memory in tiles of KT columns (the next tile's loads issued before the current tile's products, so that they overlap);
 each of the PARTS threads of a row sums its own columns of the tile for every output with float32 fmaf (one
 running sum per output over all tiles), and the parts are added by a butterfly of warp shuffles. The order of
 the sums differs from cuBLAS's, so g differs from the reference in the last float32 bits (a dot product of length D:
@@ -27,12 +27,10 @@ Applies where x, W (and b) are float32, D a multiple of 4 (16-byte loads), 2 NH 
 
 from __future__ import annotations
 
-import struct
-
 import mlx.core as mx
 
 from xlstm_mlx.kernels import fastmath
-from xlstm_mlx.kernels.cuda_common import cuda_available
+from xlstm_mlx.kernels.cuda_common import cuda_available, float_bits
 
 THREADS = 256
 # PARTS threads share a row (lanes of one warp: the butterfly stays inside it), each summing RPT rows at once, so
@@ -186,9 +184,6 @@ def applies(x, weight, bias, num_heads: int, dtype=mx.float32) -> bool:
             and x.shape[-1] % 4 == 0 and x.size > 0)
 
 
-def _float_bits(v: float) -> int:
-    return struct.unpack("<i", struct.pack("<f", v))[0]
-
 
 def gate_preact_cuda(x, weight, bias, num_heads: int, cap: float | None, dtype=mx.float32):
     global _kernel
@@ -206,7 +201,7 @@ def gate_preact_cuda(x, weight, bias, num_heads: int, cap: float | None, dtype=m
         template=[("NG", 2 * num_heads), ("THREADS", THREADS), ("PARTS", PARTS), ("RPT", RPT),
                   ("ROWS", rows_a_block()), ("KT", tile(2 * num_heads)),
                   ("HAS_BIAS", bias is not None), ("HAS_CAP", cap is not None),
-                  ("CAP_BITS", _float_bits(cap if cap is not None else 1.0))],
+                  ("CAP_BITS", float_bits(cap if cap is not None else 1.0))],
         grid=(-(-rows // rows_a_block()) * THREADS, 1, 1),
         threadgroup=(THREADS, 1, 1),
         output_shapes=[(*x.shape[:-1], num_heads)] * 2,

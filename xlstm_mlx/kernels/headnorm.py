@@ -21,12 +21,10 @@ columns o_offset...; passing it whole saves the copy of a strided slice.
 
 from __future__ import annotations
 
-import struct
-
 import mlx.core as mx
 
 from xlstm_mlx.kernels import fastmath, norms
-from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
+from xlstm_mlx.kernels.cuda_common import cuda_available, float_bits, VEC_HEADER
 
 THREADS = 256  # 8 warps: 8 (sequence, head) rows per block
 FEW_ROWS = 264  # up to this many rows (2 per SM of an H200), one warp a block: the rows spread over the SMs
@@ -136,9 +134,6 @@ def aligned_rows(qkvo, o_offset: int, vec: int) -> bool:
     return o_offset % vec == 0 and qkvo.shape[1] % vec == 0
 
 
-def _float_bits(x: float) -> int:
-    return struct.unpack("<i", struct.pack("<f", x))[0]
-
 
 def headnorm_gate_cuda(h, qkvo, o_offset: int, weight, bias, eps: float):
     global _kernel
@@ -151,7 +146,7 @@ def headnorm_gate_cuda(h, qkvo, o_offset: int, weight, bias, eps: float):
     (out,) = _kernel(
         inputs=[h, qkvo, weight, bias if bias is not None else weight],  # no bias: never read (HAS_BIAS)
         template=[("T", h.dtype), ("DH", DH), ("O_OFF", o_offset), ("THREADS", threads),
-                  ("HAS_BIAS", bias is not None), ("EPS_BITS", _float_bits(eps))],
+                  ("HAS_BIAS", bias is not None), ("EPS_BITS", float_bits(eps))],
         grid=(blocks * threads, 1, 1),
         threadgroup=(threads, 1, 1),
         output_shapes=[(B, NH * DH)],

@@ -58,14 +58,13 @@ row-contiguous, and mx.fast.cuda_kernel would copy it), and the offsets and row 
 
 from __future__ import annotations
 
-import struct
 from typing import NamedTuple
 
 import mlx.core as mx
 
 from xlstm_mlx import env
 from xlstm_mlx.errors import UsageError
-from xlstm_mlx.kernels.cuda_common import MMA_HEADER, SMS, VEC_HEADER, cuda_available
+from xlstm_mlx.kernels.cuda_common import cuda_available, float_bits, MMA_HEADER, SMS, VEC_HEADER
 from xlstm_mlx.kernels.mlstm_chunk_scan import MAX_SEGMENT_CHUNKS, mlstm_chunkwise_ops
 from xlstm_mlx.kernels.mlstm_recurrent import ZeroState
 
@@ -559,10 +558,6 @@ def _kernel(name: str, inputs: list[str], outputs: list[str], source: str):
     return _kernels[name]
 
 
-def _float_bits(x: float) -> int:
-    """A float32's bit pattern as a signed int: eps reaches the kernel as a compile-time constant."""
-    return struct.unpack("<i", struct.pack("<f", x))[0]
-
 
 def _v_tile(dv: int, wanted: int) -> int:
     return 128 if wanted == 128 and dv % 128 == 0 else 64
@@ -690,7 +685,7 @@ def _parallel(q, k, v, igate, gates, starts, seg: int, ncs: int, steps: int, eps
     (h,) = par(
         inputs=[q, k, v, gates[0], igate, Cs, ns, ms],
         template=[("DQK", dqk), ("DV", dv), ("L", L), ("VT", vt), ("THREADS", THREADS),
-                  ("EPS_BITS", _float_bits(eps)), ("PREFETCH_V", PREFETCH_V), *_segment_template(seg),
+                  ("EPS_BITS", float_bits(eps)), ("PREFETCH_V", PREFETCH_V), *_segment_template(seg),
                   *layout.template()],
         grid=((dv // vt) * ncs * B * NH * THREADS, 1, 1), threadgroup=(THREADS, 1, 1),
         output_shapes=[(B, steps, NH, dv) if layout.bthd else (B, NH, steps, dv)], output_dtypes=[mx.bfloat16],

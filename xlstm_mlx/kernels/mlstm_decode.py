@@ -30,14 +30,13 @@ tile-0 block writes n and m.
 
 from __future__ import annotations
 
-import struct
 from typing import NamedTuple
 
 import mlx.core as mx
 import numpy as np
 
 from xlstm_mlx.kernels import headnorm
-from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
+from xlstm_mlx.kernels.cuda_common import cuda_available, float_bits, VEC_HEADER
 from xlstm_mlx.kernels.mlstm_recurrent import mlstm_step, mlstm_step_ref
 
 TJS = (32, 64, 128)  # columns of C per block: 32 lanes x 1, 2 or 4 floats (4-, 8-, 16-byte accesses)
@@ -222,11 +221,6 @@ _kernel = None
 _kernel_scratch = type("Scratch", (), {})()  # owner of the placeholder counter of launches without the norm
 
 
-def _float_bits(x: float) -> int:
-    """A float32's bit pattern as a (signed) int: how the soft cap and eps reach the kernel as compile-time
-    constants. (A small float32 input array made from Python would be a host-to-device transfer at every call.)"""
-    return struct.unpack("<i", struct.pack("<f", x))[0]
-
 
 def _soft_cap(x: mx.array, cap: float | None) -> mx.array:
     return x if cap is None else cap * mx.tanh(x / cap)  # models/base.py soft_cap, the same arithmetic
@@ -350,9 +344,9 @@ def mlstm_decode_step_cuda(qkvo, gates, state, num_heads: int, qk_dim: int, v_di
                   ("GATE_PROJ", proj), ("HAS_GATE_BIAS", proj and gates.bias is not None),
                   ("HID", gates.x.shape[1] if proj else 1),
                   ("THREADS", THREADS), ("HAS_CAP", gate_soft_cap is not None),
-                  ("CAP_BITS", _float_bits(gate_soft_cap or 0.0)), ("EPS_BITS", _float_bits(eps)),
+                  ("CAP_BITS", float_bits(gate_soft_cap or 0.0)), ("EPS_BITS", float_bits(eps)),
                   ("FUSE_NORM", fused), ("NORM_BIAS", fused and norm.bias is not None),
-                  ("O_OFF", norm.o_offset if fused else 0), ("NORM_EPS_BITS", _float_bits(norm.eps if fused else 0.0))],
+                  ("O_OFF", norm.o_offset if fused else 0), ("NORM_EPS_BITS", float_bits(norm.eps if fused else 0.0))],
         grid=(blocks * THREADS, 1, 1),
         threadgroup=(THREADS, 1, 1),
         output_shapes=[(B, num_heads, dv), C.shape, n.shape, m.shape, (B, v_dim) if fused else (1,)],
