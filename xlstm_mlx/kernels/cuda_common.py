@@ -2,6 +2,13 @@
 
 A CUDA kernel runs only on MLX's CUDA backend with the GPU as the default device; everywhere else (Metal, the
 CPU) its MLX-ops reference is the path, and the registry label says so (kernels/__init__.py).
+
+No per-call input of a kernel is made from host data (`mx.array(<Python or numpy value>)`): MLX's CUDA allocator
+places such arrays in managed memory, and the first GPU read of each new one waits for a page migration. The
+chunkwise prefill's 3-int segment array did that once a layer: kernel A took 192-540 us instead of 77 in layers
+2-32 of a 2,048-token prefill (ncu, H200, benchmarks/results/gpu_h200_2026-12-03.md). Scalars reach a kernel as
+template constants (float_bits for floats), sizes from the inputs' shapes; an array made from host data once and
+kept (mlstm_decode.norm_counter) migrates once.
 """
 
 from __future__ import annotations
