@@ -35,10 +35,11 @@ from xlstm_mlx.kernels.cuda_common import cuda_available, float_bits
 THREADS = 256
 # PARTS threads share a row (lanes of one warp: the butterfly stays inside it), each summing RPT rows at once, so
 # a block takes ROWS = THREADS / PARTS * RPT rows: 16 (a 2,048-row prefill is 128 blocks, one wave of 132 SMs).
-# Module settings (the lab times the choices): (16, 1) is what ran on an H200; at ~2 TB/s it is bound by the
-# shared-memory reads of W, one per thread and row, and (32, 2) reads each W vector once for two rows (a lab
-# variant until measured: benchmarks/probes/gate_preact_tiles.py).
-PARTS, RPT = 16, 1
+# Module settings (the lab times the choices). (16, 1), one thread a row, is bound by the shared-memory reads of W
+# (one per thread and row, ~2 TB/s of x and W); (32, 2), a warp a row pair, reads each W vector once for two
+# rows: ncu timed 29.3-30.1 against 31.0-31.8 us at the 7B prefill (2,048 x 4,096, 16 outputs) and 149-150
+# against 196 us at 8 x 2,048 rows (H200, 2026-12-03, benchmarks/probes/gate_preact_tiles.py).
+PARTS, RPT = 32, 2
 # columns of x and W a tile (float32), a module setting (the lab times the choices). 128: at the 7B prefill
 # (2,048 x 4,096, 16 outputs) ncu timed 31-32 us against 37-38 us for 256 (and 195 against 273 us at 8 x 2,048
 # rows; H200, 2026-12-02): the wider tile's 164 registers a thread and 33 KB of shared memory cost more than its
