@@ -106,7 +106,6 @@ SWAPS = {
 def swapped(names):
     saved_k = dict(kernels.KERNELS)
     saved_lin, saved_emb = nn.Linear.__call__, nn.Embedding.as_linear
-    saved_hn = (_hn.fastmath.sigmoid, _hn.norms.layer_norm)
     import xlstm_mlx.models.xlstm7b.model as mdl
     saved_head_linear = mdl.linear
     try:

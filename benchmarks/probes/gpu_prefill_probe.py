@@ -1,5 +1,5 @@
 """Prefill levers on the GPU, one process: chunk size and mx.compile of the state-only forward (7B shape)."""
-import os, sys, time
+import sys, time
 import mlx.core as mx
 from xlstm_mlx.tools import bench
 from xlstm_mlx.models.cache import Cache
