@@ -58,8 +58,14 @@ def winning_configs() -> list[dict]:
     return [c for c in quant_gemv.SWEEP_CONFIGS if c in won]
 
 
+def with_depths(variants: list[tuple[str, dict]], depths: list[int]) -> list[tuple[str, dict]]:
+    """Each (tag, config) once per scale prefetch depth (quant_gemv.scale_depth): 0 keeps the config's own rule,
+    n > 0 sets SD = n (tag suffix SDn)."""
+    return [(tag, cfg) if sd == 0 else (f"{tag}SD{sd}", {**cfg, "SD": sd}) for tag, cfg in variants for sd in depths]
+
+
 def matrix_section(name: str, K: int, N: int, bits: int, rows: list[int], calls: int, reps: int,
-                   run_kernel: bool, sweep: list[dict] | None = None) -> list[dict]:
+                   run_kernel: bool, sweep: list[dict] | None = None, depths: list[int] = (0,)) -> list[dict]:
     seed = 1000 * bits + N
     w0 = (mx.random.normal((N, K), key=mx.random.key(seed)) * K**-0.5).astype(mx.bfloat16)
     q0 = mx.quantize(w0, group_size=GROUP, bits=bits)
@@ -115,7 +121,8 @@ def matrix_section(name: str, K: int, N: int, bits: int, rows: list[int], calls:
             if not quant_gemv.applies(x, W, S, GROUP, bits, "affine", biases=B):
                 row["kernel_error"] = "applies() is False for these operands"
             else:
-                variants = [("kernel", default)] + [(cfg_tag(c), c) for c in (sweep or quant_gemv.SWEEP_CONFIGS)]
+                variants = with_depths([("kernel", default)] + [(cfg_tag(c), c) for c in (
+                    quant_gemv.SWEEP_CONFIGS if sweep is None else sweep)], list(depths))
                 for tag, cfg in variants:
                     try:
                         err = rel_err(quant_gemv.quantized_gemv_cuda(x, W, S, B, None, GROUP, bits, **cfg), ref_k[:M])
@@ -146,8 +153,8 @@ def matrix_section(name: str, K: int, N: int, bits: int, rows: list[int], calls:
 
 
 def table(out: dict) -> str:
-    lines = ["| matrix | bits | M | qmm us (TB/s) | kernel default us (TB/s) | best config us (TB/s) | bf16 us (TB/s) | "
-             "worst kernel err | best |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| matrix | bits | M | qmm us (TB/s) | kernel default us (TB/s) | default, SD=1 | best config us (TB/s) | "
+             "bf16 us (TB/s) | worst kernel err | best |", "|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(r, tag):
         return f"{r[tag + '_us']:.1f} ({r[tag + '_TBps']:.2f})" if tag + "_us" in r else "-"
@@ -160,7 +167,8 @@ def table(out: dict) -> str:
         best = r.get("best_cfg")
         best_cell = f"{best.removeprefix('cfg:')} {cell(r, best)}" if best else "-"
         lines.append(f"| {r['matrix']} {r['K']}->{r['N']} | {r['bits']} | {r['rows']} | {cell(r, 'qmm')} | "
-                     f"{cell(r, 'kernel')} | {best_cell} | {cell(r, 'bf16')} | {err_cell} | {r.get('best', '-')} |")
+                     f"{cell(r, 'kernel')} | {cell(r, 'kernelSD1')} | {best_cell} | {cell(r, 'bf16')} | {err_cell} | "
+                     f"{r.get('best', '-')} |")
     for k, v in out.get("errors", {}).items():
         lines.append(f"error in {k}: {v.strip().splitlines()[-1]}")
     return "\n".join(lines)
@@ -174,9 +182,11 @@ def measured_table(out: dict) -> str:
         cfg = r.get("best_cfg_dict")
         if not cfg or r["rows"] not in (1, 4, 16):
             continue
-        us = r.get(f"cfg:R{cfg['R']}U{cfg['U']}S{cfg['S']}K{cfg['KSPLIT']}W{cfg['WARPS']}_us", r.get("kernel_us"))
+        us = r.get(f"{r['best_cfg']}_us", r.get("kernel_us"))
+        sd = f", SD={cfg['SD']}" if "SD" in cfg else ""
         entries.append(f"    ({r['bits']}, {r['rows']}, {r['N']}, {r['K']}): (dict(R={cfg['R']}, U={cfg['U']}, "
-                       f"S={cfg['S']}, KSPLIT={cfg['KSPLIT']}, WARPS={cfg['WARPS']}), {us:.1f}, {r['qmm_us']:.1f}),")
+                       f"S={cfg['S']}, KSPLIT={cfg['KSPLIT']}, WARPS={cfg['WARPS']}{sd}), {us:.1f}, "
+                       f"{r['qmm_us']:.1f}),")
     return "H200 = {\n" + "\n".join(entries) + "\n}" if entries else "H200: no kernel configs timed"
 
 
@@ -187,9 +197,14 @@ def main() -> int:
     p.add_argument("--bits", type=int, nargs="+", default=[4, 8], choices=[4, 8])
     p.add_argument("--rows", type=int, nargs="+", help="rows of x (default: 1 2 4 8 16)")
     p.add_argument("--matrices", nargs="+", help=f"a subset of {', '.join(MATRICES)}")
-    p.add_argument("--sweep", choices=["all", "winners"], default="all",
+    p.add_argument("--sweep", choices=["all", "winners", "default"], default="all",
                    help="all: every quant_gemv.SWEEP_CONFIGS config; winners: only those that won a shape in "
-                        "kernels/quant_gemv_lab.py's table (fewer compiles: a run that must fit a device budget)")
+                        "kernels/quant_gemv_lab.py's table (fewer compiles: a run that must fit a device budget); "
+                        "default: only the config default_config picks")
+    p.add_argument("--scale-depth", type=int, nargs="+", default=[0], choices=[0, 1, 2, 3, 4],
+                   help="time each config at these scale prefetch depths (SD: steps ahead a warp loads its scales "
+                        "and biases); 0 = quant_gemv.scale_depth's rule (the default); e.g. 0 1 for an A/B "
+                        "against loading them one step ahead")
     p.add_argument("--calls", type=int, default=20, help="dependent calls per timed chain")
     p.add_argument("--reps", type=int, default=5, help="timed chains per variant (the median is kept)")
     p.add_argument("--max-seconds", type=float, default=225.0,
@@ -203,12 +218,12 @@ def main() -> int:
         mats = {m: mats[m] for m in args.matrices}
     rows = args.rows or (QUICK_ROWS if args.quick else ROWS)
     calls, reps = (4, 2) if args.quick else (args.calls, args.reps)
-    sweep = winning_configs() if args.sweep == "winners" else list(quant_gemv.SWEEP_CONFIGS)
+    sweep = {"winners": winning_configs, "default": list, "all": lambda: list(quant_gemv.SWEEP_CONFIGS)}[args.sweep]()
     run_kernel = cuda_available()
     out = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),
            "mlx_version": mx.__version__, "device": str(mx.default_device()), "cuda": run_kernel,
            "kernel_label": quant_gemv.label(), "sweep_configs": sweep, "sweep": args.sweep, "calls": calls,
-           "reps": reps, "results": [], "errors": {}}
+           "reps": reps, "scale_depths": args.scale_depth, "results": [], "errors": {}}
     try:
         out["device"] = mx.device_info().get("device_name", out["device"])
     except Exception:
@@ -225,7 +240,8 @@ def main() -> int:
                 continue
             t = time.time()
             try:
-                out["results"] += matrix_section(name, K, N, bits, rows, calls, reps, run_kernel, sweep)
+                out["results"] += matrix_section(name, K, N, bits, rows, calls, reps, run_kernel, sweep,
+                                                 args.scale_depth)
             except Exception:
                 out["errors"][f"{name}/{bits}bit"] = traceback.format_exc()
                 print(out["errors"][f"{name}/{bits}bit"], file=sys.stderr)

@@ -100,6 +100,12 @@ def _host_run(x, W, S, B, b, M, N, bits, group_size, cfg):
     (mx.float32, 5, 256, 33, 4, 128, True, dict(KSPLIT=2)),                   # 15 columns: x's bf16 parts
     (mx.float32, 2, 640, 21, 8, 64, False, {}),
     (mx.float32, 16, 128, 18, 8, 32, True, dict(R=1, U=1, S=2, KSPLIT=1, WARPS=2)),     # 6 column tiles
+    # the scales' prefetch depth: one step ahead (the old kernel), and 3 steps over 8 (and 4) steps a warp, so
+    # the loop's last round of 3 is cut short
+    (mx.bfloat16, 1, 1024, 37, 4, 64, True, dict(R=1, U=1, S=4, KSPLIT=1, WARPS=4, SD=1)),
+    (mx.bfloat16, 1, 1024, 37, 4, 64, False, dict(R=1, U=1, S=4, KSPLIT=1, WARPS=4, SD=3)),
+    (mx.bfloat16, 4, 1024, 29, 8, 32, True, dict(R=2, U=1, S=4, KSPLIT=2, WARPS=4, SD=3)),
+    (mx.float32, 2, 1024, 21, 4, 64, False, dict(R=1, U=2, S=4, KSPLIT=1, WARPS=4, SD=2)),
 ])
 def test_kernel_source_runs_right_on_the_host(dtype, M, K, N, bits, group_size, bias, cfg):
     x, W, S, B, b = _operands(M, K, N, bits, group_size, bias, dtype, seed=M * 31 + N)
@@ -301,3 +307,22 @@ def test_fast_form_routing():
     assert not quant_gemv.applies(x.astype(mx.float32), W, S, 64, 4, "affine", biases=B)  # mixed dtypes
     assert not quant_gemv.applies(x, W, S, 64, 4, "mxfp4", biases=B)
     assert quant_gemv.quantized_gemv(big, W, S, B, b, 64, 4).shape == (quant_gemv.MAX_ROWS + 1, 300)
+
+
+def test_scale_depth_rule_override_and_bad_env(monkeypatch):
+    """SD: the config's own, else $XLSTM_MLX_QUANT_SCALE_DEPTH, else S - 1 bounded by SCALE_REGS registers; a bad
+    value of the variable is a UsageError that names it."""
+    from xlstm_mlx.errors import UsageError
+    monkeypatch.delenv(quant_gemv.DEPTH_ENV, raising=False)
+    base = dict(R=1, U=1, S=4, KSPLIT=4, WARPS=8)
+    assert quant_gemv.scale_depth(base, 4, 64) == 3                        # 2 pairs a step: 3 steps fit
+    assert quant_gemv.scale_depth(dict(base, R=4, U=4), 4, 32) == 1        # 4 x 16 pairs a step: only one
+    assert quant_gemv.scale_depth(dict(base, SD=2), 4, 64) == 2
+    monkeypatch.setenv(quant_gemv.DEPTH_ENV, "1")
+    assert quant_gemv.scale_depth(base, 4, 64) == 1
+    assert dict(quant_gemv.kernel_constants(mx.bfloat16, 1, 4, 64, False, base))["SD"] == 1
+    monkeypatch.setenv(quant_gemv.DEPTH_ENV, "7")
+    with pytest.raises(UsageError, match=quant_gemv.DEPTH_ENV):
+        quant_gemv.scale_depth(base, 4, 64)
+    with pytest.raises(UsageError, match="SD"):
+        quant_gemv.check_config(dict(base, SD=5), 1, 4, 64)

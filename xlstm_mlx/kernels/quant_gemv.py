@@ -50,7 +50,8 @@ Kernel design:
     acc += s * sum(q x) + b * sum(x), two FMAs an accumulator;
   - x (a few KB to 128 KB, read by every warp of a multiprocessor at about the same k: the K split interleaves
     steps) comes through L1 with __ldg; the scales and biases of a step (16 rows x the step's groups) with
-    coalesced __ldg one step ahead, into per-warp shared memory as float32 (scale, bias) pairs;
+    coalesced __ldg SD steps ahead into registers (the step loop unrolled by SD: a register set per step in
+    flight; scale_depth), then into per-warp shared memory as float32 (scale, bias) pairs;
   - the mask and the ones are kept in registers through a shuffle (xq_keep): ptxas otherwise re-materializes
     each constant before every use. The inner loop is ~40-57 sm_90 instructions per 16-row tile and 16-byte
     vector column (256 bytes of weight) with R=2, 1-16 rows, 4-bit; ~67 fit the issue slots at 4 TB/s.
@@ -69,6 +70,8 @@ anything a decode step produces.
 """
 
 from __future__ import annotations
+
+import os
 
 import mlx.core as mx
 import numpy as np
@@ -276,8 +279,10 @@ _SOURCE = r"""
     };
     // the scales and biases of step i's groups (16 rows x NGS each, a tile): lane l holds elements l + 32q of
     // [scale/bias][row][group] (consecutive lanes: consecutive groups of a row, so the loads coalesce)
-    float sreg[R][NGS];
-    auto load_scales = [&](int i) {
+    // SD register sets: step i's pairs are loaded at step i - SD (a decode matrix is read once, so they come
+    // from DRAM: loaded one step ahead, their latency stalled every step)
+    float sreg[SD][R][NGS];
+    auto load_scales = [&](int i, float (&dst)[R][NGS]) {
         if (i < my_n) {
             const int g0 = ((wk + i * KSPLIT) * SPAN * VALS) / GS;
 #pragma unroll
@@ -287,7 +292,7 @@ _SOURCE = r"""
                     const int e = lane + 32 * q;
                     const int gi = e % NGS, rw = (e / NGS) % 16, a = e / (16 * NGS);
                     const size_t at = (size_t)min(row0 + 16 * r + rw, N - 1) * G + min(g0 + gi, G - 1);
-                    sreg[r][q] = a ? xl_float(biases[at]) : xl_float(scales[at]);
+                    dst[r][q] = a ? xl_float(biases[at]) : xl_float(scales[at]);
                 }
         }
     };
@@ -318,8 +323,14 @@ _SOURCE = r"""
     float d[R][NT][4], xs[NT][4];
 #pragma unroll
     for (int i = 0; i < S - 1; ++i) issue(i);
-    load_scales(0);
-    for (int i = 0; i < my_n; ++i) {
+#pragma unroll
+    for (int j = 0; j < SD; ++j) load_scales(j, sreg[j]);
+    // the step loop, unrolled by SD so that each step's register set is a compile-time index
+    for (int i0 = 0; i0 < my_n; i0 += SD) {
+#pragma unroll
+    for (int j = 0; j < SD; ++j) {
+        const int i = i0 + j;
+        if (i >= my_n) break;                         // warp-uniform
         xq_syncwarp();                                // every lane is done with stage (i - 1) % S and sbuf
         issue(i + S - 1);                             // into stage (i - 1) % S
 #pragma unroll
@@ -328,9 +339,9 @@ _SOURCE = r"""
             for (int q = 0; q < NGS; ++q) {
                 const int e = lane + 32 * q;
                 const int gi = e % NGS, rw = (e / NGS) % 16, a = e / (16 * NGS);
-                sbuf[((r * 16 + rw) * SP + gi) * 2 + a] = sreg[r][q];
+                sbuf[((r * 16 + rw) * SP + gi) * 2 + a] = sreg[j][r][q];
             }
-        load_scales(i + 1);                           // one step ahead, in registers
+        load_scales(i + SD, sreg[j]);                 // SD steps ahead, in registers
         xq_cp_async_wait<S - 1>();                    // this thread's copies of step i have landed
         xq_syncwarp();                                // and every lane's (and sbuf)
 
@@ -417,6 +428,7 @@ _SOURCE = r"""
                 }
             }
         }
+    }
     }
 
     // partial sums -> this warp's shared memory (its ring is free: no copy is pending), then the block's sum
@@ -591,6 +603,8 @@ def config_problem(cfg: dict, rows: int, bits: int, group_size: int, x_dtype=mx.
         return "needs R and U in 1, 2, 4, S in 2..8, WARPS in 1, 2, 4, 8"
     if KS not in (1, 2, 4, 8) or W % KS:
         return "KSPLIT must divide WARPS"
+    if cfg.get("SD") is not None and cfg["SD"] not in range(1, 5):
+        return "needs SD (steps the scales are loaded ahead) in 1..4"
     if R * column_tiles(rows, x_dtype) > MAX_TILE_PRODUCT:
         return (f"R={R} x {column_tiles(rows, x_dtype)} column tiles ({rows} rows of {x_dtype}) is over "
                 f"{MAX_TILE_PRODUCT} accumulator tiles a warp (the registers spill): lower R")
@@ -608,11 +622,33 @@ def check_config(cfg: dict, rows: int, bits: int, group_size: int, x_dtype=mx.bf
         raise UsageError(f"quantized GEMV config {cfg}: {problem}")
 
 
+SCALE_REGS = 16  # registers a thread may give to the prefetched (scale, bias) pairs of SD steps
+DEPTH_ENV = "XLSTM_MLX_QUANT_SCALE_DEPTH"  # an A/B switch for measurements: SD for every call (1..4)
+
+
+def scale_depth(cfg: dict, bits: int, group_size: int) -> int:
+    """SD, the steps ahead a warp loads its (scale, bias) pairs: cfg["SD"] where given, else $XLSTM_MLX_QUANT_SCALE_DEPTH
+    where set, else the weights' own depth (S - 1 steps in flight) as far as SCALE_REGS registers hold them
+    (R x NGS pairs a step and thread). With one step ahead (SD = 1, the kernel before session 13) each step
+    waited for its pairs: a decode matrix is read once, so they come from DRAM, and the step's compute (~0.2 us)
+    hides a fraction of that latency."""
+    if cfg.get("SD"):
+        return cfg["SD"]
+    env = os.environ.get(DEPTH_ENV, "")
+    if env:
+        if env not in ("1", "2", "3", "4"):
+            raise UsageError(f"{DEPTH_ENV}={env!r}: set it to 1, 2, 3 or 4 (steps ahead the quantized GEMV loads "
+                             "its scales), or unset it for the default")
+        return int(env)
+    ngs = max(1, 4 * cfg["U"] * (128 // bits) // group_size)
+    return max(1, min(cfg["S"] - 1, SCALE_REGS // (cfg["R"] * ngs)))
+
+
 def kernel_constants(x_dtype, rows: int, bits: int, group_size: int, has_bias: bool, cfg: dict) -> list:
     """The kernel's template constants, in order (the tests' host build uses the same list)."""
     return [("NT", column_tiles(rows, x_dtype)), ("P", _parts(x_dtype)), ("BITS", bits), ("GS", group_size),
             ("R", cfg["R"]), ("U", cfg["U"]), ("S", cfg["S"]), ("KSPLIT", cfg["KSPLIT"]), ("WARPS", cfg["WARPS"]),
-            ("HAS_BIAS", has_bias)]
+            ("SD", scale_depth(cfg, bits, group_size)), ("HAS_BIAS", has_bias)]
 
 
 def launch_blocks(n: int, cfg: dict) -> int:
@@ -622,15 +658,15 @@ def launch_blocks(n: int, cfg: dict) -> int:
 def quantized_gemv_cuda(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, bias: mx.array | None = None,
                         group_size: int = 64, bits: int = 4, mode: str = "affine", *, R: int | None = None,
                         KSPLIT: int | None = None, U: int | None = None, S: int | None = None,
-                        WARPS: int | None = None) -> mx.array:
-    """The CUDA kernel (no fallback: callers check `applies`); R / KSPLIT / U / S / WARPS override the
-    defaults (default_config)."""
+                        WARPS: int | None = None, SD: int | None = None) -> mx.array:
+    """The CUDA kernel (no fallback: callers check `applies`); R / KSPLIT / U / S / WARPS / SD override the
+    defaults (default_config, scale_depth)."""
     K, N = x.shape[-1], w.shape[0]
     lead = x.shape[:-1]
     x2 = as_rows(x)
     M = x2.shape[0]
     cfg = default_config(M, N, K * bits // 128, bits, group_size, x.dtype)
-    for name, val in (("R", R), ("KSPLIT", KSPLIT), ("U", U), ("S", S), ("WARPS", WARPS)):
+    for name, val in (("R", R), ("KSPLIT", KSPLIT), ("U", U), ("S", S), ("WARPS", WARPS), ("SD", SD)):
         if val is not None:
             cfg[name] = val
     check_config(cfg, M, bits, group_size, x.dtype)
