@@ -106,6 +106,11 @@ def _host_run(x, W, S, B, b, M, N, bits, group_size, cfg):
     (mx.bfloat16, 1, 1024, 37, 4, 64, False, dict(R=1, U=1, S=4, KSPLIT=1, WARPS=4, SD=3)),
     (mx.bfloat16, 4, 1024, 29, 8, 32, True, dict(R=2, U=1, S=4, KSPLIT=2, WARPS=4, SD=3)),
     (mx.float32, 2, 1024, 21, 4, 64, False, dict(R=1, U=2, S=4, KSPLIT=1, WARPS=4, SD=2)),
+    # x's loads of a unit issued first, or each at its use (the default is on for bf16 x, off for float32)
+    (mx.bfloat16, 3, 352, 37, 4, 32, True, dict(KSPLIT=4, XPRE=0)),
+    (mx.bfloat16, 13, 640, 45, 8, 128, True, dict(R=2, U=1, S=4, KSPLIT=1, WARPS=4, XPRE=1)),
+    (mx.float32, 5, 384, 33, 4, 64, True, dict(KSPLIT=2, XPRE=1)),
+    (mx.float32, 2, 640, 21, 8, 64, False, dict(R=1, U=2, S=4, KSPLIT=1, WARPS=4, XPRE=1)),
 ])
 def test_kernel_source_runs_right_on_the_host(dtype, M, K, N, bits, group_size, bias, cfg):
     x, W, S, B, b = _operands(M, K, N, bits, group_size, bias, dtype, seed=M * 31 + N)
@@ -310,14 +315,22 @@ def test_fast_form_routing():
 
 
 def test_scale_depth_rule_override_and_bad_env(monkeypatch):
-    """SD: the config's own, else $XLSTM_MLX_QUANT_SCALE_DEPTH, else S - 1 bounded by SCALE_REGS registers; a bad
-    value of the variable is a UsageError that names it."""
+    """SD: the config's own, else $XLSTM_MLX_QUANT_SCALE_DEPTH, else 1; XPRE: the config's, else
+    $XLSTM_MLX_QUANT_XPRE, else on for bf16 x; a bad value of either variable is a UsageError that names it."""
     from xlstm_mlx.errors import UsageError
     monkeypatch.delenv(quant_gemv.DEPTH_ENV, raising=False)
+    monkeypatch.delenv(quant_gemv.XPRE_ENV, raising=False)
     base = dict(R=1, U=1, S=4, KSPLIT=4, WARPS=8)
-    assert quant_gemv.scale_depth(base, 4, 64) == 3                        # 2 pairs a step: 3 steps fit
-    assert quant_gemv.scale_depth(dict(base, R=4, U=4), 4, 32) == 1        # 4 x 16 pairs a step: only one
+    assert quant_gemv.scale_depth(base, 4, 64) == 1
     assert quant_gemv.scale_depth(dict(base, SD=2), 4, 64) == 2
+    assert quant_gemv.x_prefetch(base, 1, mx.bfloat16) and not quant_gemv.x_prefetch(base, 1, mx.float32)
+    assert not quant_gemv.x_prefetch(dict(base, XPRE=0), 1, mx.bfloat16)
+    monkeypatch.setenv(quant_gemv.XPRE_ENV, "0")
+    assert not quant_gemv.x_prefetch(base, 1, mx.bfloat16)
+    monkeypatch.setenv(quant_gemv.XPRE_ENV, "yes")
+    with pytest.raises(UsageError, match=quant_gemv.XPRE_ENV):
+        quant_gemv.x_prefetch(base, 1, mx.bfloat16)
+    monkeypatch.delenv(quant_gemv.XPRE_ENV)
     monkeypatch.setenv(quant_gemv.DEPTH_ENV, "1")
     assert quant_gemv.scale_depth(base, 4, 64) == 1
     assert dict(quant_gemv.kernel_constants(mx.bfloat16, 1, 4, 64, False, base))["SD"] == 1

@@ -186,24 +186,45 @@ __device__ __forceinline__ void xq_bfrag4(const uint4& X, unsigned (*b)[2]) {
     b[1][0] = __byte_perm(X.y, X.w, 0x5410u);
     b[1][1] = __byte_perm(X.y, X.w, 0x7632u);
 }
+// A vector's x values as loaded (16 or 8 bytes of bf16, 32 or 16 of float32), then paired (xq_bfrag_raw): the
+// two apart, so that a unit's four loads can be issued before the first is used (XPRE)
+struct XRaw { uint4 a, e; };
 template <int BITS>
-__device__ __forceinline__ void xq_bfrag(const __nv_bfloat16* p8, int, unsigned (*b)[2]) {
+__device__ __forceinline__ XRaw xq_xload(const __nv_bfloat16* p8) {
+    XRaw r{};
     if constexpr (BITS == 4) {
-        xq_bfrag4(__ldg(reinterpret_cast<const uint4*>(p8)), b);
+        r.a = __ldg(reinterpret_cast<const uint4*>(p8));
     } else {
         const uint2 X = __ldg(reinterpret_cast<const uint2*>(p8));
-        b[0][0] = X.x;
-        b[0][1] = X.y;
+        r.a.x = X.x;
+        r.a.y = X.y;
+    }
+    return r;
+}
+template <int BITS>
+__device__ __forceinline__ XRaw xq_xload(const float* pf) {
+    XRaw r{};
+    const uint4* v = reinterpret_cast<const uint4*>(pf);
+    r.a = __ldg(v);
+    if constexpr (BITS == 4) r.e = __ldg(v + 1);
+    return r;
+}
+template <int BITS>
+__device__ __forceinline__ void xq_bfrag_raw(const XRaw& X, const __nv_bfloat16*, int, unsigned (*b)[2]) {
+    if constexpr (BITS == 4) {
+        xq_bfrag4(X.a, b);
+    } else {
+        b[0][0] = X.a.x;
+        b[0][1] = X.a.y;
     }
 }
 template <int BITS>
-__device__ __forceinline__ void xq_bfrag(const float* pf, int part, unsigned (*b)[2]) {
-    const uint4* v = reinterpret_cast<const uint4*>(pf);
-    const uint4 a = __ldg(v);
+__device__ __forceinline__ void xq_bfrag_raw(const XRaw& X, const float*, int part, unsigned (*b)[2]) {
+    const uint4 a = X.a;
     const unsigned w0 = xq_pack(xq_part(__uint_as_float(a.x), part), xq_part(__uint_as_float(a.y), part));
     const unsigned w1 = xq_pack(xq_part(__uint_as_float(a.z), part), xq_part(__uint_as_float(a.w), part));
     if constexpr (BITS == 4) {
-        const uint4 e = __ldg(v + 1);
+        const uint4 e = X.e;
         const unsigned w2 = xq_pack(xq_part(__uint_as_float(e.x), part), xq_part(__uint_as_float(e.y), part));
         const unsigned w3 = xq_pack(xq_part(__uint_as_float(e.z), part), xq_part(__uint_as_float(e.w), part));
         xq_bfrag4(make_uint4(w0, w1, w2, w3), b);
@@ -211,6 +232,11 @@ __device__ __forceinline__ void xq_bfrag(const float* pf, int part, unsigned (*b
         b[0][0] = w0;
         b[0][1] = w1;
     }
+}
+// load and pair in one (each load used at once)
+template <int BITS, typename T>
+__device__ __forceinline__ void xq_bfrag(const T* p, int part, unsigned (*b)[2]) {
+    xq_bfrag_raw<BITS>(xq_xload<BITS>(p), p, part, b);
 }
 """
 
@@ -352,6 +378,16 @@ _SOURCE = r"""
             const int vb = v0 + 4 * u;
             if (vb < CV) {                            // warp-uniform
                 // word c of the unit's 4 vectors, rows g (lo) and g + 8 (hi) of each tile
+                // XPRE: the unit's x loads all issued first (one L1/L2 latency a unit, not one a vector: the
+                // loads are not hoisted over the warp-uniform `v < CV` branches otherwise)
+                XRaw xv[XPRE ? 4 : 1][XPRE ? NT : 1];
+                if constexpr (XPRE) {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+#pragma unroll
+                        for (int t = 0; t < NT; ++t)
+                            xv[j][t] = vb + j < CV && xm[t] >= 0 ? xq_xload<BITS>(xr[t] + (vb + j) * VALS) : XRaw{};
+                }
                 unsigned lo[R][4], hi[R][4];
                 const int slot = 4 * (lane % 8) + ((lane / 8) ^ (((lane % 8) >> 1) & 3));
 #pragma unroll
@@ -377,7 +413,9 @@ _SOURCE = r"""
                         }
 #pragma unroll
                         for (int t = 0; t < NT; ++t) {
-                            if (xm[t] >= 0) {
+                            if constexpr (XPRE) {
+                                xq_bfrag_raw<BITS>(xv[j][t], xr[t], xp[t], b[t]);   // zeros for a padding column
+                            } else if (xm[t] >= 0) {
                                 xq_bfrag<BITS>(xr[t] + v * VALS, xp[t], b[t]);
                             } else {
 #pragma unroll
@@ -533,6 +571,7 @@ SWEEP_CONFIGS = [
     dict(R=2, U=1, S=3, KSPLIT=1, WARPS=4),
     dict(R=2, U=2, S=3, KSPLIT=2, WARPS=2),
     dict(R=4, U=1, S=3, KSPLIT=1, WARPS=2),
+    dict(R=1, U=1, S=4, KSPLIT=8, WARPS=8),   # the 4,096-output matrices: 2 blocks a multiprocessor, not 1
 ]
 
 # Measured best configuration per (bits, rows bucket, N, K) on the H200 (kernels/quant_gemv_lab.py, from the lab's
@@ -605,6 +644,8 @@ def config_problem(cfg: dict, rows: int, bits: int, group_size: int, x_dtype=mx.
         return "KSPLIT must divide WARPS"
     if cfg.get("SD") is not None and cfg["SD"] not in range(1, 5):
         return "needs SD (steps the scales are loaded ahead) in 1..4"
+    if cfg.get("XPRE") not in (None, 0, 1):
+        return "needs XPRE (x's loads of a unit issued first) 0 or 1"
     if R * column_tiles(rows, x_dtype) > MAX_TILE_PRODUCT:
         return (f"R={R} x {column_tiles(rows, x_dtype)} column tiles ({rows} rows of {x_dtype}) is over "
                 f"{MAX_TILE_PRODUCT} accumulator tiles a warp (the registers spill): lower R")
@@ -622,16 +663,15 @@ def check_config(cfg: dict, rows: int, bits: int, group_size: int, x_dtype=mx.bf
         raise UsageError(f"quantized GEMV config {cfg}: {problem}")
 
 
-SCALE_REGS = 16  # registers a thread may give to the prefetched (scale, bias) pairs of SD steps
 DEPTH_ENV = "XLSTM_MLX_QUANT_SCALE_DEPTH"  # an A/B switch for measurements: SD for every call (1..4)
 
 
 def scale_depth(cfg: dict, bits: int, group_size: int) -> int:
-    """SD, the steps ahead a warp loads its (scale, bias) pairs: cfg["SD"] where given, else $XLSTM_MLX_QUANT_SCALE_DEPTH
-    where set, else the weights' own depth (S - 1 steps in flight) as far as SCALE_REGS registers hold them
-    (R x NGS pairs a step and thread). With one step ahead (SD = 1, the kernel before session 13) each step
-    waited for its pairs: a decode matrix is read once, so they come from DRAM, and the step's compute (~0.2 us)
-    hides a fraction of that latency."""
+    """SD, the steps ahead a warp loads its (scale, bias) pairs: cfg["SD"] where given, else
+    $XLSTM_MLX_QUANT_SCALE_DEPTH where set, else 1. Measured (H200, session 13, ncu, 4-bit, kernel alone): SD = 3
+    costs registers (8-warp blocks 3 -> 2 a multiprocessor) and lost at one row (q|k|v|o 20.8 -> 31.1 us,
+    FFN gate|up 35.6 -> 42.1) while it won on the lm_head (65.3 -> 58.6 us; 104.8 -> 91.9 at 16 rows): a step
+    takes longer than the DRAM latency already, so one step ahead hides the scales' loads."""
     if cfg.get("SD"):
         return cfg["SD"]
     env = os.environ.get(DEPTH_ENV, "")
@@ -640,15 +680,32 @@ def scale_depth(cfg: dict, bits: int, group_size: int) -> int:
             raise UsageError(f"{DEPTH_ENV}={env!r}: set it to 1, 2, 3 or 4 (steps ahead the quantized GEMV loads "
                              "its scales), or unset it for the default")
         return int(env)
-    ngs = max(1, 4 * cfg["U"] * (128 // bits) // group_size)
-    return max(1, min(cfg["S"] - 1, SCALE_REGS // (cfg["R"] * ngs)))
+    return 1
+
+
+XPRE_ENV = "XLSTM_MLX_QUANT_XPRE"  # an A/B switch for measurements: 0 or 1 for every call
+
+
+def x_prefetch(cfg: dict, rows: int, x_dtype=mx.bfloat16) -> bool:
+    """XPRE: whether a unit's four x loads are issued before the first is used: cfg["XPRE"] where given, else
+    $XLSTM_MLX_QUANT_XPRE where set, else for bf16 x (a 16-byte load a vector and column tile: 16 x NT registers
+    held; float32 x takes twice that and six tiles at 16 rows)."""
+    if cfg.get("XPRE") is not None:
+        return bool(cfg["XPRE"])
+    env = os.environ.get(XPRE_ENV, "")
+    if env:
+        if env not in ("0", "1"):
+            raise UsageError(f"{XPRE_ENV}={env!r}: set it to 0 or 1 (whether the quantized GEMV issues a unit's x "
+                             "loads first), or unset it for the default")
+        return env == "1"
+    return x_dtype == mx.bfloat16
 
 
 def kernel_constants(x_dtype, rows: int, bits: int, group_size: int, has_bias: bool, cfg: dict) -> list:
     """The kernel's template constants, in order (the tests' host build uses the same list)."""
     return [("NT", column_tiles(rows, x_dtype)), ("P", _parts(x_dtype)), ("BITS", bits), ("GS", group_size),
             ("R", cfg["R"]), ("U", cfg["U"]), ("S", cfg["S"]), ("KSPLIT", cfg["KSPLIT"]), ("WARPS", cfg["WARPS"]),
-            ("SD", scale_depth(cfg, bits, group_size)), ("HAS_BIAS", has_bias)]
+            ("SD", scale_depth(cfg, bits, group_size)), ("XPRE", x_prefetch(cfg, rows, x_dtype)), ("HAS_BIAS", has_bias)]
 
 
 def launch_blocks(n: int, cfg: dict) -> int:
@@ -658,15 +715,16 @@ def launch_blocks(n: int, cfg: dict) -> int:
 def quantized_gemv_cuda(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, bias: mx.array | None = None,
                         group_size: int = 64, bits: int = 4, mode: str = "affine", *, R: int | None = None,
                         KSPLIT: int | None = None, U: int | None = None, S: int | None = None,
-                        WARPS: int | None = None, SD: int | None = None) -> mx.array:
-    """The CUDA kernel (no fallback: callers check `applies`); R / KSPLIT / U / S / WARPS / SD override the
-    defaults (default_config, scale_depth)."""
+                        WARPS: int | None = None, SD: int | None = None, XPRE: bool | None = None) -> mx.array:
+    """The CUDA kernel (no fallback: callers check `applies`); R / KSPLIT / U / S / WARPS / SD / XPRE override
+    the defaults (default_config, scale_depth, x_prefetch)."""
     K, N = x.shape[-1], w.shape[0]
     lead = x.shape[:-1]
     x2 = as_rows(x)
     M = x2.shape[0]
     cfg = default_config(M, N, K * bits // 128, bits, group_size, x.dtype)
-    for name, val in (("R", R), ("KSPLIT", KSPLIT), ("U", U), ("S", S), ("WARPS", WARPS), ("SD", SD)):
+    for name, val in (("R", R), ("KSPLIT", KSPLIT), ("U", U), ("S", S), ("WARPS", WARPS), ("SD", SD),
+                      ("XPRE", XPRE)):
         if val is not None:
             cfg[name] = val
     check_config(cfg, M, bits, group_size, x.dtype)
