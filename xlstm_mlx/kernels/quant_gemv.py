@@ -593,10 +593,11 @@ def default_config(rows: int, n: int, k_vectors: int, bits: int | None = None, g
     if bits is not None:
         bucket = quant_gemv_lab.bucket(rows)
         k = k_vectors * 128 // bits
-        cfg = MEASURED.get((bits, bucket, n, k))
-        # measured with bf16 x and group 64: float32 x (3 parts a row) or another group may not fit it
-        if cfg is not None and config_problem(cfg, rows, bits, group_size, x_dtype) is None:
-            return dict(cfg)
+        # session 13's kernel-alone times first (with XPRE), then session 8's chains; both measured with bf16 x
+        # and group 64: float32 x (3 parts a row) or another group may not fit them
+        for cfg in (quant_gemv_lab.best_alone(bits, rows, n, k), MEASURED.get((bits, bucket, n, k))):
+            if cfg is not None and config_problem(cfg, rows, bits, group_size, x_dtype) is None:
+                return dict(cfg)
     r, u, warps = 2, 1, 4
     tiles = -(-n // (16 * r))                  # warp tasks before the split
     steps = -(-k_vectors // (4 * u))
