@@ -34,7 +34,8 @@ def table(csv_path: str, probe_lines: list[str]) -> str:
     of the timed calls (the compile call dropped)."""
     import csv
     import statistics
-    durs = [float(r["Metric Value"].replace(",", "")) for r in csv.DictReader(
+    scale = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}
+    durs = [float(r["Metric Value"].replace(",", "")) * scale[r["Metric Unit"]] for r in csv.DictReader(
         line for line in open(csv_path) if line.startswith('"')) if r.get("Metric Name") == "gpu__time_duration.sum"]
     out, i = ["| matrix | rows | variant | config | us (ncu) |", "|---|---|---|---|---|"], 0
     for line in probe_lines:

@@ -164,8 +164,8 @@ def test_every_config_the_lab_or_the_default_may_pick_fits(bits, group_size):
 
 def test_the_lab_tables_set_configs_and_routing():
     """quant_gemv_lab: each shape session 13 timed alone takes the faster of its configs (bf16 x, group 64), the
-    other shapes session 8's chain table; matmul.quantized takes our GEMV at 1..16 rows at both bit widths and
-    MLX's kernel beyond."""
+    other shapes session 8's chain table; matmul.quantized takes our GEMV at 2..16 rows and at one row for 4 bits,
+    MLX's kernel at one row for 8 bits and beyond 16 rows."""
     from xlstm_mlx.kernels import quant_gemv_lab, quant_matmul
     assert [quant_gemv_lab.bucket(r) for r in (1, 2, 5, 8, 9, 16)] == [1, 4, 4, 4, 16, 16]
     assert quant_gemv_lab.parse_tag("R1U2S4K8W8") == dict(R=1, U=2, S=4, KSPLIT=8, WARPS=8)
@@ -178,7 +178,8 @@ def test_the_lab_tables_set_configs_and_routing():
         if (bits, bucket, N, K) not in quant_gemv_lab.ALONE_H200:
             for rows in {1: [1], 4: [2, 4, 8], 16: [9, 16]}[bucket]:
                 assert quant_gemv.default_config(rows, N, K * bits // 128, bits) == cfg
-    assert all(quant_matmul.gemv_faster(r, 1000, 512, b) for r in range(1, 17) for b in (4, 8))
+    assert all(quant_matmul.gemv_faster(r, 1000, 512, b) for r in range(2, 17) for b in (4, 8))
+    assert quant_matmul.gemv_faster(1, 12288, 4096, 4) and not quant_matmul.gemv_faster(1, 12288, 4096, 8)
     assert not any(quant_matmul.gemv_faster(r, 1000, 512, b) for r in (17, 64) for b in (4, 8))
 
 

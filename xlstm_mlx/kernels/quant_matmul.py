@@ -8,10 +8,13 @@ On MLX's CUDA backend, mx.quantized_matmul is slow at few rows: on an H200 (7B d
 kernels/quant_gemv_lab.py, dependent chains) it takes 39-140 us a matrix at one row (0.2-0.8 TB/s of packed
 bytes), 55-467 us at 4 rows and 72-203 us at 16 rows (for 4,096 outputs its GEMM has 32 blocks). So on CUDA:
   - up to quant_gemv.MAX_ROWS (16) rows, our quantized GEMV (kernels/quant_gemv.py: the packed weight streamed
-    through shared memory, exact codes on the tensor cores), at both bit widths: session 8's lab timed it faster
-    than MLX's kernel in all 15 measured 4-bit cases and 2 of 3 8-bit ones (the third a tie), MLX's kernel won
-    only the 8-bit q|k|v|o at one row (31.0 against 43.5 us), and session 13's kernel (x's loads of a unit
-    issued first) takes that one in 22.5 us alone. XLSTM_MLX_QUANT_GEMV=0 keeps MLX's kernel.
+    through shared memory, exact codes on the tensor cores) for 2..16 rows and for one row at 4 bits: session
+    8's lab timed it faster than MLX's kernel in all 15 measured 4-bit cases and 2 of 3 8-bit ones (the third a
+    tie); MLX's kernel for one row at 8 bits, which won the one measured case (q|k|v|o, 31.0 against 43.5 us).
+    Session 13's kernel (x's loads of a unit issued first) takes that one in 22.5 us alone, but its five 8-bit
+    one-row products add up to ~3.3 ms a step alone, about what MLX's take inside the 4.11 ms 8-bit step (243
+    tok/s): not switched without an end-to-end A/B (the session's device time ran out before it).
+    XLSTM_MLX_QUANT_GEMV=0 keeps MLX's kernel.
     End to end (7B, H200, 2026-12-02) batch 16 at 4 bits: 7.83 ms a step with this routing against 14.12 with
     MLX's kernel everywhere; batch 1 is host-bound there (the step's kernels add up to 4.19 ms under Nsight, the
     step takes 5-7 ms, and identical runs spread 160-199 tok/s): see docs/bench.md;
@@ -51,11 +54,9 @@ def uses_dequantized(x) -> bool:
 
 
 def gemv_faster(rows: int, n: int, k: int, bits: int) -> bool:
-    """Whether our GEMV beats MLX's quantized matmul at this size: at 1..MAX_ROWS rows, both bit widths (module
-    doc: every shape session 8's lab measured, but the 8-bit q|k|v|o at one row, which session 13's kernel
-    (XPRE) takes in 22.5 us alone against MLX's 31.0 in session 8's chains; the end-to-end A/B in
-    benchmarks/results/gpu_h200_2026-12-03b.md)."""
-    return 1 <= rows <= quant_gemv.MAX_ROWS and bits in quant_gemv.BITS
+    """Whether our GEMV beats MLX's quantized matmul at this size (module doc): 2..MAX_ROWS rows at both bit
+    widths, one row at 4 bits; MLX's kernel for one row at 8 bits."""
+    return 2 <= rows <= quant_gemv.MAX_ROWS or (rows == 1 and bits == 4)
 
 
 def uses_gemv(x, w, scales, biases, bias, group_size: int, bits: int, mode: str) -> bool:
@@ -77,8 +78,8 @@ def quantized_matmul(x, w, scales, biases, bias, group_size: int, bits: int, mod
 
 def label() -> str:
     if cuda_available():
-        few = (f"CUDA quantized GEMV (4/8-bit affine, 1 to {quant_gemv.MAX_ROWS} rows), MLX's quantized matmul for the "
-               "rest" if env.flag("XLSTM_MLX_QUANT_GEMV")
+        few = (f"CUDA quantized GEMV (4/8-bit affine, 2 to {quant_gemv.MAX_ROWS} rows, or 1 row at 4 bits), MLX's "
+               "quantized matmul for the rest" if env.flag("XLSTM_MLX_QUANT_GEMV")
                else "MLX's quantized matmul (XLSTM_MLX_QUANT_GEMV=0)")
         return (f"{few} below {DEQUANT_MIN_ROWS} rows; from {DEQUANT_MIN_ROWS} rows on, dequantize to the input "
                 "dtype + MLX matmul (MLX's CUDA quantized GEMM is slow there)")
