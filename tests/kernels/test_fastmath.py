@@ -84,7 +84,8 @@ def test_exp_range_ends():
     smallest normal float32 are 0, from the float just below the least x with a normal exp (fastmath._EXP_LO) to -inf:
     a subnormal value is never made (x86 computes each with a slow microcode assist)."""
     lo = np.float32(fm._EXP_LO)
-    assert np.exp(np.float64(lo)) >= TINY > np.exp(np.float64(np.nextafter(lo, np.float32(-np.inf))))
+    below = np.nextafter(lo, np.float32(-np.inf))
+    assert np.exp(np.float64(lo)) >= TINY > np.exp(np.float64(below)) and np.float32(fm._EXP_BELOW_LO) == below
     x = np.array([88.72, 88.7228, 88.73, -87.0, lo, np.nextafter(lo, np.float32(-np.inf)), -100.0, -103.9, -104.5,
                   -np.inf], np.float32)
     got = np.array(fm.exp_fast(mx.array(x)))
