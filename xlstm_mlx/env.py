@@ -17,6 +17,8 @@
                                            off: OpenBLAS' sgemm for every call (platform/skinny.py)
     XLSTM_MLX_SGEMM_K_BLOCKS      on       the other (many-row) float32 products summed in up to 16 K-blocks
                                            (more accurate); off: the library's own sum (platform/skinny_sgemm.c)
+    XLSTM_MLX_CPU_CACHE_MB        auto     MLX's buffer-cache limit on a CPU-only build, in MiB: auto (a quarter of
+                                           the physical memory unless MLX's is higher) or a number (platform/__init__.py)
     XLSTM_MLX_TEST_DEVICE         cpu      the device the test suite runs on: cpu | gpu (tests/conftest.py)
 
 True is any of 1, true, yes, on; false is any of 0, false, no, off or the empty string (case and

@@ -80,12 +80,32 @@ def test_exp_identity_step_values():
 
 
 def test_exp_range_ends():
-    """exp keeps the whole float32 range: finite up to log(FLT_MAX), subnormal results rounded, not inf."""
-    x = np.array([88.72, 88.7228, 88.73, -87.0, -100.0, -103.9, -104.5], np.float32)
+    """exp keeps the float32 range of normal results: finite up to log(FLT_MAX), inf beyond; results below the
+    smallest normal float32 are 0, from the float just below the least x with a normal exp (fastmath._EXP_LO) to -inf:
+    a subnormal value is never made (x86 computes each with a slow microcode assist)."""
+    lo = np.float32(fm._EXP_LO)
+    below = np.nextafter(lo, np.float32(-np.inf))
+    assert np.exp(np.float64(lo)) >= TINY > np.exp(np.float64(below)) and np.float32(fm._EXP_BELOW_LO) == below
+    x = np.array([88.72, 88.7228, 88.73, -87.0, lo, np.nextafter(lo, np.float32(-np.inf)), -100.0, -103.9, -104.5,
+                  -np.inf], np.float32)
     got = np.array(fm.exp_fast(mx.array(x)))
     with np.errstate(over="ignore"):
-        want = np.exp(x.astype(np.float64)).astype(np.float32)
-    np.testing.assert_allclose(got, want, rtol=3e-7, atol=2e-45)
+        want = np.exp(x.astype(np.float64))
+        want = np.where(want < TINY, 0.0, want).astype(np.float32)
+    np.testing.assert_allclose(got, want, rtol=3e-7, atol=0)
+    assert got[4] >= TINY and (got[5:] == 0).all()
+
+
+def test_exp_no_subnormal_results():
+    """Fresh random inputs around where exp's results leave the normal range: every result is 0 or normal, within
+    3e-7 relative of float64 where that is normal, and 0 where it is not."""
+    x = np.random.default_rng().uniform(-120.0, -80.0, 200_000).astype(np.float32)
+    got = np.array(fm.exp_fast(mx.array(x))).astype(np.float64)
+    want = np.exp(x.astype(np.float64))
+    assert ((got == 0) | (got >= TINY)).all()
+    big = want >= TINY
+    assert (np.abs(got - want)[big] <= 3e-7 * want[big]).all()
+    assert (got[~big] == 0).all()
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 50304), (3, 7, 129), (5,)])

@@ -171,13 +171,16 @@ def test_same_bits_whatever_the_layout_or_row_count(rng, isa):
             x = rng.standard_normal((8, k)).astype(np.float32)
             w = rng.standard_normal((n, k)).astype(np.float32)
             wt = np.ascontiguousarray(w.T)
-            dot, axpy, one = (np.zeros((8, n), np.float32) for _ in range(3))
+            dot, axpy, one, axpy_one = (np.zeros((8, n), np.float32) for _ in range(4))
             skinny.sgemm(fn, ROW, N_, T_, 8, n, k, 1.0, x, k, w, k, 0.0, dot, n)  # x @ W.T, W [n, k]
             skinny.sgemm(fn, ROW, N_, N_, 8, n, k, 1.0, x, k, wt, n, 0.0, axpy, n)  # x @ W.T, W.T stored [k, n]
             for r in range(8):
                 skinny.sgemm(fn, ROW, N_, T_, 1, n, k, 1.0, x[r:r + 1], k, w, k, 0.0, one[r:r + 1], n)
+                # one row in the axpy layout: axpy_cols, where eight rows take the packed copy (K >= 4 VL)
+                skinny.sgemm(fn, ROW, N_, N_, 1, n, k, 1.0, x[r:r + 1], k, wt, n, 0.0, axpy_one[r:r + 1], n)
             assert np.array_equal(dot, axpy), (isa, k, n, float(np.abs(dot - axpy).max()))
             assert np.array_equal(dot, one), (isa, k, n, float(np.abs(dot - one).max()))
+            assert np.array_equal(dot, axpy_one), (isa, k, n, float(np.abs(dot - axpy_one).max()))
 
 
 def test_many_rows_are_summed_in_k_blocks(rng):

@@ -27,6 +27,9 @@ and what the fast form is on this backend (a string, or a function of nothing fo
                       on CUDA, else MLX ops)        times the up half)
     embed.lookup      embedding_lookup (CUDA row    embedding_lookup_ref (the embedding module's own call)
                       copy on CUDA, else the ref)
+    rows.tiles        row_tiles (fn on L2-sized     row_tiles_ref (fn on the whole array)
+                      tiles of rows on the CPU,
+                      concatenated; else fn(x))
     matmul.quantized  quantized_matmul (by rows:    quantized_matmul_ref (nn.QuantizedLinear's
                       dequantize + GEMM for many     mx.quantized_matmul + bias)
                       rows on CUDA)
@@ -67,6 +70,7 @@ from xlstm_mlx.kernels import add_rms_norm as _add_rms
 from xlstm_mlx.kernels import swiglu as _swiglu
 from xlstm_mlx.kernels import gate_preact as _gate_preact
 from xlstm_mlx.kernels import embedding as _embedding
+from xlstm_mlx.kernels import row_tiles as _row_tiles
 from xlstm_mlx.kernels.swiglu import swiglu, swiglu_ref
 from xlstm_mlx.kernels.add_rms_norm import add_rms_norm, add_rms_norm_ref
 from xlstm_mlx.kernels.quant_matmul import quantized_matmul, quantized_matmul_ref
@@ -106,6 +110,8 @@ KERNELS: dict[str, Kernel] = {
     "norm.add_rms": Kernel(add_rms_norm, add_rms_norm_ref, _add_rms.label),
     "ffn.swiglu": Kernel(swiglu, swiglu_ref, _swiglu.label),
     "embed.lookup": Kernel(_embedding.embedding_lookup, _embedding.embedding_lookup_ref, _embedding.label),
+    # a row-local function over many rows in L2-sized tiles on the CPU (the SwiGLU, the head norm and gate)
+    "rows.tiles": Kernel(_row_tiles.row_tiles, _row_tiles.row_tiles_ref, _row_tiles.label),
     # element-wise transcendentals: fast forms on the CPU only (MLX's Linux CPU ops are slow; docs/numerics.md)
     "math.sigmoid": Kernel(fastmath.sigmoid, fastmath.sigmoid_ref, fastmath.label),
     "math.silu": Kernel(fastmath.silu, fastmath.silu_ref, fastmath.label),

@@ -17,8 +17,9 @@ with such ops (plus a float -> int -> float32 bit construction of 2^n) and fused
 Accuracy (measured against float64 on fresh random inputs and dense grids, tests/kernels/test_fastmath.py;
 figures in docs/numerics.md "Fast transcendentals on the CPU"): a few float32 ulps relative, like MLX's own
 ops. Special values behave as the references do: exp(-inf) = 0 exactly (the masked-gate identity step relies
-on it), exp(+inf) = inf, NaN stays NaN; results below the smallest normal float32 (2^-126 ~ 1.2e-38) may be
-flushed to zero or rounded differently from the reference (an absolute difference below 1.2e-38).
+on it), exp(+inf) = inf, NaN stays NaN; exp flushes results below the smallest normal float32 (2^-126 ~ 1.18e-38,
+x < -87.3365) to 0 (an absolute difference below 1.18e-38), so that no subnormal float is ever made (x86 takes a
+microcode assist for each: ~10x slower); sigmoid and silu inherit it.
 
 Coefficients: near-minimax fits in float64 made for this file (exp: Lawson's iteratively reweighted least squares
 on Chebyshev nodes; tanh: the same iteration on the linearized rational problem P - t Q,
@@ -43,9 +44,19 @@ _LN2_LO = -2.12194440e-4  # ln2 - LN2_HI
 # exp(r) = 1 + r (c1 + r (c2 + ...)) on [-ln2/2, ln2/2]: approximation error 2e-9 relative
 _EXP_C = (1.0, 0.4999999403953552, 0.16666431725025177, 0.04166800156235695, 0.00837415549904108,
           0.0013843653723597527)
-# exp(x) is 0 in float32 below ~-103.97 and inf above ~88.72: clamping to [-110, 89] keeps n in [-159, 129], so
-# the two halves of 2^n below are normal floats and their product rounds (to a subnormal, 0 or inf) correctly
-_EXP_LO, _EXP_HI = -110.0, 89.0
+# exp(x) is inf in float32 above ~88.72: clamping at 89 keeps n <= 129, so the two halves of 2^n below are normal
+# floats and their product rounds to inf correctly. _EXP_LO is the least float32 whose exp is a normal float32
+# (exp(_EXP_LO) = 1.17550e-38 >= 2^-126; the float below it has a subnormal exp): below it the result is 0, and
+# those inputs are computed as 0 (exp(0), then replaced), so no multiply ever makes a subnormal. Arithmetic that
+# makes or reads a subnormal float takes a microcode assist on x86 (~100+ cycles a value): with the rounded subnormal
+# results of the earlier form (input clamped at -110) an exp over the chunk scan's decay matrices, half of them -inf,
+# ran at ~35 ns a value on the Sapphire Rapids VM against ~4.5 for finite inputs (docs/numerics.md). Normal results
+# are the earlier form's bits.
+_EXP_LO, _EXP_HI = -87.33654022216797, 89.0
+# the float32 just below _EXP_LO: `x <= _EXP_BELOW_LO` is `x < _EXP_LO` (NaN false in both) written as another op,
+# so that mx.compile does not merge the two tests into one shared array (which it would materialize as a kernel of
+# its own: 9 kernels instead of 8, ~0.5 ns a value)
+_EXP_BELOW_LO = -87.3365478515625
 # tanh(t) = t P(u) / Q(u), u = t^2 / 81, for |t| <= 9 (tanh(9) rounds to 1 in float32): a rational fit of
 # degrees (4, 5), approximation error 9.3e-10 relative (benchmarks/probes/tanh_rational_fit.py); Q's constant
 # term is 1, P's (0.999999999) rounds to 1 in float32 and is written so
@@ -72,7 +83,7 @@ def _pow2(n: mx.array) -> mx.array:
 
 def _exp(x: mx.array) -> mx.array:
     # where (not clip) so that a NaN x fails both tests, stays NaN through the polynomial and gives NaN
-    xc = mx.where(x < _EXP_LO, _EXP_LO, mx.where(x > _EXP_HI, _EXP_HI, x))
+    xc = mx.where(x < _EXP_LO, 0.0, mx.where(x > _EXP_HI, _EXP_HI, x))
     # round(x / ln2) with two adds (mx.round calls libm: slower). n is piecewise constant: stop_gradient keeps
     # autodiff from reading the two adds as a slope of 1/ln2 (gradients flow through r alone: p'(r) 2^n = exp(x))
     n = mx.stop_gradient((xc * _LOG2E + _ROUND) - _ROUND)
@@ -81,12 +92,14 @@ def _exp(x: mx.array) -> mx.array:
     for c in reversed(_EXP_C[:-1]):
         p = p * r + c
     p = p * r + 1.0
-    # 2^n as 2^n1 * 2^(n - n1), n1 = floor(n / 2): both halves are normal floats for n in [-159, 129]
+    # 2^n as 2^n1 * 2^(n - n1), n1 = floor(n / 2): both halves are normal floats for n in [-126, 129]
     ni = n.astype(mx.int32)
     n1 = mx.right_shift(ni, 1)
     # mx.view has no vjp: the constant factors are cut from the gradient graph (their slope is 0 anyway)
     lo, hi = mx.stop_gradient(_pow2(n1)), mx.stop_gradient(_pow2(ni - n1))
-    return (p * lo) * hi  # in this order: p * 2^64 * 2^64 is finite for exp(88.7)
+    # in this order: p * 2^64 * 2^64 is finite for exp(88.7); x below _EXP_LO (-inf too) gives 0 (a NaN x fails
+    # both tests and stays NaN)
+    return mx.where(x <= _EXP_BELOW_LO, 0.0, (p * lo) * hi)
 
 
 def _sigmoid(x: mx.array) -> mx.array:

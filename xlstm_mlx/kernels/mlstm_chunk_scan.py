@@ -34,7 +34,9 @@ O(T * L) for the intra-chunk matrices and O(segment chunks * Dqk * Dv) for the c
 exp is fastmath.exp: on the CPU in float32 the polynomial form (one 64 x 64 decay matrix per head and chunk,
 131k values a block at the 64m shape: MLX's CPU exp took ~4-7 of the scan's ~36 ms for four blocks of a
 512-token prefill; the form is also closer to float64, docs/numerics.md), elsewhere and on float64 the same
-op as before (mlstm_gates.exp). It maps -inf (above the diagonal) to 0 exactly, as mx.exp does.
+op as before (mlstm_gates.exp). It maps -inf (above the diagonal) to 0 exactly, as mx.exp does, and every
+value whose exp is below the smallest normal float32 to 0 without making a subnormal (x86 computes those ~10x
+slower: on the Intel VM the scan of four 64m layers at T = 512 took 39.7 ms with them, 23.5 ms without).
 
 Matmul inputs keep the q/k/v dtype (bfloat16 in the fast profile: the matrix units' rate); gates,
 stabilizers, states and the normalizer are float32 (float64 when the gates are: the exact profile).

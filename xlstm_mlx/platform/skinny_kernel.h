@@ -209,8 +209,93 @@ static inline __attribute__((always_inline)) TARGET void KNAME(axpy_col1)(const 
     put(p, s, n, t);
 }
 
+/* C[s, n0 .. n0 + VL) for every row s, the same values as axpy_cols, for K < 4*VL: then the dot form's first loop
+ * never runs and its a1..a3 stay zero, so each element's VL partial sums are the VL-blocks of a0 (acc[0..VL) of
+ * axpy_cols; none once K < VL), combined with the zero accumulators exactly as there ((a0 + 0) + (0 + 0): the
+ * same additions, signed zeros included), then the lane tree and the last K % VL products in order. With K < VL
+ * the rows share each W vector load (up to MAX_ROWS vector accumulators). Without this, each call of axpy_cols
+ * kept 4*VL accumulator vectors in memory for a handful of products (the chunk scan's [nc, nc + 1] x [nc + 1,
+ * Dqk*Dv] products: docs/cpu-blas.md). */
+static inline __attribute__((always_inline)) TARGET void KNAME(store_cols)(const problem *p, int s, int n0,
+                                                                            KNAME(vec) t) {
+    if (p->cn == 1) { /* put()'s arithmetic, lane by lane, on a contiguous row of C */
+        float *c = p->C + (ptrdiff_t)s * p->cs + n0;
+        KNAME(vec) r = p->alpha * t;
+        if (p->beta != 0.0f) r = p->alpha * t + p->beta * KNAME(load)(c);
+        __builtin_memcpy(c, &r, sizeof r);
+    } else {
+        for (int l = 0; l < VL; ++l) put(p, s, n0 + l, t[l]);
+    }
+}
+
+static TARGET void KNAME(axpy_short)(const problem *p, int n0) {
+    const int K = p->K, S = p->S;
+    const float *w = p->W + n0;
+    const ptrdiff_t wk = p->wk;
+    const KNAME(vec) z = {0};
+    if (K < VL) { /* only the last K % VL products: t = 0, then each product in order */
+        KNAME(vec) t[MAX_ROWS];
+        for (int s = 0; s < S; ++s) t[s] = z;
+        for (int k = 0; k < K; ++k) {
+            const KNAME(vec) wv = KNAME(load)(w + (ptrdiff_t)k * wk);
+            for (int s = 0; s < S; ++s) t[s] += wv * p->X[(ptrdiff_t)s * p->xr + k];
+        }
+        for (int s = 0; s < S; ++s) KNAME(store_cols)(p, s, n0, t[s]);
+        return;
+    }
+    for (int s = 0; s < S; ++s) {
+        const float *x = p->X + (ptrdiff_t)s * p->xr;
+        KNAME(vec) acc[VL];
+        for (int r = 0; r < VL; ++r) acc[r] = z;
+        int k = 0;
+        for (; k + VL <= K; k += VL)
+            for (int r = 0; r < VL; ++r) acc[r] += KNAME(load)(w + (ptrdiff_t)(k + r) * wk) * x[k + r];
+        KNAME(vec) v[VL];
+        for (int l = 0; l < VL; ++l) v[l] = (acc[l] + z) + (z + z);
+#if VL == 16
+        for (int l = 0; l < 8; ++l) v[l] += v[l + 8];
+#endif
+#if VL >= 8
+        for (int l = 0; l < 4; ++l) v[l] += v[l + 4];
+#endif
+        KNAME(vec) t = (v[0] + v[2]) + (v[1] + v[3]);
+        for (; k < K; ++k) t += KNAME(load)(w + (ptrdiff_t)k * wk) * x[k];
+        KNAME(store_cols)(p, s, n0, t);
+    }
+}
+
+static TARGET void KNAME(dot_range)(const problem *p, int n0, int n1);
+
+/* W contiguous along N with K >= VL: each block of VL columns of W is copied into VL rows of a buffer (W(k, n) at
+ * buf[(n - n0) * kp + k]) and handed to the dot form, which then computes exactly what it computes for a weight
+ * stored that way (so the same bits as axpy_cols), at its speed: its accumulators stay in registers and a W row
+ * serves SB rows of X at once (docs/cpu-blas.md has the figures). For K >= 4*VL and more than one row of X;
+ * returns 0 when the buffer cannot be had (the caller then runs axpy_cols). */
+static TARGET int KNAME(axpy_packed)(const problem *p, int n0, int n1) {
+    const int K = p->K;
+    const ptrdiff_t kp = ((ptrdiff_t)K + XALIGN - 1) / XALIGN * XALIGN;
+    float *buf = (float *)aligned_alloc(64, (size_t)VL * (size_t)kp * sizeof(float));
+    if (!buf) return 0;
+    problem q = *p;
+    q.W = buf, q.wk = 1, q.wn = kp;
+    for (int n = n0; n < n1; n += VL) {
+        const int cols = n1 - n < VL ? n1 - n : VL;
+        const float *w = p->W + n;
+        for (int k = 0; k < K; ++k)
+            for (int l = 0; l < cols; ++l) buf[l * kp + k] = w[(ptrdiff_t)k * p->wk + l];
+        q.C = p->C + (ptrdiff_t)n * p->cn, q.N = cols;
+        KNAME(dot_range)(&q, 0, cols);
+    }
+    free(buf);
+    return 1;
+}
+
 static TARGET void KNAME(axpy_range)(const problem *p, int n0, int n1) {
     int n = n0;
+    if (p->K < 4 * VL) /* a handful of products an element: the short form */
+        for (; n + VL <= n1; n += VL) KNAME(axpy_short)(p, n);
+    else if (p->S > 1 && KNAME(axpy_packed)(p, n0, n1)) /* one row: the copy costs more than it saves */
+        return;
     for (; n + VL <= n1; n += VL)
         for (int s = 0; s < p->S; ++s) KNAME(axpy_cols)(p, n, s);
     for (; n < n1; ++n)

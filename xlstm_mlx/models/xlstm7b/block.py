@@ -178,11 +178,12 @@ class MLSTMLayer(nn.Module):
                                                            chunk_size=profile.chunk_size)
         else:
             h, state = self._heads_first(qkv, i, f, state, mask, profile, eps)
-        # per-head LayerNorm, weight and sigmoid output gate over all B*T rows: one launch on CUDA
+        # per-head LayerNorm, weight and sigmoid output gate over all B*T rows: one launch on CUDA; on the CPU in
+        # L2-sized tiles of rows (kernels/row_tiles.py)
         norm, (o, o_offset) = self.multihead_norm, o
-        h = kernels.get("mlstm.headnorm_gate")(h.astype(cd).reshape(B * T, a.num_heads, -1),
-                                              o.reshape(B * T, -1), o_offset, norm.weight,
-                                              norm["bias"] if "bias" in norm else None, norm.eps)
+        headnorm, bias = kernels.get("mlstm.headnorm_gate"), norm["bias"] if "bias" in norm else None
+        h = kernels.get("rows.tiles")(lambda hh, oo: headnorm(hh, oo, o_offset, norm.weight, bias, norm.eps),
+                                      h.astype(cd).reshape(B * T, a.num_heads, -1), o.reshape(B * T, -1))
         return linear(self.out_proj, h.reshape(B, T, -1)), state
 
     def _heads_first(self, qkv, i, f, state, mask, profile: NumericsProfile, eps):
@@ -228,10 +229,16 @@ class FeedForward(nn.Module):
         # the product with zero columns appended, which the SwiGLU kernel writes in the same launch
         down = fuse.group(self, fuse.PADDED)
         width = None if down is None else down.weight.shape[1]
+        # on the CPU the elementwise SwiGLU of a many-row input runs in L2-sized tiles of rows (kernels/row_tiles.py)
         if has_fused(self, "proj_up_gate_z"):  # silu(gate) * z straight from the fused output: one launch on CUDA
-            h = kernels.get("ffn.swiglu")(fused_or_layer(self, "proj_up_gate_z", x), width)
+            swiglu, gz = kernels.get("ffn.swiglu"), fused_or_layer(self, "proj_up_gate_z", x)
+            h = kernels.get("rows.tiles")(lambda t: swiglu(t, width), gz.reshape(-1, gz.shape[-1]))
+            h = h.reshape(*gz.shape[:-1], h.shape[-1])
         else:
-            h = kernels.get("math.silu")(linear(self.proj_up_gate, x)) * linear(self.proj_up, x)
+            silu, g, z = kernels.get("math.silu"), linear(self.proj_up_gate, x), linear(self.proj_up, x)
+            h = kernels.get("rows.tiles")(lambda a, b: silu(a) * b, g.reshape(-1, g.shape[-1]),
+                                          z.reshape(-1, z.shape[-1]))
+            h = h.reshape(g.shape)
             if down is not None:
                 h = mx.pad(h, [(0, 0)] * (h.ndim - 1) + [(0, width - h.shape[-1])])
         return linear(self.proj_down, h) if down is None else down(h)

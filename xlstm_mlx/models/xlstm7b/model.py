@@ -104,7 +104,7 @@ class Model(RecurrentLM):
 
     def kernel_names(self) -> list[str]:
         names = [f"mlstm.{self.profile.prefill_kernel}", f"mlstm.{self.profile.step_kernel}", "mlstm.headnorm_gate",
-                 "mlstm.gate_preact", "embed.lookup"]
+                 "mlstm.gate_preact", "embed.lookup", "rows.tiles"]
         if self.args.weight_mode == "fused" or fuse.is_fused(self):
             names += ["mlstm.decode_step", "ffn.swiglu"]
         quantized = any(type(m) is nn.QuantizedLinear for _, m in self.leaf_modules_flat())
