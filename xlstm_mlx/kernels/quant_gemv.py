@@ -49,7 +49,9 @@ Kernel design:
   - the sums of a group (or of its part in one step) are folded into the output accumulator once:
     acc += s * sum(q x) + b * sum(x), two FMAs an accumulator;
   - x (a few KB to 128 KB, read by every warp of a multiprocessor at about the same k: the K split interleaves
-    steps) comes through L1 with __ldg; the scales and biases of a step (16 rows x the step's groups) with
+    steps) comes through L1 with __ldg, a unit's four loads issued before the first is used (XPRE, x_prefetch:
+    each used at once, they were four dependent L1/L2 round trips a step; 1.1-2.0x faster kernels on the H200,
+    benchmarks/results/gpu_h200_2026-12-03b.md); the scales and biases of a step (16 rows x the step's groups) with
     coalesced __ldg SD steps ahead into registers (the step loop unrolled by SD: a register set per step in
     flight; scale_depth), then into per-warp shared memory as float32 (scale, bias) pairs;
   - the mask and the ones are kept in registers through a shuffle (xq_keep): ptxas otherwise re-materializes
