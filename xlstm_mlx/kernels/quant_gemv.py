@@ -352,12 +352,12 @@ _SOURCE = r"""
 #pragma unroll
     for (int i = 0; i < S - 1; ++i) issue(i);
 #pragma unroll
-    for (int j = 0; j < SD; ++j) load_scales(j, sreg[j]);
+    for (int sj = 0; sj < SD; ++sj) load_scales(sj, sreg[sj]);
     // the step loop, unrolled by SD so that each step's register set is a compile-time index
     for (int i0 = 0; i0 < my_n; i0 += SD) {
 #pragma unroll
-    for (int j = 0; j < SD; ++j) {
-        const int i = i0 + j;
+    for (int sj = 0; sj < SD; ++sj) {                  // sj: the step's register set
+        const int i = i0 + sj;
         if (i >= my_n) break;                         // warp-uniform
         xq_syncwarp();                                // every lane is done with stage (i - 1) % S and sbuf
         issue(i + S - 1);                             // into stage (i - 1) % S
@@ -367,9 +367,9 @@ _SOURCE = r"""
             for (int q = 0; q < NGS; ++q) {
                 const int e = lane + 32 * q;
                 const int gi = e % NGS, rw = (e / NGS) % 16, a = e / (16 * NGS);
-                sbuf[((r * 16 + rw) * SP + gi) * 2 + a] = sreg[j][r][q];
+                sbuf[((r * 16 + rw) * SP + gi) * 2 + a] = sreg[sj][r][q];
             }
-        load_scales(i + SD, sreg[j]);                 // SD steps ahead, in registers
+        load_scales(i + SD, sreg[sj]);                 // SD steps ahead, in registers
         xq_cp_async_wait<S - 1>();                    // this thread's copies of step i have landed
         xq_syncwarp();                                // and every lane's (and sbuf)
 

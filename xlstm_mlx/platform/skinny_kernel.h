@@ -158,6 +158,18 @@ static TARGET void KNAME(dot_range)(const problem *p, int n0, int n1) {
  * (the partial sums of its 4*VL accumulator lanes, kept here as 4*VL column vectors). So a product gives the
  * same bits whichever operand layout MLX passes: a transposed view of a weight and its contiguous copy agree
  * exactly, as they do with OpenBLAS' sgemm. (This layout is rare at decode: x @ W with W stored [K, N].) */
+/* VL lane vectors v[0..VL-1] summed pairwise to one: (v[l] + v[l + 8]) at VL 16, then + v[l + 4] from VL 8, then
+   (v0 + v2) + (v1 + v3); v is overwritten. One order for every caller, so the sums keep their bits. */
+static inline __attribute__((always_inline)) TARGET KNAME(vec) KNAME(fold_lanes)(KNAME(vec) *v) {
+#if VL == 16
+    for (int l = 0; l < 8; ++l) v[l] += v[l + 8];
+#endif
+#if VL >= 8
+    for (int l = 0; l < 4; ++l) v[l] += v[l + 4];
+#endif
+    return (v[0] + v[2]) + (v[1] + v[3]);
+}
+
 static inline __attribute__((always_inline)) TARGET void KNAME(axpy_cols)(const problem *p, int n0, int s) {
     const int K = p->K;
     const float *x = p->X + (ptrdiff_t)s * p->xr;
@@ -172,13 +184,7 @@ static inline __attribute__((always_inline)) TARGET void KNAME(axpy_cols)(const 
         for (int r = 0; r < VL; ++r) acc[r] += KNAME(load)(w + (ptrdiff_t)(k + r) * wk) * x[k + r];
     KNAME(vec) v[VL]; /* the vector (a0 + a1) + (a2 + a3), lane by lane */
     for (int l = 0; l < VL; ++l) v[l] = (acc[l] + acc[VL + l]) + (acc[2 * VL + l] + acc[3 * VL + l]);
-#if VL == 16
-    for (int l = 0; l < 8; ++l) v[l] += v[l + 8];
-#endif
-#if VL >= 8
-    for (int l = 0; l < 4; ++l) v[l] += v[l + 4];
-#endif
-    KNAME(vec) t = (v[0] + v[2]) + (v[1] + v[3]);
+    KNAME(vec) t = KNAME(fold_lanes)(v);
     for (; k < K; ++k) t += KNAME(load)(w + (ptrdiff_t)k * wk) * x[k];
     for (int l = 0; l < VL; ++l) put(p, s, n0 + l, t[l]);
 }
@@ -252,13 +258,7 @@ static TARGET void KNAME(axpy_short)(const problem *p, int n0) {
             for (int r = 0; r < VL; ++r) acc[r] += KNAME(load)(w + (ptrdiff_t)(k + r) * wk) * x[k + r];
         KNAME(vec) v[VL];
         for (int l = 0; l < VL; ++l) v[l] = (acc[l] + z) + (z + z);
-#if VL == 16
-        for (int l = 0; l < 8; ++l) v[l] += v[l + 8];
-#endif
-#if VL >= 8
-        for (int l = 0; l < 4; ++l) v[l] += v[l + 4];
-#endif
-        KNAME(vec) t = (v[0] + v[2]) + (v[1] + v[3]);
+        KNAME(vec) t = KNAME(fold_lanes)(v);
         for (; k < K; ++k) t += KNAME(load)(w + (ptrdiff_t)k * wk) * x[k];
         KNAME(store_cols)(p, s, n0, t);
     }
