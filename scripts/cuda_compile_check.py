@@ -270,6 +270,12 @@ def _quant_gemv(mod, r):
     W, S, B = mx.quantize(r(N, K), group_size=32, bits=4)
     for cfg in mod.SWEEP_CONFIGS:
         mod.quantized_gemv_cuda(r(16, K), W, S, B, None, 32, 4, **cfg)
+    # each x load mode (XPRE 0 / 1 / 2) at 1 and 16 rows, 4 and 8 bits
+    for bits in (4, 8):
+        W, S, B = mx.quantize(r(N, K), group_size=64, bits=bits)
+        for rows in (1, 16):
+            for xpre in mod.XPRE_MODES:
+                mod.quantized_gemv_cuda(r(rows, K), W, S, B, None, 64, bits, XPRE=xpre)
 
 
 def _bf16_gemv(mod, r):
@@ -282,6 +288,7 @@ def _bf16_gemv(mod, r):
             mod.bf16_gemv_cuda(r(rows, K), w, bias)
         for cfg in mod.SWEEP_CONFIGS:
             mod.bf16_gemv_cuda(r(rows, K), w, None, **cfg)
+            mod.bf16_gemv_cuda(r(rows, K), w, None, XAHEAD=True, **cfg)   # x loaded a step ahead
 
 
 CHECKS = [("xlstm_mlx.kernels.mlstm_chunkwise_cuda", _chunkwise), ("xlstm_mlx.kernels.embedding", _embedding),

@@ -116,6 +116,11 @@ CFG = {f"R{c['R']}U{c['U']}S{c['S']}K{c['KSPLIT']}W{c['WARPS']}": c for c in bf1
     (5, 1000, 100, False, CFG["R2U1S4K4W4"]),  # 125 vectors over 4 K parts
     (16, 520, 129, True, None),                # default at 16 rows; one row past 8 blocks of 16
     (2, 4096, 19, True, CFG["R1U2S4K2W4"]),    # a 7B K
+    # x loaded a step ahead: a partial unit, two units a step, two column tiles, K parts with nothing ahead
+    (3, 200, 37, True, dict(CFG["R1U2S4K1W4"], XAHEAD=1)),
+    (9, 328, 33, True, dict(CFG["R2U1S4K2W4"], XAHEAD=1)),
+    (16, 64, 17, False, dict(CFG["R1U2S4K4W4"], XAHEAD=1)),
+    (5, 1000, 100, False, dict(CFG["R1U1S4K8W8"], XAHEAD=1)),
 ])
 def test_kernel_source_runs_right_on_the_host(host_kernel, M, K, N, bias, cfg):
     x, w, b = _operands(M, K, N, bias, seed=M * 31 + N)
@@ -296,6 +301,30 @@ def test_every_lab_config(cfg, K, N, M):
     125 vectors, a unit cut short; N = 1001: a partial tile and block; K = 328, N = 70: 41 vectors, one or two
     steps a K part, the ring never full), with bias at 4 rows."""
     _check(K, N, M, M == 4, **cfg)
+
+
+@needs_cuda
+@pytest.mark.parametrize("cfg", [CFG["R1U1S4K8W8"], CFG["R1U2S4K2W4"], CFG["R4U1S3K2W4"]], ids=lambda c: "R{R}U{U}S{S}K{KSPLIT}W{WARPS}".format(**c))
+@pytest.mark.parametrize("K,N", [(10944, 4096), (1000, 1001)], ids=lambda v: str(v))
+@pytest.mark.parametrize("M", [1, 9, 16])
+def test_x_loaded_a_step_ahead(cfg, K, N, M):
+    """XAHEAD: step i + 1's x loaded while step i computes: the same sums (K = 10944 and 1000: rows that end
+    inside a step)."""
+    _check(K, N, M, M == 9, XAHEAD=True, **cfg)
+
+
+def test_x_ahead_rule_override_and_bad_env(monkeypatch):
+    monkeypatch.delenv(bf16_gemv.XAHEAD_ENV, raising=False)
+    base = dict(CFG["R1U1S4K8W8"])
+    assert not bf16_gemv.x_ahead(base) and bf16_gemv.x_ahead(dict(base, XAHEAD=1))
+    monkeypatch.setenv(bf16_gemv.XAHEAD_ENV, "1")
+    assert dict(bf16_gemv.kernel_constants(1, False, base))["XAHEAD"] is True
+    assert not bf16_gemv.x_ahead(dict(base, XAHEAD=0))
+    monkeypatch.setenv(bf16_gemv.XAHEAD_ENV, "on")
+    with pytest.raises(UsageError, match=bf16_gemv.XAHEAD_ENV):
+        bf16_gemv.x_ahead(base)
+    with pytest.raises(UsageError, match="XAHEAD"):
+        bf16_gemv.check_config(dict(base, XAHEAD=2), 1)
 
 
 @needs_cuda

@@ -111,6 +111,13 @@ def _host_run(x, W, S, B, b, M, N, bits, group_size, cfg):
     (mx.bfloat16, 13, 640, 45, 8, 128, True, dict(R=2, U=1, S=4, KSPLIT=1, WARPS=4, XPRE=1)),
     (mx.float32, 5, 384, 33, 4, 64, True, dict(KSPLIT=2, XPRE=1)),
     (mx.float32, 2, 640, 21, 8, 64, False, dict(R=1, U=2, S=4, KSPLIT=1, WARPS=4, XPRE=1)),
+    # a whole step's x loaded a step ahead: K split (a warp's steps interleave), a unit's tail vectors, two units a
+    # step, two column tiles, float32 x's parts, the last step of a warp with nothing ahead
+    (mx.bfloat16, 1, 352, 37, 4, 32, True, dict(KSPLIT=4, XPRE=2)),
+    (mx.bfloat16, 13, 640, 45, 8, 128, False, dict(R=2, U=2, S=3, KSPLIT=2, WARPS=2, XPRE=2)),
+    (mx.bfloat16, 16, 1024, 17, 4, 64, True, dict(R=1, U=1, S=4, KSPLIT=8, WARPS=8, XPRE=2)),
+    (mx.float32, 5, 384, 33, 4, 64, True, dict(R=1, U=2, S=4, KSPLIT=1, WARPS=4, XPRE=2)),
+    (mx.float32, 2, 640, 21, 8, 64, False, dict(KSPLIT=2, XPRE=2, SD=2)),
 ])
 def test_kernel_source_runs_right_on_the_host(dtype, M, K, N, bits, group_size, bias, cfg):
     x, W, S, B, b = _operands(M, K, N, bits, group_size, bias, dtype, seed=M * 31 + N)
@@ -309,6 +316,19 @@ def test_float32_every_lab_config(cfg, M):
 
 
 @needs_cuda
+@pytest.mark.parametrize("xpre", quant_gemv.XPRE_MODES)
+@pytest.mark.parametrize("bits,M,dtype", [(4, 1, mx.bfloat16), (8, 16, mx.bfloat16), (4, 5, mx.float32)])
+@pytest.mark.parametrize("cfg", [dict(R=1, U=1, S=4, KSPLIT=8, WARPS=8), dict(R=2, U=2, S=3, KSPLIT=2, WARPS=2)],
+                         ids=["R1U1S4K8W8", "R2U2S3K2W2"])
+def test_every_x_load_mode(xpre, bits, M, dtype, cfg):
+    """x at its use, a unit's loads first, a whole step's a step ahead: the same sums (K = 10944: a row ends inside
+    a step)."""
+    if quant_gemv.config_problem(dict(cfg, XPRE=xpre), M, bits, 64, dtype):
+        pytest.skip("check_config refuses it")
+    _check(M, 10944, 1001, bits, 64, True, dtype, seed=53 + M + xpre, XPRE=xpre, **cfg)
+
+
+@needs_cuda
 def test_fast_form_routing():
     x, W, S, B, b = _operands(1, 512, 300, 4, 64, True, mx.bfloat16, seed=31)
     x3 = x.reshape(1, 1, 512)
@@ -329,10 +349,14 @@ def test_scale_depth_rule_override_and_bad_env(monkeypatch):
     base = dict(R=1, U=1, S=4, KSPLIT=4, WARPS=8)
     assert quant_gemv.scale_depth(base, 4, 64) == 1
     assert quant_gemv.scale_depth(dict(base, SD=2), 4, 64) == 2
-    assert quant_gemv.x_prefetch(base, 1, mx.bfloat16) and not quant_gemv.x_prefetch(base, 1, mx.float32)
-    assert not quant_gemv.x_prefetch(dict(base, XPRE=0), 1, mx.bfloat16)
+    assert quant_gemv.x_prefetch(base, 1, mx.bfloat16) == 1 and quant_gemv.x_prefetch(base, 1, mx.float32) == 0
+    assert quant_gemv.x_prefetch(dict(base, XPRE=0), 1, mx.bfloat16) == 0
+    assert quant_gemv.x_prefetch(dict(base, XPRE=2), 1, mx.float32) == 2
     monkeypatch.setenv(quant_gemv.XPRE_ENV, "0")
-    assert not quant_gemv.x_prefetch(base, 1, mx.bfloat16)
+    assert quant_gemv.x_prefetch(base, 1, mx.bfloat16) == 0
+    monkeypatch.setenv(quant_gemv.XPRE_ENV, "2")
+    assert dict(quant_gemv.kernel_constants(mx.bfloat16, 1, 4, 64, False, base))["XPRE"] == 2
+    assert quant_gemv.config_problem(dict(base, XPRE=3), 1, 4, 64) is not None
     monkeypatch.setenv(quant_gemv.XPRE_ENV, "yes")
     with pytest.raises(UsageError, match=quant_gemv.XPRE_ENV):
         quant_gemv.x_prefetch(base, 1, mx.bfloat16)

@@ -64,6 +64,8 @@ short of the 3.6 TB/s the decode issue asks for.
 
 from __future__ import annotations
 
+import os
+
 import mlx.core as mx
 
 from xlstm_mlx.errors import UsageError
@@ -171,6 +173,22 @@ _SOURCE = r"""
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[r][t][e] = 0.f;
 
+    // XAHEAD: step i + 1's x loaded while step i computes (its L1/L2 round trip off the step's critical path);
+    // else each unit's x at its use. One 16-byte load a unit and column tile; zeros past the row's end and for
+    // a padding column
+    constexpr int XU = XAHEAD ? U : 1;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    uint4 Xnext[XU][NT];
+    auto load_x = [&](int i) {                        // step i's x into Xnext (XAHEAD only)
+        const int v0 = (wk + i * KSPLIT) * SPAN;
+#pragma unroll
+        for (int u = 0; u < XU; ++u)
+#pragma unroll
+            for (int t = 0; t < NT; ++t)
+                Xnext[u][t] = (i < my_n && v0 + 4 * u + c < CV && xlive[t]) ? __ldg(xrow[t] + v0 + 4 * u) : zero;
+    };
+    if constexpr (XAHEAD) load_x(0);
+
 #pragma unroll
     for (int i = 0; i < S - 1; ++i) issue(i);
     for (int i = 0; i < my_n; ++i) {
@@ -178,6 +196,14 @@ _SOURCE = r"""
         // also keeps the warp converged for the mmas) before the next copies go into it
         bg_syncwarp();
         issue(i + S - 1);
+        uint4 Xstep[XU][NT];
+        if constexpr (XAHEAD) {
+#pragma unroll
+            for (int u = 0; u < XU; ++u)
+#pragma unroll
+                for (int t = 0; t < NT; ++t) Xstep[u][t] = Xnext[u][t];
+            load_x(i + 1);
+        }
         bg_cp_async_wait<S - 1>();                    // this thread's copies of step i have landed
         const int v0 = (wk + i * KSPLIT) * SPAN;
         const uint4* st = ring + (i % S) * STAGE;
@@ -186,10 +212,10 @@ _SOURCE = r"""
             if (v0 + 4 * u < CV) {                    // warp-uniform: the unit has at least one vector
                 const int v = v0 + 4 * u + c;
                 const bool live = v < CV;             // a row that ends inside the unit: zeros past its end
-                const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
                 uint4 X[NT];
 #pragma unroll
-                for (int t = 0; t < NT; ++t) X[t] = (live && xlive[t]) ? __ldg(xrow[t] + v0 + 4 * u) : zero;
+                for (int t = 0; t < NT; ++t)
+                    X[t] = XAHEAD ? Xstep[XAHEAD ? u : 0][t] : (live && xlive[t]) ? __ldg(xrow[t] + v0 + 4 * u) : zero;
                 uint4 lo[R], hi[R];
 #pragma unroll
                 for (int r = 0; r < R; ++r) {
@@ -387,6 +413,8 @@ def config_problem(cfg: dict, rows: int) -> str | None:
         return "needs R and U in 1, 2, 4, S in 2..8, WARPS in 1, 2, 4, 8"
     if KS not in (1, 2, 4, 8) or W % KS:
         return "KSPLIT must divide WARPS"
+    if cfg.get("XAHEAD") not in (None, 0, 1, False, True):
+        return "needs XAHEAD (x loaded a step ahead) 0 or 1"
     nbytes = smem_bytes(cfg, rows)
     if nbytes > SMEM_LIMIT:
         return f"needs {nbytes} bytes of shared memory, over the {SMEM_LIMIT} of a static block: lower S, U, R or WARPS"
@@ -400,10 +428,29 @@ def check_config(cfg: dict, rows: int) -> None:
         raise UsageError(f"bf16 GEMV config {cfg}: {problem}")
 
 
+XAHEAD_ENV = "XLSTM_MLX_BF16_XAHEAD"  # an A/B switch for measurements: 0 or 1 for every call
+
+
+def x_ahead(cfg: dict) -> bool:
+    """XAHEAD: whether a warp loads step i + 1's x (U x NT 16-byte loads into registers) while step i computes,
+    instead of each unit's at its use (one L1/L2 round trip a step on the critical path: x at 16 rows is 128-350
+    KB, more than L1 holds next to the rings). cfg["XAHEAD"] where given, else $XLSTM_MLX_BF16_XAHEAD where set,
+    else off."""
+    if cfg.get("XAHEAD") is not None:
+        return bool(cfg["XAHEAD"])
+    env = os.environ.get(XAHEAD_ENV, "")
+    if env:
+        if env not in ("0", "1"):
+            raise UsageError(f"{XAHEAD_ENV}={env!r}: set it to 0 or 1 (whether the bf16 GEMV loads x a step ahead), "
+                             "or unset it for the default")
+        return env == "1"
+    return False
+
+
 def kernel_constants(rows: int, has_bias: bool, cfg: dict) -> list:
     """The kernel's template constants, in order (the tests' host build uses the same list)."""
     return [("NT", column_tiles(rows)), ("R", cfg["R"]), ("U", cfg["U"]), ("S", cfg["S"]),
-            ("KSPLIT", cfg["KSPLIT"]), ("WARPS", cfg["WARPS"]), ("HAS_BIAS", has_bias)]
+            ("KSPLIT", cfg["KSPLIT"]), ("WARPS", cfg["WARPS"]), ("XAHEAD", x_ahead(cfg)), ("HAS_BIAS", has_bias)]
 
 
 def launch_blocks(n: int, cfg: dict) -> int:
@@ -412,15 +459,15 @@ def launch_blocks(n: int, cfg: dict) -> int:
 
 def bf16_gemv_cuda(x: mx.array, w: mx.array, bias: mx.array | None = None, *, R: int | None = None,
                    U: int | None = None, S: int | None = None, KSPLIT: int | None = None,
-                   WARPS: int | None = None) -> mx.array:
-    """The CUDA kernel (no fallback: callers check `applies`); R / U / S / KSPLIT / WARPS override the
-    configuration default_config picks. x [..., K], w [N, K], bias [N] or None -> [..., N] bf16."""
+                   WARPS: int | None = None, XAHEAD: bool | None = None) -> mx.array:
+    """The CUDA kernel (no fallback: callers check `applies`); R / U / S / KSPLIT / WARPS / XAHEAD override the
+    configuration default_config (and x_ahead) picks. x [..., K], w [N, K], bias [N] or None -> [..., N] bf16."""
     K, N = x.shape[-1], w.shape[0]
     lead = x.shape[:-1]
     x2 = as_rows(x)
     M = x2.shape[0]
     cfg = default_config(M, N, K)
-    for name, val in (("R", R), ("U", U), ("S", S), ("KSPLIT", KSPLIT), ("WARPS", WARPS)):
+    for name, val in (("R", R), ("U", U), ("S", S), ("KSPLIT", KSPLIT), ("WARPS", WARPS), ("XAHEAD", XAHEAD)):
         if val is not None:
             cfg[name] = val
     check_config(cfg, M)

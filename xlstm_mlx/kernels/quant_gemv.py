@@ -49,9 +49,10 @@ Kernel design:
   - the sums of a group (or of its part in one step) are folded into the output accumulator once:
     acc += s * sum(q x) + b * sum(x), two FMAs an accumulator;
   - x (a few KB to 128 KB, read by every warp of a multiprocessor at about the same k: the K split interleaves
-    steps) comes through L1 with __ldg, a unit's four loads issued before the first is used (XPRE, x_prefetch:
+    steps) comes through L1 with __ldg, a unit's four loads issued before the first is used (XPRE = 1, x_prefetch:
     each used at once, they were four dependent L1/L2 round trips a step; 1.1-2.0x faster kernels on the H200,
-    benchmarks/results/gpu_h200_2026-12-03b.md); the scales and biases of a step (16 rows x the step's groups) with
+    benchmarks/results/gpu_h200_2026-12-03b.md), or (XPRE = 2) a whole step's loads one step ahead, into
+    registers, so that their round trip overlaps the previous step's work; the scales and biases of a step (16 rows x the step's groups) with
     coalesced __ldg SD steps ahead into registers (the step loop unrolled by SD: a register set per step in
     flight; scale_depth), then into per-warp shared memory as float32 (scale, bias) pairs;
   - the mask and the ones are kept in registers through a shuffle (xq_keep): ptxas otherwise re-materializes
@@ -347,10 +348,32 @@ _SOURCE = r"""
         xr[t] = x + (size_t)(col < NCOL ? col % M : 0) * K + (VALS / 4) * c;
     }
 
+    // XPRE == 2: the x values of a whole step loaded one step ahead, into registers (one step of latency hidden,
+    // not one unit's: the loads of step i + 1 are in flight while step i computes)
+    constexpr int XU = XPRE == 2 ? U : 1;
+    XRaw xnext[XU][4][XPRE == 2 ? NT : 1];
+    auto load_x = [&](int i) {
+        if constexpr (XPRE == 2) {
+            if (i < my_n) {
+                const int v0 = (wk + i * KSPLIT) * SPAN;
+#pragma unroll
+                for (int u = 0; u < U; ++u)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+#pragma unroll
+                        for (int t = 0; t < NT; ++t) {
+                            const int v = v0 + 4 * u + j;
+                            xnext[u][j][t] = v < CV && xm[t] >= 0 ? xq_xload<BITS>(xr[t] + v * VALS) : XRaw{};
+                        }
+            }
+        }
+    };
+
     // the running sums of a group (or of its part in a step): sum of q * x per tile, and x's sum
     float d[R][NT][4], xs[NT][4];
 #pragma unroll
     for (int i = 0; i < S - 1; ++i) issue(i);
+    load_x(0);
 #pragma unroll
     for (int sj = 0; sj < SD; ++sj) load_scales(sj, sreg[sj]);
     // the step loop, unrolled by SD so that each step's register set is a compile-time index
@@ -372,6 +395,16 @@ _SOURCE = r"""
         load_scales(i + SD, sreg[sj]);                 // SD steps ahead, in registers
         xq_cp_async_wait<S - 1>();                    // this thread's copies of step i have landed
         xq_syncwarp();                                // and every lane's (and sbuf)
+        XRaw xstep[XU][4][XPRE == 2 ? NT : 1];        // XPRE == 2: this step's x, loaded a step ago
+        if constexpr (XPRE == 2) {
+#pragma unroll
+            for (int u = 0; u < U; ++u)
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+#pragma unroll
+                    for (int t = 0; t < NT; ++t) xstep[u][j][t] = xnext[u][j][t];
+            load_x(i + 1);
+        }
 
         const int v0 = (wk + i * KSPLIT) * SPAN;
         const uint4* st = ring + (i % S) * STAGE;
@@ -382,8 +415,8 @@ _SOURCE = r"""
                 // word c of the unit's 4 vectors, rows g (lo) and g + 8 (hi) of each tile
                 // XPRE: the unit's x loads all issued first (one L1/L2 latency a unit, not one a vector: the
                 // loads are not hoisted over the warp-uniform `v < CV` branches otherwise)
-                XRaw xv[XPRE ? 4 : 1][XPRE ? NT : 1];
-                if constexpr (XPRE) {
+                XRaw xv[XPRE == 1 ? 4 : 1][XPRE == 1 ? NT : 1];
+                if constexpr (XPRE == 1) {
 #pragma unroll
                     for (int j = 0; j < 4; ++j)
 #pragma unroll
@@ -415,7 +448,9 @@ _SOURCE = r"""
                         }
 #pragma unroll
                         for (int t = 0; t < NT; ++t) {
-                            if constexpr (XPRE) {
+                            if constexpr (XPRE == 2) {
+                                xq_bfrag_raw<BITS>(xstep[u][j][t], xr[t], xp[t], b[t]);   // zeros: padding column
+                            } else if constexpr (XPRE == 1) {
                                 xq_bfrag_raw<BITS>(xv[j][t], xr[t], xp[t], b[t]);   // zeros for a padding column
                             } else if (xm[t] >= 0) {
                                 xq_bfrag<BITS>(xr[t] + v * VALS, xp[t], b[t]);
@@ -647,8 +682,8 @@ def config_problem(cfg: dict, rows: int, bits: int, group_size: int, x_dtype=mx.
         return "KSPLIT must divide WARPS"
     if cfg.get("SD") is not None and cfg["SD"] not in range(1, 5):
         return "needs SD (steps the scales are loaded ahead) in 1..4"
-    if cfg.get("XPRE") not in (None, 0, 1):
-        return "needs XPRE (x's loads of a unit issued first) 0 or 1"
+    if cfg.get("XPRE") not in (None, *XPRE_MODES):
+        return "needs XPRE (how x is loaded: 0 at its use, 1 a unit's loads first, 2 a step ahead) 0, 1 or 2"
     if R * column_tiles(rows, x_dtype) > MAX_TILE_PRODUCT:
         return (f"R={R} x {column_tiles(rows, x_dtype)} column tiles ({rows} rows of {x_dtype}) is over "
                 f"{MAX_TILE_PRODUCT} accumulator tiles a warp (the registers spill): lower R")
@@ -686,22 +721,25 @@ def scale_depth(cfg: dict, bits: int, group_size: int) -> int:
     return 1
 
 
-XPRE_ENV = "XLSTM_MLX_QUANT_XPRE"  # an A/B switch for measurements: 0 or 1 for every call
+XPRE_ENV = "XLSTM_MLX_QUANT_XPRE"  # an A/B switch for measurements: 0, 1 or 2 for every call
+XPRE_MODES = (0, 1, 2)  # x's loads: each at its use / a unit's issued first / a whole step's loaded a step ahead
 
 
-def x_prefetch(cfg: dict, rows: int, x_dtype=mx.bfloat16) -> bool:
-    """XPRE: whether a unit's four x loads are issued before the first is used: cfg["XPRE"] where given, else
-    $XLSTM_MLX_QUANT_XPRE where set, else for bf16 x (a 16-byte load a vector and column tile: 16 x NT registers
-    held; float32 x takes twice that and six tiles at 16 rows)."""
+def x_prefetch(cfg: dict, rows: int, x_dtype=mx.bfloat16) -> int:
+    """XPRE, how the kernel loads x: 0 each 16-byte load at its use; 1 a unit's four loads issued before the first
+    is used (one L1/L2 round trip a unit instead of four); 2 a whole step's loads issued one step ahead, into
+    registers (the round trip hidden behind the previous step's work; 16 x U x NT more registers held).
+    cfg["XPRE"] where given, else $XLSTM_MLX_QUANT_XPRE where set, else 1 for bf16 x and 0 for float32 x (a
+    float32 x takes twice the registers a load and six column tiles at 16 rows)."""
     if cfg.get("XPRE") is not None:
-        return bool(cfg["XPRE"])
+        return int(cfg["XPRE"])
     env = os.environ.get(XPRE_ENV, "")
     if env:
-        if env not in ("0", "1"):
-            raise UsageError(f"{XPRE_ENV}={env!r}: set it to 0 or 1 (whether the quantized GEMV issues a unit's x "
-                             "loads first), or unset it for the default")
-        return env == "1"
-    return x_dtype == mx.bfloat16
+        if env not in ("0", "1", "2"):
+            raise UsageError(f"{XPRE_ENV}={env!r}: set it to 0, 1 or 2 (how the quantized GEMV loads x: at its use, "
+                             "a unit's loads first, a step ahead), or unset it for the default")
+        return int(env)
+    return 1 if x_dtype == mx.bfloat16 else 0
 
 
 def kernel_constants(x_dtype, rows: int, bits: int, group_size: int, has_bias: bool, cfg: dict) -> list:
@@ -718,7 +756,7 @@ def launch_blocks(n: int, cfg: dict) -> int:
 def quantized_gemv_cuda(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, bias: mx.array | None = None,
                         group_size: int = 64, bits: int = 4, mode: str = "affine", *, R: int | None = None,
                         KSPLIT: int | None = None, U: int | None = None, S: int | None = None,
-                        WARPS: int | None = None, SD: int | None = None, XPRE: bool | None = None) -> mx.array:
+                        WARPS: int | None = None, SD: int | None = None, XPRE: int | None = None) -> mx.array:
     """The CUDA kernel (no fallback: callers check `applies`); R / KSPLIT / U / S / WARPS / SD / XPRE override
     the defaults (default_config, scale_depth, x_prefetch)."""
     K, N = x.shape[-1], w.shape[0]

@@ -46,7 +46,7 @@ H200: dict[tuple[int, int, int, int], tuple[dict, float, float]] = {
 # median of 2 calls after a compile call; weights of one matrix, not rotated), with x's loads of a unit issued
 # first (quant_gemv.x_prefetch, XPRE), for the session-8 default config of the shape and for R1U1S4K8W8 (the split
 # of K over all 8 warps: 2 blocks a multiprocessor for 4,096 outputs where K4 W8 gives 1):
-# `benchmarks/probes/quant_gemv_ncu_probe.py` under ncu (benchmarks/probes/quant_session_check.sh, part "ncu";
+# `benchmarks/probes/gemv_ncu_probe.py` under ncu (session 13's quant_session_check.sh, since replaced by benchmarks/probes/gemv_session_check.sh;
 # benchmarks/results/gpu_h200_2026-12-03b.md). (bits, bucket, N, K): {config tag: us}. default_config takes the
 # faster of the two (these times are not comparable with H200's above: no launch gaps, no chain).
 ALONE_H200: dict[tuple[int, int, int, int], dict[str, float]] = {
