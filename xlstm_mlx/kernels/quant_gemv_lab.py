@@ -84,12 +84,15 @@ ALONE_H200: dict[tuple[int, int, int, int], dict[str, float]] = {
 
 
 def parse_tag(tag: str) -> dict:
-    """"R1U1S4K8W8" -> dict(R=1, U=1, S=4, KSPLIT=8, WARPS=8)."""
+    """"R1U1S4K8W8" -> dict(R=1, U=1, S=4, KSPLIT=8, WARPS=8); a suffix "X2" adds XPRE=2 (quant_gemv.x_prefetch)."""
     import re
-    m = re.fullmatch(r"R(\d+)U(\d+)S(\d+)K(\d+)W(\d+)", tag)
+    m = re.fullmatch(r"R(\d+)U(\d+)S(\d+)K(\d+)W(\d+)(?:X(\d))?", tag)
     if m is None:
         raise ValueError(f"not a config tag: {tag!r}")
-    return dict(zip(("R", "U", "S", "KSPLIT", "WARPS"), map(int, m.groups())))
+    cfg = dict(zip(("R", "U", "S", "KSPLIT", "WARPS"), map(int, m.groups()[:5])))
+    if m.group(6) is not None:
+        cfg["XPRE"] = int(m.group(6))
+    return cfg
 
 
 def best_alone(bits: int, rows: int, n: int, k: int) -> dict | None:
