@@ -70,7 +70,8 @@ def test_registries_name_what_exists():
     for name in models.FAMILIES:
         fam = models.get_family(name)
         assert fam.NAME == name
-    assert all(k.count(".") == 1 and k.split(".")[0] in ("mlstm", "slstm", "matmul", "norm", "math", "ffn", "embed", "rows")
+    assert all(k.count(".") == 1 and k.split(".")[0] in ("mlstm", "slstm", "matmul", "norm", "math", "ffn", "embed", "rows",
+                                                                "logits")
                for k in kernels.KERNELS)
 
 

@@ -31,6 +31,7 @@ from typing import Sequence
 
 import mlx.core as mx
 
+from xlstm_mlx import kernels
 from xlstm_mlx.generation.sample import (
     Sampler, apply_processors, check_min_p, check_repetition_penalty, check_temperature, check_top_k, check_top_p,
     gumbel_max, make_logits_processors,
@@ -247,7 +248,8 @@ class BatchSampler:
     def __call__(self, logits: mx.array, keys: mx.array, history: mx.array | None = None) -> Draw:
         if logits.ndim != 2 or logits.shape[0] != len(self.specs):
             raise UsageError(f"logits must be [{len(self.specs)}, vocab], got shape {tuple(logits.shape)}")
-        finite = mx.all(mx.isfinite(logits), axis=-1)  # NaN never passes as a token: the caller ends such a row
+        # NaN never passes as a token: the caller ends such a row (mx.all(mx.isfinite(.), axis=-1); faster on the CPU)
+        finite = kernels.get("logits.all_finite")(logits, axis=-1)
         if self.plain:
             return Draw(mx.argmax(logits, axis=-1).astype(mx.int32), keys, history, finite)
         history = self._wide(history, logits.shape[0])

@@ -49,6 +49,9 @@ and the CPU the fast form of those names is their MLX-ops reference, and the lab
                       on the CPU, MLX's fused
                       kernel on a GPU)
     norm.layer        norms.layer_norm              norms.layer_norm_ref (mx.fast.layer_norm)
+    logits.all_finite logits_check.all_finite (max  logits_check.all_finite_ref (mx.all(mx.isfinite)):
+                      and min over column blocks     generate_step's one NaN/Inf test per step
+                      on the CPU, else the ref)
 
 `use_reference(True)` (or XLSTM_MLX_REFERENCE_KERNELS=1) makes `get` return the reference of every name:
 tests use it to check a whole model on the slow, simple path. `describe()` says what each name runs here.
@@ -71,6 +74,7 @@ from xlstm_mlx.kernels import swiglu as _swiglu
 from xlstm_mlx.kernels import gate_preact as _gate_preact
 from xlstm_mlx.kernels import embedding as _embedding
 from xlstm_mlx.kernels import row_tiles as _row_tiles
+from xlstm_mlx.kernels import logits_check as _logits_check
 from xlstm_mlx.kernels.swiglu import swiglu, swiglu_ref
 from xlstm_mlx.kernels.add_rms_norm import add_rms_norm, add_rms_norm_ref
 from xlstm_mlx.kernels.quant_matmul import quantized_matmul, quantized_matmul_ref
@@ -119,6 +123,8 @@ KERNELS: dict[str, Kernel] = {
     # the norms' reductions: MLX's CPU mean is one running float32 sum, inexact at hidden sizes (docs/numerics.md)
     "norm.rms": Kernel(norms.rms_norm, norms.rms_norm_ref, norms.label),
     "norm.layer": Kernel(norms.layer_norm, norms.layer_norm_ref, norms.label),
+    # generate_step's finiteness test of each step's logits: MLX's CPU isfinite + all is slow (kernels/logits_check.py)
+    "logits.all_finite": Kernel(_logits_check.all_finite, _logits_check.all_finite_ref, _logits_check.label),
 }
 
 # the element-wise names (activations and soft-caps) a model lists in kernel_names() for the verbose line

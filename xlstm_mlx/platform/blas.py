@@ -12,6 +12,8 @@ Library choice (env `XLSTM_MLX_BLAS`):
   "off" / "0"      do nothing
   "system"         system OpenBLAS only
   a file path      that library (unprefixed symbols, or scipy-openblas' `scipy_` prefix), LP64 only
+Worker spin: OpenBLAS is loaded with OPENBLAS_THREAD_TIMEOUT=22 (its workers sleep ~1.5 ms after a parallel call
+instead of ~0.1 s) unless the user set it (THREAD_TIMEOUT below).
 Core type: OpenBLAS' own detection, unless it chose a core older than the CPU's features (seen on VMs), in
 which case a second instance is loaded with OPENBLAS_CORETYPE set from /proc/cpuinfo. A user-set
 OPENBLAS_CORETYPE is always respected. `XLSTM_MLX_VERBOSE=1` prints the outcome to stderr.
@@ -154,9 +156,40 @@ def _candidates(choice: str) -> list[tuple[str, str]]:
     return out
 
 
+# OpenBLAS' worker threads busy-wait for new work for 2^THREAD_TIMEOUT cycles after each parallel call (its
+# default 28: ~0.1 s) before they sleep. On a 2-core machine the spinning worker took a core from whatever ran next:
+# the ~5 decode steps after a prefill ran 30-50 % slower (their few-row products split over two threads of the
+# skinny kernel), and the prefill itself was no faster for it (docs/bench.md "CPU, 2026-12-03 session 14").
+# 2^22 cycles (~1.5 ms) keeps the workers awake between the calls of one product chain and lets them sleep soon
+# after. Set at load (the library's constructor reads it); a user's OPENBLAS_THREAD_TIMEOUT / GOTO_THREAD_TIMEOUT
+# is respected.
+THREAD_TIMEOUT = 22
+_TIMEOUT_VARS = ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT")
+
+
+def thread_timeout_setting() -> tuple[str, str]:
+    """(variable, value) of the worker spin timeout a load applies: the user's, else ours."""
+    for name in _TIMEOUT_VARS:
+        if os.environ.get(name):
+            return name, os.environ[name]
+    return "OPENBLAS_THREAD_TIMEOUT", str(THREAD_TIMEOUT)
+
+
+def _load(path: str) -> _Lib:
+    """_Lib(path) with the spin timeout in the environment while the library's constructor runs."""
+    name, value = thread_timeout_setting()
+    if os.environ.get(name) == value:
+        return _Lib(path)
+    os.environ[name] = value
+    try:
+        return _Lib(path)
+    finally:
+        del os.environ[name]
+
+
 def _open(path: str) -> _Lib:
     """Open `path`; if OpenBLAS picked a pre-AVX2 core on an AVX2 CPU, reopen a private copy with the right one."""
-    lib = _Lib(path)
+    lib = _load(path)
     want = _cpu_core_type()
     if os.environ.get("OPENBLAS_CORETYPE") or not want or lib.core.lower() not in _PRE_AVX2_CORES:
         return lib
@@ -167,7 +200,7 @@ def _open(path: str) -> _Lib:
         with tempfile.TemporaryDirectory() as tmp:  # a copy, so the loader opens a second instance
             copy = os.path.join(tmp, os.path.basename(path))
             shutil.copy2(path, copy)
-            fixed = _Lib(copy)
+            fixed = _load(copy)
     finally:
         del os.environ["OPENBLAS_CORETYPE"]
     fixed.path = path
@@ -305,8 +338,9 @@ def setup() -> dict:
         skinny = _attach_skinny(lib, base, imports, targets)
         _info = {"active": True, "library": label, "path": lib.path, "version": lib.config,
                  "core": lib.core, "threads": lib.threads, "symbols": len(targets), "reason": "ok",
-                 "skinny": skinny}
-        _say(f"CPU BLAS: {label} ({lib.config or path}; core {lib.core or '?'}, {lib.threads} threads), "
+                 "skinny": skinny, "thread_timeout": "=".join(thread_timeout_setting())}
+        _say(f"CPU BLAS: {label} ({lib.config or path}; core {lib.core or '?'}, {lib.threads} threads, "
+             f"workers loaded with {_info['thread_timeout']}), "
              f"{len(targets)} of libmlx's {len(imports.slots)} BLAS/LAPACK imports redirected; "
              f"{describe_skinny(skinny)}")
         return info()
