@@ -360,7 +360,26 @@ MEASURED: dict[tuple[int, int, int], dict] = {key: cfg for key, (cfg, _, _) in H
 # tag ("R1U1S4K8W8", suffix "A1": x loaded a step ahead, XAHEAD) and "mlx" (MLX's matmul, whatever kernels it
 # launches for the call): (rows bucket, N, K) -> {tag: us}. Where a shape has an entry, default_config takes its
 # fastest tag of ours and faster_than_mlx compares that with "mlx"; the H200 chains above serve the rest.
-ALONE_H200: dict[tuple[int, int, int], dict[str, float]] = {}
+# Session 14 (one NVIDIA H200, 2026-12-03; benchmarks/results/gpu_h200_2026-12-03c.md, gpu_h200_s14_ncu_bf16.md):
+# x a step ahead made 16 rows 1.2-1.9x faster (FFN down 59.3 -> 31.5 us), and still MLX's matmul (cuBLAS) was
+# faster alone on 13 of 15 shapes: ours wins only out_proj at 4 and 16 rows.
+ALONE_H200: dict[tuple[int, int, int], dict[str, float]] = {
+    (1, 12288, 4096): {"R1U2S4K4W4A0": 29.36, "R1U2S4K4W4A1": 28.4, "R1U1S4K8W8A0": 34.1, "R1U1S4K8W8A1": 33.36, "mlx": 26.69},
+    (4, 12288, 4096): {"R1U1S6K4W8A0": 31.25, "R1U1S6K4W8A1": 29.28, "R1U1S4K8W8A0": 34.0, "R1U1S4K8W8A1": 33.3, "mlx": 28.42},
+    (16, 12288, 4096): {"R1U2S4K4W4A0": 51.3, "R1U2S4K4W4A1": 30.86, "R1U1S4K8W8A0": 45.97, "R1U1S4K8W8A1": 32.0, "mlx": 28.5},
+    (1, 21888, 4096): {"R1U1S4K8W8A0": 49.17, "R1U1S4K8W8A1": 49.54, "mlx": 44.61},
+    (4, 21888, 4096): {"R1U1S4K8W8A0": 49.42, "R1U1S4K8W8A1": 50.3, "mlx": 44.85},
+    (16, 21888, 4096): {"R1U1S4K8W8A0": 72.51, "R1U1S4K8W8A1": 55.5, "mlx": 46.19},
+    (1, 4096, 10944): {"R1U1S4K8W8A0": 37.9, "R1U1S4K8W8A1": 30.05, "mlx": 29.7},
+    (4, 4096, 10944): {"R1U1S4K8W8A0": 37.12, "R1U1S4K8W8A1": 29.66, "mlx": 29.23},
+    (16, 4096, 10944): {"R1U1S4K8W8A0": 59.55, "R1U1S4K8W8A1": 32.37, "mlx": 28.83},
+    (1, 4096, 4096): {"R1U1S4K8W8A0": 14.85, "R1U1S4K8W8A1": 12.99, "mlx": 10.98},
+    (4, 4096, 4096): {"R1U1S4K8W8A0": 14.99, "R1U1S4K8W8A1": 13.31, "mlx": 15.14},
+    (16, 4096, 4096): {"R1U1S4K8W8A0": 23.26, "R1U1S4K8W8A1": 14.48, "mlx": 15.39},
+    (1, 50304, 4096): {"R1U1S4K8W8A0": 109.82, "R1U1S4K8W8A1": 112.34, "mlx": 96.08},
+    (4, 50304, 4096): {"R1U1S4K8W8A0": 113.7, "R1U1S4K8W8A1": 112.75, "mlx": 104.62},
+    (16, 50304, 4096): {"R1U1S4K8W8A0": 143.7, "R1U1S4K8W8A1": 116.78, "mlx": 102.61},
+}
 
 
 def parse_tag(tag: str) -> dict:
@@ -469,17 +488,15 @@ XAHEAD_ENV = "XLSTM_MLX_BF16_XAHEAD"  # an A/B switch for measurements: 0 or 1 f
 def x_ahead(cfg: dict) -> bool:
     """XAHEAD: whether a warp loads step i + 1's x (U x NT 16-byte loads into registers) while step i computes,
     instead of each unit's at its use (one L1/L2 round trip a step on the critical path: x at 16 rows is 128-350
-    KB, more than L1 holds next to the rings). cfg["XAHEAD"] where given, else $XLSTM_MLX_BF16_XAHEAD where set,
-    else off."""
-    if cfg.get("XAHEAD") is not None:
-        return bool(cfg["XAHEAD"])
+    KB, more than L1 holds next to the rings). $XLSTM_MLX_BF16_XAHEAD where set (an A/B switch: every call),
+    else cfg["XAHEAD"] (the kernel-alone table's tag, or the caller's), else off."""
     env = os.environ.get(XAHEAD_ENV, "")
     if env:
         if env not in ("0", "1"):
             raise UsageError(f"{XAHEAD_ENV}={env!r}: set it to 0 or 1 (whether the bf16 GEMV loads x a step ahead), "
                              "or unset it for the default")
         return env == "1"
-    return False
+    return bool(cfg.get("XAHEAD", False))
 
 
 def kernel_constants(rows: int, has_bias: bool, cfg: dict) -> list:
