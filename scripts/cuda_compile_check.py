@@ -291,8 +291,6 @@ def _bf16_gemv(mod, r):
         for cfg in mod.SWEEP_CONFIGS:
             mod.bf16_gemv_cuda(r(rows, K), w, None, **cfg)
             mod.bf16_gemv_cuda(r(rows, K), w, None, XAHEAD=True, **cfg)   # x loaded a step ahead
-        for xahead in (False, True):   # the SwiGLU input form (gate | z of D = 496 < K: padded)
-            mod.swiglu_gemv_cuda(r(rows, 2 * 496), w, r(N), XAHEAD=xahead)
 
 
 CHECKS = [("xlstm_mlx.kernels.mlstm_chunkwise_cuda", _chunkwise), ("xlstm_mlx.kernels.embedding", _embedding),

@@ -28,13 +28,10 @@ NaN or inf never passes (rel_error asserts finite).
 
 import functools
 
-import importlib
-
 import numpy as np
 import pytest
 import mlx.core as mx
 
-import cuda_emulator
 import host_cuda
 from xlstm_mlx import kernels
 from xlstm_mlx.errors import UsageError
@@ -349,69 +346,3 @@ def test_wrapper_on_the_gpu_keeps_leading_dims_and_routes_big_batches_to_mlx():
     big = mx.zeros((bf16_gemv.MAX_ROWS + 1, 512), mx.bfloat16)
     assert not bf16_gemv.applies(big, w) and not skinny_gemm.uses_bf16_gemv(big, w)
     assert kernels.get("matmul.skinny")(big, w, b).shape == (bf16_gemv.MAX_ROWS + 1, 300)
-
-
-@needs_host
-@pytest.mark.skipif(not cuda_emulator.available(), reason="needs g++ to run the SwiGLU kernel's source on the CPU")
-@pytest.mark.parametrize("M,D,K,N,cfg", [
-    (1, 360, 384, 37, None),                                   # the default config; padded K: zeros from D on
-    (3, 200, 200, 37, CFG["R1U2S4K1W4"]),                      # D == K, a partial unit
-    (9, 248, 256, 33, dict(CFG["R2U1S4K2W4"], XAHEAD=1)),      # two column tiles, x a step ahead
-    (16, 64, 64, 17, dict(CFG["R1U2S4K4W4"], XAHEAD=1)),       # K parts with nothing ahead
-    (5, 992, 1000, 100, CFG["R2U1S4K4W4"]),
-])
-def test_swiglu_input_form_sums_the_swiglu_kernels_bits(host_kernel, M, D, K, N, cfg):
-    """swiglu_gemv_cuda (the SwiGLU formed as x is loaded) gives exactly the bits of the SwiGLU kernel's output
-    (kernels/swiglu.py, width K) fed to bf16_gemv_cuda, both run from their sources on the host, and is within the
-    plain kernel's bound of the float64 product of that output."""
-    swiglu = importlib.import_module("xlstm_mlx.kernels.swiglu")
-    _, w, b = _operands(M, K, N, True, seed=M * 13 + D)
-    gz = (mx.random.normal((M, 2 * D), key=mx.random.key(D)) * 2.0).astype(mx.bfloat16)
-    c = cfg or bf16_gemv.default_config(M, N, K)
-    assert bf16_gemv.applies_swiglu(gz, w, b)
-    with cuda_emulator.emulated(swiglu):
-        x = swiglu.swiglu_cuda(gz, None if D == K else K)
-        mx.eval(x)
-    fused = bf16_gemv.swiglu_gemv_cuda(gz, w, b, **c)
-    plain = bf16_gemv.bf16_gemv_cuda(x, w, b, **c)
-    assert np.array_equal(np.array(fused.view(mx.uint16)), np.array(plain.view(mx.uint16)))
-    _close(fused, _ref(x, w, b))
-    assert not bf16_gemv.applies_swiglu(gz[:, :-8], w, b)      # a half width not a multiple of 8
-    assert not bf16_gemv.applies_swiglu(gz.astype(mx.float32), w, b)
-
-
-@needs_cuda
-@pytest.mark.parametrize("xahead", [0, 1])
-@pytest.mark.parametrize("M", [1, 4, 16])
-@pytest.mark.parametrize("D,K", [(10944, 11008), (10944, 10944), (1000, 1024)])   # the padded 7B FFN down
-def test_swiglu_input_form_on_the_gpu(xahead, M, D, K):
-    """swiglu_gemv_cuda on the GPU: exactly the bits of the SwiGLU kernel then bf16_gemv_cuda (same config), and
-    within the plain kernel's bound of the float64 product; matmul.skinny_swiglu takes it under
-    XLSTM_MLX_BF16_GEMV=1 and gives the two launches' bits otherwise."""
-    swiglu = importlib.import_module("xlstm_mlx.kernels.swiglu")
-    _, w, b = _operands(M, K, 4096 if K > 5000 else 333, True, seed=M + D + xahead)
-    gz = (mx.random.normal((M, 2 * D), key=mx.random.key(D + M)) * 2.0).astype(mx.bfloat16)
-    x = swiglu.swiglu_cuda(gz, None if D == K else K)
-    fused = bf16_gemv.swiglu_gemv_cuda(gz, w, b, XAHEAD=xahead)
-    plain = bf16_gemv.bf16_gemv_cuda(x, w, b, XAHEAD=xahead)
-    assert np.array_equal(np.array(fused.view(mx.uint16)), np.array(plain.view(mx.uint16)))
-    _close(fused, _ref(x, w, b))
-
-
-@needs_cuda
-def test_skinny_swiglu_routing(monkeypatch):
-    swiglu = importlib.import_module("xlstm_mlx.kernels.swiglu")
-    _, w, b = _operands(2, 1024, 300, True, seed=3)
-    gz = (mx.random.normal((2, 2 * 1000), key=mx.random.key(4)) * 2.0).astype(mx.bfloat16)
-    monkeypatch.setenv("XLSTM_MLX_BF16_GEMV", "0")
-    assert not skinny_gemm.fuses_swiglu(gz, w, b)
-    two = skinny_gemm.skinny_swiglu_matmul(gz, w, b)
-    assert np.array_equal(np.array(two.view(mx.uint16)),
-                          np.array(skinny_gemm.skinny_matmul(swiglu.swiglu_cuda(gz, 1024), w, b).view(mx.uint16)))
-    monkeypatch.setenv("XLSTM_MLX_BF16_GEMV", "1")
-    assert skinny_gemm.fuses_swiglu(gz, w, b)
-    one = skinny_gemm.skinny_swiglu_matmul(gz, w, b)
-    assert np.array_equal(np.array(one.view(mx.uint16)),
-                          np.array(bf16_gemv.swiglu_gemv_cuda(gz, w, b).view(mx.uint16)))
-    monkeypatch.setenv("XLSTM_MLX_SWIGLU_GEMV", "0")
-    assert not skinny_gemm.fuses_swiglu(gz, w, b)

@@ -37,10 +37,6 @@ and what the fast form is on this backend (a string, or a function of nothing fo
                       (the FFN down from gate | z:   quantized_matmul_ref)
                       the SwiGLU formed inside the
                       quantized GEMV on CUDA)
-    matmul.skinny_swiglu skinny_swiglu_matmul      skinny_swiglu_matmul_ref (swiglu_ref, then MLX's
-                      (the FFN down from gate | z:   matmul)
-                      the SwiGLU inside the bf16
-                      GEMV with XLSTM_MLX_BF16_GEMV)
     matmul.skinny     skinny_matmul (CUDA bf16      skinny_matmul_ref (MLX's matmul, as nn.Linear)
                       GEMV for <= 16 rows where
                       its H200 table says it is
@@ -118,8 +114,6 @@ KERNELS: dict[str, Kernel] = {
     "mlstm.headnorm_gate": Kernel(headnorm_gate, headnorm_gate_ref, _headnorm.label),
     "mlstm.gate_preact": Kernel(_gate_preact.gate_preact, _gate_preact.gate_preact_ref, _gate_preact.label),
     "matmul.skinny": Kernel(skinny_matmul, skinny_matmul_ref, _skinny.label),
-    "matmul.skinny_swiglu": Kernel(_skinny.skinny_swiglu_matmul, _skinny.skinny_swiglu_matmul_ref,
-                                   _skinny.swiglu_label),
     "matmul.quantized": Kernel(quantized_matmul, quantized_matmul_ref, _quant.label),
     "matmul.quantized_swiglu": Kernel(_quant.quantized_swiglu_matmul, _quant.quantized_swiglu_matmul_ref,
                                       _quant.swiglu_label),

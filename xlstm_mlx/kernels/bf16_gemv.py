@@ -64,7 +64,6 @@ short of the 3.6 TB/s the decode issue asks for.
 
 from __future__ import annotations
 
-import math
 import os
 
 import mlx.core as mx
@@ -120,14 +119,9 @@ _SOURCE = r"""
     __shared__ __align__(128) uint4 smem[WARPS * PER_WARP];
 
     const int M = x_shape[0];                         // rows of x (at most NT * 8)
-    // GLU_D > 0: x is the FFN's fused up-projection output [M, 2 GLU_D] (gate | z) and the kernel's x is the
-    // SwiGLU silu(gate) * z (xl_swiglu, the arithmetic of kernels/swiglu.py's kernel: the same bf16 values), zero
-    // from column GLU_D to w's K (a padded down projection)
-    const int K = GLU_D ? w_shape[1] : x_shape[1];
+    const int K = x_shape[1];
     const int N = w_shape[0];
     const int CV = K / 8;                             // 16-byte vectors a row
-    const int XV = GLU_D ? 2 * GLU_D / 8 : CV;        // x's row stride in vectors
-    constexpr int ZOFF = GLU_D / 8;                   // z's offset from the gate in a row of x, in vectors
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, c = lane % 4;             // the mma fragments' group and thread-in-group
     const int wn = warp / KSPLIT, wk = warp % KSPLIT;
@@ -149,7 +143,7 @@ _SOURCE = r"""
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
         xlive[t] = t * 8 + g < M;
-        xrow[t] = reinterpret_cast<const uint4*>(x) + (size_t)(xlive[t] ? t * 8 + g : 0) * XV + c;
+        xrow[t] = reinterpret_cast<const uint4*>(x) + (size_t)(xlive[t] ? t * 8 + g : 0) * CV + c;
     }
 
     // the weights of the warp's step i into ring stage i % S: thread (g, c) copies vector c of each unit for rows
@@ -184,25 +178,14 @@ _SOURCE = r"""
     // a padding column
     constexpr int XU = XAHEAD ? U : 1;
     const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-    // x's vector at the unit starting at vector vb of the row (this thread's: vb + c), or (GLU_D) the gate's
-    // there, z's into *z; zeros past the row's end, past GLU_D, and for a padding column
-    auto xload = [&](int t, int vb, bool live, uint4* z) -> uint4 {
-        if constexpr (GLU_D > 0) {
-            const bool in = live && xlive[t] && vb + c < ZOFF;
-            *z = in ? __ldg(xrow[t] + vb + ZOFF) : zero;
-            return in ? __ldg(xrow[t] + vb) : zero;
-        } else {
-            return live && xlive[t] ? __ldg(xrow[t] + vb) : zero;
-        }
-    };
-    uint4 Xnext[XU][NT], Znext[GLU_D ? XU : 1][NT];
+    uint4 Xnext[XU][NT];
     auto load_x = [&](int i) {                        // step i's x into Xnext (XAHEAD only)
         const int v0 = (wk + i * KSPLIT) * SPAN;
 #pragma unroll
         for (int u = 0; u < XU; ++u)
 #pragma unroll
             for (int t = 0; t < NT; ++t)
-                Xnext[u][t] = xload(t, v0 + 4 * u, i < my_n && v0 + 4 * u + c < CV, &Znext[GLU_D ? u : 0][t]);
+                Xnext[u][t] = (i < my_n && v0 + 4 * u + c < CV && xlive[t]) ? __ldg(xrow[t] + v0 + 4 * u) : zero;
     };
     if constexpr (XAHEAD) load_x(0);
 
@@ -213,15 +196,12 @@ _SOURCE = r"""
         // also keeps the warp converged for the mmas) before the next copies go into it
         bg_syncwarp();
         issue(i + S - 1);
-        uint4 Xstep[XU][NT], Zstep[GLU_D ? XU : 1][NT];
+        uint4 Xstep[XU][NT];
         if constexpr (XAHEAD) {
 #pragma unroll
             for (int u = 0; u < XU; ++u)
 #pragma unroll
-                for (int t = 0; t < NT; ++t) {
-                    Xstep[u][t] = Xnext[u][t];
-                    if constexpr (GLU_D > 0) Zstep[u][t] = Znext[u][t];
-                }
+                for (int t = 0; t < NT; ++t) Xstep[u][t] = Xnext[u][t];
             load_x(i + 1);
         }
         bg_cp_async_wait<S - 1>();                    // this thread's copies of step i have landed
@@ -234,17 +214,8 @@ _SOURCE = r"""
                 const bool live = v < CV;             // a row that ends inside the unit: zeros past its end
                 uint4 X[NT];
 #pragma unroll
-                for (int t = 0; t < NT; ++t) {
-                    uint4 Z = zero;
-                    if constexpr (XAHEAD) {
-                        X[t] = Xstep[u][t];
-                        if constexpr (GLU_D > 0) Z = Zstep[u][t];
-                    } else {
-                        X[t] = xload(t, v0 + 4 * u, live, &Z);
-                    }
-                    // silu(0) * 0 = 0: the zeros past GLU_D stay zeros
-                    if constexpr (GLU_D > 0) X[t] = xl_swiglu(X[t], Z, static_cast<const __nv_bfloat16*>(nullptr));
-                }
+                for (int t = 0; t < NT; ++t)
+                    X[t] = XAHEAD ? Xstep[XAHEAD ? u : 0][t] : (live && xlive[t]) ? __ldg(xrow[t] + v0 + 4 * u) : zero;
                 uint4 lo[R], hi[R];
 #pragma unroll
                 for (int r = 0; r < R; ++r) {
@@ -318,22 +289,20 @@ def bf16_gemv_ref(x: mx.array, w: mx.array, bias: mx.array | None = None) -> mx.
     return x @ w.T if bias is None else mx.addmm(bias, x, w.T)
 
 
+def _rows(x: mx.array) -> int:
+    return x.size // x.shape[-1] if x.ndim and x.shape[-1] else 0
+
+
 def applies(x: mx.array, w: mx.array, bias: mx.array | None = None) -> bool:
     """Whether the CUDA kernel can run for these operands: MLX's CUDA backend; x, w (and bias) bfloat16; w [N, K]
     with K = x.shape[-1] a multiple of 8 (whole 16-byte vectors: MLX's buffers and their row slices are then
     16-byte aligned); 1..MAX_ROWS rows of x; bias None or [N]. Any N (a partial 16-row tile is masked)."""
-    return _applies_to(x.shape, x.dtype, w, bias)
-
-
-def _applies_to(x_shape: tuple, x_dtype, w, bias) -> bool:
-    """`applies` for an x of this shape and dtype."""
-    if not cuda_available() or len(x_shape) < 1 or w.ndim != 2 or x_dtype != mx.bfloat16 or w.dtype != mx.bfloat16:
+    if not cuda_available() or x.ndim < 1 or w.ndim != 2 or x.dtype != mx.bfloat16 or w.dtype != mx.bfloat16:
         return False
     if bias is not None and (bias.dtype != mx.bfloat16 or bias.shape != (w.shape[0],)):
         return False
-    K = x_shape[-1]
-    rows = math.prod(x_shape[:-1]) if K else 0
-    return K == w.shape[1] and K >= VEC and K % VEC == 0 and w.shape[0] >= 1 and 1 <= rows <= MAX_ROWS
+    K = x.shape[-1]
+    return K == w.shape[1] and K >= VEC and K % VEC == 0 and w.shape[0] >= 1 and 1 <= _rows(x) <= MAX_ROWS
 
 
 TARGET_WARPS = 8 * SMS  # warps wanted in the grid: ~8 a multiprocessor, each with (S - 1) steps of bytes in flight
@@ -530,12 +499,10 @@ def x_ahead(cfg: dict) -> bool:
     return bool(cfg.get("XAHEAD", False))
 
 
-def kernel_constants(rows: int, has_bias: bool, cfg: dict, glu: int = 0) -> list:
-    """The kernel's template constants, in order (the tests' host build uses the same list). glu: 0, or D of the
-    SwiGLU input form (swiglu_gemv_cuda)."""
+def kernel_constants(rows: int, has_bias: bool, cfg: dict) -> list:
+    """The kernel's template constants, in order (the tests' host build uses the same list)."""
     return [("NT", column_tiles(rows)), ("R", cfg["R"]), ("U", cfg["U"]), ("S", cfg["S"]),
-            ("KSPLIT", cfg["KSPLIT"]), ("WARPS", cfg["WARPS"]), ("XAHEAD", x_ahead(cfg)), ("HAS_BIAS", has_bias),
-            ("GLU_D", glu)]
+            ("KSPLIT", cfg["KSPLIT"]), ("WARPS", cfg["WARPS"]), ("XAHEAD", x_ahead(cfg)), ("HAS_BIAS", has_bias)]
 
 
 def launch_blocks(n: int, cfg: dict) -> int:
@@ -547,39 +514,19 @@ def bf16_gemv_cuda(x: mx.array, w: mx.array, bias: mx.array | None = None, *, R:
                    WARPS: int | None = None, XAHEAD: bool | None = None) -> mx.array:
     """The CUDA kernel (no fallback: callers check `applies`); R / U / S / KSPLIT / WARPS / XAHEAD override the
     configuration default_config (and x_ahead) picks. x [..., K], w [N, K], bias [N] or None -> [..., N] bf16."""
-    return _launch(x, w, bias, 0, dict(R=R, U=U, S=S, KSPLIT=KSPLIT, WARPS=WARPS, XAHEAD=XAHEAD))
-
-
-def swiglu_gemv_cuda(gate_z: mx.array, w: mx.array, bias: mx.array | None = None, **overrides) -> mx.array:
-    """swiglu(gate_z, width=K) @ w.T (+ bias) in ONE launch, w [N, K]: the kernel takes the FFN's fused
-    up-projection output gate_z [..., 2 D] and forms each x value silu(gate) * z as it loads it (zeros from D to
-    K), with the SwiGLU kernel's arithmetic (cuda_common xl_swiglu): the same bits as kernels/swiglu.py then
-    bf16_gemv_cuda. No fallback: callers check `applies_swiglu`."""
-    return _launch(gate_z, w, bias, gate_z.shape[-1] // 2, overrides)
-
-
-def applies_swiglu(gate_z: mx.array, w: mx.array, bias: mx.array | None = None) -> bool:
-    """Whether swiglu_gemv_cuda runs: what `applies` asks of x = swiglu(gate_z, K) [..., K], and D = gate_z's half
-    width a multiple of 8 (a 16-byte load of the gate and of z is inside or past D) and at most K."""
-    if gate_z.ndim < 1 or gate_z.shape[-1] % 16 or w.ndim != 2 or gate_z.shape[-1] // 2 > w.shape[1]:
-        return False
-    return _applies_to((*gate_z.shape[:-1], w.shape[1]), gate_z.dtype, w, bias)
-
-
-def _launch(x, w, bias, glu: int, overrides: dict) -> mx.array:
-    K, N = (w.shape[1] if glu else x.shape[-1]), w.shape[0]
+    K, N = x.shape[-1], w.shape[0]
     lead = x.shape[:-1]
     x2 = as_rows(x)
     M = x2.shape[0]
     cfg = default_config(M, N, K)
-    for name, val in overrides.items():
+    for name, val in (("R", R), ("U", U), ("S", S), ("KSPLIT", KSPLIT), ("WARPS", WARPS), ("XAHEAD", XAHEAD)):
         if val is not None:
             cfg[name] = val
     check_config(cfg, M)
     b = bias if bias is not None else w  # never read without HAS_BIAS; no extra allocation or launch
     (y,) = _kernel()(
         inputs=[x2, w, b],
-        template=kernel_constants(M, bias is not None, cfg, glu),
+        template=kernel_constants(M, bias is not None, cfg),
         grid=(launch_blocks(N, cfg) * cfg["WARPS"] * 32, 1, 1),
         threadgroup=(cfg["WARPS"] * 32, 1, 1),
         output_shapes=[(M, N)],

@@ -80,24 +80,6 @@ __device__ __forceinline__ uint4 xl_pack(const float* f, const __nv_bfloat16*) {
 __device__ __forceinline__ uint4 xl_pack(const float* f, const float*) {
     return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
 }
-
-// The SwiGLU of one 16-byte vector of the gate and of z (the tag's type: 8 bf16 or 4 float32 lanes):
-// silu(gate) * z, rounded where MLX's ops on arrays of that dtype round (the sigmoid, its product with the gate,
-// the product with z). The one definition of this arithmetic: kernels/swiglu.py's kernel and the GEMVs that form
-// their x from gate | z (quant_gemv GLU_D, bf16_gemv GLU_D) call it, so they give the same bits.
-template <typename T>
-__device__ __forceinline__ uint4 xl_swiglu(const uint4& g4, const uint4& z4, const T* tag) {
-    constexpr int VEC = 16 / sizeof(T);
-    float g[VEC], z[VEC], y[VEC];
-    xl_to_float(g4, g, tag);
-    xl_to_float(z4, z, tag);
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-        const float s = xl_round(1.f / (1.f + expf(-g[e])), tag);   // sigmoid(gate), rounded as MLX's op
-        y[e] = xl_round(xl_round(g[e] * s, tag) * z[e], tag);         // silu = gate * sigmoid, then * z
-    }
-    return xl_pack(y, tag);
-}
 """
 
 # Warp-level tensor-core PTX with documented register layouts (the PTX ISA's), for kernels whose fragments are

@@ -254,15 +254,30 @@ __device__ __forceinline__ XRaw xq_xin(const T* p, int k) {
         return r;
     }
 }
-// the values as the mma takes them: as loaded, or (GLU_D > 0) silu(gate) * z by xl_swiglu, the arithmetic of
-// kernels/swiglu.py's kernel: the kernel sums exactly the bf16 values the SwiGLU launch would have written
+// the values as the mma takes them: as loaded, or (GLU_D > 0) silu(gate) * z rounded to bf16 where
+// kernels/swiglu.py's kernel rounds (the sigmoid, the product with the gate, the product with z), so the kernel
+// sums exactly the bf16 values the SwiGLU launch would have written
 template <int BITS, int GLU_D>
 __device__ __forceinline__ XRaw xq_xuse(const XRaw& X) {
     if constexpr (GLU_D == 0) {
         return X;
     } else {
-        XRaw r{};                                      // 8-bit: lanes 4..7 are zeros, silu(0) * 0 = 0
-        r.a = xl_swiglu(X.a, X.e, static_cast<const __nv_bfloat16*>(nullptr));   // cuda_common.VEC_HEADER
+        constexpr int NV = BITS == 4 ? 8 : 4;          // bf16 values of a load
+        const __nv_bfloat16* tag = nullptr;
+        float g[8], z[8], y[8];
+        xl_to_float(X.a, g, tag);
+        xl_to_float(X.e, z, tag);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            if (e < NV) {
+                const float s = xl_round(1.f / (1.f + expf(-g[e])), tag);
+                y[e] = xl_round(xl_round(g[e] * s, tag) * z[e], tag);
+            } else {
+                y[e] = 0.f;
+            }
+        }
+        XRaw r{};
+        r.a = xl_pack(y, tag);
         return r;
     }
 }

@@ -27,7 +27,6 @@ import mlx.core as mx
 from xlstm_mlx import env
 from xlstm_mlx.kernels import bf16_gemv
 from xlstm_mlx.kernels.cuda_common import VEC_HEADER, cuda_available
-from xlstm_mlx.kernels.swiglu import swiglu, swiglu_ref
 
 MAX_ROWS = 8  # CUDA-core FMAs keep up with the weight bytes up to ~8-16 rows; beyond, MLX's GEMM
 WARPS = 8  # warps per block
@@ -182,39 +181,6 @@ def skinny_matmul(x: mx.array, w: mx.array, bias: mx.array | None = None) -> mx.
     if DEFAULT_ON and applies(x, w):
         return skinny_matmul_cuda(x, w, bias)
     return skinny_matmul_ref(x, w, bias)
-
-
-def fuses_swiglu(gate_z: mx.array, w: mx.array, bias: mx.array | None = None) -> bool:
-    """Whether skinny_swiglu_matmul runs one launch: XLSTM_MLX_SWIGLU_GEMV on, the bf16 GEMV switched on
-    (XLSTM_MLX_BF16_GEMV=1: opt-in, as for every product) and its SwiGLU form's operand conditions. The product
-    then runs in our GEMV whatever the kernel-alone table says of the plain product, because the fused form also
-    saves the SwiGLU's launch (one row, FFN down, alone on an H200: ours 30.1 us, MLX's matmul 29.7)."""
-    return (env.flag("XLSTM_MLX_SWIGLU_GEMV") and env.flag("XLSTM_MLX_BF16_GEMV")
-            and bf16_gemv.applies_swiglu(gate_z, w, bias))
-
-
-def _swiglu_width(gate_z: mx.array, w: mx.array) -> int | None:
-    return None if gate_z.shape[-1] // 2 == w.shape[1] else w.shape[1]
-
-
-def skinny_swiglu_matmul(gate_z: mx.array, w: mx.array, bias: mx.array | None = None) -> mx.array:
-    """swiglu(gate_z, width=K) @ w.T (+ bias), w [N, K]: the FFN's down projection from its fused up-projection
-    output. One launch where fuses_swiglu (bf16_gemv.swiglu_gemv_cuda: the same bits as the two), else the
-    SwiGLU kernel and skinny_matmul."""
-    if fuses_swiglu(gate_z, w, bias):
-        return bf16_gemv.swiglu_gemv_cuda(gate_z, w, bias)
-    return skinny_matmul(swiglu(gate_z, _swiglu_width(gate_z, w)), w, bias)
-
-
-def skinny_swiglu_matmul_ref(gate_z: mx.array, w: mx.array, bias: mx.array | None = None) -> mx.array:
-    """The reference: swiglu_ref(gate_z, width=K), then MLX's matmul."""
-    return skinny_matmul_ref(swiglu_ref(gate_z, _swiglu_width(gate_z, w)), w, bias)
-
-
-def swiglu_label() -> str:
-    if cuda_available() and env.flag("XLSTM_MLX_SWIGLU_GEMV") and env.flag("XLSTM_MLX_BF16_GEMV"):
-        return "the SwiGLU formed inside the CUDA bf16 GEMV (one launch; XLSTM_MLX_BF16_GEMV=1)"
-    return "the SwiGLU (ffn.swiglu), then matmul.skinny"
 
 
 def label() -> str:

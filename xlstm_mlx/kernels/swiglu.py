@@ -46,7 +46,15 @@ _SOURCE = """
     }
     const uint4* g4 = reinterpret_cast<const uint4*>(gate_z + row * (2 * D) + c);
     const uint4* z4 = reinterpret_cast<const uint4*>(gate_z + row * (2 * D) + D + c);
-    *reinterpret_cast<uint4*>(out + row * DP + c) = xl_swiglu(__ldcs(g4), __ldcs(z4), gate_z);   // cuda_common
+    float g[VEC], z[VEC], y[VEC];
+    xl_to_float(__ldcs(g4), g, gate_z);
+    xl_to_float(__ldcs(z4), z, gate_z);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+        const float s = xl_round(1.f / (1.f + expf(-g[e])), gate_z);   // sigmoid(gate), rounded as MLX's op
+        y[e] = xl_round(xl_round(g[e] * s, gate_z) * z[e], gate_z);     // silu = gate * sigmoid, then * z
+    }
+    *reinterpret_cast<uint4*>(out + row * DP + c) = xl_pack(y, gate_z);
 """
 
 _kernel = None

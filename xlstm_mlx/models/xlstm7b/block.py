@@ -10,7 +10,7 @@ from xlstm_mlx import kernels
 from xlstm_mlx.kernels import mlstm_chunkwise_cuda as chunkwise_cuda
 from xlstm_mlx.kernels import gate_preact
 from xlstm_mlx.kernels import mlstm_decode as decode
-from xlstm_mlx.kernels import quant_matmul, skinny_gemm
+from xlstm_mlx.kernels import quant_matmul
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise_flops
 from xlstm_mlx.models.xlstm7b import fuse
 from xlstm_mlx.models.xlstm7b.args import ModelArgs
@@ -233,9 +233,12 @@ class FeedForward(nn.Module):
         # on the CPU the elementwise SwiGLU of a many-row input runs in L2-sized tiles of rows (kernels/row_tiles.py)
         if has_fused(self, "proj_up_gate_z"):  # silu(gate) * z straight from the fused output: one launch on CUDA
             swiglu, gz = kernels.get("ffn.swiglu"), fused_or_layer(self, "proj_up_gate_z", x)
-            fused = self._swiglu_down(gz, down)
-            if fused is not None:
-                return fused
+            q = self.proj_down
+            if down is None and type(q) is nn.QuantizedLinear and quant_matmul.fuses_swiglu(
+                    gz, q.weight, q.scales, q.get("biases"), q.get("bias"), q.group_size, q.bits, q.mode):
+                # a quantized down projection at decode: the SwiGLU formed inside its GEMV (one launch, same bits)
+                return kernels.get("matmul.quantized_swiglu")(gz, q.weight, q.scales, q.get("biases"), q.get("bias"),
+                                                              q.group_size, q.bits, q.mode)
             h = kernels.get("rows.tiles")(lambda t: swiglu(t, width), gz.reshape(-1, gz.shape[-1]))
             h = h.reshape(*gz.shape[:-1], h.shape[-1])
         else:
@@ -246,27 +249,6 @@ class FeedForward(nn.Module):
             if down is not None:
                 h = mx.pad(h, [(0, 0)] * (h.ndim - 1) + [(0, width - h.shape[-1])])
         return linear(self.proj_down, h) if down is None else down(h)
-
-
-    def _swiglu_down(self, gz, down):
-        """The down projection with the SwiGLU formed inside its GEMV (one launch, the same bits as two) where
-        that kernel takes it: a quantized down (matmul.quantized_swiglu) or a bf16 one, padded or not, under
-        XLSTM_MLX_BF16_GEMV=1 (matmul.skinny_swiglu); else None."""
-        q = self.proj_down
-        if down is None and type(q) is nn.QuantizedLinear:
-            args = (q.weight, q.scales, q.get("biases"), q.get("bias"), q.group_size, q.bits, q.mode)
-            if quant_matmul.fuses_swiglu(gz, *args):
-                return kernels.get("matmul.quantized_swiglu")(gz, *args)
-            return None
-        if down is not None and down.quant is None:
-            w, b = down.weight, down.bias
-        elif down is None and type(q) is nn.Linear:
-            w, b = q.weight, q.get("bias")
-        else:
-            return None
-        if skinny_gemm.fuses_swiglu(gz, w, b):
-            return kernels.get("matmul.skinny_swiglu")(gz, w, b)
-        return None
 
 
 class MLSTMBlock(nn.Module):
