@@ -276,8 +276,6 @@ def _quant_gemv(mod, r):
         for rows in (1, 16):
             for xpre in mod.XPRE_MODES:
                 mod.quantized_gemv_cuda(r(rows, K), W, S, B, None, 64, bits, XPRE=xpre)
-                # the SwiGLU input form (gate | z of D = 496 < K: padded), each load mode
-                mod.quantized_swiglu_gemv_cuda(r(rows, 2 * 496), W, S, B, r(N), 64, bits, XPRE=xpre)
 
 
 def _bf16_gemv(mod, r):

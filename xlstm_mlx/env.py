@@ -4,8 +4,6 @@
     XLSTM_MLX_REFERENCE_KERNELS   off      run the reference form of every kernel (kernels/__init__.py)
     XLSTM_MLX_COMPILE_DECODE      on       compile the one-token decode step (models/compiled.py)
     XLSTM_MLX_QUANT_GEMV          on       the CUDA quantized GEMV for few rows (kernels/quant_matmul.py)
-    XLSTM_MLX_SWIGLU_GEMV         on       the FFN's SwiGLU formed inside the quantized down projection's GEMV (one
-                                           launch a layer fewer at decode; kernels/quant_matmul.py); off: two launches
     XLSTM_MLX_BF16_GEMV           off      the CUDA bf16 GEMV for few rows, where the H200 lab timed it faster than
                                            MLX's matmul (kernels/skinny_gemm.py; off by default: not faster end to
                                            end yet, kernels/bf16_gemv.py); off: MLX's matmul everywhere
@@ -41,7 +39,6 @@ SWITCHES = {
     "XLSTM_MLX_REFERENCE_KERNELS": False,
     "XLSTM_MLX_COMPILE_DECODE": True,
     "XLSTM_MLX_QUANT_GEMV": True,
-    "XLSTM_MLX_SWIGLU_GEMV": True,
     "XLSTM_MLX_BF16_GEMV": False,
     "XLSTM_MLX_CHUNKWISE_CUDA": True,
     "XLSTM_MLX_VERBOSE": False,

@@ -6,12 +6,6 @@
 #   bench4 bench8       the 7B decode bench at B=1, 16: the defaults against XLSTM_MLX_QUANT_XPRE=2
 #   benchbf16           bf16 decode: MLX's matmul (default) against the bf16 GEMV on every product it applies to
 #                       (benchmarks/probes/bench_bf16_route.py) with x at its use and a step ahead
-#   benchbf16table      bf16 decode: MLX's matmul against XLSTM_MLX_BF16_GEMV=1 with its kernel-alone table's routing
-#   split4 split8 splitbf16   host or GPU (benchmarks/probes/decode_host_split.py, MLX's default graph settings)
-#   graphs4 graphsbf16  host split of 4-bit and bf16 under MLX's CUDA-graph commit settings (decode_host_split --env)
-#   swiglu4 swiglu8     the 7B decode bench at B=1, 16: the SwiGLU inside the quantized down GEMV (default) against
-#                       XLSTM_MLX_SWIGLU_GEMV=0 (two launches), alternating, two rounds (session 15)
-#   testsglu            the GPU tests of the SwiGLU input form (kernel, routing, model)
 #   tests               the GPU tests of the changed kernels (a subset: x-load modes, 7B shapes, routing)
 #   official            the official bf16 decode comparator at B=1 and 16 (scratch/official_best.py)
 # after the MLX wheels' install; results under $OUT.
@@ -50,38 +44,6 @@ if has benchbf16; then
         XLSTM_MLX_BF16_GEMV=1 XLSTM_MLX_BF16_XAHEAD=$xa timeout 150 python3 benchmarks/probes/bench_bf16_route.py $B \
             --json "$OUT/bench_bf16_gemv_xa$xa.json" 2>&1 | show
     done
-fi
-if has benchbf16table; then
-    for round in 1 2; do
-        echo "== bench bf16 round $round, MLX matmul (default)"
-        timeout 150 python3 -m xlstm_mlx.cli $B --json "$OUT/bench_bf16_mlx_$round.json" 2>&1 | show
-        echo "== bench bf16 round $round, XLSTM_MLX_BF16_GEMV=1 (the ALONE_H200 table's routing)"
-        XLSTM_MLX_BF16_GEMV=1 timeout 150 python3 -m xlstm_mlx.cli $B --json "$OUT/bench_bf16_table_$round.json" 2>&1 | show
-    done
-fi
-split() {  # tag, extra args
-    local tag=$1; shift
-    echo "== host split $tag"
-    timeout 300 python3 benchmarks/probes/decode_host_split.py --shape 7b --batch 1 16 --env default --rounds 1 \
-        --steps 64 "$@" --json "$OUT/host_split_$tag.json" 2>&1 | tail -8
-}
-has graphs4 && split q4_graphs -q 4 --weight-mode single --env default big_graphs ops100
-has graphsbf16 && split bf16_graphs --env default big_graphs mb_only
-has split4 && split q4 -q 4 --weight-mode single
-has split8 && split q8 -q 8 --weight-mode single
-has splitbf16 && split bf16
-gbench() {  # bits, round
-    for sw in 1 0; do
-        echo "== bench ${1}-bit round $2, XLSTM_MLX_SWIGLU_GEMV=$sw"
-        XLSTM_MLX_SWIGLU_GEMV=$sw timeout 150 python3 -m xlstm_mlx.cli $B --weight-mode single -q "$1" \
-            --json "$OUT/bench_q${1}_glu${sw}_$2.json" 2>&1 | show
-    done
-}
-has swiglu4 && { gbench 4 1; gbench 4 2; }
-has swiglu8 && { gbench 8 1; gbench 8 2; }
-if has testsglu; then
-    XLSTM_MLX_TEST_DEVICE=gpu timeout 300 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_quant_gemv.py \
-        tests/models/test_fused_load.py -k "swiglu" 2>&1 | tail -4 | tee "$OUT/gpu_tests_glu.txt"
 fi
 if has tests; then
     XLSTM_MLX_TEST_DEVICE=gpu timeout 240 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_quant_gemv.py \

@@ -22,13 +22,10 @@ wrong nibble order, group index or scale would give (O(1)). float32 x: 1e-5 (flo
 the fold s * sum(q x) + b * sum(x) cancelling a factor ~2-3 per group: ~1e-7). NaN or inf never passes.
 """
 
-import importlib
-
 import numpy as np
 import pytest
 import mlx.core as mx
 
-import cuda_emulator
 import host_cuda
 from xlstm_mlx.kernels import quant_gemv
 from xlstm_mlx.kernels.cuda_common import cuda_available
@@ -77,14 +74,13 @@ def _bits(a: mx.array) -> tuple[np.ndarray, bool]:
     return (np.array(a.view(mx.uint16)), True) if a.dtype == mx.bfloat16 else (np.array(a), False)
 
 
-def _host_run(x, W, S, B, b, M, N, bits, group_size, cfg, glu=0):
-    """The kernel's CUDA source built for the host (host_cuda), as quantized_gemv_cuda (glu > 0:
-    quantized_swiglu_gemv_cuda, x the [M, 2 glu] gate | z) would launch it."""
+def _host_run(x, W, S, B, b, M, N, bits, group_size, cfg):
+    """The kernel's CUDA source built for the host (host_cuda), as quantized_gemv_cuda would launch it."""
     dtype = x.dtype
     bf16 = dtype == mx.bfloat16
     inputs = [("x", *_bits(x)), ("w", np.array(W), False), ("scales", *_bits(S)), ("biases", *_bits(B)),
               ("bias", *_bits(b if b is not None else B))]
-    consts = dict(quant_gemv.kernel_constants(dtype, M, bits, group_size, b is not None, cfg, glu))
+    consts = dict(quant_gemv.kernel_constants(dtype, M, bits, group_size, b is not None, cfg))
     raw = host_cuda.run(quant_gemv._SOURCE, quant_gemv._HEADER, inputs, ("y", M * N, bf16), consts,
                         quant_gemv.launch_blocks(N, cfg), cfg["WARPS"] * 32)
     return (mx.array(raw).view(mx.bfloat16) if bf16 else mx.array(raw)).reshape(M, N)
@@ -131,36 +127,6 @@ def test_kernel_source_runs_right_on_the_host(dtype, M, K, N, bits, group_size, 
     y = _host_run(x, W, S, B, b, M, N, bits, group_size, c)
     ref = _cpu_ref(x, W, S, B, b, group_size, bits)
     assert _rel(y, ref) <= (1e-2 if dtype == mx.bfloat16 else 1e-5)
-
-
-@pytest.mark.skipif(not host_cuda.available() or not cuda_emulator.available(),
-                    reason="needs a C++20 host compiler (g++ or clang++) to build the kernel sources for the CPU")
-@pytest.mark.parametrize("M,D,K,N,bits,group_size,bias,cfg", [
-    (1, 360, 384, 37, 4, 64, True, dict(XPRE=1)),                            # padded K: zeros from D on
-    (3, 352, 352, 37, 4, 32, False, dict(KSPLIT=4, XPRE=0)),                 # D == K, x loaded at its use
-    (13, 632, 640, 45, 8, 128, True, dict(R=2, U=2, S=3, KSPLIT=2, WARPS=2, XPRE=2)),   # a step ahead, 2 tiles
-    (2, 248, 256, 19, 8, 32, False, dict(R=1, U=1, S=3, KSPLIT=1, WARPS=2, XPRE=1)),
-    (16, 1000, 1024, 17, 4, 64, True, dict(R=1, U=1, S=4, KSPLIT=8, WARPS=8, XPRE=2)),
-])
-def test_swiglu_input_form_sums_the_swiglu_kernels_bits(M, D, K, N, bits, group_size, bias, cfg):
-    """quantized_swiglu_gemv_cuda (the SwiGLU formed as x is loaded: GLU_D) gives exactly the bits of the SwiGLU
-    kernel's output (kernels/swiglu.py, width K: zeros past D) fed to the plain kernel, both built for the host;
-    and it is within the plain kernel's tolerance of the float32 reference. Gate values up to +-6 (sigmoid near 0
-    and 1), z any sign."""
-    swiglu = importlib.import_module("xlstm_mlx.kernels.swiglu")  # the module (the package exports its function)
-    _, W, S, B, b = _operands(M, K, N, bits, group_size, bias, mx.bfloat16, seed=M * 7 + D)
-    gz = (mx.random.normal((M, 2 * D), key=mx.random.key(D)) * 2.0).astype(mx.bfloat16)
-    mx.eval(gz)
-    c = quant_gemv.default_config(M, N, K * bits // 128, bits)
-    c.update(cfg)
-    with cuda_emulator.emulated(swiglu):
-        x = swiglu.swiglu_cuda(gz, K)
-        mx.eval(x)
-    fused = _host_run(gz, W, S, B, b, M, N, bits, group_size, c, glu=D)
-    plain = _host_run(x, W, S, B, b, M, N, bits, group_size, c)
-    assert np.array_equal(np.array(fused.view(mx.uint16)), np.array(plain.view(mx.uint16)))
-    ref = _cpu_ref(swiglu.swiglu_ref(gz, K), W, S, B, b, group_size, bits)
-    assert _rel(fused, ref) <= 1e-2
 
 
 @pytest.mark.skipif(not host_cuda.nvcc_available(), reason="needs CUDA's compiler (nvcc) to build the kernel for "
@@ -403,60 +369,3 @@ def test_scale_depth_rule_override_and_bad_env(monkeypatch):
         quant_gemv.scale_depth(base, 4, 64)
     with pytest.raises(UsageError, match="SD"):
         quant_gemv.check_config(dict(base, SD=5), 1, 4, 64)
-
-
-def _swiglu_operands(M, D, K, N, bits, group_size, bias, seed):
-    _, W, S, B, b = _operands(M, K, N, bits, group_size, bias, mx.bfloat16, seed=seed)
-    gz = (mx.random.normal((M, 2 * D), key=mx.random.key(seed + 99)) * 2.0).astype(mx.bfloat16)
-    mx.eval(gz)
-    return gz, W, S, B, b
-
-
-@needs_cuda
-@pytest.mark.parametrize("xpre", [0, 1, 2])
-@pytest.mark.parametrize("bits", [4, 8])
-@pytest.mark.parametrize("M", [1, 3, 8, 16])
-@pytest.mark.parametrize("D,K", [(10944, 10944), (1000, 1024)])  # the 7B FFN down; a padded inner width
-def test_swiglu_input_form_on_the_gpu(xpre, bits, M, D, K):
-    """quantized_swiglu_gemv_cuda: exactly the bits of the SwiGLU kernel then the plain kernel (same config), and
-    within the plain kernel's tolerance of the float32 reference of swiglu_ref then the product."""
-    from xlstm_mlx.kernels import quant_matmul
-    swiglu = importlib.import_module("xlstm_mlx.kernels.swiglu")
-    gz, W, S, B, b = _swiglu_operands(M, D, K, 4096 if D == K else 333, bits, 64, True, seed=M + bits + D)
-    assert quant_gemv.applies_swiglu(gz, W, S, 64, bits, "affine", biases=B, bias=b)
-    fused = quant_gemv.quantized_swiglu_gemv_cuda(gz, W, S, B, b, 64, bits, XPRE=xpre)
-    plain = quant_gemv.quantized_gemv_cuda(swiglu.swiglu_cuda(gz, None if D == K else K), W, S, B, b, 64, bits,
-                                           XPRE=xpre)
-    assert fused.shape == plain.shape == (M, W.shape[0])
-    assert np.array_equal(np.array(fused.view(mx.uint16)), np.array(plain.view(mx.uint16)))
-    ref = _cpu_ref(swiglu.swiglu_ref(gz, None if D == K else K), W, S, B, b, 64, bits)
-    assert _rel(fused, ref) <= 1e-2
-    if quant_matmul.fuses_swiglu(gz, W, S, B, b, 64, bits):   # the routed call: the same bits (XPRE changes no sum)
-        routed = quant_matmul.quantized_swiglu_matmul(gz, W, S, B, b, 64, bits)
-        assert np.array_equal(np.array(routed.view(mx.uint16)), np.array(plain.view(mx.uint16)))
-    else:
-        assert M == 1 and bits == 8  # MLX's kernel takes one row at 8 bits (gemv_faster)
-
-
-def test_swiglu_form_routing_and_reference(monkeypatch):
-    """matmul.quantized_swiglu takes one launch only where our GEMV would take the SwiGLU's output (and both
-    switches are on); its reference is swiglu_ref then nn.QuantizedLinear's product, on any backend; gate_z of any
-    leading shape."""
-    from xlstm_mlx.kernels import quant_matmul
-    swiglu = importlib.import_module("xlstm_mlx.kernels.swiglu")
-    gz, W, S, B, b = _swiglu_operands(2, 120, 128, 24, 4, 64, True, seed=5)
-    ref = quant_matmul.quantized_swiglu_matmul_ref(gz, W, S, B, b, 64, 4)
-    expect = quant_gemv.quantized_matmul_ref(swiglu.swiglu_ref(gz, 128), W, S, B, b, 64, 4)
-    assert np.array_equal(np.array(ref.astype(mx.float32)), np.array(expect.astype(mx.float32)))
-    fast = quant_matmul.quantized_swiglu_matmul(gz.reshape(1, 2, -1), W, S, B, b, 64, 4)
-    assert fast.shape == (1, 2, 24) and _rel(fast.reshape(2, 24), expect) <= 1e-2
-    cuda = cuda_available()
-    assert quant_matmul.fuses_swiglu(gz, W, S, B, b, 64, 4) == cuda
-    assert not quant_matmul.fuses_swiglu(gz, W, S, None, b, 64, 4)            # no biases: not the affine layout
-    assert not quant_matmul.fuses_swiglu(gz.astype(mx.float32), W, S, B, b, 64, 4)   # float32 x: two launches
-    monkeypatch.setenv("XLSTM_MLX_SWIGLU_GEMV", "0")
-    assert not quant_matmul.fuses_swiglu(gz, W, S, B, b, 64, 4)
-    monkeypatch.setenv("XLSTM_MLX_SWIGLU_GEMV", "sometimes")
-    from xlstm_mlx.errors import UsageError
-    with pytest.raises(UsageError, match="XLSTM_MLX_SWIGLU_GEMV"):
-        quant_matmul.fuses_swiglu(gz, W, S, B, b, 64, 4)

@@ -146,35 +146,3 @@ def test_quantizing_a_loaded_float_model_fuses_the_quantized_parts(tmp_path):
     hit = model.backbone.blocks[0].mlstm_layer.__dict__[fuse._KEY + "qkv_opreact"][0]
     assert hit.quant == (64, 4, "affine")
     assert _rel(got, run_prompt(ref, prompt)[0]) <= 1e-5
-
-
-@pytest.mark.skipif(not __import__("xlstm_mlx.kernels.cuda_common", fromlist=["x"]).cuda_available(),
-                    reason="the SwiGLU inside the quantized GEMV is a CUDA kernel (XLSTM_MLX_TEST_DEVICE=gpu on a CUDA "
-                    "machine); CPU CI cannot run it")
-@pytest.mark.parametrize("bits", [4, 8])
-def test_swiglu_inside_the_quantized_down_projection_changes_no_bit(tmp_path, monkeypatch, bits):
-    """A quantized model in bf16 ('fast'), batch 3: its decode steps take the FFN down projection with the SwiGLU
-    formed inside the quantized GEMV (matmul.quantized_swiglu: one launch), and give the very logits and states of
-    XLSTM_MLX_SWIGLU_GEMV=0 (the SwiGLU kernel, then the GEMV): the kernel sums the same bf16 values."""
-    from xlstm_mlx.kernels import quant_gemv
-
-    d = make_random_checkpoint(tmp_path / "ck", shape_args("tiny", num_heads=4), seed=6)
-    out = convert(d, tmp_path / "q", quantize=True, bits=bits, group_size=64, progress=False)["out"]
-    prompt = mx.random.randint(3, 259, (3, 7), key=mx.random.key(9)).astype(mx.int32)
-    calls = []
-    real = quant_gemv.quantized_swiglu_gemv_cuda
-    monkeypatch.setattr(quant_gemv, "quantized_swiglu_gemv_cuda", lambda *a, **k: calls.append(1) or real(*a, **k))
-    runs = {}
-    for switch in ("1", "0"):
-        monkeypatch.setenv("XLSTM_MLX_SWIGLU_GEMV", switch)
-        model, _ = load(out, profile="fast")
-        runs[switch] = run_prompt(model, prompt, steps=4)
-        if switch == "1":
-            assert calls, "the fused down projection never ran"
-            calls.clear()
-    assert not calls
-    (a, ca), (b, cb) = runs["1"], runs["0"]
-    assert bool(mx.all(mx.isfinite(a)).item())
-    assert bool(mx.array_equal(a, b).item())
-    for x, y in zip(ca.arrays(), cb.arrays()):
-        assert bool(mx.array_equal(x, y).item())

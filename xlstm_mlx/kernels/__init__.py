@@ -33,10 +33,6 @@ and what the fast form is on this backend (a string, or a function of nothing fo
     matmul.quantized  quantized_matmul (by rows:    quantized_matmul_ref (nn.QuantizedLinear's
                       dequantize + GEMM for many     mx.quantized_matmul + bias)
                       rows on CUDA)
-    matmul.quantized_swiglu quantized_swiglu_matmul   quantized_swiglu_matmul_ref (swiglu_ref, then
-                      (the FFN down from gate | z:   quantized_matmul_ref)
-                      the SwiGLU formed inside the
-                      quantized GEMV on CUDA)
     matmul.skinny     skinny_matmul (CUDA bf16      skinny_matmul_ref (MLX's matmul, as nn.Linear)
                       GEMV for <= 16 rows where
                       its H200 table says it is
@@ -115,8 +111,6 @@ KERNELS: dict[str, Kernel] = {
     "mlstm.gate_preact": Kernel(_gate_preact.gate_preact, _gate_preact.gate_preact_ref, _gate_preact.label),
     "matmul.skinny": Kernel(skinny_matmul, skinny_matmul_ref, _skinny.label),
     "matmul.quantized": Kernel(quantized_matmul, quantized_matmul_ref, _quant.label),
-    "matmul.quantized_swiglu": Kernel(_quant.quantized_swiglu_matmul, _quant.quantized_swiglu_matmul_ref,
-                                      _quant.swiglu_label),
     "norm.add_rms": Kernel(add_rms_norm, add_rms_norm_ref, _add_rms.label),
     "ffn.swiglu": Kernel(swiglu, swiglu_ref, _swiglu.label),
     "embed.lookup": Kernel(_embedding.embedding_lookup, _embedding.embedding_lookup_ref, _embedding.label),

@@ -237,49 +237,9 @@ __device__ __forceinline__ void xq_bfrag_raw(const XRaw& X, const float*, int pa
     }
 }
 // load and pair in one (each load used at once)
-// x's values at element k of its row. GLU_D > 0: x is the FFN's fused up-projection output [M, 2 GLU_D] (gate |
-// z) and the kernel's x is the SwiGLU product silu(gate) * z, zero from column GLU_D on (the padded K of the down
-// projection): the raw gate values are loaded into X.a and z's into X.e here, the product taken at use (xq_xuse),
-// so that the loads can be issued early (XPRE) as x's own are. bf16 x only (P == 1).
-template <int BITS, int GLU_D, typename T>
-__device__ __forceinline__ XRaw xq_xin(const T* p, int k) {
-    if constexpr (GLU_D == 0) {
-        return xq_xload<BITS>(p);
-    } else {
-        XRaw r{};
-        if (k < GLU_D) {                               // GLU_D is a multiple of the 8 (4) values of a load
-            r.a = xq_xload<BITS>(p).a;
-            r.e = xq_xload<BITS>(p + GLU_D).a;
-        }
-        return r;
-    }
-}
-// the values as the mma takes them: as loaded, or (GLU_D > 0) silu(gate) * z rounded to bf16 where
-// kernels/swiglu.py's kernel rounds (the sigmoid, the product with the gate, the product with z), so the kernel
-// sums exactly the bf16 values the SwiGLU launch would have written
-template <int BITS, int GLU_D>
-__device__ __forceinline__ XRaw xq_xuse(const XRaw& X) {
-    if constexpr (GLU_D == 0) {
-        return X;
-    } else {
-        constexpr int NV = BITS == 4 ? 8 : 4;          // bf16 values of a load
-        const __nv_bfloat16* tag = nullptr;
-        float g[8], z[8], y[8];
-        xl_to_float(X.a, g, tag);
-        xl_to_float(X.e, z, tag);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-            if (e < NV) {
-                const float s = xl_round(1.f / (1.f + expf(-g[e])), tag);
-                y[e] = xl_round(xl_round(g[e] * s, tag) * z[e], tag);
-            } else {
-                y[e] = 0.f;
-            }
-        }
-        XRaw r{};
-        r.a = xl_pack(y, tag);
-        return r;
-    }
+template <int BITS, typename T>
+__device__ __forceinline__ void xq_bfrag(const T* p, int part, unsigned (*b)[2]) {
+    xq_bfrag_raw<BITS>(xq_xload<BITS>(p), p, part, b);
 }
 """
 
@@ -310,9 +270,7 @@ _SOURCE = r"""
 
     const int M = x_shape[0];                         // rows of x (at most NT * 8 / P)
     const int NCOL = M * P;                           // mma columns: rows of x (x P bf16 parts of a float32 x)
-    static_assert(GLU_D == 0 || P == 1, "the SwiGLU input form takes bf16 x");
-    const int K = GLU_D ? w_shape[1] * (32 / BITS) : x_shape[1];   // GLU_D: x is [M, 2 GLU_D], w's K padded
-    const int XROW = GLU_D ? 2 * GLU_D : K;           // x's row stride
+    const int K = x_shape[1];
     const int N = w_shape[0];
     const int CV = K / VALS;                          // 16-byte vectors per packed row
     const int G = scales_shape[1];                    // groups per row
@@ -382,13 +340,12 @@ _SOURCE = r"""
     // the x row and part of this thread's B column in each tile (-1: a padding column, zeros)
     int xm[NT], xp[NT];
     decltype(x) xr[NT];                               // x row of the column, at thread c's word of vector 0
-    const int kc = (VALS / 4) * c;                    // the element of a row that word starts at, in vector 0
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
         const int col = t * 8 + g;
         xm[t] = col < NCOL ? col % M : -1;
         xp[t] = col < NCOL ? col / M : 0;
-        xr[t] = x + (size_t)(col < NCOL ? col % M : 0) * XROW + kc;
+        xr[t] = x + (size_t)(col < NCOL ? col % M : 0) * K + (VALS / 4) * c;
     }
 
     // XPRE == 2: the x values of a whole step loaded one step ahead, into registers (one step of latency hidden,
@@ -406,8 +363,7 @@ _SOURCE = r"""
 #pragma unroll
                         for (int t = 0; t < NT; ++t) {
                             const int v = v0 + 4 * u + j;
-                            xnext[u][j][t] = v < CV && xm[t] >= 0 ? xq_xin<BITS, GLU_D>(xr[t] + v * VALS, v * VALS + kc)
-                                                                  : XRaw{};
+                            xnext[u][j][t] = v < CV && xm[t] >= 0 ? xq_xload<BITS>(xr[t] + v * VALS) : XRaw{};
                         }
             }
         }
@@ -465,8 +421,7 @@ _SOURCE = r"""
                     for (int j = 0; j < 4; ++j)
 #pragma unroll
                         for (int t = 0; t < NT; ++t)
-                            xv[j][t] = vb + j < CV && xm[t] >= 0
-                                           ? xq_xin<BITS, GLU_D>(xr[t] + (vb + j) * VALS, (vb + j) * VALS + kc) : XRaw{};
+                            xv[j][t] = vb + j < CV && xm[t] >= 0 ? xq_xload<BITS>(xr[t] + (vb + j) * VALS) : XRaw{};
                 }
                 unsigned lo[R][4], hi[R][4];
                 const int slot = 4 * (lane % 8) + ((lane / 8) ^ (((lane % 8) >> 1) & 3));
@@ -493,13 +448,12 @@ _SOURCE = r"""
                         }
 #pragma unroll
                         for (int t = 0; t < NT; ++t) {
-                            if constexpr (XPRE == 2) {   // zeros for a padding column (silu(0) * 0 too)
-                                xq_bfrag_raw<BITS>(xq_xuse<BITS, GLU_D>(xstep[u][j][t]), xr[t], xp[t], b[t]);
+                            if constexpr (XPRE == 2) {
+                                xq_bfrag_raw<BITS>(xstep[u][j][t], xr[t], xp[t], b[t]);   // zeros: padding column
                             } else if constexpr (XPRE == 1) {
-                                xq_bfrag_raw<BITS>(xq_xuse<BITS, GLU_D>(xv[j][t]), xr[t], xp[t], b[t]);
+                                xq_bfrag_raw<BITS>(xv[j][t], xr[t], xp[t], b[t]);   // zeros for a padding column
                             } else if (xm[t] >= 0) {
-                                xq_bfrag_raw<BITS>(xq_xuse<BITS, GLU_D>(xq_xin<BITS, GLU_D>(xr[t] + v * VALS, v * VALS + kc)),
-                                                   xr[t], xp[t], b[t]);
+                                xq_bfrag<BITS>(xr[t] + v * VALS, xp[t], b[t]);
                             } else {
 #pragma unroll
                                 for (int h = 0; h < 2; ++h) b[t][h][0] = b[t][h][1] = 0u;
@@ -607,30 +561,28 @@ def quantized_matmul_ref(x: mx.array, w: mx.array, scales: mx.array, biases: mx.
     return y if bias is None else y + bias
 
 
+def _rows(x: mx.array) -> int:
+    return x.size // x.shape[-1] if x.ndim and x.shape[-1] else 0
+
+
 def applies(x: mx.array, w: mx.array, scales: mx.array, group_size: int, bits: int, mode: str = "affine",
             biases: mx.array | None = None, bias: mx.array | None = None) -> bool:
     """Whether the CUDA kernel runs for these operands (else quantized_gemv runs the reference): MLX's CUDA
     backend; affine mode with biases; bits 4 or 8; group size 32/64/128; x, scales, biases (and bias) all
     bfloat16 or all float32; 1..MAX_ROWS rows of x; shapes of the packed layout (K a multiple of the group).
     The kernel reads x and w in 16-byte vectors: MLX's buffers and their row slices are aligned so."""
-    return _applies_to(x.shape, x.dtype, w, scales, group_size, bits, mode, biases, bias)
-
-
-def _applies_to(x_shape: tuple, x_dtype, w, scales, group_size, bits, mode, biases, bias) -> bool:
-    """`applies` for an x of this shape and dtype."""
     if not cuda_available() or mode != "affine" or bits not in BITS or group_size not in GROUP_SIZES:
         return False
-    if len(x_shape) < 1 or w.ndim != 2 or scales.ndim != 2 or w.dtype != mx.uint32:
+    if x.ndim < 1 or w.ndim != 2 or scales.ndim != 2 or w.dtype != mx.uint32:
         return False
-    if x_dtype not in DTYPES or scales.dtype != x_dtype:
+    if x.dtype not in DTYPES or scales.dtype != x.dtype:
         return False
-    if biases is not None and (biases.dtype != x_dtype or biases.shape != scales.shape):
+    if biases is not None and (biases.dtype != x.dtype or biases.shape != scales.shape):
         return False
-    if bias is not None and (bias.dtype != x_dtype or bias.shape != (w.shape[0],)):
+    if bias is not None and (bias.dtype != x.dtype or bias.shape != (w.shape[0],)):
         return False
-    K, N = x_shape[-1], w.shape[0]
-    rows = int(np.prod(x_shape[:-1])) if K else 0
-    return (1 <= rows <= MAX_ROWS and N >= 1 and K % group_size == 0 and w.shape[1] * 32 == K * bits
+    K, N = x.shape[-1], w.shape[0]
+    return (1 <= _rows(x) <= MAX_ROWS and N >= 1 and K % group_size == 0 and w.shape[1] * 32 == K * bits
             and scales.shape == (N, K // group_size))
 
 
@@ -790,14 +742,11 @@ def x_prefetch(cfg: dict, rows: int, x_dtype=mx.bfloat16) -> int:
     return 1 if x_dtype == mx.bfloat16 else 0
 
 
-def kernel_constants(x_dtype, rows: int, bits: int, group_size: int, has_bias: bool, cfg: dict,
-                     glu: int = 0) -> list:
-    """The kernel's template constants, in order (the tests' host build uses the same list). glu: 0, or D of the
-    SwiGLU input form (quantized_swiglu_gemv_cuda)."""
+def kernel_constants(x_dtype, rows: int, bits: int, group_size: int, has_bias: bool, cfg: dict) -> list:
+    """The kernel's template constants, in order (the tests' host build uses the same list)."""
     return [("NT", column_tiles(rows, x_dtype)), ("P", _parts(x_dtype)), ("BITS", bits), ("GS", group_size),
             ("R", cfg["R"]), ("U", cfg["U"]), ("S", cfg["S"]), ("KSPLIT", cfg["KSPLIT"]), ("WARPS", cfg["WARPS"]),
-            ("SD", scale_depth(cfg, bits, group_size)), ("XPRE", x_prefetch(cfg, rows, x_dtype)), ("HAS_BIAS", has_bias),
-            ("GLU_D", glu)]
+            ("SD", scale_depth(cfg, bits, group_size)), ("XPRE", x_prefetch(cfg, rows, x_dtype)), ("HAS_BIAS", has_bias)]
 
 
 def launch_blocks(n: int, cfg: dict) -> int:
@@ -810,48 +759,20 @@ def quantized_gemv_cuda(x: mx.array, w: mx.array, scales: mx.array, biases: mx.a
                         WARPS: int | None = None, SD: int | None = None, XPRE: int | None = None) -> mx.array:
     """The CUDA kernel (no fallback: callers check `applies`); R / KSPLIT / U / S / WARPS / SD / XPRE override
     the defaults (default_config, scale_depth, x_prefetch)."""
-    return _launch(x, w, scales, biases, bias, group_size, bits, 0,
-                   dict(R=R, KSPLIT=KSPLIT, U=U, S=S, WARPS=WARPS, SD=SD, XPRE=XPRE))
-
-
-def quantized_swiglu_gemv_cuda(gate_z: mx.array, w: mx.array, scales: mx.array, biases: mx.array,
-                               bias: mx.array | None = None, group_size: int = 64, bits: int = 4,
-                               mode: str = "affine", **overrides) -> mx.array:
-    """swiglu(gate_z, width=K) @ dequantize(w).T (+ bias) in ONE launch: the kernel takes the FFN's fused
-    up-projection output gate_z [..., 2 D] and forms each x value silu(gate) * z as it loads it (zeros from column
-    D to w's K, the padded inner width), rounded as kernels/swiglu.py's kernel rounds: the same bits as the
-    SwiGLU launch followed by quantized_gemv_cuda, one launch a layer fewer at decode. No fallback: callers
-    check `applies_swiglu`."""
-    return _launch(gate_z, w, scales, biases, bias, group_size, bits, gate_z.shape[-1] // 2, overrides)
-
-
-def applies_swiglu(gate_z: mx.array, w: mx.array, scales: mx.array, group_size: int, bits: int,
-                   mode: str = "affine", biases: mx.array | None = None, bias: mx.array | None = None) -> bool:
-    """Whether quantized_swiglu_gemv_cuda runs for these operands: what `applies` asks of x = swiglu(gate_z, K)
-    [..., K] (K = w's inputs), with gate_z bfloat16 and D = its half width a multiple of 8 (one 16-byte load of
-    the gate and of z is entirely inside or past D) and at most K."""
-    if gate_z.ndim < 1 or gate_z.dtype != mx.bfloat16 or gate_z.shape[-1] % 16 or w.ndim != 2:
-        return False
-    K = w.shape[1] * 32 // bits
-    if gate_z.shape[-1] // 2 > K:
-        return False
-    return _applies_to((*gate_z.shape[:-1], K), gate_z.dtype, w, scales, group_size, bits, mode, biases, bias)
-
-
-def _launch(x, w, scales, biases, bias, group_size: int, bits: int, glu: int, overrides: dict) -> mx.array:
-    K, N = (w.shape[1] * 32 // bits if glu else x.shape[-1]), w.shape[0]
+    K, N = x.shape[-1], w.shape[0]
     lead = x.shape[:-1]
     x2 = as_rows(x)
     M = x2.shape[0]
     cfg = default_config(M, N, K * bits // 128, bits, group_size, x.dtype)
-    for name, val in overrides.items():
+    for name, val in (("R", R), ("KSPLIT", KSPLIT), ("U", U), ("S", S), ("WARPS", WARPS), ("SD", SD),
+                      ("XPRE", XPRE)):
         if val is not None:
             cfg[name] = val
     check_config(cfg, M, bits, group_size, x.dtype)
     b = bias if bias is not None else biases  # never read without HAS_BIAS; no extra allocation or launch
     (y,) = _kernel()(
         inputs=[x2, w, scales, biases, b],
-        template=kernel_constants(x.dtype, M, bits, group_size, bias is not None, cfg, glu),
+        template=kernel_constants(x.dtype, M, bits, group_size, bias is not None, cfg),
         grid=(launch_blocks(N, cfg) * cfg["WARPS"] * 32, 1, 1),
         threadgroup=(cfg["WARPS"] * 32, 1, 1),
         output_shapes=[(M, N)],

@@ -35,7 +35,6 @@ from xlstm_mlx import env
 from xlstm_mlx.kernels import quant_gemv
 from xlstm_mlx.kernels.cuda_common import cuda_available
 from xlstm_mlx.kernels.quant_gemv import quantized_matmul_ref
-from xlstm_mlx.kernels.swiglu import swiglu, swiglu_ref
 
 DEQUANT_MIN_ROWS = 256  # rows of x from which CUDA takes dequantize + GEMM (an H200 prefill: see above)
 
@@ -75,50 +74,6 @@ def quantized_matmul(x, w, scales, biases, bias, group_size: int, bits: int, mod
     if uses_gemv(x, w, scales, biases, bias, group_size, bits, mode):
         return quant_gemv.quantized_gemv_cuda(x, w, scales, biases, bias, group_size, bits, mode)
     return quantized_matmul_ref(x, w, scales, biases, bias, group_size, bits, mode)
-
-
-def quantized_swiglu_matmul(gate_z, w, scales, biases, bias, group_size: int, bits: int, mode: str = "affine"):
-    """swiglu(gate_z, width=K) @ dequantize(w).T (+ bias), K = w's inputs: the FFN's down projection from its
-    fused up-projection output [..., 2 D]. Where our GEMV would take the product (uses_gemv, for the SwiGLU's
-    [rows, K] output), one launch forms the SwiGLU as it loads x (quant_gemv.quantized_swiglu_gemv_cuda: the same
-    bits as the two launches); elsewhere, or with XLSTM_MLX_SWIGLU_GEMV=0, the SwiGLU kernel and then
-    quantized_matmul."""
-    if gate_z.ndim > 2:
-        y = quantized_swiglu_matmul(gate_z.reshape(-1, gate_z.shape[-1]), w, scales, biases, bias, group_size, bits,
-                                    mode)
-        return y.reshape(*gate_z.shape[:-1], y.shape[-1])
-    if fuses_swiglu(gate_z, w, scales, biases, bias, group_size, bits, mode):
-        return quant_gemv.quantized_swiglu_gemv_cuda(gate_z, w, scales, biases, bias, group_size, bits, mode)
-    K = w.shape[1] * 32 // bits
-    return quantized_matmul(swiglu(gate_z, _width(gate_z, K)), w, scales, biases, bias, group_size, bits, mode)
-
-
-def fuses_swiglu(gate_z, w, scales, biases, bias, group_size: int, bits: int, mode: str = "affine") -> bool:
-    """Whether quantized_swiglu_matmul runs one launch here: XLSTM_MLX_SWIGLU_GEMV and XLSTM_MLX_QUANT_GEMV on,
-    the kernel's operand conditions (quant_gemv.applies_swiglu) and our GEMV's routing for the SwiGLU output's
-    rows (gemv_faster)."""
-    K, rows = w.shape[1] * 32 // bits, _rows(gate_z)
-    return (biases is not None and env.flag("XLSTM_MLX_SWIGLU_GEMV") and env.flag("XLSTM_MLX_QUANT_GEMV")
-            and quant_gemv.applies_swiglu(gate_z, w, scales, group_size, bits, mode, biases=biases, bias=bias)
-            and gemv_faster(rows, w.shape[0], K, bits))
-
-
-def quantized_swiglu_matmul_ref(gate_z, w, scales, biases, bias, group_size: int, bits: int, mode: str = "affine"):
-    """The reference: swiglu_ref(gate_z, width=K), then what nn.QuantizedLinear computes."""
-    K = w.shape[1] * 32 // bits
-    return quantized_matmul_ref(swiglu_ref(gate_z, _width(gate_z, K)), w, scales, biases, bias, group_size, bits, mode)
-
-
-def _width(gate_z, K: int) -> int | None:
-    """The SwiGLU output width the product takes: None (its own D) where D == K, else K (zeros past D)."""
-    return None if gate_z.shape[-1] // 2 == K else K
-
-
-def swiglu_label() -> str:
-    if cuda_available() and env.flag("XLSTM_MLX_SWIGLU_GEMV") and env.flag("XLSTM_MLX_QUANT_GEMV"):
-        return ("the SwiGLU formed inside the CUDA quantized GEMV where it takes the down projection (one launch); "
-                "the SwiGLU kernel + matmul.quantized elsewhere")
-    return "the SwiGLU (ffn.swiglu), then matmul.quantized"
 
 
 def label() -> str:

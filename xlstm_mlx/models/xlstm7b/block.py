@@ -10,7 +10,6 @@ from xlstm_mlx import kernels
 from xlstm_mlx.kernels import mlstm_chunkwise_cuda as chunkwise_cuda
 from xlstm_mlx.kernels import gate_preact
 from xlstm_mlx.kernels import mlstm_decode as decode
-from xlstm_mlx.kernels import quant_matmul
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise_flops
 from xlstm_mlx.models.xlstm7b import fuse
 from xlstm_mlx.models.xlstm7b.args import ModelArgs
@@ -233,12 +232,6 @@ class FeedForward(nn.Module):
         # on the CPU the elementwise SwiGLU of a many-row input runs in L2-sized tiles of rows (kernels/row_tiles.py)
         if has_fused(self, "proj_up_gate_z"):  # silu(gate) * z straight from the fused output: one launch on CUDA
             swiglu, gz = kernels.get("ffn.swiglu"), fused_or_layer(self, "proj_up_gate_z", x)
-            q = self.proj_down
-            if down is None and type(q) is nn.QuantizedLinear and quant_matmul.fuses_swiglu(
-                    gz, q.weight, q.scales, q.get("biases"), q.get("bias"), q.group_size, q.bits, q.mode):
-                # a quantized down projection at decode: the SwiGLU formed inside its GEMV (one launch, same bits)
-                return kernels.get("matmul.quantized_swiglu")(gz, q.weight, q.scales, q.get("biases"), q.get("bias"),
-                                                              q.group_size, q.bits, q.mode)
             h = kernels.get("rows.tiles")(lambda t: swiglu(t, width), gz.reshape(-1, gz.shape[-1]))
             h = h.reshape(*gz.shape[:-1], h.shape[-1])
         else:
