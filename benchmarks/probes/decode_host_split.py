@@ -19,7 +19,9 @@ steps commit every one to three matrices); MLX_USE_CUDA_GRAPHS=0 launches each k
 variants (each run in a fresh process, as MLX reads them once):
   default      MLX's settings;
   graphs_off   MLX_USE_CUDA_GRAPHS=0;
-  big_graphs   MLX_MAX_OPS_PER_BUFFER=200, MLX_MAX_MB_PER_BUFFER=100000 (one commit per ~200 kernels).
+  big_graphs   MLX_MAX_OPS_PER_BUFFER=200, MLX_MAX_MB_PER_BUFFER=100000 (one commit per ~200 kernels);
+  mb_only      MLX_MAX_MB_PER_BUFFER=100000 alone (commits by the op count only);
+  ops100       MLX_MAX_OPS_PER_BUFFER=100, MLX_MAX_MB_PER_BUFFER=100000.
 --code runs each variant with the xlstm_mlx package of each directory given (e.g. `git archive <commit>
 xlstm_mlx | tar -x -C scratch/old`), alternating: the same machine and session for code A and B.
 A probe for the record, not a test; on the CPU it runs (MLX's CPU backend has no graphs: encode is the compute).
@@ -44,6 +46,8 @@ ENVS = {
     "default": {},
     "graphs_off": {"MLX_USE_CUDA_GRAPHS": "0"},
     "big_graphs": {"MLX_MAX_OPS_PER_BUFFER": "200", "MLX_MAX_MB_PER_BUFFER": "100000"},
+    "mb_only": {"MLX_MAX_MB_PER_BUFFER": "100000"},
+    "ops100": {"MLX_MAX_OPS_PER_BUFFER": "100", "MLX_MAX_MB_PER_BUFFER": "100000"},
 }
 
 

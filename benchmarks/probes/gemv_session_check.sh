@@ -6,6 +6,9 @@
 #   bench4 bench8       the 7B decode bench at B=1, 16: the defaults against XLSTM_MLX_QUANT_XPRE=2
 #   benchbf16           bf16 decode: MLX's matmul (default) against the bf16 GEMV on every product it applies to
 #                       (benchmarks/probes/bench_bf16_route.py) with x at its use and a step ahead
+#   benchbf16table      bf16 decode: MLX's matmul against XLSTM_MLX_BF16_GEMV=1 with its kernel-alone table's routing
+#   split4 split8 splitbf16   host or GPU (benchmarks/probes/decode_host_split.py, MLX's default graph settings)
+#   graphs4 graphsbf16  host split of 4-bit and bf16 under MLX's CUDA-graph commit settings (decode_host_split --env)
 #   tests               the GPU tests of the changed kernels (a subset: x-load modes, 7B shapes, routing)
 #   official            the official bf16 decode comparator at B=1 and 16 (scratch/official_best.py)
 # after the MLX wheels' install; results under $OUT.
@@ -45,6 +48,25 @@ if has benchbf16; then
             --json "$OUT/bench_bf16_gemv_xa$xa.json" 2>&1 | show
     done
 fi
+if has benchbf16table; then
+    for round in 1 2; do
+        echo "== bench bf16 round $round, MLX matmul (default)"
+        timeout 150 python3 -m xlstm_mlx.cli $B --json "$OUT/bench_bf16_mlx_$round.json" 2>&1 | show
+        echo "== bench bf16 round $round, XLSTM_MLX_BF16_GEMV=1 (the ALONE_H200 table's routing)"
+        XLSTM_MLX_BF16_GEMV=1 timeout 150 python3 -m xlstm_mlx.cli $B --json "$OUT/bench_bf16_table_$round.json" 2>&1 | show
+    done
+fi
+split() {  # tag, extra args
+    local tag=$1; shift
+    echo "== host split $tag"
+    timeout 300 python3 benchmarks/probes/decode_host_split.py --shape 7b --batch 1 16 --env default --rounds 1 \
+        --steps 64 "$@" --json "$OUT/host_split_$tag.json" 2>&1 | tail -8
+}
+has graphs4 && split q4_graphs -q 4 --weight-mode single --env default big_graphs ops100
+has graphsbf16 && split bf16_graphs --env default big_graphs mb_only
+has split4 && split q4 -q 4 --weight-mode single
+has split8 && split q8 -q 8 --weight-mode single
+has splitbf16 && split bf16
 if has tests; then
     XLSTM_MLX_TEST_DEVICE=gpu timeout 240 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_quant_gemv.py \
         tests/kernels/test_bf16_gemv.py -k "x_load_mode or x_loaded_a_step or 7b or routing or default_config_every" \

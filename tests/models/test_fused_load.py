@@ -146,3 +146,22 @@ def test_quantizing_a_loaded_float_model_fuses_the_quantized_parts(tmp_path):
     hit = model.backbone.blocks[0].mlstm_layer.__dict__[fuse._KEY + "qkv_opreact"][0]
     assert hit.quant == (64, 4, "affine")
     assert _rel(got, run_prompt(ref, prompt)[0]) <= 1e-5
+
+
+def test_a_fused_float_group_keeps_its_transpose_made_once(tmp_path):
+    """FusedLinear makes a float weight's transpose once, as an evaluated view (no Transpose node in a compiled
+    step's graph per product), and the product through it is the one through w.T, bit for bit."""
+    from xlstm_mlx.kernels.skinny_gemm import skinny_matmul_ref
+
+    d = make_random_checkpoint(tmp_path / "ck", shape_args("tiny", num_heads=4), seed=2)
+    model, _ = load(d, profile="fast")
+    prompt = mx.random.randint(3, 259, (2, 5), key=mx.random.key(1)).astype(mx.int32)
+    run_prompt(model, prompt, steps=1)  # an inference call: the groups are fused
+    groups = [v[0] for b in model.backbone.blocks for m in (b.mlstm_layer, b.ffn)
+              for k, v in m.__dict__.items() if k.startswith(fuse._KEY)]
+    assert groups and all(g.weight_t is not None for g in groups if g.quant is None)
+    x = mx.random.normal((3, groups[0].weight.shape[1]), key=mx.random.key(2)).astype(groups[0].weight.dtype)
+    for g in groups:
+        assert g.weight_t.shape == g.weight.shape[::-1] and bool(mx.array_equal(g.weight_t, g.weight.T).item())
+    g = groups[0]
+    assert bool(mx.array_equal(skinny_matmul_ref(x, g.weight, g.bias, g.weight_t), skinny_matmul_ref(x, g.weight, g.bias)).item())

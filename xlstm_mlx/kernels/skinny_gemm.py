@@ -7,8 +7,8 @@ weight, R weight rows per warp so each loaded x vector is reused R times (x stay
 per thread (unrolled), split-K across KSPLIT warps of a block where N is too small to fill the chip, float32
 accumulation, a shuffle reduction per warp and a shared-memory one across the split.
 
-    skinny_matmul_ref(x, w, bias=None)   MLX's matmul (what nn.Linear runs): the reference
-    skinny_matmul(x, w, bias=None)       the "matmul.skinny" fast form: the tensor-core bf16 GEMV
+    skinny_matmul_ref(x, w, bias=None, w_t=None)   MLX's matmul (what nn.Linear runs): the reference
+    skinny_matmul(x, w, bias=None, w_t=None)       the "matmul.skinny" fast form: the tensor-core bf16 GEMV
                                          (kernels/bf16_gemv.py) for bf16 operands it applies to, exactly where
                                          its H200 table says it was timed faster than MLX's matmul
                                          (bf16_gemv.faster_than_mlx), when XLSTM_MLX_BF16_GEMV=1 (off by default:
@@ -113,9 +113,11 @@ def _kernel(unroll: int):
     return _kernels[unroll]
 
 
-def skinny_matmul_ref(x: mx.array, w: mx.array, bias: mx.array | None = None) -> mx.array:
-    """MLX's matmul, as nn.Linear computes it."""
-    return x @ w.T if bias is None else mx.addmm(bias, x, w.T)
+def skinny_matmul_ref(x: mx.array, w: mx.array, bias: mx.array | None = None, w_t: mx.array | None = None) -> mx.array:
+    """MLX's matmul, as nn.Linear computes it. w_t: w.T made once (an evaluated view of w's buffer), so that a
+    compiled step's graph has no Transpose node for it (models/xlstm7b/fuse.py FusedLinear); the same product."""
+    wt = w.T if w_t is None else w_t
+    return x @ wt if bias is None else mx.addmm(bias, x, wt)
 
 
 def applies(x: mx.array, w: mx.array) -> bool:
@@ -175,12 +177,12 @@ def uses_bf16_gemv(x: mx.array, w: mx.array, bias: mx.array | None = None) -> bo
             and env.flag("XLSTM_MLX_BF16_GEMV"))
 
 
-def skinny_matmul(x: mx.array, w: mx.array, bias: mx.array | None = None) -> mx.array:
+def skinny_matmul(x: mx.array, w: mx.array, bias: mx.array | None = None, w_t: mx.array | None = None) -> mx.array:
     if uses_bf16_gemv(x, w, bias):
         return bf16_gemv.bf16_gemv_cuda(x, w, bias)
     if DEFAULT_ON and applies(x, w):
         return skinny_matmul_cuda(x, w, bias)
-    return skinny_matmul_ref(x, w, bias)
+    return skinny_matmul_ref(x, w, bias, w_t)
 
 
 def label() -> str:

@@ -103,6 +103,13 @@ class FusedLinear:
     def __init__(self, arrays: dict, quant):
         self.arrays = arrays
         self.quant = quant  # (group_size, bits, mode) or None for float weights
+        # a float weight's transpose made here, once, as an evaluated view of its buffer: the compiled decode step
+        # captures it as it is, where `w.T` inside the step was one Transpose node of its graph per product (host
+        # work at every step: 96 of the 7B bf16 step's 450 nodes; benchmarks/probes/decode_graph_census.py)
+        self.weight_t = None
+        if quant is None:
+            self.weight_t = arrays["weight"].T
+            mx.eval(self.weight_t)
 
     @property
     def weight(self):
@@ -116,7 +123,7 @@ class FusedLinear:
         """A float group through the "matmul.skinny" kernel, a quantized one through "matmul.quantized" (what
         nn.QuantizedLinear computes), as the layers it stacks run (block.linear)."""
         if self.quant is None:
-            return kernels.get("matmul.skinny")(x, self.weight, self.bias)
+            return kernels.get("matmul.skinny")(x, self.weight, self.bias, self.weight_t)
         group_size, bits, mode = self.quant
         return kernels.get("matmul.quantized")(x, self.weight, self.arrays["scales"], self.arrays.get("biases"),
                                                self.bias, group_size, bits, mode)
