@@ -105,7 +105,8 @@ class FusedLinear:
         self.quant = quant  # (group_size, bits, mode) or None for float weights
         # a float weight's transpose made here, once, as an evaluated view of its buffer: the compiled decode step
         # captures it as it is, where `w.T` inside the step was one Transpose node of its graph per product (host
-        # work at every step: 96 of the 7B bf16 step's 450 nodes; benchmarks/probes/decode_graph_census.py)
+        # work at every step: 64 of the 7B bf16 step's 450 nodes in benchmarks/probes/decode_graph_census.py, stored
+        # single, without the FFN padding the CPU census does not apply; the padded down is one more such group)
         self.weight_t = None
         if quant is None:
             self.weight_t = arrays["weight"].T
