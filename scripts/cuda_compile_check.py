@@ -276,6 +276,21 @@ def _quant_gemv(mod, r):
         for rows in (1, 16):
             for xpre in mod.XPRE_MODES:
                 mod.quantized_gemv_cuda(r(rows, K), W, S, B, None, 64, bits, XPRE=xpre)
+    # the add-norm tail (kernels/add_rms_norm.py AddNorm): 1 and 4 rows, 4 and 8 bits, with and without the norm's
+    # bias and y, float32 x too, and the smallest block (one warp: 16 virtual threads a thread)
+    import importlib
+    arn = importlib.import_module("xlstm_mlx.kernels.add_rms_norm")
+    N = 320
+    counter = arn.tail_counter(arn)
+    for dt in (mx.bfloat16, mx.float32):
+        for bits in (4, 8):
+            W, S, B = mx.quantize(r(N, K, dt=dt), group_size=64, bits=bits)
+            for rows, nb, want_y in ((1, None, True), (4, r(N, dt=mx.float32), False)):
+                norm = arn.AddNorm(r(rows, N, dt=mx.float32), r(N, dt=mx.float32), nb, 1e-6, mx.bfloat16, want_y,
+                                   counter)
+                mod.quantized_gemv_add_norm_cuda(r(rows, K, dt=dt), W, S, B, None, 64, bits, "affine", norm)
+    norm = arn.AddNorm(r(2, N, dt=mx.float32), r(N, dt=mx.float32), None, 1e-6, mx.float32, True, counter)
+    mod.quantized_gemv_add_norm_cuda(r(2, K), W, S, B, None, 64, 8, "affine", norm, R=1, U=1, S=3, KSPLIT=1, WARPS=1)
 
 
 def _bf16_gemv(mod, r):

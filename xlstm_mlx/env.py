@@ -4,6 +4,9 @@
     XLSTM_MLX_REFERENCE_KERNELS   off      run the reference form of every kernel (kernels/__init__.py)
     XLSTM_MLX_COMPILE_DECODE      on       compile the one-token decode step (models/compiled.py)
     XLSTM_MLX_QUANT_GEMV          on       the CUDA quantized GEMV for few rows (kernels/quant_matmul.py)
+    XLSTM_MLX_GEMV_ADD_NORM       on       the residual add + RMSNorm after a quantized GEMV in that GEMV's launch
+                                           (its last block: kernels/quant_gemv.py, the add-norm tail); off: its
+                                           own norm.add_rms launch (for A/B timing)
     XLSTM_MLX_BF16_GEMV           off      the CUDA bf16 GEMV for few rows, where the H200 lab timed it faster than
                                            MLX's matmul (kernels/skinny_gemm.py; off by default: not faster end to
                                            end yet, kernels/bf16_gemv.py); off: MLX's matmul everywhere
@@ -39,6 +42,7 @@ SWITCHES = {
     "XLSTM_MLX_REFERENCE_KERNELS": False,
     "XLSTM_MLX_COMPILE_DECODE": True,
     "XLSTM_MLX_QUANT_GEMV": True,
+    "XLSTM_MLX_GEMV_ADD_NORM": True,
     "XLSTM_MLX_BF16_GEMV": False,
     "XLSTM_MLX_CHUNKWISE_CUDA": True,
     "XLSTM_MLX_VERBOSE": False,

@@ -21,7 +21,9 @@ variants (each run in a fresh process, as MLX reads them once):
   graphs_off   MLX_USE_CUDA_GRAPHS=0;
   big_graphs   MLX_MAX_OPS_PER_BUFFER=200, MLX_MAX_MB_PER_BUFFER=100000 (one commit per ~200 kernels);
   mb_only      MLX_MAX_MB_PER_BUFFER=100000 alone (commits by the op count only);
-  ops100       MLX_MAX_OPS_PER_BUFFER=100, MLX_MAX_MB_PER_BUFFER=100000.
+  ops100       MLX_MAX_OPS_PER_BUFFER=100, MLX_MAX_MB_PER_BUFFER=100000;
+  no_add_norm  XLSTM_MLX_GEMV_ADD_NORM=0 (the quantized GEMV's add-norm tail off: its own norm.add_rms launch);
+  add_norm16   XLSTM_MLX_GEMV_ADD_NORM_ROWS=16 (the tail at up to 16 rows, not 4).
 --code runs each variant with the xlstm_mlx package of each directory given (e.g. `git archive <commit>
 xlstm_mlx | tar -x -C scratch/old`), alternating: the same machine and session for code A and B.
 A probe for the record, not a test; on the CPU it runs (MLX's CPU backend has no graphs: encode is the compute).
@@ -48,6 +50,8 @@ ENVS = {
     "big_graphs": {"MLX_MAX_OPS_PER_BUFFER": "200", "MLX_MAX_MB_PER_BUFFER": "100000"},
     "mb_only": {"MLX_MAX_MB_PER_BUFFER": "100000"},
     "ops100": {"MLX_MAX_OPS_PER_BUFFER": "100", "MLX_MAX_MB_PER_BUFFER": "100000"},
+    "no_add_norm": {"XLSTM_MLX_GEMV_ADD_NORM": "0"},
+    "add_norm16": {"XLSTM_MLX_GEMV_ADD_NORM_ROWS": "16"},
 }
 
 

@@ -10,6 +10,9 @@
 #   split4 split8 splitbf16   host or GPU (benchmarks/probes/decode_host_split.py, MLX's default graph settings)
 #   graphs4 graphsbf16  host split of 4-bit and bf16 under MLX's CUDA-graph commit settings (decode_host_split --env)
 #   tests               the GPU tests of the changed kernels (a subset: x-load modes, 7B shapes, routing)
+#   tailtests           the GPU tests of the quantized GEMV's add-norm tail (session 16) and of the kernels it joins
+#   tail4 tail8         host split of 4-bit (B=1, 4, 16) and 8-bit (B=4, 16) decode: the add-norm tail on (default),
+#                       off (XLSTM_MLX_GEMV_ADD_NORM=0) and up to 16 rows (XLSTM_MLX_GEMV_ADD_NORM_ROWS=16), alternating
 #   official            the official bf16 decode comparator at B=1 and 16 (scratch/official_best.py)
 # after the MLX wheels' install; results under $OUT.
 set -u
@@ -59,7 +62,7 @@ fi
 split() {  # tag, extra args
     local tag=$1; shift
     echo "== host split $tag"
-    timeout 300 python3 benchmarks/probes/decode_host_split.py --shape 7b --batch 1 16 --env default --rounds 1 \
+    timeout ${SPLIT_TIMEOUT:-300} python3 benchmarks/probes/decode_host_split.py --shape 7b --batch 1 16 --env default --rounds 1 \
         --steps 64 "$@" --json "$OUT/host_split_$tag.json" 2>&1 | tail -8
 }
 has graphs4 && split q4_graphs -q 4 --weight-mode single --env default big_graphs ops100
@@ -67,6 +70,13 @@ has graphsbf16 && split bf16_graphs --env default big_graphs mb_only
 has split4 && split q4 -q 4 --weight-mode single
 has split8 && split q8 -q 8 --weight-mode single
 has splitbf16 && split bf16
+has tail4 && split q4_tail -q 4 --weight-mode single --batch 1 4 16 --env default no_add_norm add_norm16 --rounds 2
+has tail8 && split q8_tail -q 8 --weight-mode single --batch 4 16 --env default no_add_norm add_norm16 --rounds 1
+if has tailtests; then
+    XLSTM_MLX_TEST_DEVICE=gpu timeout 300 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_add_norm_tail.py \
+        tests/kernels/test_quant_gemv.py tests/kernels/test_cuda_kernels.py -k "tail or fold or 7b or routing or add_rms" \
+        2>&1 | tail -6 | tee "$OUT/gpu_tail_tests.txt"
+fi
 if has tests; then
     XLSTM_MLX_TEST_DEVICE=gpu timeout 240 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_quant_gemv.py \
         tests/kernels/test_bf16_gemv.py -k "x_load_mode or x_loaded_a_step or 7b or routing or default_config_every" \

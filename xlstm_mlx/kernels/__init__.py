@@ -23,6 +23,11 @@ and what the fast form is on this backend (a string, or a function of nothing fo
                       kernel on CUDA, else MLX ops)  soft cap of each half)
     norm.add_rms      add_rms_norm (fused CUDA      add_rms_norm_ref (add, mx.fast.rms_norm, cast)
                       kernel on CUDA, else the ref)
+    matmul.quantized_add_rms  quantized_matmul_add_rms   quantized_matmul_add_rms_ref (matmul.quantized's
+                      (the quantized GEMV with the   reference, then norm.add_rms's)
+                      residual add + RMSNorm in its
+                      last block on CUDA at few rows,
+                      else the two fast forms)
     ffn.swiglu        swiglu (fused CUDA kernel     swiglu_ref (math.silu's reference of the gate half
                       on CUDA, else MLX ops)        times the up half)
     embed.lookup      embedding_lookup (CUDA row    embedding_lookup_ref (the embedding module's own call)
@@ -112,6 +117,9 @@ KERNELS: dict[str, Kernel] = {
     "matmul.skinny": Kernel(skinny_matmul, skinny_matmul_ref, _skinny.label),
     "matmul.quantized": Kernel(quantized_matmul, quantized_matmul_ref, _quant.label),
     "norm.add_rms": Kernel(add_rms_norm, add_rms_norm_ref, _add_rms.label),
+    # a quantized product followed by the residual add + RMSNorm (the out_proj and the FFN down at decode: block.py)
+    "matmul.quantized_add_rms": Kernel(_quant.quantized_matmul_add_rms, _quant.quantized_matmul_add_rms_ref,
+                                       _quant.label_add_rms),
     "ffn.swiglu": Kernel(swiglu, swiglu_ref, _swiglu.label),
     "embed.lookup": Kernel(_embedding.embedding_lookup, _embedding.embedding_lookup_ref, _embedding.label),
     # a row-local function over many rows in L2-sized tiles on the CPU (the SwiGLU, the head norm and gate)

@@ -21,12 +21,16 @@ returned in its place and the kernel does not write it (a 2,048-token prefill of
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import mlx.core as mx
+import numpy as np
 
 from xlstm_mlx.kernels import norms
 from xlstm_mlx.kernels.cuda_common import cuda_available, float_bits, VEC_HEADER
 
 THREADS = 512
+MAX_TAIL_DIM = 32 * THREADS  # rows the kernel keeps in registers (IN_REGISTERS); the product tail takes no longer ones
 
 _SOURCE = """
     constexpr int WARPS = THREADS / 32;
@@ -98,6 +102,105 @@ _SOURCE = """
         }
     }
 """
+
+# The same row computation run by the last block of a product kernel (kernels/quant_gemv.py's add-norm tail): the
+# NT threads of that block play the kernel's THREADS (VT) threads, thread t the virtual threads t, t + NT, ...; each
+# virtual thread sums its elements i = vt + e * VT in the same order, the same warp shuffles reduce them, and the
+# warps' sums are added in the same order, so r, y and y_c are bit for bit what the kernel above writes for the
+# same x and h (tests/kernels/test_add_norm_tail.py). h is read through L2 (__ldcg): the other blocks of the launch
+# wrote it; r is re-read by the thread that wrote it (no row kept in registers: the block's registers are the
+# product's). D <= 32 * VT (the kernel's IN_REGISTERS rows, whose arithmetic this is).
+TAIL_HEADER = r"""
+template <int D, int VT, int NT, bool HAS_H, bool HAS_BIAS, bool WRITE_Y, class TX, class TH, class TW, class TY,
+          class TC>
+__device__ __forceinline__ void xl_add_rms_row(const TX* xr, const TH* hr, const TW* weight, const TW* bias, float* rr,
+                                               TY* yr, TC* ycr, float eps, float* part) {
+    static_assert(VT % NT == 0 && NT % 32 == 0 && D <= 32 * VT, "the add-norm row: VT a multiple of NT, D <= 32 VT");
+    constexpr int EPT = (D + VT - 1) / VT;
+    constexpr int J = VT / NT;
+    const int tid = threadIdx.x, lane = tid % 32;
+    for (int j = 0; j < J; ++j) {
+        const int vt = tid + j * NT;
+        float v[EPT], hv[HAS_H ? EPT : 1];
+#pragma unroll
+        for (int e = 0; e < EPT; ++e) {
+            const int i = vt + e * VT;
+            v[e] = i < D ? xl_float(xr[i]) : 0.f;
+            if (HAS_H) hv[e] = i < D ? xl_float(__ldcg(hr + i)) : 0.f;
+        }
+        float ss = 0.f;
+        if (HAS_H) {
+#pragma unroll
+            for (int e = 0; e < EPT; ++e) v[e] += hv[e];
+        }
+#pragma unroll
+        for (int e = 0; e < EPT; ++e) {
+            const int i = vt + e * VT;
+            if (i < D) { rr[i] = v[e]; ss += v[e] * v[e]; }
+        }
+        ss = xl_warp_sum(ss);
+        if (lane == 0) part[vt / 32] = ss;
+    }
+    __syncthreads();
+    float tot = 0.f;
+#pragma unroll
+    for (int w = 0; w < VT / 32; ++w) tot += part[w];
+    const float inv = rsqrtf(tot / D + eps);
+    for (int j = 0; j < J; ++j) {
+        const int vt = tid + j * NT;
+#pragma unroll
+        for (int e = 0; e < EPT; ++e) {
+            const int i = vt + e * VT;
+            if (i < D) {
+                float yv = rr[i] * inv * xl_float(weight[i]);
+                if (HAS_BIAS) yv += xl_float(bias[i]);
+                if (WRITE_Y) xl_set(yr + i, yv);
+                xl_set(ycr + i, yv);
+            }
+        }
+    }
+    __syncthreads();                                  // `part` is reused by the next row
+}
+"""
+
+
+class AddNorm(NamedTuple):
+    """What a product kernel's last block computes after the product y (kernels/quant_gemv.py, the add-norm tail):
+    add_rms_norm(residual, y, weight, bias, eps, out_dtype, want_y), i.e. (residual + y, its RMSNorm (+ bias), that
+    cast to out_dtype). `counter`: the launch's block counter (tail_counter), unused by the references."""
+    residual: mx.array
+    weight: mx.array
+    bias: mx.array | None
+    eps: float
+    out_dtype: mx.Dtype
+    want_y: bool = True
+    counter: mx.array | None = None
+
+
+def after_product_ref(y: mx.array, norm: AddNorm, rms_norm=norms.rms_norm_ref):
+    """The add-norm tail's reference: add_rms_norm_ref on the product (the "norm.add_rms" reference)."""
+    return add_rms_norm_ref(norm.residual, y, norm.weight, norm.bias, norm.eps, norm.out_dtype, norm.want_y, rms_norm)
+
+
+def tail_counter(owner) -> mx.array:
+    """The add-norm tail's block counter for `owner` (the layer whose product it follows): one uint32 zero, kept on
+    the owner and made from host data (mx.compile takes it as a constant, not a fill at every call). The last block
+    of each launch resets it to zero. One per layer: two launches never share one (mlstm_decode.norm_counter)."""
+    hit = owner.__dict__.get("_xlstm_add_norm_counter")
+    if hit is None:
+        hit = owner.__dict__["_xlstm_add_norm_counter"] = mx.array(np.zeros(1, np.uint32))
+    return hit
+
+
+def tail_applies(norm: AddNorm, rows: int, n: int) -> bool:
+    """Whether a product kernel can run the tail for `rows` rows of n outputs: the conditions of this module's kernel
+    (float32 residual, weight and bias; the row in registers there, D <= MAX_TAIL_DIM) and a counter."""
+    r = norm.residual
+    return (applies(r, None, norm.weight, norm.bias) and r.ndim == 2 and r.shape == (rows, n) and n <= MAX_TAIL_DIM
+            and norm.weight.shape == (n,) and (norm.bias is None or norm.bias.shape == (n,))
+            and norm.out_dtype in (mx.bfloat16, mx.float32)
+            and norm.counter is not None and norm.counter.dtype == mx.uint32 and norm.counter.size >= 1)
+
 
 _kernel = None
 

@@ -81,7 +81,9 @@ import numpy as np
 
 from xlstm_mlx.errors import UsageError
 from xlstm_mlx.kernels import quant_gemv_lab
-from xlstm_mlx.kernels.cuda_common import SMS, VEC_HEADER, as_rows, cuda_available, from_rows
+from xlstm_mlx.kernels.add_rms_norm import TAIL_HEADER, AddNorm, tail_applies as norm_tail_applies
+from xlstm_mlx import env
+from xlstm_mlx.kernels.cuda_common import SMS, VEC_HEADER, as_rows, cuda_available, float_bits, from_rows
 
 MAX_ROWS = 16  # x rows the kernel takes (decode batch): two 8-column mma tiles; beyond, MLX's quantized matmul
 BITS = (4, 8)
@@ -536,7 +538,33 @@ _SOURCE = r"""
     }
 """
 
+# The add-norm tail (kernels/add_rms_norm.py: AddNorm): the residual add, RMSNorm and cast of the product's rows, by
+# the last of the launch's blocks to finish. Each block's outputs are made visible (fence), then the block is
+# counted; the block that counts last (having reset the counter for the next launch) reads y back through L2 and
+# runs add_rms_norm's own row function on each row: the same bits as that kernel after this one, one launch less
+# (the step is bound by the host's ~9 us of encoding per node at one row: benchmarks/results/gpu_h200_2026-12-03d.md).
+# One block does every row, so the tail's time grows with the rows: callers take it for few (TAIL_MAX_ROWS).
+_TAIL = r"""
+    __shared__ bool last_sh;
+    __shared__ float part_sh[512 / 32];
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned* cnt = const_cast<unsigned*>(counter);
+        last_sh = atomicAdd(cnt, 1u) == (unsigned)(AN_BLOCKS - 1);
+        if (last_sh) *cnt = 0u;
+    }
+    __syncthreads();
+    if (!last_sh) return;
+    __threadfence();
+    for (int m = 0; m < M; ++m)
+        xl_add_rms_row<AN_DIM, 512, WARPS * 32, true, AN_HAS_BIAS, AN_WRITE_Y>(
+            res + (size_t)m * AN_DIM, y + (size_t)m * AN_DIM, nw, nb, r + (size_t)m * AN_DIM,
+            yf + (size_t)(AN_WRITE_Y ? m : 0) * AN_DIM, y_c + (size_t)m * AN_DIM, __int_as_float(AN_EPS_BITS), part_sh);
+"""
+
 _kernel_cache = None
+_tail_kernel_cache = None
 
 
 def _kernel():
@@ -550,6 +578,19 @@ def _kernel():
             header=_HEADER,
         )
     return _kernel_cache
+
+
+def _tail_kernel():
+    global _tail_kernel_cache
+    if _tail_kernel_cache is None:
+        _tail_kernel_cache = mx.fast.cuda_kernel(
+            name="xlstm_quant_gemv_mma_add_norm",
+            input_names=["x", "w", "scales", "biases", "bias", "res", "nw", "nb", "counter"],
+            output_names=["y", "r", "yf", "y_c"],
+            source=_SOURCE + _TAIL,
+            header=_HEADER + TAIL_HEADER,
+        )
+    return _tail_kernel_cache
 
 
 def quantized_matmul_ref(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array | None,
@@ -779,6 +820,62 @@ def quantized_gemv_cuda(x: mx.array, w: mx.array, scales: mx.array, biases: mx.a
         output_dtypes=[x.dtype],
     )
     return from_rows(y, lead)
+
+
+TAIL_MAX_ROWS = 4  # rows up to which the add-norm tail is taken (one block normalizes every row)
+TAIL_ENV = "XLSTM_MLX_GEMV_ADD_NORM"  # 0: never (the separate norm.add_rms launch); an A/B switch for measurements
+TAIL_ROWS_ENV = "XLSTM_MLX_GEMV_ADD_NORM_ROWS"  # 1..MAX_ROWS in place of TAIL_MAX_ROWS: for measurements
+
+
+def tail_enabled() -> bool:
+    return env.flag(TAIL_ENV)
+
+
+def tail_max_rows() -> int:
+    """TAIL_MAX_ROWS, or $XLSTM_MLX_GEMV_ADD_NORM_ROWS where set (1..MAX_ROWS; anything else a usage error)."""
+    raw = os.environ.get(TAIL_ROWS_ENV, "").strip()
+    if not raw:
+        return TAIL_MAX_ROWS
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_ROWS:
+        raise UsageError(f"{TAIL_ROWS_ENV}={raw!r}: set it to a row count from 1 to {MAX_ROWS} (the most rows a "
+                         "quantized GEMV adds and normalizes in its last block), or unset it for the default "
+                         f"{TAIL_MAX_ROWS}")
+    return int(raw)
+
+
+def tail_applies(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array | None, bias: mx.array | None,
+                 group_size: int, bits: int, mode: str, norm: AddNorm) -> bool:
+    """Whether quantized_gemv_add_norm_cuda runs for these operands: the kernel's own conditions (applies), x as rows
+    [M, K] with M <= tail_max_rows(), the tail's (add_rms_norm.tail_applies) and the switch
+    (XLSTM_MLX_GEMV_ADD_NORM, on by default)."""
+    return (biases is not None and tail_enabled() and x.ndim == 2 and x.shape[0] <= tail_max_rows()
+            and applies(x, w, scales, group_size, bits, mode, biases=biases, bias=bias)
+            and norm_tail_applies(norm, x.shape[0], w.shape[0]))
+
+
+def quantized_gemv_add_norm_cuda(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array,
+                                 bias: mx.array | None, group_size: int, bits: int, mode: str,
+                                 norm: AddNorm, **config):
+    """The kernel with the add-norm tail (no fallback: callers check tail_applies): (r, y or None, y_c) as
+    add_rms_norm(norm.residual, quantized_gemv_cuda(x, ...), ...) returns them, in one launch."""
+    M, K, N = x.shape[0], x.shape[1], w.shape[0]
+    cfg = default_config(M, N, K * bits // 128, bits, group_size, x.dtype)
+    cfg.update({k: v for k, v in config.items() if v is not None})
+    check_config(cfg, M, bits, group_size, x.dtype)
+    blocks = launch_blocks(N, cfg)
+    b = bias if bias is not None else biases
+    nb = norm.bias if norm.bias is not None else norm.weight  # never read without AN_HAS_BIAS
+    _, r, yf, y_c = _tail_kernel()(
+        inputs=[x, w, scales, biases, b, norm.residual, norm.weight, nb, norm.counter],
+        template=kernel_constants(x.dtype, M, bits, group_size, bias is not None, cfg)
+        + [("AN_DIM", N), ("AN_BLOCKS", blocks), ("AN_HAS_BIAS", norm.bias is not None),
+           ("AN_WRITE_Y", norm.want_y), ("AN_EPS_BITS", float_bits(norm.eps))],
+        grid=(blocks * cfg["WARPS"] * 32, 1, 1),
+        threadgroup=(cfg["WARPS"] * 32, 1, 1),
+        output_shapes=[(M, N), (M, N), (M, N) if norm.want_y else (1,), (M, N)],
+        output_dtypes=[x.dtype, mx.float32, mx.float32, norm.out_dtype],
+    )
+    return r, yf if norm.want_y else None, y_c
 
 
 def quantized_gemv(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array | None,

@@ -33,6 +33,8 @@ import mlx.core as mx
 
 from xlstm_mlx import env
 from xlstm_mlx.kernels import quant_gemv
+from xlstm_mlx.kernels.add_rms_norm import AddNorm, add_rms_norm, after_product_ref
+from xlstm_mlx.kernels.add_rms_norm import label as add_rms_label
 from xlstm_mlx.kernels.cuda_common import cuda_available
 from xlstm_mlx.kernels.quant_gemv import quantized_matmul_ref
 
@@ -74,6 +76,33 @@ def quantized_matmul(x, w, scales, biases, bias, group_size: int, bits: int, mod
     if uses_gemv(x, w, scales, biases, bias, group_size, bits, mode):
         return quant_gemv.quantized_gemv_cuda(x, w, scales, biases, bias, group_size, bits, mode)
     return quantized_matmul_ref(x, w, scales, biases, bias, group_size, bits, mode)
+
+
+def quantized_matmul_add_rms_ref(x, w, scales, biases, bias, group_size: int, bits: int, mode: str,
+                                 norm: AddNorm):
+    """The product, then the residual add + RMSNorm + cast: add_rms_norm_ref(norm.residual, quantized_matmul_ref(x,
+    ...), ...) -> (r, y or None, y_c)."""
+    return after_product_ref(quantized_matmul_ref(x, w, scales, biases, bias, group_size, bits, mode),
+                                          norm)
+
+
+def quantized_matmul_add_rms(x, w, scales, biases, bias, group_size: int, bits: int, mode: str,
+                             norm: AddNorm):
+    """The "matmul.quantized_add_rms" fast form: on CUDA, where our GEMV takes the product (uses_gemv) for at most
+    quant_gemv.TAIL_MAX_ROWS rows, one launch (the GEMV's add-norm tail: the bits of the two launches below);
+    else quantized_matmul, then the "norm.add_rms" fast form."""
+    if uses_gemv(x, w, scales, biases, bias, group_size, bits, mode) and quant_gemv.tail_applies(
+            x, w, scales, biases, bias, group_size, bits, mode, norm):
+        return quant_gemv.quantized_gemv_add_norm_cuda(x, w, scales, biases, bias, group_size, bits, mode, norm)
+    y = quantized_matmul(x, w, scales, biases, bias, group_size, bits, mode)
+    return add_rms_norm(norm.residual, y, norm.weight, norm.bias, norm.eps, norm.out_dtype, norm.want_y)
+
+
+def label_add_rms() -> str:
+    if cuda_available() and env.flag(quant_gemv.TAIL_ENV):
+        return (f"the quantized GEMV with the residual add + RMSNorm in its last block (<= {quant_gemv.TAIL_MAX_ROWS} "
+                "rows where the GEMV runs: one launch); else the product, then norm.add_rms")
+    return f"the product (matmul.quantized), then norm.add_rms ({add_rms_label()})"
 
 
 def label() -> str:

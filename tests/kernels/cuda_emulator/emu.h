@@ -39,21 +39,30 @@ template <class T> inline T __ldcg(const T* p) { return *p; }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
 template <class T> inline T __ldg(const T* p) { return *p; }
+using std::min;
+using std::max;
 template <class T> inline void __stcs(T* p, T v) { *p = v; }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline float __uint_as_float(unsigned i) { float f; std::memcpy(&f, &i, 4); return f; }
 
-struct __nv_bfloat16 { uint16_t bits; };
+struct __nv_bfloat16 { uint16_t v; };  // the field name host_cuda.py's stub uses too
 struct __nv_bfloat162 { __nv_bfloat16 x, y; };
 struct alignas(16) uint4 { unsigned x, y, z, w; };
 struct alignas(16) float4 { float x, y, z, w; };
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 struct float2 { float x, y; };
+struct alignas(8) uint2 { unsigned x, y; };
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {  // selector nibbles pick bytes of y:x
+    const uint64_t v = (uint64_t(y) << 32) | x;
+    unsigned r = 0;
+    for (int i = 0; i < 4; ++i) r |= unsigned((v >> (8 * ((s >> (4 * i)) & 7u))) & 0xFFu) << (8 * i);
+    return r;
+}
 inline float2 make_float2(float x, float y) { return {x, y}; }
-inline float __bfloat162float(__nv_bfloat16 h) { uint32_t u = uint32_t(h.bits) << 16; float f; std::memcpy(&f, &u, 4); return f; }
+inline float __bfloat162float(__nv_bfloat16 h) { uint32_t u = uint32_t(h.v) << 16; float f; std::memcpy(&f, &u, 4); return f; }
 inline __nv_bfloat16 __float2bfloat16(float f) {
     uint32_t u; std::memcpy(&u, &f, 4);
     if (std::isnan(f)) return {uint16_t(0x7fc0)};
@@ -108,6 +117,7 @@ void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix
 
 // ldmatrix / mma.sync for kernels that use them through cuda_common.MMA_HEADER's wrappers
 inline void host_syncwarp() { __syncwarp(); }
+inline void host_cp_async16(void* dst, const void* src) { std::memcpy(dst, src, 16); }  // lands at once
 #include "ptx_standins.h"
 
 template <class F> void emu_launch(int blocks, int threads, F&& body) {

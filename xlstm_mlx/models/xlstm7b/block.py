@@ -3,6 +3,8 @@
 Parameter names follow the Hugging Face `xlstm` layout so that checkpoints load without renaming.
 """
 
+from typing import NamedTuple
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -10,6 +12,7 @@ from xlstm_mlx import kernels
 from xlstm_mlx.kernels import mlstm_chunkwise_cuda as chunkwise_cuda
 from xlstm_mlx.kernels import gate_preact
 from xlstm_mlx.kernels import mlstm_decode as decode
+from xlstm_mlx.kernels.add_rms_norm import AddNorm, tail_counter
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise_flops
 from xlstm_mlx.models.xlstm7b import fuse
 from xlstm_mlx.models.xlstm7b.args import ModelArgs
@@ -24,13 +27,56 @@ def linear(layer: nn.Module, x: mx.array) -> mx.array:
     tensor-core bf16 GEMV for decode-sized bf16 inputs where it was measured faster, MLX's matmul otherwise:
     kernels/skinny_gemm.py) and an nn.QuantizedLinear through "matmul.quantized" (kernels/quant_matmul.py: the
     path by the rows of x)."""
-    bias = layer["bias"] if "bias" in layer else None
     if type(layer) is nn.QuantizedLinear:
-        return kernels.get("matmul.quantized")(x, layer.weight, layer.scales, layer.get("biases"), bias,
+        return kernels.get("matmul.quantized")(x, layer.weight, layer.scales, layer.get("biases"), _bias(layer),
                                                layer.group_size, layer.bits, layer.mode)
-    if type(layer) is not nn.Linear:  # any other module: its own call
+    if type(layer) is not nn.Linear:  # any other module (or a FusedLinear): its own call
         return layer(x)
-    return kernels.get("matmul.skinny")(x, layer.weight, bias)
+    return kernels.get("matmul.skinny")(x, layer.weight, _bias(layer))
+
+
+def _bias(layer: nn.Module):
+    return layer["bias"] if "bias" in layer else None
+
+
+def add_norm(norm: RMSNorm, x, h, compute_dtype, want_y: bool = True):
+    """(x + h, RMSNorm(x + h), that in the compute dtype): the "norm.add_rms" kernel (one launch on CUDA);
+    float64 (the exact profile) takes the norm's own float64 formulas. want_y=False: the middle one is not
+    needed (None; on CUDA it is never written)."""
+    if x.dtype == mx.float64:
+        r = x if h is None else x + h
+        y = norm(r)
+        return r, y, y.astype(compute_dtype)
+    return kernels.get("norm.add_rms")(x, h, norm.weight, _bias(norm), norm.eps, compute_dtype, want_y)
+
+
+class ThenAddNorm(NamedTuple):
+    """The residual add + RMSNorm that follows a sub-layer's last product: add_norm(norm, x, product, ...)."""
+    norm: RMSNorm
+    x: mx.array
+    compute_dtype: mx.Dtype
+    want_y: bool = True
+
+
+class Normed(NamedTuple):
+    """A block's output already added to the residual stream and normalized by the next block's first norm (the
+    three of add_norm: r, y, y_c), handed to that block as its `carried`."""
+    x: mx.array
+    y: mx.array | None
+    y_c: mx.array
+
+
+def linear_add_norm(layer: nn.Module, h: mx.array, then: ThenAddNorm):
+    """add_norm(then.norm, then.x, linear(layer, h), ...): for an nn.QuantizedLinear the registry's
+    "matmul.quantized_add_rms" (on CUDA at decode one launch: the quantized GEMV's last block adds and normalizes,
+    kernels/quant_gemv.py), the same bits as the two launches."""
+    x = then.x
+    if type(layer) is nn.QuantizedLinear and x.dtype != mx.float64:
+        norm = then.norm
+        spec = AddNorm(x, norm.weight, _bias(norm), norm.eps, then.compute_dtype, then.want_y, tail_counter(layer))
+        return kernels.get("matmul.quantized_add_rms")(h, layer.weight, layer.scales, layer.get("biases"),
+                                                      _bias(layer), layer.group_size, layer.bits, layer.mode, spec)
+    return add_norm(then.norm, x, linear(layer, h), then.compute_dtype, then.want_y)
 
 
 def fused_or_layer(owner: nn.Module, name: str, x: mx.array) -> mx.array:
@@ -125,7 +171,7 @@ class MLSTMLayer(nn.Module):
         return (T == 1 and mask is None and profile.step_kernel == "step" and profile.state_dtype == "float32"
                 and has_fused(self, "qkv_opreact") and has_fused(self, "ifgate_preact"))
 
-    def _decode_fused(self, x, state, profile: NumericsProfile, xc=None):
+    def _decode_fused(self, x, state, profile: NumericsProfile, xc=None, then: ThenAddNorm | None = None):
         """One token, no mask, fused weights: the "mlstm.decode_step" kernel straight from the projection
         outputs (one launch for gates, state update and read-out on CUDA; the same MLX ops as below elsewhere).
         x [B, D] (the model's one-token rows form: no reshape around any product) or [B, 1, D]."""
@@ -154,15 +200,21 @@ class MLSTMLayer(nn.Module):
         else:
             h, state = step(qkv, gates, state, a.num_heads, a.qk_dim, a.v_dim, a.gate_soft_cap, eps)
             h = kernels.get("mlstm.headnorm_gate")(h.astype(cd), qkvo, hn.o_offset, hn.weight, hn.bias, hn.eps)
+        if then is not None:  # the block's residual add + FFN norm (rows form only: the model's decode)
+            return linear_add_norm(self.out_proj, h, then), state
         out = linear(self.out_proj, h)
         return (out if rows else out[:, None]), state
 
-    def __call__(self, x, state, mask, profile: NumericsProfile, x_compute=None):
+    def __call__(self, x, state, mask, profile: NumericsProfile, x_compute=None, then: ThenAddNorm | None = None):
         """x: the normalized input in the residual dtype, [B, T, D], or [B, D] rows of one token each (the
-        model's rows form, only where decodes_fused); x_compute: it already in the compute dtype, if at hand."""
+        model's rows form, only where decodes_fused); x_compute: it already in the compute dtype, if at hand.
+        `then` (rows form only): the residual add + norm that follows, done with the output projection; the call
+        returns its three outputs (linear_add_norm) in place of the layer's output."""
         a = self.args
         if x.ndim == 2:
-            return self._decode_fused(x, state, profile, x_compute)
+            return self._decode_fused(x, state, profile, x_compute, then)
+        if then is not None:
+            raise ValueError("MLSTMLayer: `then` (the add + norm after the output projection) needs the rows form")
         B, T, _ = x.shape
         if self.decodes_fused(T, mask, profile):
             return self._decode_fused(x, state, profile, x_compute)
@@ -224,7 +276,9 @@ class FeedForward(nn.Module):
             self.proj_up = nn.Linear(h, d, bias=b)
         self.proj_down = nn.Linear(d, h, bias=b)
 
-    def __call__(self, x):
+    def __call__(self, x, then: ThenAddNorm | None = None):
+        """`then`: the residual add + norm that follows, done with the down projection (linear_add_norm): its
+        three outputs are returned in place of the FFN's output."""
         # inside an inference call the down projection may run padded (fuse.py, "FFN padding"): its input is then
         # the product with zero columns appended, which the SwiGLU kernel writes in the same launch
         down = fuse.group(self, fuse.PADDED)
@@ -241,7 +295,8 @@ class FeedForward(nn.Module):
             h = h.reshape(g.shape)
             if down is not None:
                 h = mx.pad(h, [(0, 0)] * (h.ndim - 1) + [(0, width - h.shape[-1])])
-        return linear(self.proj_down, h) if down is None else down(h)
+        layer = self.proj_down if down is None else down
+        return linear(layer, h) if then is None else linear_add_norm(layer, h, then)
 
 
 class MLSTMBlock(nn.Module):
@@ -263,39 +318,42 @@ class MLSTMBlock(nn.Module):
         a = self.args
         return a.num_heads * mlstm_chunkwise_flops(a.qk_head_dim, a.v_head_dim, chunk_size)
 
-    @staticmethod
-    def _add_norm(norm: RMSNorm, x, h, compute_dtype, want_y: bool = True):
-        """(x + h, RMSNorm(x + h), that in the compute dtype): the "norm.add_rms" kernel (one launch on CUDA);
-        float64 (the exact profile) takes the norm's own float64 formulas. want_y=False: the middle one is not
-        needed (None; on CUDA it is never written)."""
-        if x.dtype == mx.float64:
-            r = x if h is None else x + h
-            y = norm(r)
-            return r, y, y.astype(compute_dtype)
-        return kernels.get("norm.add_rms")(x, h, norm.weight, norm["bias"] if "bias" in norm else None, norm.eps,
-                                           compute_dtype, want_y)
-
-    def __call__(self, x, state, mask, profile: NumericsProfile, check: str | None = None, carried=None):
+    def __call__(self, x, state, mask, profile: NumericsProfile, check: str | None = None, carried=None,
+                 next_norm: RMSNorm | None = None):
         """x is the residual stream (profile.residual_dtype); sub-layer outputs are added to it.
 
         `carried`: the previous block's FFN output, not yet added to x. It is added here by the first norm's
         fused add (the same float32 sum, one pass less over the residual stream: one launch and one read
-        and write of x per block fewer on CUDA). Returns (x, this block's FFN output still to add, state):
-        the caller adds the last one (models/xlstm7b/model.py).
-        `check`, when given, is this block's name for the NaN locator (forces evaluation).
+        and write of x per block fewer on CUDA); or a Normed, that add and this block's first norm already done
+        by the previous block (its `next_norm`). Returns (x, this block's FFN output still to add, state): the
+        caller adds the last one (models/xlstm7b/model.py). With `next_norm` (the next block's first norm; the
+        model passes it at decode, rows form) the FFN output comes back added and normalized by it, as a Normed.
+        At decode (rows form) the mLSTM layer's output projection takes the FFN norm's add with it, and the FFN's
+        down projection the next norm's: for quantized layers on CUDA the GEMV's own launch (linear_add_norm).
+        `check`, when given, is this block's name for the NaN locator (forces evaluation; no fold).
         """
         cd = profile.mx_compute_dtype
-        x, h, hc = self._add_norm(self.norm_mlstm, x, carried, cd)
+        if isinstance(carried, Normed):
+            x, h, hc = carried
+        else:
+            x, h, hc = add_norm(self.norm_mlstm, x, carried, cd)
         if check:
             assert_finite(f"{check}.norm_mlstm", h)
-        h, state = self.mlstm_layer(h, state, mask, profile, x_compute=hc)
-        if check:
+            h, state = self.mlstm_layer(h, state, mask, profile, x_compute=hc)
             assert_finite(f"{check}.mlstm_layer (state C, n, m)", *state)
             assert_finite(f"{check}.mlstm_layer (output)", h)
-        x, h, hc = self._add_norm(self.norm_ffn, x, h, cd, want_y=bool(check))  # the FFN takes hc only
-        if check:
+            x, h, hc = add_norm(self.norm_ffn, x, h, cd, want_y=True)
             assert_finite(f"{check}.norm_ffn", h)
-        h = self.ffn(hc)
-        if check:
+            h = self.ffn(hc)
             assert_finite(f"{check}.ffn", h)
-        return x, h, state
+            return x, h, state
+        if x.ndim == 2:  # rows form: the adds and norms with the products before them
+            (x, _, hc), state = self.mlstm_layer(h, state, mask, profile, x_compute=hc,
+                                                 then=ThenAddNorm(self.norm_ffn, x, cd, want_y=False))
+            if next_norm is not None:
+                r, y, yc = self.ffn(hc, then=ThenAddNorm(next_norm, x, cd))
+                return r, Normed(r, y, yc), state
+            return x, self.ffn(hc), state
+        h, state = self.mlstm_layer(h, state, mask, profile, x_compute=hc)
+        x, _, hc = add_norm(self.norm_ffn, x, h, cd, want_y=False)  # the FFN takes hc only
+        return x, self.ffn(hc), state

@@ -75,10 +75,13 @@ class Model(RecurrentLM):
         if check:
             assert_finite("embeddings", x)
         new_states, carried = [], None
-        for idx, (block, state) in enumerate(zip(self.backbone.blocks, states)):
-            # each block adds the previous block's FFN output inside its first norm (block.py: `carried`)
+        blocks = self.backbone.blocks
+        for idx, (block, state) in enumerate(zip(blocks, states)):
+            # each block adds the previous block's FFN output inside its first norm (block.py: `carried`); at
+            # decode (rows) the previous block does that add and norm with its FFN's down projection (next_norm)
+            nxt = blocks[idx + 1].norm_mlstm if rows and not check and idx + 1 < len(blocks) else None
             x, carried, state = block(x, state, mask, self.profile, check=f"block {idx}" if check else None,
-                                      carried=carried)
+                                      carried=carried, next_norm=nxt)
             new_states.append(state)
             self.block_done(idx, [x, carried], new_states)
         if last_only and not rows:  # the blocks ran on every position (the state needs them); the head needs the last
@@ -108,7 +111,7 @@ class Model(RecurrentLM):
         if self.args.weight_mode == "fused" or fuse.is_fused(self):
             names += ["mlstm.decode_step", "ffn.swiglu"]
         quantized = any(type(m) is nn.QuantizedLinear for _, m in self.leaf_modules_flat())
-        return names + ["matmul.skinny", *(["matmul.quantized"] if quantized else []), *kernels.MATH, *kernels.NORMS]
+        return names + ["matmul.skinny", *(["matmul.quantized", "matmul.quantized_add_rms"] if quantized else []), *kernels.MATH, *kernels.NORMS]
 
     def describe(self) -> dict:
         a = self.args
