@@ -182,13 +182,21 @@ def after_product_ref(y: mx.array, norm: AddNorm, rms_norm=norms.rms_norm_ref):
     return add_rms_norm_ref(norm.residual, y, norm.weight, norm.bias, norm.eps, norm.out_dtype, norm.want_y, rms_norm)
 
 
+# Words of a kernel's block counter: MLX's CUDA allocator serves allocations of up to 8 bytes from a pool of
+# managed (host-visible) memory that it shares with the scalars the host reads, such as each decode step's sampled
+# token; a counter there had its page migrate between host and GPU at every step (the 7B 4-bit step at one row went
+# from 4.2 to 22-26 ms with one 4-byte counter per tail, session 16). 64 bytes are ordinary device memory.
+COUNTER_WORDS = 16
+
+
 def tail_counter(owner) -> mx.array:
-    """The add-norm tail's block counter for `owner` (the layer whose product it follows): one uint32 zero, kept on
-    the owner and made from host data (mx.compile takes it as a constant, not a fill at every call). The last block
-    of each launch resets it to zero. One per layer: two launches never share one (mlstm_decode.norm_counter)."""
+    """The add-norm tail's block counter for `owner` (the layer whose product it follows): zeros (the kernel counts
+    in word 0; COUNTER_WORDS words keep it out of MLX's managed small-allocation pool), kept on the owner and made
+    from host data (mx.compile takes it as a constant, not a fill at every call). The last block of each launch
+    resets it to zero. One per layer: two launches never share one (mlstm_decode.norm_counter)."""
     hit = owner.__dict__.get("_xlstm_add_norm_counter")
     if hit is None:
-        hit = owner.__dict__["_xlstm_add_norm_counter"] = mx.array(np.zeros(1, np.uint32))
+        hit = owner.__dict__["_xlstm_add_norm_counter"] = mx.array(np.zeros(COUNTER_WORDS, np.uint32))
     return hit
 
 

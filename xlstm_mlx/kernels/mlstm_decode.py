@@ -36,6 +36,7 @@ import mlx.core as mx
 import numpy as np
 
 from xlstm_mlx.kernels import headnorm
+from xlstm_mlx.kernels.add_rms_norm import COUNTER_WORDS
 from xlstm_mlx.kernels.cuda_common import cuda_available, float_bits, VEC_HEADER
 from xlstm_mlx.kernels.mlstm_recurrent import mlstm_step, mlstm_step_ref
 
@@ -251,8 +252,8 @@ def norm_counter(owner, rows: int) -> mx.array:
     zero after each launch. One per layer: two layers' steps never share one, even if a graph ran them at once."""
     key = f"_xlstm_decode_counter_{rows}"
     hit = owner.__dict__.get(key)
-    if hit is None:
-        hit = owner.__dict__[key] = mx.array(np.zeros(rows, np.uint32))
+    if hit is None:  # at least 64 bytes: not MLX's managed small-allocation pool (add_rms_norm.COUNTER_WORDS)
+        hit = owner.__dict__[key] = mx.array(np.zeros(max(rows, COUNTER_WORDS), np.uint32))
     return hit
 
 
