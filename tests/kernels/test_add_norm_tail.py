@@ -78,7 +78,9 @@ CASES = [  # (M, K, N, bits, bias, norm bias, want_y, x dtype, config)
 
 @emulated_only
 @pytest.mark.parametrize("M,K,N,bits,bias,norm_bias,want_y,x_dtype,cfg", CASES)
-def test_tail_is_the_two_launches_bit_for_bit_emulated(M, K, N, bits, bias, norm_bias, want_y, x_dtype, cfg):
+def test_tail_is_the_two_launches_bit_for_bit_emulated(monkeypatch, M, K, N, bits, bias, norm_bias, want_y, x_dtype,
+                                                       cfg):
+    monkeypatch.setenv(quant_gemv.TAIL_ROWS_ENV, "16")  # the kernel's own domain (the default routing takes 1 row)
     ops, norm = _operands(M, K, N, bits, bias, norm_bias, want_y, x_dtype, seed=M * 7 + N)
     with cuda_emulator.emulated(quant_gemv, add_rms):
         assert quant_gemv.tail_applies(*ops, 64, bits, "affine", norm)
@@ -99,7 +101,7 @@ def test_tail_is_the_two_launches_bit_for_bit_on_the_gpu(M, K, N, bits):
         fused = quant_gemv.quantized_gemv_add_norm_cuda(*ops, 64, bits, "affine", norm)
         unfused = _two_launches(ops, norm, bits)
         mx.eval(fused, unfused)
-        assert int(norm.counter.item()) == 0, "the last block leaves the counter at zero"
+        assert not bool(mx.any(norm.counter).item()), "the last block leaves the counter at zero"
         _check(ops, norm, bits, fused, unfused)
 
 
@@ -115,13 +117,16 @@ def test_tail_conditions():
 
 
 @emulated_only
-@pytest.mark.parametrize("M,switch,tail", [(2, None, True), (quant_gemv.TAIL_MAX_ROWS + 1, None, False),
-                                            (2, "0", False)])
-def test_the_fast_form_takes_the_tail_where_it_applies(monkeypatch, M, switch, tail):
-    """matmul.quantized_add_rms: the tail where the GEMV runs for few rows and the switch is on; else the GEMV (or
-    MLX's kernel) and then the add-norm kernel. The same values either way."""
+@pytest.mark.parametrize("M,switch,rows,tail", [(1, None, None, True), (quant_gemv.TAIL_MAX_ROWS + 1, None, None, False),
+                                                 (1, "0", None, False), (3, None, "4", True), (4, None, "3", False)])
+def test_the_fast_form_takes_the_tail_where_it_applies(monkeypatch, M, switch, rows, tail):
+    """matmul.quantized_add_rms: the tail where the GEMV runs for few rows (TAIL_MAX_ROWS, or
+    XLSTM_MLX_GEMV_ADD_NORM_ROWS) and the switch is on; else the GEMV (or MLX's kernel) and then the add-norm
+    kernel. The same values either way."""
     if switch is not None:
         monkeypatch.setenv(quant_gemv.TAIL_ENV, switch)
+    if rows is not None:
+        monkeypatch.setenv(quant_gemv.TAIL_ROWS_ENV, rows)
     ops, norm = _operands(M, 128, 128, 4, False, False, True, mx.bfloat16, seed=M)
     calls = []
     real = quant_gemv.quantized_gemv_add_norm_cuda
@@ -131,6 +136,15 @@ def test_the_fast_form_takes_the_tail_where_it_applies(monkeypatch, M, switch, t
         unfused = _two_launches(ops, norm, 4)
     assert bool(calls) == tail
     _check(ops, norm, 4, out, unfused)
+
+
+@pytest.mark.parametrize("raw", ["0", "17", "four", "-1"])
+def test_a_bad_tail_row_count_is_a_usage_error(monkeypatch, raw):
+    from xlstm_mlx.errors import UsageError
+
+    monkeypatch.setenv(quant_gemv.TAIL_ROWS_ENV, raw)
+    with pytest.raises(UsageError, match=quant_gemv.TAIL_ROWS_ENV):
+        quant_gemv.tail_max_rows()
 
 
 def test_the_fast_form_without_cuda_is_the_two_fast_forms():
@@ -182,6 +196,7 @@ def test_a_quantized_model_decodes_the_same_with_the_fold(monkeypatch, batch):
     emulate = not cuda_available() and cuda_emulator.available()
     _EMULATING[0] = emulate
     prompt = mx.random.randint(3, 259, (batch, 5), key=mx.random.key(4)).astype(mx.int32)
+    monkeypatch.setenv(quant_gemv.TAIL_ROWS_ENV, "4")  # the tail at batch 3 too (the default takes one row)
     runs, calls = [], []
     real = quant_gemv.quantized_gemv_add_norm_cuda
     monkeypatch.setattr(quant_gemv, "quantized_gemv_add_norm_cuda", lambda *a, **k: calls.append(1) or real(*a, **k))

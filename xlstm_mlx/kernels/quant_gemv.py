@@ -822,7 +822,11 @@ def quantized_gemv_cuda(x: mx.array, w: mx.array, scales: mx.array, biases: mx.a
     return from_rows(y, lead)
 
 
-TAIL_MAX_ROWS = 4  # rows up to which the add-norm tail is taken (one block normalizes every row)
+# rows up to which the add-norm tail is taken: one block normalizes every row, so its time grows with them. H200,
+# 7B 4-bit decode, alternating processes (benchmarks/results/gpu_h200_2026-12-03e.md): at one row within the host's
+# spread either way (7 runs 195-278 tok/s on, 5 runs 175-260 off); at 2 and 4 rows slower in every round (B=2
+# 336-405 against 385-444, B=4 784-827 against 934-1,012); at 16 rows 1,882-1,887 against 2,874-3,022.
+TAIL_MAX_ROWS = 1
 TAIL_ENV = "XLSTM_MLX_GEMV_ADD_NORM"  # 0: never (the separate norm.add_rms launch); an A/B switch for measurements
 TAIL_ROWS_ENV = "XLSTM_MLX_GEMV_ADD_NORM_ROWS"  # 1..MAX_ROWS in place of TAIL_MAX_ROWS: for measurements
 
