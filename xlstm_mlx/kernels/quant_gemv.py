@@ -79,10 +79,11 @@ import os
 import mlx.core as mx
 import numpy as np
 
+from xlstm_mlx import env
 from xlstm_mlx.errors import UsageError
 from xlstm_mlx.kernels import quant_gemv_lab
+from xlstm_mlx.kernels.add_rms_norm import THREADS as NORM_THREADS
 from xlstm_mlx.kernels.add_rms_norm import TAIL_HEADER, AddNorm, tail_applies as norm_tail_applies
-from xlstm_mlx import env
 from xlstm_mlx.kernels.cuda_common import SMS, VEC_HEADER, as_rows, cuda_available, float_bits, from_rows
 
 MAX_ROWS = 16  # x rows the kernel takes (decode batch): two 8-column mma tiles; beyond, MLX's quantized matmul
@@ -541,12 +542,13 @@ _SOURCE = r"""
 # The add-norm tail (kernels/add_rms_norm.py: AddNorm): the residual add, RMSNorm and cast of the product's rows, by
 # the last of the launch's blocks to finish. Each block's outputs are made visible (fence), then the block is
 # counted; the block that counts last (having reset the counter for the next launch) reads y back through L2 and
-# runs add_rms_norm's own row function on each row: the same bits as that kernel after this one, one launch less
-# (the step is bound by the host's ~9 us of encoding per node at one row: benchmarks/results/gpu_h200_2026-12-03d.md).
+# runs add_rms_norm's own row function on each row, as that kernel's AN_VT (its THREADS) threads would: the same bits
+# as that kernel after this one, one launch less (the step is bound by the host's encoding at one row:
+# benchmarks/results/gpu_h200_2026-12-03d.md; measured end to end, the launch fewer did not show: -03e.md).
 # One block does every row, so the tail's time grows with the rows: callers take it for few (TAIL_MAX_ROWS).
 _TAIL = r"""
     __shared__ bool last_sh;
-    __shared__ float part_sh[512 / 32];
+    __shared__ float part_sh[AN_VT / 32];
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -558,7 +560,7 @@ _TAIL = r"""
     if (!last_sh) return;
     __threadfence();
     for (int m = 0; m < M; ++m)
-        xl_add_rms_row<AN_DIM, 512, WARPS * 32, true, AN_HAS_BIAS, AN_WRITE_Y>(
+        xl_add_rms_row<AN_DIM, AN_VT, WARPS * 32, true, AN_HAS_BIAS, AN_WRITE_Y>(
             res + (size_t)m * AN_DIM, y + (size_t)m * AN_DIM, nw, nb, r + (size_t)m * AN_DIM,
             yf + (size_t)(AN_WRITE_Y ? m : 0) * AN_DIM, y_c + (size_t)m * AN_DIM, __int_as_float(AN_EPS_BITS), part_sh);
 """
@@ -825,7 +827,7 @@ def quantized_gemv_cuda(x: mx.array, w: mx.array, scales: mx.array, biases: mx.a
 # rows up to which the add-norm tail is taken: one block normalizes every row, so its time grows with them. H200,
 # 7B 4-bit decode, alternating processes (benchmarks/results/gpu_h200_2026-12-03e.md): at one row within the host's
 # spread either way (7 runs 195-278 tok/s on, 5 runs 175-260 off); at 2 and 4 rows slower in every round (B=2
-# 336-405 against 385-444, B=4 784-827 against 934-1,012); at 16 rows 1,882-1,887 against 2,874-3,022.
+# 336-405 against 385-444, B=4 761-833 against 934-1,012); at 16 rows 1,882-1,887 against 2,874-3,087.
 TAIL_MAX_ROWS = 1
 TAIL_ENV = "XLSTM_MLX_GEMV_ADD_NORM"  # 0: never (the separate norm.add_rms launch); an A/B switch for measurements
 TAIL_ROWS_ENV = "XLSTM_MLX_GEMV_ADD_NORM_ROWS"  # 1..MAX_ROWS in place of TAIL_MAX_ROWS: for measurements
@@ -872,7 +874,7 @@ def quantized_gemv_add_norm_cuda(x: mx.array, w: mx.array, scales: mx.array, bia
     _, r, yf, y_c = _tail_kernel()(
         inputs=[x, w, scales, biases, b, norm.residual, norm.weight, nb, norm.counter],
         template=kernel_constants(x.dtype, M, bits, group_size, bias is not None, cfg)
-        + [("AN_DIM", N), ("AN_BLOCKS", blocks), ("AN_HAS_BIAS", norm.bias is not None),
+        + [("AN_DIM", N), ("AN_VT", NORM_THREADS), ("AN_BLOCKS", blocks), ("AN_HAS_BIAS", norm.bias is not None),
            ("AN_WRITE_Y", norm.want_y), ("AN_EPS_BITS", float_bits(norm.eps))],
         grid=(blocks * cfg["WARPS"] * 32, 1, 1),
         threadgroup=(cfg["WARPS"] * 32, 1, 1),

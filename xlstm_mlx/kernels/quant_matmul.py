@@ -82,8 +82,7 @@ def quantized_matmul_add_rms_ref(x, w, scales, biases, bias, group_size: int, bi
                                  norm: AddNorm):
     """The product, then the residual add + RMSNorm + cast: add_rms_norm_ref(norm.residual, quantized_matmul_ref(x,
     ...), ...) -> (r, y or None, y_c)."""
-    return after_product_ref(quantized_matmul_ref(x, w, scales, biases, bias, group_size, bits, mode),
-                                          norm)
+    return after_product_ref(quantized_matmul_ref(x, w, scales, biases, bias, group_size, bits, mode), norm)
 
 
 def quantized_matmul_add_rms(x, w, scales, biases, bias, group_size: int, bits: int, mode: str,
@@ -100,8 +99,9 @@ def quantized_matmul_add_rms(x, w, scales, biases, bias, group_size: int, bits: 
 
 def label_add_rms() -> str:
     if cuda_available() and env.flag(quant_gemv.TAIL_ENV):
-        return (f"the quantized GEMV with the residual add + RMSNorm in its last block (<= {quant_gemv.TAIL_MAX_ROWS} "
-                "rows where the GEMV runs: one launch); else the product, then norm.add_rms")
+        rows = quant_gemv.tail_max_rows()
+        return (f"the quantized GEMV with the residual add + RMSNorm in its last block (<= {rows} rows where the "
+                "GEMV runs: one launch); else the product, then norm.add_rms")
     return f"the product (matmul.quantized), then norm.add_rms ({add_rms_label()})"
 
 
