@@ -306,7 +306,28 @@ def _bf16_gemv(mod, r):
             mod.bf16_gemv_cuda(r(rows, K), w, None, XAHEAD=True, **cfg)   # x loaded a step ahead
 
 
-CHECKS = [("xlstm_mlx.kernels.mlstm_chunkwise_cuda", _chunkwise), ("xlstm_mlx.kernels.embedding", _embedding),
+def _decode_layer(mod, r):
+    """The persistent decode-layer kernel at the 7B shape: 1 and 16 rows, 4 and 8 bits, biases on and off."""
+    f32 = mx.float32
+    D, NH, qk, vd, ffn = 4096, 8, 2048, 4096, 10944
+
+    def quant(n, k, bits, bias):
+        w, s, b = mx.quantize(r(n, k), group_size=64, bits=bits)
+        return mod.QuantMatrix(w, s, b, r(n) if bias else None, 64, bits, "affine")
+
+    for B, bits, bias in ((1, 4, False), (16, 8, True), (4, 4, False)):
+        L = mod.LayerOperands(
+            quant(2 * qk + 2 * vd, D, bits, bias), r(2 * NH, D, dt=f32), r(2 * NH, dt=f32) if bias else None,
+            mod.Norm(r(vd), r(vd) if bias else None, 1e-6), quant(D, vd, bits, bias),
+            mod.Norm(r(D, dt=f32), None, 1e-6), quant(2 * ffn, D, bits, bias), quant(D, ffn, bits, bias),
+            mod.Norm(r(D, dt=f32), r(D, dt=f32) if bias else None, 1e-6), NH, qk, vd, 15.0, 1e-6,
+            mx.zeros((16 * NH,), mx.uint32), mx.zeros((16,), mx.uint32))
+        state = (r(B, NH, qk // NH, vd // NH, dt=f32), r(B, NH, qk // NH, dt=f32), r(B, NH, 1, dt=f32))
+        x = r(B, D, dt=f32)
+        mod.decode_layer_cuda(x, x, r(B, D), state, L)
+
+
+CHECKS = [("xlstm_mlx.kernels.decode_layer", _decode_layer), ("xlstm_mlx.kernels.mlstm_chunkwise_cuda", _chunkwise), ("xlstm_mlx.kernels.embedding", _embedding),
           ("xlstm_mlx.kernels.mlstm_decode", _decode_step), ("xlstm_mlx.kernels.headnorm", _headnorm),
           ("xlstm_mlx.kernels.add_rms_norm", _add_rms), ("xlstm_mlx.kernels.swiglu", _swiglu),
           ("xlstm_mlx.kernels.quant_gemv", _quant_gemv), ("xlstm_mlx.kernels.bf16_gemv", _bf16_gemv),

@@ -38,6 +38,10 @@ and what the fast form is on this backend (a string, or a function of nothing fo
     matmul.quantized  quantized_matmul (by rows:    quantized_matmul_ref (nn.QuantizedLinear's
                       dequantize + GEMM for many     mx.quantized_matmul + bias)
                       rows on CUDA)
+    mlstm.decode_layer decode_layer (a quantized    decode_layer_ref (the chain of the references:
+                      block's decode step in one     quantized matmuls, decode step + head norm,
+                      persistent CUDA launch, else   add + RMSNorm, SwiGLU)
+                      the separate fast forms)
     matmul.skinny     skinny_matmul (CUDA bf16      skinny_matmul_ref (MLX's matmul, as nn.Linear)
                       GEMV for <= 16 rows where
                       its H200 table says it is
@@ -80,6 +84,7 @@ from xlstm_mlx.kernels import gate_preact as _gate_preact
 from xlstm_mlx.kernels import embedding as _embedding
 from xlstm_mlx.kernels import row_tiles as _row_tiles
 from xlstm_mlx.kernels import logits_check as _logits_check
+from xlstm_mlx.kernels import decode_layer as _decode_layer
 from xlstm_mlx.kernels.swiglu import swiglu, swiglu_ref
 from xlstm_mlx.kernels.add_rms_norm import add_rms_norm, add_rms_norm_ref
 from xlstm_mlx.kernels.quant_matmul import quantized_matmul, quantized_matmul_ref
@@ -120,6 +125,8 @@ KERNELS: dict[str, Kernel] = {
     # a quantized product followed by the residual add + RMSNorm (the out_proj and the FFN down at decode: block.py)
     "matmul.quantized_add_rms": Kernel(_quant.quantized_matmul_add_rms, _quant.quantized_matmul_add_rms_ref,
                                        _quant.label_add_rms),
+    # a quantized xLSTM-7B block's whole decode step (one persistent launch on CUDA, else the separate fast forms)
+    "mlstm.decode_layer": Kernel(_decode_layer.decode_layer, _decode_layer.decode_layer_ref, _decode_layer.label),
     "ffn.swiglu": Kernel(swiglu, swiglu_ref, _swiglu.label),
     "embed.lookup": Kernel(_embedding.embedding_lookup, _embedding.embedding_lookup_ref, _embedding.label),
     # a row-local function over many rows in L2-sized tiles on the CPU (the SwiGLU, the head norm and gate)

@@ -211,12 +211,13 @@ _SOURCE = """
     }
 """
 
-_HEADER = VEC_HEADER + headnorm.ROW_HEADER + """
+XLVEC_HEADER = """
 template <int N> struct XlVec;                        // CPL float32 columns as one load: 4, 8 or 16 bytes
 template <> struct XlVec<1> { using type = float; };
 template <> struct XlVec<2> { using type = float2; };
 template <> struct XlVec<4> { using type = float4; };
 """
+_HEADER = VEC_HEADER + headnorm.ROW_HEADER + XLVEC_HEADER
 
 _kernel = None
 _kernel_scratch = type("Scratch", (), {})()  # owner of the placeholder counter of launches without the norm

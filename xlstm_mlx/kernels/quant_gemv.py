@@ -93,6 +93,11 @@ DTYPES = (mx.bfloat16, mx.float32)  # x, scales, biases (and bias) share one of 
 SMEM_LIMIT = 48 * 1024  # static shared memory per block: all mx.fast.cuda_kernel offers (no dynamic smem)
 
 _HEADER = VEC_HEADER + r"""
+// x's 16-byte loads: through L1's read-only path (__ldg), unless the includer defines XQ_X_LOAD first (a persistent
+// kernel whose x was written by the same launch reads it through L2: kernels/decode_layer.py)
+#ifndef XQ_X_LOAD
+#define XQ_X_LOAD __ldg
+#endif
 // The PTX the kernel uses, behind small wrappers: the real instructions under NVRTC / nvcc, and a host build's
 // stand-ins (tests/kernels/host_cuda.py: host_cp_async16, host_ldmatrix_x4, host_mma_16816) otherwise, which
 // implement the same documented semantics with one std::thread per CUDA thread.
@@ -199,9 +204,9 @@ template <int BITS>
 __device__ __forceinline__ XRaw xq_xload(const __nv_bfloat16* p8) {
     XRaw r{};
     if constexpr (BITS == 4) {
-        r.a = __ldg(reinterpret_cast<const uint4*>(p8));
+        r.a = XQ_X_LOAD(reinterpret_cast<const uint4*>(p8));
     } else {
-        const uint2 X = __ldg(reinterpret_cast<const uint2*>(p8));
+        const uint2 X = XQ_X_LOAD(reinterpret_cast<const uint2*>(p8));
         r.a.x = X.x;
         r.a.y = X.y;
     }
@@ -211,8 +216,8 @@ template <int BITS>
 __device__ __forceinline__ XRaw xq_xload(const float* pf) {
     XRaw r{};
     const uint4* v = reinterpret_cast<const uint4*>(pf);
-    r.a = __ldg(v);
-    if constexpr (BITS == 4) r.e = __ldg(v + 1);
+    r.a = XQ_X_LOAD(v);
+    if constexpr (BITS == 4) r.e = XQ_X_LOAD(v + 1);
     return r;
 }
 template <int BITS>

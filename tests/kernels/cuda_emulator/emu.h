@@ -18,6 +18,7 @@
 
 struct dim3_ { unsigned x = 0, y = 0, z = 0; };
 inline thread_local dim3_ threadIdx, blockIdx;
+inline dim3_ gridDim;  // the launch's grid (a persistent kernel's block loop; blocks run in turn: grid barriers only at 1)
 inline std::barrier<>* g_block_bar = nullptr;
 inline std::vector<std::barrier<>*> g_warp_bars;
 inline float g_xbuf[64][32];
@@ -126,6 +127,7 @@ template <class F> void emu_launch(int blocks, int threads, F&& body) {
     for (int w = 0; w < threads / 32; ++w) wb.push_back(new std::barrier<>(32));
     g_block_bar = &bb;
     g_warp_bars = wb;
+    gridDim.x = unsigned(blocks);
     for (int b = 0; b < blocks; ++b) {
         std::vector<std::thread> ts;
         for (int t = 0; t < threads; ++t) ts.emplace_back([&, b, t] { blockIdx.x = b; threadIdx.x = t; body(); });

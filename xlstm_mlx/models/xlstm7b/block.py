@@ -10,7 +10,7 @@ import mlx.nn as nn
 
 from xlstm_mlx import kernels
 from xlstm_mlx.kernels import mlstm_chunkwise_cuda as chunkwise_cuda
-from xlstm_mlx.kernels import gate_preact
+from xlstm_mlx.kernels import decode_layer, gate_preact
 from xlstm_mlx.kernels import mlstm_decode as decode
 from xlstm_mlx.kernels.add_rms_norm import AddNorm, tail_counter
 from xlstm_mlx.kernels.mlstm_chunkwise import mlstm_chunkwise_flops
@@ -299,6 +299,23 @@ class FeedForward(nn.Module):
         return linear(layer, h) if then is None else linear_add_norm(layer, h, then)
 
 
+def quant_matrix(owner: nn.Module, name: str) -> decode_layer.QuantMatrix | None:
+    """The quantized operands of owner's product `name` (its nn.QuantizedLinear, or a quantized fused group), or
+    None where it is a float one."""
+    layer = owner[name] if name in owner else fuse.group(owner, name)
+    if type(layer) is nn.QuantizedLinear:
+        return decode_layer.QuantMatrix(layer.weight, layer.scales, layer.get("biases"), _bias(layer),
+                                        layer.group_size, layer.bits, layer.mode)
+    if isinstance(layer, fuse.FusedLinear) and layer.quant is not None:
+        return decode_layer.QuantMatrix(layer.weight, layer.arrays["scales"], layer.arrays.get("biases"), layer.bias,
+                                        *layer.quant)
+    return None
+
+
+def _norm(norm: nn.Module) -> decode_layer.Norm:
+    return decode_layer.Norm(norm.weight, _bias(norm), norm.eps)
+
+
 class MLSTMBlock(nn.Module):
     block_type = "mlstm"
 
@@ -313,6 +330,43 @@ class MLSTMBlock(nn.Module):
     def make_state(self, batch_size: int, dtype=mx.float32):
         a = self.args
         return kernels.mlstm_zero_state(batch_size, a.num_heads, a.qk_head_dim, a.v_head_dim, dtype)
+
+    def decode_operands(self, next_norm: RMSNorm, rows: int, profile: NumericsProfile):
+        """The block's operands for the persistent decode kernel (kernels/decode_layer.py), or None where a product
+        is not quantized, the gate projection not float, or the FFN's down projection runs padded."""
+        layer, ffn, a = self.mlstm_layer, self.ffn, self.args
+        mats = (quant_matrix(layer, "qkv_opreact"), quant_matrix(layer, "out_proj"),
+                quant_matrix(ffn, "proj_up_gate_z"), quant_matrix(ffn, "proj_down"))
+        gates = layer["ifgate_preact"] if "ifgate_preact" in layer else fuse.group(layer, "ifgate_preact")
+        if any(m is None for m in mats) or fuse.group(ffn, fuse.PADDED) is not None or gates is None:
+            return None
+        if type(gates) is nn.Linear:
+            gate_w, gate_b = gates.weight, _bias(gates)
+        elif isinstance(gates, fuse.FusedLinear) and gates.quant is None:
+            gate_w, gate_b = gates.weight, gates.bias
+        else:
+            return None
+        qkvo, out_proj, up, down = mats
+        return decode_layer.LayerOperands(
+            qkvo, gate_w, gate_b, _norm(layer.multihead_norm), out_proj, _norm(self.norm_ffn), up, down,
+            _norm(next_norm), a.num_heads, a.qk_dim, a.v_dim, a.gate_soft_cap, a.eps if profile.eps is None else profile.eps,
+            decode.norm_counter(layer, rows * a.num_heads), decode_layer.barrier_counter(self))
+
+    def _decode_whole(self, x, y, y_c, state, next_norm: RMSNorm, profile: NumericsProfile):
+        """The block's decode step in one launch (kernels/decode_layer.py) where it applies: (r, Normed, state), else
+        None (the caller takes the separate launches)."""
+        if y is None or kernels.reference_forced():
+            return None
+        B = x.shape[0]
+        ops = self.decode_operands(next_norm, B, profile)
+        if ops is None:
+            return None
+        if state is None:
+            state = self.make_state(B)
+        if not decode_layer.applies(x, y, y_c, state, ops):
+            return None
+        r, y2, yc2, state = kernels.get("mlstm.decode_layer")(x, y, y_c, state, ops)
+        return r, Normed(r, y2, yc2), state
 
     def recurrence_flops(self, chunk_size: int) -> int:
         a = self.args
@@ -347,6 +401,10 @@ class MLSTMBlock(nn.Module):
             h = self.ffn(hc)
             assert_finite(f"{check}.ffn", h)
             return x, h, state
+        if x.ndim == 2 and next_norm is not None:  # rows form: a quantized block's step in one launch on CUDA
+            whole = self._decode_whole(x, h, hc, state, next_norm, profile)
+            if whole is not None:
+                return whole
         if x.ndim == 2:  # rows form: the adds and norms with the products before them
             (x, _, hc), state = self.mlstm_layer(h, state, mask, profile, x_compute=hc,
                                                  then=ThenAddNorm(self.norm_ffn, x, cd, want_y=False))

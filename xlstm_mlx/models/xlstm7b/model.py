@@ -111,7 +111,7 @@ class Model(RecurrentLM):
         if self.args.weight_mode == "fused" or fuse.is_fused(self):
             names += ["mlstm.decode_step", "ffn.swiglu"]
         quantized = any(type(m) is nn.QuantizedLinear for _, m in self.leaf_modules_flat())
-        quant = ["matmul.quantized", "matmul.quantized_add_rms"] if quantized else []
+        quant = ["matmul.quantized", "matmul.quantized_add_rms", "mlstm.decode_layer"] if quantized else []
         return names + ["matmul.skinny", *quant, *kernels.MATH, *kernels.NORMS]
 
     def describe(self) -> dict:
