@@ -52,6 +52,7 @@ ENVS = {
     "ops100": {"MLX_MAX_OPS_PER_BUFFER": "100", "MLX_MAX_MB_PER_BUFFER": "100000"},
     "no_add_norm": {"XLSTM_MLX_GEMV_ADD_NORM": "0"},
     "add_norm16": {"XLSTM_MLX_GEMV_ADD_NORM_ROWS": "16"},
+    "no_decode_layer": {"XLSTM_MLX_DECODE_LAYER": "0"},
 }
 
 

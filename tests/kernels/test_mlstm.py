@@ -143,7 +143,7 @@ def test_reference_switch():
 def test_registry_covers_both_cells_with_a_reference_each():
     assert set(kernels.KERNELS) == {"mlstm.chunkwise", "mlstm.parallel", "mlstm.sequence", "mlstm.step",
                                     "slstm.sequence", "slstm.step", "mlstm.decode_step", "mlstm.headnorm_gate", "mlstm.gate_preact",
-                                    "matmul.skinny",
+                                    "mlstm.decode_layer", "matmul.skinny",
                                     "matmul.quantized", "matmul.quantized_add_rms", "norm.add_rms", "ffn.swiglu", "embed.lookup", "rows.tiles", "logits.all_finite",
                                     *kernels.MATH, *kernels.NORMS}
     labels = kernels.describe()
